@@ -1,0 +1,100 @@
+"""The U-Net of spec §2 (Ronneberger et al. 2015, with the Spiking-UNet paper's changes).
+
+* ``depth`` down stages and ``depth`` up stages, two 3x3 conv (+BN) + ReLU per stage;
+* **AvgPool2d(2)** instead of max-pooling (max-pooling has no exact spiking equivalent);
+* ``ConvTranspose2d(k=2, s=2)`` up-convolution, *without* an activation by default
+  (``up_relu=True`` adds one, as in the paper's official code);
+* skip connections ``torch.cat([skip, up], dim=1)``;
+* a 1x1 output convolution with no activation.
+
+The module is FX-traceable (plain Python loops over ``nn.ModuleList`` unroll), so
+SpikingJelly's ``ann2snn`` converter and :mod:`sjunet.calibration` can trace it.
+Input height and width must be multiples of ``2**depth``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture options of :class:`UNet` (saved in every checkpoint)."""
+
+    in_channels: int = 1
+    out_channels: int = 2
+    base_width: int = 64
+    depth: int = 4
+    batch_norm: bool = False
+    up_relu: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "base_width", "depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _double_conv(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in ((c_in, c_out), (c_out, c_out)):
+        layers.append(nn.Conv2d(a, b, 3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(b))
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net with average pooling and concatenation skips (spec §2)."""
+
+    def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
+        super().__init__()
+        config = config or UNetConfig(**kwargs)
+        self.config = config
+        w, d = config.base_width, config.depth
+        widths = [w * 2**i for i in range(d + 1)]
+        self.down = nn.ModuleList()
+        c_in = config.in_channels
+        for i in range(d):
+            self.down.append(_double_conv(c_in, widths[i], config.batch_norm))
+            c_in = widths[i]
+        self.pool = nn.ModuleList(nn.AvgPool2d(2) for _ in range(d))
+        self.bottom = _double_conv(widths[d - 1], widths[d], config.batch_norm)
+        self.up = nn.ModuleList()
+        self.dec = nn.ModuleList()
+        for i in reversed(range(d)):
+            up: nn.Module = nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+            if config.up_relu:
+                up = nn.Sequential(up, nn.ReLU())
+            self.up.append(up)
+            self.dec.append(_double_conv(2 * widths[i], widths[i], config.batch_norm))
+        self.head = nn.Conv2d(widths[0], config.out_channels, 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height/width must be a multiple of this."""
+        return 2 ** self.config.depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block, pool in zip(self.down, self.pool):
+            x = block(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottom(x)
+        for up, block, skip in zip(self.up, self.dec, reversed(skips)):
+            x = torch.cat([skip, up(x)], dim=1)
+            x = block(x)
+        return self.head(x)
+
+
+def build_model(config: dict | UNetConfig) -> UNet:
+    """Build a :class:`UNet` from a config (a dict as stored in checkpoints, or a UNetConfig)."""
+    if isinstance(config, dict):
+        config = UNetConfig(**config)
+    return UNet(config)

@@ -1,0 +1,176 @@
+"""Multi-threshold (MT) spiking neuron (paper §3.2, Eq. 4–6; spec §3).
+
+Three layers, Norse-style:
+
+* :func:`threshold_ladder` builds the ladder θ_1 > … > θ_N (Theorem 3.1's halving rule by default);
+* :func:`mt_step` is the pure step function of (input, membrane, ladder);
+* :class:`MultiThresholdNode` wraps it as a SpikingJelly 2.x neuron (``BaseNode``), with
+  single- and multi-step modes, reset by ``functional.reset_net``, and switchable recording
+  of the accumulated input current, output flow and spike count.
+
+The integrate-and-fire (IF) neuron is the same class with one threshold.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from spikingjelly.activation_based import neuron
+
+
+def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[float, ...]:
+    """Thresholds ``(top, top·ratio, top·ratio², …)`` of length ``n``.
+
+    The default ``ratio=0.5`` is the halving rule of Theorem 3.1: for V ~ U[0, 1] and a ladder
+    whose smallest threshold is 2^-N it minimises the expected quantisation error, which is then
+    1/2^(N+1). ``threshold_ladder(4)`` is the paper's (2, 1, 0.5, 0.25).
+    """
+    if n < 1:
+        raise ValueError(f"a threshold ladder needs n >= 1 thresholds, got {n}")
+    if not (top > 0 and math.isfinite(top)):
+        raise ValueError(f"the top threshold must be a positive number, got {top}")
+    if not 0 < ratio < 1 and n > 1:
+        raise ValueError(f"ratio must be in (0, 1) so thresholds decrease, got {ratio}")
+    return tuple(float(top * ratio**i) for i in range(n))
+
+
+def validate_ladder(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """Return the ladder as a tuple of floats; refuse an empty, unsorted or non-positive one."""
+    th = tuple(float(t) for t in thresholds)
+    if not th:
+        raise ValueError("the threshold ladder is empty: give at least one threshold")
+    if any(not (t > 0 and math.isfinite(t)) for t in th):
+        raise ValueError(f"thresholds must be positive and finite, got {th}")
+    if any(a <= b for a, b in zip(th, th[1:])):
+        raise ValueError(f"thresholds must be strictly decreasing (largest first), got {th}")
+    return th
+
+
+def is_halving(thresholds: Sequence[float]) -> bool:
+    """True if every threshold is exactly half the previous one (Theorem 3.1's ladder)."""
+    return all(b * 2.0 == a for a, b in zip(thresholds, thresholds[1:]))
+
+
+def _popcount(k: torch.Tensor, bits: int) -> torch.Tensor:
+    n = torch.zeros_like(k)
+    for i in range(bits):
+        n += (k >> i) & 1
+    return n
+
+
+def mt_step(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    thresholds: Sequence[float],
+    count_spikes: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    r"""One time step of the multi-threshold neuron (paper Eq. 4–6, spec §3).
+
+    .. math::
+
+        V \leftarrow V + I(t); \quad
+        \text{for } i = 1..N \text{ (largest first)}:\;
+        s_i = [V \ge \theta_i],\; V \leftarrow V - \theta_i s_i; \quad
+        o(t) = \sum_i \theta_i s_i
+
+    At most one spike per threshold per step; reset by subtraction keeps the residue. With the
+    halving ladder this is a floor quantiser with a cap,
+    ``o = θ_N · clamp(floor(V/θ_N), 0, 2^N − 1)``, which is what runs (a few fused elementwise
+    ops); other ladders run the comparison loop. ``≥`` (not the official code's ``>``) is the
+    floor quantiser Theorem 3.1 assumes.
+
+    Returns ``(o, v_new, n_spikes)``; ``n_spikes`` (spikes emitted this step, Σ_i s_i) is
+    ``None`` unless ``count_spikes``.
+    """
+    v = v + x
+    if is_halving(thresholds):
+        lo = thresholds[-1]
+        levels = (1 << len(thresholds)) - 1
+        k = torch.floor(v / lo).clamp_(0, levels)
+        o = k * lo
+        n = _popcount(k.to(torch.int32), len(thresholds)).to(x.dtype) if count_spikes else None
+        return o, v - o, n
+    o = torch.zeros_like(v)
+    n = torch.zeros_like(v) if count_spikes else None
+    for th in thresholds:
+        s = (v >= th).to(v.dtype)
+        o = o + th * s
+        v = v - th * s
+        if n is not None:
+            n = n + s
+    return o, v, n
+
+
+class MultiThresholdNode(neuron.BaseNode):
+    """SpikingJelly neuron running :func:`mt_step`; ``thresholds=(1.0,)`` is the IF neuron.
+
+    Thresholds are in the normalised domain (the converter scales weights so θ = 1 is the
+    layer's 99.9th-percentile activation); ``v_threshold`` is that unit level (1.0), as
+    SpikingJelly's ``ann2snn`` expects. Memories (reset by ``functional.reset_net``):
+
+    * ``v`` — membrane potential;
+    * ``acc_input`` — Σ_t I(t), the accumulated input current I_in (paper Eq. 9);
+    * ``acc_output`` — Σ_t o(t), the output flow I_out (paper Eq. 10);
+    * ``spike_count`` — Σ_t Σ_i s_i(t).
+
+    The last three are recorded only while ``record`` is True (``set_recording``); otherwise
+    they stay ``0.0`` and cost nothing.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = (2.0, 1.0, 0.5, 0.25), step_mode: str = "s") -> None:
+        super().__init__(v_threshold=1.0, v_reset=None, step_mode=step_mode)
+        self.thresholds = validate_ladder(thresholds)
+        self.record = False
+        self.register_memory("acc_input", 0.0)
+        self.register_memory("acc_output", 0.0)
+        self.register_memory("spike_count", 0.0)
+
+    def extra_repr(self) -> str:
+        return f"thresholds={self.thresholds}, step_mode={self.step_mode}, record={self.record}"
+
+    def materialize_states(self, inputs, states, step_mode):
+        v = super().materialize_states(inputs, states, step_mode)[0]
+        return (v, *states[1:])
+
+    @staticmethod
+    def _accumulate(acc, value):
+        return value if isinstance(acc, float) else acc + value
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        x = inputs[0]
+        v, acc_in, acc_out, count = states
+        o, v, n = mt_step(x, v, self.thresholds, count_spikes=self.record)
+        if self.record:
+            acc_in = self._accumulate(acc_in, x)
+            acc_out = self._accumulate(acc_out, o)
+            count = self._accumulate(count, n)
+        return (o,), (v, acc_in, acc_out, count)
+
+    def multi_step_functional_forward(self, inputs, states, **kwargs):
+        x_seq = inputs[0]
+        v, acc_in, acc_out, count = states
+        out = torch.empty_like(x_seq)
+        n_sum = None
+        for t in range(x_seq.shape[0]):
+            out[t], v, n = mt_step(x_seq[t], v, self.thresholds, count_spikes=self.record)
+            if n is not None:
+                n_sum = n if n_sum is None else n_sum + n
+        if self.record:
+            acc_in = self._accumulate(acc_in, x_seq.sum(0))
+            acc_out = self._accumulate(acc_out, out.sum(0))
+            count = self._accumulate(count, n_sum)
+        return (out,), (v, acc_in, acc_out, count)
+
+
+def IFNode(threshold: float = 1.0, step_mode: str = "s") -> MultiThresholdNode:  # noqa: N802
+    """The integrate-and-fire baseline: a :class:`MultiThresholdNode` with one threshold."""
+    return MultiThresholdNode((threshold,), step_mode=step_mode)
+
+
+def set_recording(module: torch.nn.Module, on: bool = True) -> list[MultiThresholdNode]:
+    """Switch recording of accumulated input/output/spike count on every MT neuron in ``module``."""
+    nodes = [m for m in module.modules() if isinstance(m, MultiThresholdNode)]
+    for m in nodes:
+        m.record = on
+    return nodes

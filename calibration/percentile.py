@@ -99,7 +99,8 @@ class StreamingPercentile:
         b = int(np.searchsorted(cum, k))  # first bin whose cumulative count reaches k
         before = int(cum[b - 1]) if b > 0 else 0
         frac = (k - before) / self.hist[b]
-        return float(self.lo + (b + frac) * self.bin_width)
+        est = self.lo + (b + frac) * self.bin_width
+        return float(min(max(est, self.min), self.max))  # the exact value lies in [min, max]
 
     def error_bound(self) -> float:
         """Upper bound of |estimate − exact nearest-rank percentile|: one bin width."""

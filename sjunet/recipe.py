@@ -87,15 +87,21 @@ class StaticInputSynapse(base.MemoryModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "m":
-            if x.stride(0) == 0:
-                y = self.layer(x[0])
-                return y.unsqueeze(0).expand(x.shape[0], *y.shape)
-            return self.layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-        if self._cache is not None and self._cache[0] is x and not torch.is_grad_enabled():
-            return self._cache[1]
-        y = self.layer(x)
-        self._cache = (x, y)
-        return y
+            if x.stride(0) != 0:  # not a static sequence: compute every step
+                return self.layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+            base = x._base if x._base is not None else x
+            y = self._cached(base, lambda: self.layer(x[0]))
+            return y.unsqueeze(0).expand(x.shape[0], *y.shape)
+        return self._cached(x, lambda: self.layer(x))
+
+    def _cached(self, key: torch.Tensor, compute) -> torch.Tensor:
+        # The cache holds a reference to ``key``, so identity cannot be confused with a new
+        # tensor at a reused address; it is cleared by reset() (functional.reset_net).
+        if torch.is_grad_enabled():
+            return compute()
+        if self._cache is None or self._cache[0] is not key:
+            self._cache = (key, compute())
+        return self._cache[1]
 
 
 class SpikingUNetRecipe(ann2snn.FXConversionRecipe):

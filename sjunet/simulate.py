@@ -1,0 +1,75 @@
+"""T-step simulation of a converted SNN and decoding (paper §3.1, spec §6).
+
+Static coding: the analog image is the input current of the first layer at every step; the
+first layer runs once per image (:class:`~sjunet.recipe.StaticInputSynapse`). The output layer
+is not spiking: the decoded output is I_in^L / T = (1/T) Σ_t C_t^L, in the ANN's units.
+Segmentation takes its argmax over classes, denoising uses it as the noise map.
+
+Two modes give the same numbers:
+
+* ``multi`` — SpikingJelly multi-step mode, layer by layer over ``[t, B, …]`` for chunks of
+  ``chunk`` steps (memory grows with the chunk, not with T);
+* ``step`` — single-step mode, one step at a time (memory independent of T).
+
+The state is reset (``functional.reset_net``) before every input, so a batch-size change
+cannot leak or silently re-initialise state.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from spikingjelly.activation_based import functional
+from torch import nn
+
+MODES = ("multi", "step")
+
+
+def _as_steps(T: int | Sequence[int]) -> list[int]:
+    steps = sorted({int(t) for t in ([T] if isinstance(T, int) else T)})
+    if not steps or steps[0] < 1:
+        raise ValueError(f"time steps must be positive integers, got {T}")
+    return steps
+
+
+@torch.no_grad()
+def simulate(
+    snn: nn.Module,
+    x: torch.Tensor,
+    T: int | Sequence[int],
+    mode: str = "multi",
+    chunk: int = 8,
+) -> dict[int, torch.Tensor]:
+    """Run ``snn`` on image batch ``x`` ([B, C, H, W]) for max(T) steps.
+
+    Returns ``{t: I_in^L(t) / t}`` for every requested ``t`` (one run serves them all).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown simulation mode {mode!r}; choose one of {MODES}")
+    if x.dim() != 4:
+        raise ValueError(f"expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+    steps = _as_steps(T)
+    functional.reset_net(snn)
+    functional.set_step_mode(snn, "m" if mode == "multi" else "s")
+    out: dict[int, torch.Tensor] = {}
+    acc: torch.Tensor | torch.Tensor = 0.0
+    t = 0
+    for target in steps:
+        while t < target:
+            if mode == "step":
+                acc = acc + snn(x)
+                t += 1
+            else:
+                c = min(chunk, target - t)
+                for y in snn(x.unsqueeze(0).expand(c, *x.shape)):
+                    acc = acc + y  # step by step, so both modes sum in the same order
+                t += c
+        out[target] = acc / target
+    functional.reset_net(snn)
+    return out
+
+
+def outputs_for_batches(snn: nn.Module, batches: Iterable[torch.Tensor], T, **kw):
+    """Yield :func:`simulate`'s result for every batch."""
+    for x in batches:
+        yield simulate(snn, x, T, **kw)

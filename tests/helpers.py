@@ -1,0 +1,41 @@
+"""Small networks for conversion tests."""
+import torch
+from torch import nn
+
+
+class SkewedSkipNet(nn.Module):
+    """A tiny U-shaped net whose concatenated parts have unequal sizes (3 and 5 channels) and
+    very different scales (the skip part is ``skip_gain`` times larger)."""
+
+    def __init__(self, skip_gain: float = 8.0, up_relu: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.conv2 = nn.Conv2d(3, 5, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.up = nn.ConvTranspose2d(5, 5, 2, stride=2)
+        self.up_act = nn.ReLU() if up_relu else nn.Identity()
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+        self.relu3 = nn.ReLU()
+        self.head = nn.Conv2d(4, 2, 1)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.weight.data = torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5
+                m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.05
+        self.conv1.weight.data *= skip_gain
+        self.conv1.bias.data = self.conv1.bias.data.abs() * skip_gain
+        self.conv2.weight.data /= skip_gain
+
+    def forward(self, x):
+        a = self.relu1(self.conv1(x))
+        b = self.relu2(self.conv2(self.pool(a)))
+        u = self.up_act(self.up(b))
+        c = self.relu3(self.conv3(torch.cat([a, u], dim=1)))
+        return self.head(c)
+
+
+def batches(n=4, b=2, c=1, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(b, c, size, size, generator=g) for _ in range(n)]

@@ -1,0 +1,101 @@
+import pytest
+import torch
+from spikingjelly.activation_based import functional
+
+from sjunet.neurons import IFNode, MultiThresholdNode, mt_step, set_recording, threshold_ladder
+
+
+def _sequential_reference(x_seq, thresholds):
+    """The spec §3 pseudo-code, literally, on Python floats."""
+    v, outs, spikes = 0.0, [], 0
+    for x in x_seq:
+        v += x
+        o = 0.0
+        for th in thresholds:
+            if v >= th:
+                v -= th
+                o += th
+                spikes += 1
+        outs.append(o)
+    return outs, v, spikes
+
+
+def test_threshold_ladder():
+    assert threshold_ladder(4) == (2.0, 1.0, 0.5, 0.25)
+    assert threshold_ladder(1, 1.0) == (1.0,)
+    with pytest.raises(ValueError):
+        threshold_ladder(0)
+    with pytest.raises(ValueError):
+        MultiThresholdNode((1.0, 2.0))  # not largest first
+
+
+def test_hand_worked_spike_train():
+    n = MultiThresholdNode()
+    n.record = True
+    # step 1: V=3.8 -> spikes at 2,1,.5,.25 -> o=3.75, residue .05
+    # step 2: V=.05+.3=.35 -> spike at .25 -> o=.25, residue .1
+    # step 3: V=.1+1.2=1.3 -> spikes at 1, .25 -> o=1.25, residue .05
+    # step 4: V=.05-0.5=-.45 -> nothing
+    xs = [3.8, 0.3, 1.2, -0.5]
+    outs = [float(n(torch.tensor([x]))) for x in xs]
+    assert outs == pytest.approx([3.75, 0.25, 1.25, 0.0])
+    assert float(n.v) == pytest.approx(-0.45)
+    assert float(n.acc_input) == pytest.approx(sum(xs))
+    assert float(n.acc_output) == pytest.approx(5.25)
+    assert float(n.spike_count) == 4 + 1 + 2
+    functional.reset_net(n)
+    assert n.v == 0.0 and n.acc_input == 0.0
+
+
+def test_at_most_one_spike_per_threshold_and_ge():
+    n = MultiThresholdNode()
+    assert float(n(torch.tensor([100.0]))) == 3.75  # capped: one spike per threshold
+    functional.reset_net(n)
+    assert float(n(torch.tensor([0.25]))) == 0.25  # >= fires exactly at threshold
+    i = IFNode()
+    assert float(i(torch.tensor([1.0]))) == 1.0
+    assert float(i(torch.tensor([0.99]))) == 0.0
+
+
+@pytest.mark.parametrize("ladder", [(2.0, 1.0, 0.5, 0.25), (1.0,), (1.5, 1.0, 0.3), (3.0, 1.0)])
+def test_matches_sequential_definition(ladder):
+    g = torch.Generator().manual_seed(0)
+    xs = (torch.rand(30, generator=g) * 4 - 1).tolist()
+    ref, v_ref, count_ref = _sequential_reference(xs, ladder)
+    n = MultiThresholdNode(ladder)
+    n.record = True
+    outs = [float(n(torch.tensor([x]))) for x in xs]
+    assert outs == pytest.approx(ref, abs=1e-6)
+    assert float(n.v) == pytest.approx(v_ref, abs=1e-5)
+    assert float(n.spike_count) == count_ref
+
+
+def test_multi_step_equals_step_by_step_exactly():
+    x = torch.randn(12, 3, 5, 5) * 2
+    n = MultiThresholdNode(step_mode="m")
+    set_recording(n, True)
+    out_m = n(x)
+    state_m = (n.v.clone(), n.acc_input.clone(), n.acc_output.clone(), n.spike_count.clone())
+    functional.reset_net(n)
+    n.step_mode = "s"
+    out_s = torch.stack([n(x[t]) for t in range(x.shape[0])])
+    assert torch.equal(out_m, out_s)
+    assert torch.equal(state_m[0], n.v)
+    assert torch.allclose(state_m[1], n.acc_input, atol=1e-5)
+    assert torch.equal(state_m[2], n.acc_output) or torch.allclose(state_m[2], n.acc_output, atol=1e-5)
+    assert torch.equal(state_m[3], n.spike_count)
+
+
+def test_theorem_3_1_halving_ladder_error():
+    """Theorem 3.1: for V ~ U[0,1] the halving ladder with smallest threshold 2^-N has mean
+    quantisation error 1/2^(N+1); other ladders of N thresholds do worse."""
+    v = torch.rand(400_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for N in (1, 2, 3, 4, 5):
+        ladder = threshold_ladder(N, top=0.5)  # 1/2, 1/4, …, 2^-N
+        o, _, _ = mt_step(v, torch.zeros_like(v), ladder)
+        err = float((v - o).mean())
+        assert err == pytest.approx(2.0 ** -(N + 1), rel=0.01)
+    halving = float((v - mt_step(v, torch.zeros_like(v), threshold_ladder(3, 0.5))[0]).mean())
+    for other in [(0.6, 0.3, 0.1), (0.5, 0.3, 0.2), (0.4, 0.2, 0.1), (0.75, 0.5, 0.25)]:
+        err = float((v - mt_step(v, torch.zeros_like(v), other)[0]).mean())
+        assert err > halving * 1.05, other

@@ -52,6 +52,21 @@ def is_halving(thresholds: Sequence[float]) -> bool:
     return all(b * 2.0 == a for a, b in zip(thresholds, thresholds[1:]))
 
 
+def mt_step_surrogate(
+    x: torch.Tensor, v: torch.Tensor, thresholds: Sequence[float], spike_fn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mt_step` with differentiable spikes ``s_i = spike_fn(V − θ_i)`` (a SpikingJelly
+    surrogate: Heaviside ``[V − θ_i ≥ 0]`` forward, smooth gradient backward), for training
+    through time (BPTT). Forward values equal :func:`mt_step`'s."""
+    v = v + x
+    o = torch.zeros_like(v)
+    for th in thresholds:
+        s = spike_fn(v - th)
+        o = o + th * s
+        v = v - th * s
+    return o, v
+
+
 def _popcount(k: torch.Tensor, bits: int) -> torch.Tensor:
     n = torch.zeros_like(k)
     for i in range(bits):
@@ -122,6 +137,8 @@ class MultiThresholdNode(neuron.BaseNode):
         super().__init__(v_threshold=1.0, v_reset=None, step_mode=step_mode)
         self.thresholds = validate_ladder(thresholds)
         self.record = False
+        #: when True and autograd is on, spikes go through ``self.surrogate_function`` (BPTT)
+        self.surrogate_gradient = False
         self.register_memory("acc_input", 0.0)
         self.register_memory("acc_output", 0.0)
         self.register_memory("spike_count", 0.0)
@@ -137,11 +154,17 @@ class MultiThresholdNode(neuron.BaseNode):
     def _accumulate(acc, value):
         return value if isinstance(acc, float) else acc + value
 
+    def _step(self, x, v):
+        if self.surrogate_gradient and torch.is_grad_enabled():
+            o, v = mt_step_surrogate(x, v, self.thresholds, self.surrogate_function)
+            return o, v, None
+        return mt_step(x, v, self.thresholds, count_spikes=self.record)
+
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
         v, acc_in, acc_out, count = states
-        o, v, n = mt_step(x, v, self.thresholds, count_spikes=self.record)
-        if self.record:
+        o, v, n = self._step(x, v)
+        if self.record and n is not None:
             acc_in = self._accumulate(acc_in, x)
             acc_out = self._accumulate(acc_out, o)
             count = self._accumulate(count, n)
@@ -150,13 +173,15 @@ class MultiThresholdNode(neuron.BaseNode):
     def multi_step_functional_forward(self, inputs, states, **kwargs):
         x_seq = inputs[0]
         v, acc_in, acc_out, count = states
-        out = torch.empty_like(x_seq)
+        steps = []
         n_sum = None
         for t in range(x_seq.shape[0]):
-            out[t], v, n = mt_step(x_seq[t], v, self.thresholds, count_spikes=self.record)
+            o, v, n = self._step(x_seq[t], v)
+            steps.append(o)
             if n is not None:
                 n_sum = n if n_sum is None else n_sum + n
-        if self.record:
+        out = torch.stack(steps)
+        if self.record and n_sum is not None:
             acc_in = self._accumulate(acc_in, x_seq.sum(0))
             acc_out = self._accumulate(acc_out, out.sum(0))
             count = self._accumulate(count, n_sum)

@@ -48,6 +48,15 @@ class TrainOptions:
     dataset_options: dict = field(default_factory=dict)
 
 
+def _accepts(dataset: str, option: str) -> bool:
+    import inspect
+
+    from sjunet.data import DATASETS
+
+    cls = DATASETS.get(dataset)
+    return cls is not None and option in inspect.signature(cls.__init__).parameters
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -75,9 +84,11 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
     seed_everything(opts.seed)
     output = Path(opts.output)
     ds_opts = {"seed": opts.seed, **opts.dataset_options}
+    if _accepts(opts.dataset, "holdout_val"):
+        ds_opts.setdefault("holdout_val", True)  # validate on images the model never trains on
     train_ds = get_dataset(opts.dataset, opts.data, "train", **ds_opts)
     val_ds = get_dataset(opts.dataset, opts.data, "val", **{k: v for k, v in ds_opts.items()
-                                                             if k not in ("samples_per_epoch", "crop", "patch")})
+                                                             if k not in ("samples_per_epoch", "crop", "patch", "holdout_val")})
     task = task_for(train_ds)
     out_channels = task.num_classes if task.kind == "segmentation" else train_ds.in_channels
     config = UNetConfig(train_ds.in_channels, out_channels, opts.width, opts.depth, opts.batch_norm, opts.up_relu)

@@ -179,13 +179,46 @@ def format_result(r: dict) -> str:
         rows.append((f"SNN T={t}", m))
     if not rows:
         return json.dumps(r, indent=2)
-    keys = [k for k in rows[-1][1] if isinstance(rows[-1][1][k], float) and not k.startswith("iou_")]
+    keys = [k for k in rows[-1][1] if isinstance(rows[-1][1][k], float) and k != "num_images" and not k.startswith("iou_")]
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, m in rows:
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in keys) + " |")
     if "timing" in r:
         lines.append("timing: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["timing"].items()}))
     return "\n".join(lines)
+
+
+@main.command()
+@click.option("--snn", required=True, type=click.Path(exists=True), help="converted SNN from `sjunet convert`")
+@dataset_opt
+@data_opt
+@click.option("--T", "T", default=10, show_default=True, help="time steps to fine-tune (and validate) at")
+@click.option("-o", "--output", default="runs/snn_ft.pt", show_default=True, type=click.Path())
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=4, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True, help="paper: 1e-6 (far too slow on CPU budgets)")
+@click.option("--optimizer", type=click.Choice(["adam", "rmsprop", "sgd"]), default="adam", show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--method", type=click.Choice(["flow", "bptt"]), default="flow", show_default=True,
+              help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
+@click.option("--chunk", default=8, show_default=True, help="steps per multi-step chunk of the no-grad simulation")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--max-minutes", type=float, default=None)
+@click.option("--resume", is_flag=True, help="continue from <output>.last.pt")
+@opt_opt
+@_fail_cleanly
+def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, schedule, method, chunk, seed,
+             max_minutes, resume, opt):
+    """Fine-tune a converted SNN with spiking flow; keeps the best checkpoint on validation."""
+    from sjunet.flow import FinetuneOptions, finetune as finetune_fn
+
+    opts = FinetuneOptions(snn=snn, dataset=dataset, data=data, output=output, T=T, epochs=epochs,
+                           batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, method=method,
+                           chunk=chunk, seed=seed, max_minutes=max_minutes, dataset_options=_parse_options(opt))
+    s = finetune_fn(opts, resume=resume)
+    before = s.get("before") or {}
+    best = (s.get("best") or {}).get("val", {})
+    click.echo(f"before: {json.dumps(before)}\nbest:   {json.dumps(best)}  -> {output}")
 
 
 @main.command()

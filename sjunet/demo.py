@@ -18,8 +18,8 @@ from sjunet.recipe import convert
 from sjunet.train import TrainOptions, train
 
 DEMOS = {
-    "seg": dict(dataset="demo-seg", epochs=8, batch_size=8, width=8, depth=3, lr=2e-3, optimizer="adam"),
-    "denoise": dict(dataset="demo-denoise", epochs=6, batch_size=8, width=8, depth=3, lr=1e-3, optimizer="adam"),
+    "seg": dict(dataset="demo-seg", epochs=40, batch_size=8, width=8, depth=3, lr=2e-3, optimizer="adam"),
+    "denoise": dict(dataset="demo-denoise", epochs=15, batch_size=8, width=8, depth=3, lr=1e-3, optimizer="adam"),
 }
 
 
@@ -56,7 +56,7 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
 
 def _table(results: dict) -> list[str]:
     first = next(iter(results.values()))
-    keys = [k for k, v in first["ann"].items() if isinstance(v, float) and not k.startswith(("iou_", "jaccard_"))]
+    keys = [k for k, v in first["ann"].items() if isinstance(v, float) and k != "num_images" and not k.startswith(("iou_", "jaccard_"))]
     keys = keys + ["agreement" if "agreement" in next(iter(first["T"].values())) else "psnr_vs_reference"]
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines.append("| ANN | " + " | ".join(f"{first['ann'][k]:.4f}" if k in first["ann"] else "—" for k in keys) + " |")

@@ -92,7 +92,7 @@ def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: 
     for x, y in tqdm(_items(dataset, limit), total=n, desc="evaluate ANN", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
         out = predict(ann_fn(model), x, dataset, size_multiple(model))[None]
-        meter.update(out.cpu(), x.cpu(), y.cpu())
+        meter.update(out.cpu(), task.meter_target(x.cpu(), y.cpu()))
     model.train(was_training)
     return meter.result()
 
@@ -114,12 +114,12 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
             t0 = time.perf_counter()
             ref = predict(ann_fn(reference), x, dataset, multiple)[None]
             t_ann += time.perf_counter() - t0
-            ann_meter.update(ref, x, y)
+            ann_meter.update(ref, task.meter_target(x, y))
         t0 = time.perf_counter()
         outs = predict(snn_fn(snn, T, mode, chunk), x, dataset, multiple)
         t_snn += time.perf_counter() - t0
         for t in T:
-            meters[t].update(outs[t], x, y, reference=ref)
+            meters[t].update(outs[t], task.meter_target(x, y), reference=ref)
     result = {"T": {str(t): meters[t].result() for t in T},
               "timing": {"images": n, "snn_seconds_per_image": t_snn / max(n, 1), "max_T": max(T),
                          "snn_seconds_per_step": t_snn / max(n, 1) / max(T)}}

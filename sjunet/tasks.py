@@ -1,5 +1,8 @@
 """Segmentation and denoising: the only place the two tasks differ (loss, decoding, metrics).
 
+Metrics accumulate in :class:`sjunet.metrics.MetricAccumulator`; a task says which loss, which
+accumulator, what it is fed, and which single number selects checkpoints.
+
 Everything else — training, calibration, conversion, simulation, fine-tuning — is shared and
 asks a :class:`Task` for the task-specific piece.
 """
@@ -15,17 +18,6 @@ from sjunet import metrics
 from sjunet.data.common import IGNORE_INDEX
 
 
-class Meter:
-    """Accumulates one model's metrics over a test set."""
-
-    def update(self, output: torch.Tensor, x: torch.Tensor, target: torch.Tensor,
-               reference: torch.Tensor | None = None) -> None:
-        raise NotImplementedError
-
-    def result(self) -> dict[str, float]:
-        raise NotImplementedError
-
-
 @dataclass
 class SegmentationTask:
     """Per-pixel classification; prediction = argmax over classes of the output (spec §6)."""
@@ -37,39 +29,18 @@ class SegmentationTask:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(output, target, ignore_index=IGNORE_INDEX)
 
-    def new_meter(self) -> "SegmentationMeter":
-        return SegmentationMeter(self.num_classes, self.class_names)
+    def new_meter(self) -> metrics.MetricAccumulator:
+        return metrics.MetricAccumulator(self.kind, self.num_classes, self.class_names)
+
+    def meter_target(self, x: torch.Tensor, y: torch.Tensor):
+        return y
 
     def score(self, result: dict[str, float]) -> float:
-        """The single number a checkpoint is selected on: mean F1 (binary) or mIoU."""
+        """The single number a checkpoint is selected on: mean F1 of both classes (binary) or mIoU."""
         if self.num_classes == 2:
-            return result["f1_mean"]
+            f1 = [v for k, v in result.items() if k.startswith("f1_")]
+            return float(sum(f1) / len(f1))
         return result["miou"]
-
-
-class SegmentationMeter(Meter):
-    def __init__(self, num_classes: int, class_names=None) -> None:
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names else None
-        self.cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        self.agree = 0
-        self.total = 0
-
-    def update(self, output, x, target, reference=None) -> None:
-        pred = output.argmax(1)
-        self.cm += metrics.confusion_matrix(pred, target, self.num_classes, IGNORE_INDEX)
-        if reference is not None:
-            valid = target != IGNORE_INDEX
-            self.agree += int(((pred == reference.argmax(1)) & valid).sum())
-            self.total += int(valid.sum())
-
-    def result(self) -> dict[str, float]:
-        r = dict(metrics.segmentation_metrics(self.cm, self.class_names))
-        if self.num_classes == 2:
-            r["f1_mean"] = float(sum(v for k, v in r.items() if k.startswith("f1_")) / 2)
-        if self.total:
-            r["agreement"] = self.agree / self.total
-        return r
 
 
 @dataclass
@@ -82,37 +53,14 @@ class DenoisingTask:
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.l1_loss(output, target)
 
-    def new_meter(self) -> "DenoisingMeter":
-        return DenoisingMeter()
+    def new_meter(self) -> metrics.MetricAccumulator:
+        return metrics.MetricAccumulator(self.kind)
+
+    def meter_target(self, x: torch.Tensor, y: torch.Tensor):
+        return (x, y)  # the accumulator needs the noisy image and the true noise
 
     def score(self, result: dict[str, float]) -> float:
         return result["psnr"]
-
-
-class DenoisingMeter(Meter):
-    """PSNR/SSIM of (noisy − predicted noise) against the clean image, per image, averaged.
-    ``psnr_vs_reference`` compares against the reference model's denoised image instead."""
-
-    def __init__(self) -> None:
-        self.psnr: list[float] = []
-        self.ssim: list[float] = []
-        self.ref_psnr: list[float] = []
-
-    def update(self, output, x, target, reference=None) -> None:
-        clean = x - target
-        est = (x - output).clamp(0, 1)
-        for i in range(x.shape[0]):
-            self.psnr.append(float(metrics.psnr(clean[i], est[i])))
-            self.ssim.append(float(metrics.ssim(clean[i], est[i])))
-            if reference is not None:
-                ref = (x[i] - reference[i]).clamp(0, 1)
-                self.ref_psnr.append(float(metrics.psnr(ref, est[i])))
-
-    def result(self) -> dict[str, float]:
-        r = {"psnr": sum(self.psnr) / len(self.psnr), "ssim": sum(self.ssim) / len(self.ssim)}
-        if self.ref_psnr:
-            r["psnr_vs_reference"] = sum(self.ref_psnr) / len(self.ref_psnr)
-        return r
 
 
 Task = SegmentationTask | DenoisingTask

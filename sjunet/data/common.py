@@ -1,0 +1,435 @@
+"""Shared pieces of the dataset loaders: errors, image I/O, fingerprints, seeded RNG, crops,
+flips, noise, directory-layout resolution and the :class:`SJDataset` base class.
+
+Conventions every loader follows (the rest of sjunet depends on them):
+
+* images are ``float32`` tensors ``[C, H, W]`` with values in ``[0, 1]``;
+* a segmentation item is ``(x, y)`` with ``y`` an ``int64`` tensor ``[H, W]`` of class indices,
+  pixels excluded from loss *and* metrics carry :data:`IGNORE_INDEX`;
+* a denoising item is ``(noisy, noise)``, both ``float32`` ``[C, H, W]``, ``clean = noisy - noise``,
+  ``noise = sigma / 255 * N(0, 1)``. The noisy image is **not** clipped to ``[0, 1]`` (DnCNN
+  practice: clipping would make the noise signal-dependent and the residual target inexact);
+* random augmentation draws from a :class:`numpy.random.Generator` seeded by
+  ``(seed, epoch, index)`` (see :func:`make_rng`), so a run reproduces exactly; call
+  :meth:`SJDataset.set_epoch` at the start of each epoch to get fresh crops per epoch
+  (with ``DataLoader`` workers this works as long as ``persistent_workers=False``, because
+  workers receive a fresh copy of the dataset at each epoch's iterator);
+* evaluation items (``val``/``test``) do not depend on the epoch: their noise / patches are drawn
+  from a generator seeded by ``(seed, index, ...)`` only.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Sequence, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+#: label value of pixels excluded from the loss and the metrics
+IGNORE_INDEX = 255
+
+#: environment variable naming the parent data directory (``<dir>/ISBI2012-EM``, ``<dir>/DRIVE``…)
+DATA_ENV = "SJUNET_DATA"
+
+SEGMENTATION = "segmentation"
+DENOISING = "denoising"
+
+T = TypeVar("T")
+
+#: weights of the RGB → gray conversion (ITU-R BT.601 luma, as MATLAB ``rgb2gray`` and PIL)
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+
+class DatasetError(ValueError):
+    """A dataset directory is missing, empty or not in the expected layout, or an option is wrong."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def natural_key(path: str | os.PathLike) -> list:
+    """Sort key that orders ``2.png`` before ``10.png`` (numbers compared as numbers)."""
+    name = Path(path).name
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def list_images(
+    directory: str | os.PathLike,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
+    exclude: Callable[[Path], bool] | None = None,
+) -> list[Path]:
+    """Image files of ``directory`` with one of ``extensions`` (case-insensitive), naturally sorted.
+
+    Returns an empty list when the directory does not exist; callers turn that into a
+    :class:`DatasetError` that says what they expected.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    exts = {e.lower() for e in extensions}
+    files = [
+        p
+        for p in directory.iterdir()
+        if p.is_file() and p.suffix.lower() in exts and not (exclude and exclude(p))
+    ]
+    return sorted(files, key=natural_key)
+
+
+def require_files(files: list[Path], expected: str, directory: str | os.PathLike) -> list[Path]:
+    """Return ``files`` or raise :class:`DatasetError` saying ``expected`` and where nothing was found."""
+    if not files:
+        directory = Path(directory)
+        why = "it does not exist" if not directory.exists() else "found no matching files"
+        raise DatasetError(f"expected {expected}; {why} in {directory}")
+    return files
+
+
+def pair_files(
+    primary: Sequence[Path],
+    candidates: Sequence[Path],
+    key: Callable[[Path], str],
+    candidate_key: Callable[[Path], str] | None = None,
+    what: str = "label",
+) -> list[Path]:
+    """For each file of ``primary`` the file of ``candidates`` with the same key
+    (``key(primary) == candidate_key(candidate)``); a missing partner raises :class:`DatasetError`."""
+    candidate_key = candidate_key or key
+    by_key = {candidate_key(c): c for c in candidates}
+    missing = [p.name for p in primary if key(p) not in by_key]
+    if missing:
+        where = Path(candidates[0]).parent if candidates else "the label directory"
+        raise DatasetError(
+            f"no {what} file for {len(missing)} image(s) (e.g. {missing[0]}) in {where}"
+        )
+    return [by_key[key(p)] for p in primary]
+
+
+def select_split(
+    files: Sequence[T], split: str, n_val: int, n_test: int = 0, holdout_val: bool = False
+) -> list[T]:
+    """Contiguous-block split of sorted ``files``: the last ``n_test`` are ``test``; of the rest, the
+    last ``n_val`` are ``val``; ``train`` is the rest, and also includes the ``val`` block unless
+    ``holdout_val`` (so by default ``train`` uses every non-test file, as the papers do)."""
+    files = list(files)
+    n_trainval = len(files) - n_test
+    if n_trainval - (n_val if holdout_val else 0) <= 0 or n_val > n_trainval or n_test < 0:
+        raise DatasetError(
+            f"cannot take {n_test} test and {n_val} validation files from {len(files)} files"
+        )
+    if split == "test":
+        return files[n_trainval:]
+    if split == "val":
+        return files[n_trainval - n_val : n_trainval]
+    return files[: n_trainval - n_val] if holdout_val else files[:n_trainval]
+
+
+def fingerprint(files: Iterable[str | os.PathLike], extra: Any = None) -> str:
+    """Short (16 hex) sha256 over the sorted file names and sizes (and ``repr(extra)`` if given).
+
+    Cheap (no file content is read) yet it changes when files are added, removed, renamed or
+    re-encoded; dataset descriptions carry it so results say which data produced them.
+    """
+    h = hashlib.sha256()
+    for name, size in sorted((Path(f).name, Path(f).stat().st_size) for f in files):
+        h.update(f"{name}\0{size}\n".encode())
+    if extra is not None:
+        h.update(repr(extra).encode())
+    return h.hexdigest()[:16]
+
+
+def resolve_root(
+    root: str | os.PathLike | None,
+    default_subdir: str | None,
+    check: Callable[[Path], str | None],
+    name: str,
+) -> Path:
+    """Find the dataset directory from ``root``.
+
+    ``root`` may be the dataset directory itself or the parent data directory holding it under
+    ``default_subdir`` (e.g. ``../shared/data`` → ``../shared/data/ISBI2012-EM``). With ``root=None``
+    the parent directory comes from the environment variable :data:`DATA_ENV`.
+    ``check(path)`` returns ``None`` when ``path`` has the dataset's layout, else a message saying
+    what was expected; the message for ``root`` itself is raised if neither candidate fits.
+    """
+    if root is None:
+        env = os.environ.get(DATA_ENV)
+        if not env:
+            raise DatasetError(
+                f"dataset {name!r} needs a root directory (or the environment variable {DATA_ENV} "
+                f"naming the parent data directory that holds {default_subdir!r})"
+            )
+        root = env
+    root = Path(root).expanduser()
+    problem = check(root)
+    if problem is None:
+        return root
+    if default_subdir:
+        sub = root / default_subdir
+        if sub.is_dir() and check(sub) is None:
+            return sub
+    hint = f" (nor is it a data directory holding {default_subdir!r})" if default_subdir else ""
+    raise DatasetError(f"{name}: {root} is not in the expected layout{hint}: {problem}")
+
+
+# --------------------------------------------------------------------------- image I/O
+
+
+def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
+    """Read an image as ``float32`` ``[H, W, channels]`` in ``[0, 1]``.
+
+    ``channels=1`` converts colour images with the weighted sum :data:`GRAY_WEIGHTS` (computed in
+    floating point, no rounding); ``channels=3`` replicates gray images.
+    """
+    with Image.open(path) as im:
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("RGB" if channels == 3 or im.mode in ("P", "RGBA", "CMYK") else "L")
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if channels == 1 and arr.shape[2] == 3:
+        arr = rgb_to_gray(arr)[:, :, None]
+    elif channels == 3 and arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.shape[2] != channels:
+        raise DatasetError(f"{path}: cannot make a {channels}-channel image from shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a label image unchanged as an integer array: ``[H, W]`` for index/gray/palette images
+    (palette images give their indices), ``[H, W, 3]`` for colour-coded RGB labels."""
+    with Image.open(path) as im:
+        if im.mode in ("1", "LA"):
+            im = im.convert("L")  # bilevel → 0/255
+        elif im.mode not in ("L", "P", "RGB", "I", "I;16"):
+            im = im.convert("RGB")
+        return np.array(im).astype(np.int64)
+
+
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` → ``[...]`` weighted sum with :data:`GRAY_WEIGHTS`."""
+    return (rgb[..., :3] @ np.asarray(GRAY_WEIGHTS, dtype=rgb.dtype)).astype(np.float32)
+
+
+def resize_image(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a ``[H, W, C]`` float image to ``size = (H, W)`` (PIL, per channel)."""
+    h, w = size
+    chans = [
+        np.asarray(Image.fromarray(arr[:, :, c]).resize((w, h), Image.BILINEAR), dtype=np.float32)
+        for c in range(arr.shape[2])
+    ]
+    return np.stack(chans, axis=2)
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an ``[H, W]`` integer label map to ``size = (H, W)``."""
+    h, w = size
+    im = Image.fromarray(label.astype(np.int32), mode="I")
+    return np.asarray(im.resize((w, h), Image.NEAREST), dtype=np.int64)
+
+
+def image_to_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``[H, W, C]`` (or ``[H, W]``) float array → ``float32`` tensor ``[C, H, W]``."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1), dtype=np.float32))
+
+
+def label_to_tensor(label: np.ndarray) -> torch.Tensor:
+    """``[H, W]`` integer array → ``int64`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
+
+
+def segmentation_item(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x [C,H,W] float32, y [H,W] int64)`` from ``[H,W,C]`` image and ``[H,W]`` label arrays."""
+    return image_to_tensor(image), label_to_tensor(label)
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def make_rng(seed: int, *keys: int) -> np.random.Generator:
+    """Independent generator for ``(seed, *keys)`` (e.g. ``(seed, epoch, index)``) via
+    :class:`numpy.random.SeedSequence`; the same keys always give the same stream."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *(int(k) for k in keys)]))
+
+
+def random_crop_box(
+    shape: tuple[int, int], size: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int]:
+    """Top-left corner of a uniformly random ``size`` crop inside an image of ``shape`` (H, W)."""
+    (h, w), (ch, cw) = shape, size
+    if ch > h or cw > w:
+        raise DatasetError(f"crop {ch}x{cw} does not fit in an image of {h}x{w}")
+    return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+
+
+def center_crop_box(shape: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of the centred ``size`` crop (clamped: a crop larger than the image keeps it)."""
+    (h, w), (ch, cw) = shape, size
+    return max(0, (h - ch) // 2), max(0, (w - cw) // 2)
+
+
+def crop(arrays: Sequence[np.ndarray], top: int, left: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """The same ``size`` window at ``(top, left)`` of each ``[H, W, ...]`` array."""
+    ch, cw = size
+    return [a[top : top + ch, left : left + cw] for a in arrays]
+
+
+def random_crop(
+    arrays: Sequence[np.ndarray], size: tuple[int, int] | None, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The same random ``size`` window of every array (``size=None``: unchanged)."""
+    if size is None:
+        return list(arrays)
+    top, left = random_crop_box(arrays[0].shape[:2], size, rng)
+    return crop(arrays, top, left, size)
+
+
+def random_flip(
+    arrays: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    horizontal: bool = True,
+    vertical: bool = False,
+) -> list[np.ndarray]:
+    """Flip all ``[H, W, ...]`` arrays together, each enabled direction with probability 1/2.
+
+    Two draws are always made (whether or not a direction is enabled) so enabling one direction
+    does not shift the rest of the random stream.
+    """
+    flip_h, flip_v = rng.random() < 0.5, rng.random() < 0.5
+    out = list(arrays)
+    if horizontal and flip_h:
+        out = [a[:, ::-1] for a in out]
+    if vertical and flip_v:
+        out = [a[::-1] for a in out]
+    return out
+
+
+def gaussian_noise(shape: Sequence[int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """``sigma / 255 * N(0, 1)`` of ``shape`` as ``float32`` (sigma on the 0–255 scale)."""
+    return rng.standard_normal(tuple(shape), dtype=np.float32) * np.float32(sigma / 255.0)
+
+
+def noisy_pair(clean: torch.Tensor, sigma: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(noisy, noise)`` for a clean ``[C, H, W]`` tensor: ``noise = sigma/255 · N(0,1)``,
+    ``noisy = clean + noise`` **without clipping** (so ``clean == noisy - noise`` up to float32
+    rounding, as in DnCNN's residual learning)."""
+    noise = torch.from_numpy(gaussian_noise(clean.shape, sigma, rng))
+    return clean + noise, noise
+
+
+def as_size(value: int | Sequence[int] | None, what: str) -> tuple[int, int] | None:
+    """``48`` → ``(48, 48)``; ``(192, 256)`` → ``(192, 256)``; ``None`` → ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    value = tuple(int(v) for v in value)
+    if len(value) != 2 or min(value) <= 0:
+        raise DatasetError(f"{what} must be a positive int or (height, width), got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class SJDataset(Dataset):
+    """Base class of every sjunet dataset.
+
+    Subclasses set the class attributes, fill ``self.files`` (everything the items are read from,
+    for the fingerprint) and ``self.options`` (the options that shape the items, for
+    :meth:`describe`), and implement ``__len__`` / ``__getitem__``.
+    """
+
+    #: registry name
+    name: ClassVar[str] = ""
+    #: ``"segmentation"`` or ``"denoising"``
+    task: ClassVar[str] = ""
+    #: splits this dataset has
+    SPLITS: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    #: conventional sub-directory under a parent data directory (None: no files needed)
+    DEFAULT_ROOT: ClassVar[str | None] = None
+    #: names of the classes (segmentation); may be replaced per instance
+    CLASS_NAMES: tuple[str, ...] = ()
+
+    in_channels: int = 1
+    num_classes: int = 0
+
+    def __init__(self, root: Path | None, split: str, seed: int = 0) -> None:
+        if split not in self.SPLITS:
+            raise DatasetError(f"{self.name}: unknown split {split!r}; valid splits: {', '.join(self.SPLITS)}")
+        self.root = root
+        self.split = split
+        self.seed = int(seed)
+        self.epoch = 0
+        self.files: list[Path] = []
+        self.options: dict[str, Any] = {}
+
+    @property
+    def train(self) -> bool:
+        """Whether items are randomly augmented (``split == 'train'``)."""
+        return self.split == "train"
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random augmentation ``__getitem__`` draws (training split only)."""
+        self.epoch = int(epoch)
+
+    def item_rng(self, index: int, *keys: int) -> np.random.Generator:
+        """Generator for item ``index``: depends on the epoch for ``train``, not for ``val``/``test``."""
+        if self.train:
+            return make_rng(self.seed, self.epoch, index, *keys)
+        return make_rng(self.seed, index, *keys)
+
+    def cached(self, key: Any, load: Callable[[], Any]) -> Any:
+        """``load()`` once per ``key`` when ``self.cache`` is true (decoded / preprocessed images)."""
+        if not getattr(self, "cache", True):
+            return load()
+        store = self.__dict__.setdefault("_cache", {})
+        if key not in store:
+            store[key] = load()
+        return store[key]
+
+    def fingerprint(self) -> str:
+        """:func:`fingerprint` of ``self.files``, the split, the seed and the item-shaping options."""
+        return fingerprint(self.files, extra=(self.name, self.split, self.seed, sorted(self.options.items())))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary: name, task, root, split, seed, options, sizes, fingerprint."""
+        info: dict[str, Any] = {
+            "name": self.name,
+            "task": self.task,
+            "root": None if self.root is None else str(self.root),
+            "split": self.split,
+            "seed": self.seed,
+            "options": {k: _jsonable(v) for k, v in self.options.items()},
+            "num_items": len(self),
+            "num_files": len(self.files),
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "fingerprint": self.fingerprint(),
+        }
+        if self.task == SEGMENTATION:
+            info["class_names"] = list(self.CLASS_NAMES)
+            info["ignore_index"] = IGNORE_INDEX
+        return info
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={self.root}, split={self.split!r}, items={len(self)})"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -147,7 +147,7 @@ def convert(model, stats, norm, neuron, thresholds, output):
 @click.argument("more_t", nargs=-1, type=int, metavar="")
 @click.option("--mode", type=click.Choice(["multi", "step"]), default="multi", show_default=True,
               help="multi-step (layer by layer, chunks of --chunk steps) or step-by-step (memory independent of T)")
-@click.option("--chunk", default=8, show_default=True)
+@click.option("--chunk", default=4, show_default=True)
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images")
 @click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")
 @opt_opt
@@ -201,7 +201,7 @@ def format_result(r: dict) -> str:
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
 @click.option("--method", type=click.Choice(["flow", "bptt"]), default="flow", show_default=True,
               help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
-@click.option("--chunk", default=8, show_default=True, help="steps per multi-step chunk of the no-grad simulation")
+@click.option("--chunk", default=4, show_default=True, help="steps per multi-step chunk of the no-grad simulation")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--resume", is_flag=True, help="continue from <output>.last.pt")

@@ -67,7 +67,7 @@ def ann_fn(model: nn.Module) -> Callable[[torch.Tensor], Outputs]:
     return fn
 
 
-def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "multi", chunk: int = 8) -> Callable[[torch.Tensor], Outputs]:
+def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "multi", chunk: int = 4) -> Callable[[torch.Tensor], Outputs]:
     def fn(x):
         return simulate(snn, x, T, mode=mode, chunk=chunk)
     return fn
@@ -98,7 +98,7 @@ def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: 
 
 
 def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = None, reference: nn.Module | None = None,
-                 mode: str = "multi", chunk: int = 8, limit: int | None = None, multiple: int = 16,
+                 mode: str = "multi", chunk: int = 4, limit: int | None = None, multiple: int = 16,
                  progress: bool = True) -> dict:
     """Metrics of an SNN at every T in ``T`` (one simulation up to max T per image), with pixel
     agreement against ``reference`` (the ANN) when given, and timings."""
@@ -138,7 +138,7 @@ def evaluate(
     split: str = "test",
     T: Sequence[int] = (10, 20, 50, 100),
     mode: str = "multi",
-    chunk: int = 8,
+    chunk: int = 4,
     limit: int | None = None,
     output: str | Path | None = None,
     dataset_options: dict | None = None,

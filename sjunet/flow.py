@@ -68,7 +68,7 @@ class FlowRecord:
 
 
 @torch.no_grad()
-def record_flow(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 8, keep_inputs: bool = False) -> FlowRecord:
+def record_flow(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4, keep_inputs: bool = False) -> FlowRecord:
     """Step 1: simulate T steps (multi-step, chunks of ``chunk``) recording I_in and I_out."""
     functional.reset_net(snn)
     functional.set_step_mode(snn, "m")
@@ -117,7 +117,7 @@ class FlowPass(fx.Interpreter):
         return super().call_module(target, args, kwargs)  # pooling, concatenation, identities
 
 
-def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 8) -> torch.Tensor:
+def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -> torch.Tensor:
     """Steps 1–2: returns Î_in^L / T with the flow gradient attached."""
     rec = record_flow(snn, x, T, chunk)
     functional.set_step_mode(snn, "s")
@@ -145,7 +145,7 @@ def flow_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.T
     return task.loss(output, target)
 
 
-def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", chunk: int = 8) -> float:
+def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", chunk: int = 4) -> float:
     """One fine-tuning iteration; returns the loss."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -171,7 +171,7 @@ class FinetuneOptions:
     optimizer: str = "adam"
     schedule: str = "cosine"
     method: str = "flow"
-    chunk: int = 8
+    chunk: int = 4
     seed: int = 0
     max_minutes: float | None = None
     val_limit: int | None = None

@@ -150,14 +150,17 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
                                      wrap_module_types=_RATE_CODING_STATELESS_MODULE_TYPES)
 
     def finalize(self, converter, fx_model: fx.GraphModule) -> nn.Module:
+        # ReLU node name -> module path of the neuron that replaced it
+        targets = {n.name: n.target for n in fx_model.graph.nodes if n.op == "call_module"}
         fx_model.eval()
         functional.invalidate_reset_cache(fx_model)
         fx_model.sjunet_conversion = {
             "options": {**asdict(self.options), "thresholds": list(self.options.ladder())},
             "ann_fingerprint": self.ann_fingerprint,
             "stats_fingerprint": self.stats.model_fingerprint,
-            "layers": {n: {"role": l.role, "out_unit": l.out_unit,
-                           "parts": [asdict(p) for p in l.parts]} for n, l in self.plan.layers.items()},
+            "layers": {n: {"role": l.role, "out_unit": l.out_unit, "neuron": targets.get(l.relu),
+                           "after_cat": len(l.parts) > 1, "parts": [asdict(p) for p in l.parts]}
+                       for n, l in self.plan.layers.items()},
         }
         return fx_model
 

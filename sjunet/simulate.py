@@ -38,7 +38,7 @@ def simulate(
     x: torch.Tensor,
     T: int | Sequence[int],
     mode: str = "multi",
-    chunk: int = 8,
+    chunk: int = 4,
 ) -> dict[int, torch.Tensor]:
     """Run ``snn`` on image batch ``x`` ([B, C, H, W]) for max(T) steps.
 

@@ -93,9 +93,10 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--max-batches", type=int, default=None, help="default: the whole split")
 @click.option("-o", "--output", default="runs/stats.h5", show_default=True, type=click.Path())
+@click.option("--device", default="cpu", show_default=True)
 @opt_opt
 @_fail_cleanly
-def calibrate(model, dataset, data, split, percentile, positive_only, batch_size, max_batches, output, opt):
+def calibrate(model, dataset, data, split, percentile, positive_only, batch_size, max_batches, output, device, opt):
     """Record whole-set activation statistics (percentile, max, mean, histograms) to HDF5."""
     from torch.utils.data import DataLoader
 
@@ -107,7 +108,7 @@ def calibrate(model, dataset, data, split, percentile, positive_only, batch_size
     ds = get_dataset(dataset, data, split, **_parse_options(opt))
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     stats = calibrate_fn(ann, loader, output=output, p=percentile, positive_only=positive_only,
-                         max_batches=max_batches,
+                         max_batches=max_batches, device=device,
                          data_description={"dataset": dataset, "split": split, **ds.describe(),
                                            "model_file": str(model), "model_file_fingerprint": file_fingerprint(model)})
     relus = {k: v for k, v in stats.nodes.items() if v.role in ("relu", "cat")}
@@ -150,14 +151,16 @@ def convert(model, stats, norm, neuron, thresholds, output):
 @click.option("--chunk", default=4, show_default=True)
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images")
 @click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")
+@click.option("--device", default="cpu", show_default=True)
 @opt_opt
 @_fail_cleanly
-def evaluate(model, snn, dataset, data, split, T, more_t, mode, chunk, limit, output, opt):
+def evaluate(model, snn, dataset, data, split, T, more_t, mode, chunk, limit, output, device, opt):
     """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN)."""
     from sjunet.evaluate import evaluate as evaluate_fn
 
     T = _steps(T, more_t)
-    r = evaluate_fn(model, snn, dataset, data, split, T, mode, chunk, limit, output, _parse_options(opt))
+    r = evaluate_fn(model, snn, dataset, data, split, T, mode, chunk, limit, output, _parse_options(opt),
+                    device=device)
     click.echo(format_result(r))
 
 
@@ -204,17 +207,19 @@ def format_result(r: dict) -> str:
 @click.option("--chunk", default=4, show_default=True, help="steps per multi-step chunk of the no-grad simulation")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
+@click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="continue from <output>.last.pt")
 @opt_opt
 @_fail_cleanly
 def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, schedule, method, chunk, seed,
-             max_minutes, resume, opt):
+             max_minutes, device, resume, opt):
     """Fine-tune a converted SNN with spiking flow; keeps the best checkpoint on validation."""
     from sjunet.flow import FinetuneOptions, finetune as finetune_fn
 
     opts = FinetuneOptions(snn=snn, dataset=dataset, data=data, output=output, T=T, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, method=method,
-                           chunk=chunk, seed=seed, max_minutes=max_minutes, dataset_options=_parse_options(opt))
+                           chunk=chunk, seed=seed, max_minutes=max_minutes, device=device,
+                           dataset_options=_parse_options(opt))
     s = finetune_fn(opts, resume=resume)
     before = s.get("before") or {}
     best = (s.get("best") or {}).get("val", {})

@@ -97,9 +97,14 @@ def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: 
     return meter.result()
 
 
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = None, reference: nn.Module | None = None,
                  mode: str = "multi", chunk: int = 4, limit: int | None = None, multiple: int = 16,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, device: str = "cpu") -> dict:
     """Metrics of an SNN at every T in ``T`` (one simulation up to max T per image), with pixel
     agreement against ``reference`` (the ANN) when given, and timings."""
     task = task or task_for(dataset)
@@ -108,18 +113,25 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
     ann_meter = task.new_meter() if reference is not None else None
     t_snn = t_ann = 0.0
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    snn.to(device)
+    if reference is not None:
+        reference.to(device).eval()
     for x, y in tqdm(_items(dataset, limit), total=n, desc=f"evaluate SNN T<={max(T)}", disable=not progress, leave=False):
+        x = x.to(device)
         ref = None
         if reference is not None:
             t0 = time.perf_counter()
             ref = predict(ann_fn(reference), x, dataset, multiple)[None]
+            _sync(device)
             t_ann += time.perf_counter() - t0
-            ann_meter.update(ref, task.meter_target(x, y))
+            ref = ref.cpu()
+            ann_meter.update(ref, task.meter_target(x.cpu(), y))
         t0 = time.perf_counter()
         outs = predict(snn_fn(snn, T, mode, chunk), x, dataset, multiple)
+        _sync(device)
         t_snn += time.perf_counter() - t0
         for t in T:
-            meters[t].update(outs[t], task.meter_target(x, y), reference=ref)
+            meters[t].update(outs[t].cpu(), task.meter_target(x.cpu(), y), reference=ref)
     result = {"T": {str(t): meters[t].result() for t in T},
               "timing": {"images": n, "snn_seconds_per_image": t_snn / max(n, 1), "max_T": max(T),
                          "snn_seconds_per_step": t_snn / max(n, 1) / max(T)}}
@@ -143,6 +155,7 @@ def evaluate(
     output: str | Path | None = None,
     dataset_options: dict | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Library form of ``sjunet evaluate``: ANN checkpoint and/or SNN file → metrics (JSON)."""
     from sjunet.data import get_dataset
@@ -167,11 +180,11 @@ def evaluate(
         cfg = rec.get("model_config") or {}
         multiple = 2 ** cfg.get("depth", 4)
         result["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
-                         "mode": mode, "chunk": chunk}
+                         "mode": mode, "chunk": chunk, "device": device}
         result.update(evaluate_snn(net, ds, T, task, reference=ann, mode=mode, chunk=chunk, limit=limit,
-                                   multiple=multiple, progress=progress))
+                                   multiple=multiple, progress=progress, device=device))
     else:
-        result["ann"] = evaluate_model(ann, ds, task, limit=limit, progress=progress)
+        result["ann"] = evaluate_model(ann.to(device), ds, task, device=device, limit=limit, progress=progress)
     result["provenance"] = provenance()
     if output is not None:
         write_json(result, output)

@@ -155,7 +155,7 @@ def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", c
     loss.backward()
     optimizer.step()
     functional.reset_net(snn)
-    return float(loss)
+    return float(loss.detach())
 
 
 @dataclass
@@ -175,6 +175,7 @@ class FinetuneOptions:
     seed: int = 0
     max_minutes: float | None = None
     val_limit: int | None = None
+    device: str = "cpu"
     dataset_options: dict = field(default_factory=dict)
 
 
@@ -192,6 +193,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         raise ValueError(f"unknown --method {opts.method!r}; choose one of {METHODS}")
     seed_everything(opts.seed)
     snn, rec = load_snn(opts.snn)
+    snn.to(opts.device)
     ds_opts = {"seed": opts.seed, **opts.dataset_options}
     if _accepts(opts.dataset, "holdout_val"):
         ds_opts.setdefault("holdout_val", True)
@@ -213,7 +215,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
 
     def validate() -> dict:
         r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=opts.chunk, limit=opts.val_limit, multiple=multiple,
-                         progress=False)
+                         progress=False, device=opts.device)
         return r["T"][str(opts.T)]
 
     if resume:
@@ -239,6 +241,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         bar = tqdm(loader, desc=f"finetune {opts.method} T={opts.T} epoch {epoch + 1}/{opts.epochs}",
                    disable=not progress, leave=False)
         for x, y in bar:
+            x, y = x.to(opts.device), y.to(opts.device)
             losses.append(train_step(snn, optimizer, task, x, y, opts.T, opts.method, opts.chunk))
             sched.step()
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
@@ -251,14 +254,14 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
             best = score
             snn.eval()
             torch_save_atomic({
-                "kind": SNN_KIND, "snn": snn, "conversion": rec.get("conversion", {}),
+                "kind": SNN_KIND, "snn": _cpu_copy(snn), "conversion": rec.get("conversion", {}),
                 "model_config": rec.get("model_config"),
                 "finetune": {"options": asdict(opts), "epoch": epoch, "val": val,
                              "source_snn_fingerprint": file_fingerprint(opts.snn), "history": list(history)},
                 "provenance": provenance(sources={"snn": opts.snn, "dataset": train_ds.describe()}),
             }, out)
             summary["best"] = {"epoch": epoch, "val": val}
-        torch_save_atomic({"kind": SNN_KIND + "-finetune-last", "state_dict": snn.state_dict(),
+        torch_save_atomic({"kind": SNN_KIND + "-finetune-last", "state_dict": _cpu_copy(snn).state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
                            "best": best, "history": history}, last)
         if opts.max_minutes is not None and (time.monotonic() - t0) / 60 > opts.max_minutes:
@@ -266,6 +269,13 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     summary["history"] = history
     summary["minutes"] = (time.monotonic() - t0) / 60
     return summary
+
+
+def _cpu_copy(snn: nn.Module) -> nn.Module:
+    import copy
+
+    functional.reset_net(snn)
+    return copy.deepcopy(snn).cpu()
 
 
 def _fmt(d: dict) -> str:

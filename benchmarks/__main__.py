@@ -1,0 +1,25 @@
+"""Benchmark runner: ``python -m benchmarks <name> --profile smoke|cpu|paper`` (or ``sjunet bench``)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "flow": ".flow_vs_bptt",
+}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    ap.add_argument("name", choices=sorted(BENCHMARKS))
+    ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    ap.add_argument("--model", default=None, help="ANN checkpoint (default: a random-weight U-Net)")
+    ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
+    a = ap.parse_args(argv)
+    r = importlib.import_module(BENCHMARKS[a.name], __package__).run(a.profile, model=a.model, data=a.data)
+    print(r["table"])
+    print(f"\n-> {r['path']}")
+
+
+if __name__ == "__main__":
+    main()

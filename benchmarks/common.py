@@ -1,0 +1,47 @@
+"""Shared pieces of the benchmarks: profiles, subprocess workers, peak-memory probes, result files."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def rss_mb() -> float:
+    """Current resident set size (MB), from /proc."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(module: str, config: dict, timeout: float = 3600) -> dict:
+    """Run ``python -m <module> --worker <json>`` in a fresh process (its own memory peak);
+    the worker prints one JSON line last."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    p = subprocess.run([sys.executable, "-m", module, "--worker", json.dumps(config)], capture_output=True,
+                       text=True, timeout=timeout, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"worker {module} failed for {config}:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def write_results(name: str, profile: str, table_md: str, payload: dict) -> Path:
+    """Write ``<name>-<profile>.md`` and ``.json`` under benchmarks/results (atomically)."""
+    from sjunet.io import provenance, write_json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    md = RESULTS / f"{name}-{profile}.md"
+    from sjunet.io import atomic_path
+
+    with atomic_path(md) as tmp:
+        tmp.write_text(table_md + "\n")
+    write_json({**payload, "provenance": provenance()}, RESULTS / f"{name}-{profile}.json")
+    return md

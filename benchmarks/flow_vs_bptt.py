@@ -1,0 +1,125 @@
+"""Spiking-flow fine-tuning vs BPTT: peak memory and seconds per iteration (issue: fine-tuning).
+
+Same converted network, same batch, for T in the profile's list. Each (method, T) runs in its
+own subprocess so every peak-memory figure is its own process's. Reported beside them: one ANN
+training step (forward + backward + update) and the T-step no-grad simulation alone, so the
+flow trainer's cost can be read as a ratio of (simulation + ANN step).
+
+    python -m sjunet.benchmarks flow --profile cpu [--model runs/em/ann.pt --data ../shared/data]
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+PROFILES = {
+    "smoke": dict(T=[2, 4], width=4, depth=2, size=32, batch=2, iters=2),
+    "cpu": dict(T=[5, 10, 20, 40], width=16, depth=4, size=128, batch=4, iters=3),
+    "paper": dict(T=[5, 10, 20, 40, 100], width=64, depth=4, size=128, batch=4, iters=5),
+}
+
+
+def _setup(cfg: dict):
+    import torch
+
+    from sjunet.calibration import calibrate
+    from sjunet.models import UNet
+    from sjunet.recipe import convert
+
+    torch.manual_seed(0)
+    torch.set_num_threads(cfg.get("threads", 2))
+    if cfg.get("model"):
+        from sjunet.io import load_ann
+
+        ann, _ = load_ann(cfg["model"])
+    else:
+        ann = UNet(base_width=cfg["width"], depth=cfg["depth"]).eval()
+    g = torch.Generator().manual_seed(1)
+    if cfg.get("data"):
+        from sjunet.data import get_dataset
+
+        ds = get_dataset("em", cfg["data"], "train", crop=cfg["size"], seed=0)
+        items = [ds[i] for i in range(cfg["batch"])]
+        x = torch.stack([a for a, _ in items])
+        y = torch.stack([b for _, b in items])
+    else:
+        x = torch.rand(cfg["batch"], ann.config.in_channels, cfg["size"], cfg["size"], generator=g)
+        y = torch.randint(0, ann.config.out_channels, (cfg["batch"], cfg["size"], cfg["size"]), generator=g)
+    stats = calibrate(ann, [x], progress=False)
+    snn = convert(ann, stats)
+    return ann, snn, x, y
+
+
+def worker(cfg: dict) -> dict:
+    import torch
+
+    from .common import peak_rss_mb, rss_mb
+    from sjunet.flow import record_flow, train_step
+    from sjunet.tasks import SegmentationTask
+
+    ann, snn, x, y = _setup(cfg)
+    task = SegmentationTask(ann.config.out_channels)
+    method, T = cfg["method"], cfg.get("T", 0)
+    if method == "ann":
+        ann.train()
+        opt = torch.optim.Adam(ann.parameters(), 1e-4)
+
+        def step():
+            loss = task.loss(ann(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    elif method == "sim":
+        def step():
+            record_flow(snn, x, T)
+    else:
+        opt = torch.optim.Adam([p for p in snn.parameters() if p.requires_grad], 1e-4)
+
+        def step():
+            train_step(snn, opt, task, x, y, T, method=method)
+    base = rss_mb()
+    peak_before = peak_rss_mb()
+    times = []
+    for _ in range(cfg["iters"] + 1):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = peak_rss_mb()
+    return {"method": method, "T": T, "seconds": sum(times[1:]) / len(times[1:]),
+            "peak_increase_mb": max(peak - base, 0.0), "baseline_mb": base,
+            "setup_peak_above_baseline_mb": peak_before - base}
+
+
+def run(profile: str = "cpu", model: str | None = None, data: str | None = None) -> dict:
+    from .common import run_worker, write_results
+
+    p = dict(PROFILES[profile])
+    common = {k: p[k] for k in ("width", "depth", "size", "batch", "iters")}
+    common.update(model=model, data=data)
+    rows = [run_worker(__spec__.name, {**common, "method": "ann"})]
+    for T in p["T"]:
+        for method in ("sim", "flow", "bptt"):
+            rows.append(run_worker(__spec__.name, {**common, "method": method, "T": T}))
+    ann = rows[0]
+    by = {(r["method"], r["T"]): r for r in rows}
+    lines = [f"Flow vs BPTT ({profile} profile; width {p['width']}, batch {p['batch']} of {p['size']}x{p['size']}; "
+             f"ANN training step: +{ann['peak_increase_mb']:.0f} MB, {ann['seconds']:.3f} s)", "",
+             "| T | flow MB | BPTT MB | flow/ANN mem | BPTT/flow mem | flow s/it | BPTT s/it | sim s | flow/(sim+ANN step) | BPTT/flow time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for T in p["T"]:
+        f, b, s = by[("flow", T)], by[("bptt", T)], by[("sim", T)]
+        lines.append(f"| {T} | {f['peak_increase_mb']:.0f} | {b['peak_increase_mb']:.0f} | "
+                     f"{f['peak_increase_mb'] / max(ann['peak_increase_mb'], 1):.2f} | "
+                     f"{b['peak_increase_mb'] / max(f['peak_increase_mb'], 1):.1f} | {f['seconds']:.3f} | {b['seconds']:.3f} | "
+                     f"{s['seconds']:.3f} | {f['seconds'] / (s['seconds'] + ann['seconds']):.2f} | "
+                     f"{b['seconds'] / f['seconds']:.1f} |")
+    table = "\n".join(lines)
+    path = write_results("flow", profile, table, {"profile": profile, "settings": {**p, "model": model, "data": data},
+                                                  "rows": rows})
+    return {"table": table, "rows": rows, "path": str(path)}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(json.loads(sys.argv[2]))))

@@ -1,0 +1,602 @@
+"""Figures of sjunet (``sjunet plot <kind>``): matplotlib with the Agg backend, files written atomically.
+
+Three kinds, each a function returning the numbers it draws:
+
+* :func:`activation_vs_rate` — the paper's Figure 3: per neuron, the ANN's ReLU activation
+  (normalised by the layer's λ) against the SNN's firing rate Σ_t o(t) / T (normalised units),
+  for the layers right after a skip concatenation, one column per converted SNN (e.g. layer-wise
+  vs connection-wise). A faithful conversion puts the points on the identity line. Each panel
+  shows the least-squares fit ``rate = slope · activation + intercept`` (ordinary least squares
+  **with** intercept, over every neuron, zeros included) and the Pearson r; the through-origin
+  slope is returned too (``slope_origin``). The numbers are also written as JSON next to the figure.
+* :func:`metric_vs_T` — a metric of ``sjunet evaluate`` results against the number of steps T
+  (log x), one line per SNN result, the ANN as a horizontal dashed line.
+* :func:`histograms` — a grid of per-layer activation histograms from the calibration HDF5 with
+  the percentile λ and the maximum marked.
+
+:func:`plot` dispatches on the kind name (the library form of the CLI), and for
+``activation-vs-rate`` also accepts file paths (ANN checkpoint, SNN files, dataset name).
+
+The output format follows the suffix of ``output`` (``.png`` — the default when there is no
+known suffix —, ``.svg``, ``.pdf``); every file goes through :func:`sjunet.io.atomic_path`
+(temp file in the same directory, then ``os.replace``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # noqa: E402  (before pyplot; never opens a window)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from torch import fx, nn  # noqa: E402
+
+from sjunet.io import atomic_path, write_json  # noqa: E402
+
+KINDS = ("activation-vs-rate", "metric-vs-T", "histograms")
+_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+_NORM_LABELS = {"layer": "layer-wise", "connection": "connection-wise"}
+
+
+# --------------------------------------------------------------------------------------------- io
+def _format_of(path: Path) -> str:
+    return _FORMATS.get(path.suffix.lower(), "png")
+
+
+def save_figure(fig, output: str | os.PathLike, dpi: int = 150) -> Path:
+    """Save ``fig`` atomically to ``output`` (format from the suffix: png/svg/pdf; png otherwise)
+    and close it."""
+    output = Path(output)
+    try:
+        with atomic_path(output) as tmp:
+            # the temp file's suffix is '.tmp': give the format explicitly
+            fig.savefig(tmp, format=_format_of(output), dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return output
+
+
+def _sidecar(output: Path) -> Path:
+    return output.with_suffix(".json") if output.suffix.lower() != ".json" else output.with_suffix(".fit.json")
+
+
+# ----------------------------------------------------------------------------- activation vs rate
+def _size_multiple(model: nn.Module) -> int:
+    m = getattr(model, "size_multiple", None)
+    if isinstance(m, int) and m > 0:
+        return m
+    depth = getattr(getattr(model, "config", None), "depth", None)
+    return 2 ** int(depth) if depth is not None else 1
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad [B, C, H, W] on the bottom/right to multiples of ``multiple`` (reflect when possible)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+class _ReluRecorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
+        super().__init__(gm)
+        self.names = names
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.names:
+            self.values[n.name] = out.detach()
+        return out
+
+
+def _conversion_of(snn: nn.Module, label: str) -> dict:
+    conv = getattr(snn, "sjunet_conversion", None)
+    if not conv or "layers" not in conv:
+        raise ValueError(f"SNN {label!r} carries no sjunet conversion record (layers, λ): "
+                         "convert it with sjunet.recipe.convert / `sjunet convert`")
+    return conv
+
+
+def _relu_node_of(ann_gm: fx.GraphModule, neuron: str) -> str:
+    """The ANN's ReLU FX node replaced by the neuron at module path ``neuron``."""
+    for n in ann_gm.graph.nodes:
+        if n.op == "call_module" and n.target == neuron:
+            return n.name
+    name = neuron.replace(".", "_")
+    if any(n.name == name for n in ann_gm.graph.nodes):
+        return name
+    raise ValueError(f"no ReLU in the ANN's graph for neuron {neuron!r}: is the SNN converted from this model?")
+
+
+def _select_layers(conv: dict, layers: Sequence[str] | None) -> list[str]:
+    """Synaptic layer names (keys of the conversion record) to plot."""
+    table = conv["layers"]
+    neuron_layers = [k for k, v in table.items() if v.get("neuron")]
+    if layers is None:
+        chosen = [k for k in neuron_layers if table[k].get("after_cat")]
+        if not chosen:
+            raise ValueError("no neuron layer follows a skip concatenation in this network; "
+                             f"name the layers to plot (neuron layers: {', '.join(neuron_layers)})")
+        return chosen
+    out = []
+    for name in layers:
+        hit = [k for k in neuron_layers
+               if name in (k, table[k]["neuron"], table[k]["neuron"].replace(".", "_"))]
+        if not hit:
+            raise ValueError(f"{name!r} is not a neuron layer of the SNN; choose among synaptic layers "
+                             f"{', '.join(neuron_layers)} or their neurons "
+                             f"{', '.join(table[k]['neuron'] for k in neuron_layers)}")
+        out.append(hit[0])
+    return out
+
+
+def fit_line(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Least squares ``y = slope·x + intercept`` (with intercept), the through-origin slope
+    ``slope_origin`` (Σxy / Σx²), Pearson ``r`` and the number of points ``n``."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    n = int(x.size)
+    nan = float("nan")
+    if n < 2:
+        return {"slope": nan, "intercept": nan, "slope_origin": nan, "r": nan, "n": n}
+    xm, ym = x.mean(), y.mean()
+    dx, dy = x - xm, y - ym
+    sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
+    slope = sxy / sxx if sxx > 0 else nan
+    intercept = ym - slope * xm if sxx > 0 else nan
+    x2 = float(x @ x)
+    slope0 = float(x @ y) / x2 if x2 > 0 else nan
+    r = sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else nan
+    return {"slope": float(slope), "intercept": float(intercept), "slope_origin": float(slope0),
+            "r": float(r), "n": n}
+
+
+def _as_batches(images) -> list[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 3:
+            images = images.unsqueeze(0)
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, C, H, W] or [C, H, W], got shape {tuple(images.shape)}")
+        return [images]
+    out = []
+    for im in images:  # a list of images, possibly of different sizes
+        out.extend(_as_batches(im))
+    if not out:
+        raise ValueError("no images given")
+    return out
+
+
+@torch.no_grad()
+def activation_rate_points(
+    model: nn.Module,
+    snns: Mapping[str, nn.Module],
+    images,
+    T: int,
+    layers: Sequence[str] | None = None,
+    chunk: int = 8,
+    multiple: int | None = None,
+) -> tuple[dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], dict[str, dict]]:
+    """Per layer and SNN label, the per-neuron points ``(activation / λ, rate)``.
+
+    Returns ``(points, info)``: ``points[layer][label] = (x, y)`` as float32 arrays over every
+    neuron of every image; ``info[layer]`` holds the neuron path, the ANN ReLU node, λ per label
+    and the layer's ordinal among neuron layers (1-based, input to output).
+    """
+    from sjunet.calibration.observe import trace_for_conversion
+    from sjunet.flow import record_flow
+
+    if not snns:
+        raise ValueError("give at least one SNN")
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    convs = {label: _conversion_of(s, label) for label, s in snns.items()}
+    first = next(iter(convs.values()))
+    chosen = _select_layers(first, layers)
+    for label, conv in convs.items():
+        missing = [k for k in chosen if k not in conv["layers"] or not conv["layers"][k].get("neuron")]
+        if missing:
+            raise ValueError(f"SNN {label!r} has no neuron layer {', '.join(missing)}: are the SNNs "
+                             "converted from the same model?")
+    ann_gm = trace_for_conversion(model)
+    neuron_order = [k for k, v in first["layers"].items() if v.get("neuron")]
+    info: dict[str, dict] = {}
+    for k in chosen:
+        neuron = first["layers"][k]["neuron"]
+        info[k] = {"neuron": neuron, "relu": _relu_node_of(ann_gm, neuron),
+                   "index": neuron_order.index(k) + 1, "after_cat": bool(first["layers"][k].get("after_cat")),
+                   "out_unit": {label: float(c["layers"][k]["out_unit"]) for label, c in convs.items()}}
+    multiple = multiple or _size_multiple(model)
+    xs: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
+    ys: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
+    for batch in _as_batches(images):
+        batch = pad_to_multiple(batch.float(), multiple)
+        rec = _ReluRecorder(ann_gm, {info[k]["relu"] for k in chosen})
+        rec.run(batch)
+        for label, snn in snns.items():
+            flow = record_flow(snn, batch, int(T), chunk=chunk)
+            for k in chosen:
+                act = rec.values[info[k]["relu"]] / info[k]["out_unit"][label]
+                rate = flow.outputs[info[k]["neuron"]]
+                if isinstance(rate, float) or rate.shape != act.shape:
+                    raise ValueError(f"layer {k}: SNN {label!r} output of shape "
+                                     f"{getattr(rate, 'shape', ())} vs ANN activation {tuple(act.shape)}")
+                xs[k][label].append(act.flatten().float().numpy())
+                ys[k][label].append((rate / T).flatten().float().numpy())
+    points = {k: {label: (np.concatenate(xs[k][label]), np.concatenate(ys[k][label])) for label in snns}
+              for k in chosen}
+    return points, info
+
+
+def activation_vs_rate(
+    model: nn.Module,
+    snns: Mapping[str, nn.Module],
+    images,
+    T: int,
+    layers: Sequence[str] | None = None,
+    output: str | os.PathLike | None = "activation_vs_rate.png",
+    max_points: int = 20000,
+    stats=None,
+    style: str = "density",
+    chunk: int = 8,
+    seed: int = 0,
+    title: str | None = None,
+    multiple: int | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The paper's Figure 3: ANN activation vs SNN firing rate, per neuron, layer by layer.
+
+    ``snns`` maps a column label (e.g. ``"layer-wise"``, ``"connection-wise"``) to a converted SNN
+    of ``model``. ``images`` is [B, C, H, W] (or [C, H, W], or a list of either); H and W are
+    padded (reflect) to multiples of ``multiple`` (default: the U-Net's 2^depth, from
+    ``model.size_multiple`` or ``model.config.depth``; 1 for other models), and the neurons of
+    the padding are plotted with the rest. ``chunk``: time steps simulated per multi-step call. ``layers``: synaptic layer names of the conversion record or the
+    module paths of their neurons; default every neuron layer right after a skip concatenation.
+
+    x = ANN ReLU output / λ (λ = the layer's ``out_unit``), y = Σ_t o(t) / T of the neuron that
+    replaced the ReLU (same units). One row per layer, one column per SNN. ``style="density"``
+    draws a 2-D histogram of every point with a log colour scale; ``"scatter"`` draws a random
+    subsample of ``max_points``. Fits use all points: ``slope``/``intercept`` from least squares
+    with intercept, ``slope_origin`` through the origin, Pearson ``r``, ``n`` points.
+
+    ``stats`` (optional, CalibrationStats or HDF5 path): if given, its model fingerprint is
+    checked against ``model``. Returns ``{layer: {label: {slope, intercept, slope_origin, r, n}}}``
+    and, with ``output``, writes the figure and the same numbers as JSON beside it (``.json``).
+    """
+    if style not in ("density", "scatter"):
+        raise ValueError(f"style must be 'density' or 'scatter', got {style!r}")
+    if stats is not None:
+        from sjunet.calibration.store import CalibrationStats, read_stats
+        from sjunet.io import model_fingerprint
+
+        st = stats if isinstance(stats, CalibrationStats) else read_stats(stats)
+        st.check_model(model_fingerprint(model))
+    points, info = activation_rate_points(model, snns, images, T, layers, chunk, multiple)
+    fits = {k: {label: fit_line(*xy) for label, xy in per.items()} for k, per in points.items()}
+    if output is None:
+        return fits
+
+    labels = list(snns)
+    rows, cols = len(points), len(labels)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.6, 3.4 * rows + 0.6), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for i, (k, per) in enumerate(points.items()):
+        # one range per row so the columns compare at a glance
+        hi = max(max(float(np.max(x, initial=0)), float(np.max(y, initial=0))) for x, y in per.values())
+        hi = max(hi, 1.0) * 1.05
+        lo = min(min(float(np.min(x, initial=0)), float(np.min(y, initial=0))) for x, y in per.values())
+        lo = min(lo, 0.0) - 0.02 * hi
+        for j, label in enumerate(labels):
+            ax = axes[i][j]
+            x, y = per[label]
+            if style == "density":
+                edges = np.linspace(lo, hi, 121)
+                h, _, _ = np.histogram2d(x, y, bins=[edges, edges])
+                h = np.ma.masked_equal(h.T, 0)
+                vmax = max(float(h.max()) if h.count() else 1.0, 1.0)
+                mesh = ax.pcolormesh(edges, edges, h, norm=LogNorm(vmin=1, vmax=max(vmax, 1.0 + 1e-9)),
+                                     cmap="viridis", rasterized=True)
+                cb = fig.colorbar(mesh, ax=ax, fraction=0.046, pad=0.03)
+                cb.set_label("neurons per bin", fontsize=8)
+                cb.ax.tick_params(labelsize=7)
+            else:
+                idx = rng.choice(x.size, size=max_points, replace=False) if x.size > max_points else slice(None)
+                ax.scatter(x[idx], y[idx], s=3, alpha=0.5 if min(x.size, max_points) < 5000 else 0.25, lw=0,
+                           color="tab:blue", rasterized=True)
+            f = fits[k][label]
+            if math.isfinite(f["slope"]):
+                ax.plot([lo, hi], [f["slope"] * lo + f["intercept"], f["slope"] * hi + f["intercept"]],
+                        color="tab:red", lw=1.2, alpha=0.8, label="least squares", zorder=3)
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="identity", zorder=4)
+            sign = "−" if f["intercept"] < 0 else "+"
+            ax.text(0.03, 0.97, f"fit: y = {f['slope']:.3f}·x {sign} {abs(f['intercept']):.3f}\n"
+                                f"slope {f['slope']:.3f}   r {f['r']:.3f}\nn = {f['n']:,} neurons",
+                    transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                    bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.85})
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+            ax.set_aspect("equal", adjustable="box")
+            ax.tick_params(labelsize=8)
+            if i == 0:
+                ax.set_title(label, fontsize=11, fontweight="bold")
+            if i == rows - 1:
+                ax.set_xlabel("ANN activation / λ", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"layer {info[k]['index']} ({k})\nSNN rate Σo(t)/T", fontsize=9)
+            if i == 0 and j == cols - 1:
+                ax.legend(loc="lower right", fontsize=7, framealpha=0.85)
+    where = "in the layers after skip concatenations" if all(info[k]["after_cat"] for k in points) else "per layer"
+    fig.suptitle(title or f"ANN activation vs SNN firing rate {where} (T = {T})\n"
+                          "least squares with intercept; dashed: identity (ideal conversion)", fontsize=11)
+    fig.tight_layout()
+    output = Path(output)
+    save_figure(fig, output)
+    write_json({"figure": str(output), "kind": "activation-vs-rate", "T": int(T),
+                "fit": "least squares with intercept (slope, intercept); slope_origin: through the origin; "
+                       "r: Pearson; x = ANN ReLU output / λ, y = Σ_t o(t) / T, all neurons of all images",
+                "layers": {k: {**info[k], "fits": fits[k]} for k in fits}, "results": fits},
+               _sidecar(output))
+    return fits
+
+
+# ------------------------------------------------------------------------------------ metric vs T
+def _load_result(r) -> tuple[dict, str | None]:
+    if isinstance(r, Mapping):
+        return dict(r), None
+    p = Path(r)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such results file (write one with `sjunet evaluate -o`)")
+    return json.loads(p.read_text()), p.stem
+
+
+def _label_of(res: dict, stem: str | None, i: int) -> str:
+    conv = (res.get("snn") or {}).get("conversion") or {}
+    if conv.get("norm"):
+        lab = _NORM_LABELS.get(conv["norm"], conv["norm"])
+        if conv.get("neuron"):
+            lab += f" ({str(conv['neuron']).upper()})"
+        return lab
+    return stem or f"result {i + 1}"
+
+
+def default_metrics(result: Mapping) -> list[str]:
+    """``f1_*`` keys (binary segmentation), else ``psnr`` (denoising), else ``miou`` (multi-class),
+    else the first numeric metric."""
+    per_t = result.get("T") or {}
+    keys: list[str] = []
+    for m in list(per_t.values()) + [result.get("ann") or {}]:
+        keys += [k for k, v in m.items() if isinstance(v, (int, float)) and k not in keys]
+    f1 = [k for k in keys if k.startswith("f1_")]
+    if f1:
+        return f1
+    for k in ("psnr", "miou"):
+        if k in keys:
+            return [k]
+    keys = [k for k in keys if k not in ("num_images",)]
+    if not keys:
+        raise ValueError("the result holds no numeric metric")
+    return keys[:1]
+
+
+def metric_vs_T(
+    results: Sequence,
+    metric: str | Sequence[str] | None = None,
+    output: str | os.PathLike = "metric_vs_T.png",
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Metric against T (log x) of ``sjunet evaluate`` results (paths or dicts), one line per SNN
+    result, the ANN as a horizontal dashed line. ``metric=None``: every ``f1_*`` metric for binary
+    segmentation, ``psnr`` for denoising, ``miou`` for multi-class (one panel per metric).
+
+    Returns ``{metric: {label: {"T": [...], "values": [...], "ann": value or None}}}``.
+    """
+    if isinstance(results, (str, os.PathLike, Mapping)):
+        results = [results]
+    loaded = [_load_result(r) for r in results]
+    if not loaded:
+        raise ValueError("give at least one result")
+    if labels is not None and len(labels) != len(loaded):
+        raise ValueError(f"{len(labels)} labels for {len(loaded)} results")
+    metrics = [metric] if isinstance(metric, str) else list(metric) if metric else default_metrics(loaded[0][0])
+    names = list(labels) if labels is not None else [_label_of(r, s, i) for i, (r, s) in enumerate(loaded)]
+    for i, n in enumerate(names):  # make labels unique
+        if names.count(n) > 1:
+            names[i] = f"{n} [{loaded[i][1] or i + 1}]"
+
+    out: dict[str, dict[str, Any]] = {}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, m in zip(axes[0], metrics):
+        out[m] = {}
+        anns = []
+        all_T: list[int] = []
+        for i, ((res, _), name) in enumerate(zip(loaded, names)):
+            per_t = res.get("T") or {}
+            pts = sorted((int(t), float(v[m])) for t, v in per_t.items() if m in v)
+            ann = (res.get("ann") or {}).get(m)
+            out[m][name] = {"T": [t for t, _ in pts], "values": [v for _, v in pts],
+                            "ann": float(ann) if ann is not None else None}
+            if ann is not None:
+                anns.append((name, float(ann), colors[i % len(colors)]))
+            if pts:
+                c = colors[i % len(colors)]
+                ax.plot([t for t, _ in pts], [v for _, v in pts], "o-", color=c, lw=1.6, ms=4, label=name)
+                all_T += [t for t, _ in pts]
+        if not any(v["values"] for v in out[m].values()) and not anns:
+            raise ValueError(f"metric {m!r} is in none of the results")
+        distinct = sorted({round(a, 6) for _, a, _ in anns})
+        if len(distinct) == 1:
+            ax.axhline(anns[0][1], color="k", ls="--", lw=1.2, label=f"ANN ({anns[0][1]:.4g})")
+        else:
+            for name, a, c in anns:
+                ax.axhline(a, color=c, ls="--", lw=1.0, label=f"ANN for {name} ({a:.4g})")
+        if all_T:
+            ax.set_xscale("log")
+            ts = sorted(set(all_T))
+            ax.set_xticks(ts)
+            ax.set_xticklabels([str(t) for t in ts])
+            ax.minorticks_off()
+        ax.set_xlabel("time steps T")
+        ax.set_ylabel(m)
+        ax.set_title(m, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title or f"SNN {', '.join(metrics)} vs number of time steps T (dashed: ANN)", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, output)
+    return out
+
+
+# ------------------------------------------------------------------------------------- histograms
+def histograms(
+    stats,
+    output: str | os.PathLike = "histograms.png",
+    nodes: Sequence[str] | None = None,
+    log: bool = True,
+    roles: Iterable[str] = ("relu", "cat-part", "cat"),
+    columns: int = 4,
+    title: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Grid of per-layer activation histograms from calibration statistics (an HDF5 path written
+    by ``sjunet calibrate`` or a :class:`~sjunet.calibration.CalibrationStats`), with the
+    percentile λ (``p99.9 = …``) and the maximum marked. ``nodes``: FX node names (default: the
+    nodes whose role is in ``roles``, in graph order). ``log``: logarithmic count axis.
+
+    Returns ``{node: {"percentile", "p", "max", "role"}}``.
+    """
+    from sjunet.calibration.store import CalibrationStats, read_stats
+
+    st = stats if isinstance(stats, CalibrationStats) else read_stats(stats)
+    roles = tuple(roles)
+    if nodes is None:
+        names = [n for n, s in st.nodes.items() if s.role in roles]
+    else:
+        unknown = [n for n in nodes if n not in st.nodes]
+        if unknown:
+            raise ValueError(f"no statistics for node(s) {', '.join(unknown)}; recorded: {', '.join(st.nodes)}")
+        names = list(nodes)
+    if not names:
+        raise ValueError("no node to plot")
+    cols = max(1, min(columns, len(names)))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.7 * rows), squeeze=False)
+    out = {}
+    for ax, name in zip(axes.flat, names):
+        s = st.nodes[name]
+        counts = np.asarray(s.histogram, dtype=np.float64)
+        edges = np.asarray(s.bin_edges, dtype=np.float64)
+        ax.stairs(counts, edges, fill=True, color="tab:blue", alpha=0.7)
+        if log:
+            ax.set_yscale("log")
+        pct = f"{s.p:g}"
+        ax.axvline(s.percentile, color="tab:red", lw=1.3, label=f"p{pct} = {s.percentile:.4g}")
+        ax.axvline(s.max, color="0.3", lw=1.0, ls="--", label=f"max = {s.max:.4g}")
+        ax.set_title(f"{name} ({s.role})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="best")
+        ax.set_xlabel("activation", fontsize=8)
+        out[name] = {"percentile": s.percentile, "p": s.p, "max": s.max, "role": s.role}
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    what = st.data.get("name") or st.data.get("dataset") or ""
+    fig.suptitle(title or f"Calibration activation histograms{' (' + str(what) + ')' if what else ''}"
+                          f" — λ = p{st.p:g} percentile, model {st.model_fingerprint}", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, output)
+    return out
+
+
+# ----------------------------------------------------------------------------------- dispatcher
+def _snn_label(record: dict, path: Path) -> str:
+    opts = (record.get("conversion") or {}).get("options") or {}
+    lab = _NORM_LABELS.get(opts.get("norm"), opts.get("norm") or path.stem)
+    if opts.get("neuron"):
+        lab += f" ({str(opts['neuron']).upper()})"
+    if record.get("finetune"):
+        lab += ", fine-tuned"
+    return lab
+
+
+def _activation_vs_rate_from_files(model, snn, dataset: str = "em", data=None, T: int = 20,
+                                   n_images: int = 1, dataset_options: dict | None = None,
+                                   labels: Sequence[str] | None = None, **kwargs) -> dict:
+    from sjunet.io import load_ann, model_fingerprint
+
+    if isinstance(model, (str, os.PathLike)):
+        model, _ = load_ann(model)
+    if isinstance(snn, Mapping):
+        snns = dict(snn)
+    else:
+        from sjunet.recipe import load_snn
+
+        paths = [snn] if isinstance(snn, (str, os.PathLike, nn.Module)) else list(snn)
+        fp = model_fingerprint(model)
+        nets, names, stems = [], [], []
+        for i, p in enumerate(paths):
+            if isinstance(p, nn.Module):
+                net, name, stem = p, f"SNN {i + 1}", str(i + 1)
+            else:
+                net, rec = load_snn(p)
+                name, stem = _snn_label(rec, Path(p)), Path(p).stem
+                conv_fp = (rec.get("conversion") or {}).get("ann_fingerprint")
+                if conv_fp not in (None, fp):
+                    raise ValueError(f"{p} was converted from model {conv_fp}, not from this ANN ({fp})")
+            nets.append(net)
+            names.append(name)
+            stems.append(stem)
+        snns = {}
+        for net, name, stem in zip(nets, names, stems):
+            snns[f"{name} [{stem}]" if names.count(name) > 1 else name] = net
+    if labels is not None:
+        if len(labels) != len(snns):
+            raise ValueError(f"{len(labels)} labels for {len(snns)} SNNs")
+        snns = dict(zip(labels, snns.values()))
+    images = kwargs.pop("images", None)
+    if images is None:
+        from sjunet.data import get_dataset
+
+        ds = get_dataset(dataset, data, "test", **(dataset_options or {}))
+        n = min(int(n_images), len(ds))
+        if n < 1:
+            raise ValueError(f"dataset {dataset!r} test split is empty")
+        ims = [ds[i][0] for i in range(n)]
+        images = torch.stack(ims) if all(im.shape == ims[0].shape for im in ims) else [im.unsqueeze(0) for im in ims]
+    return activation_vs_rate(model, snns, images, T, **kwargs)
+
+
+def plot(kind: str, **kwargs) -> Any:
+    """Library form of ``sjunet plot <kind>``.
+
+    * ``"activation-vs-rate"``: :func:`activation_vs_rate`, or with paths:
+      ``plot("activation-vs-rate", model="ann.pt", snn=["snn_layer.pt", "snn_conn.pt"],
+      dataset="em", data="../shared/data", T=20, n_images=1, output="fig3.png")`` — the first
+      ``n_images`` test images; column labels from each SNN's conversion options (norm, neuron).
+      ``snns=`` (a dict of modules) and ``images=`` are accepted as in :func:`activation_vs_rate`.
+    * ``"metric-vs-T"``: :func:`metric_vs_T` (``results=[...]``).
+    * ``"histograms"``: :func:`histograms` (``stats=path``).
+    """
+    if kind == "activation-vs-rate":
+        if "snns" in kwargs:
+            kwargs["snn"] = kwargs.pop("snns")
+        if "snn" not in kwargs or "model" not in kwargs:
+            raise ValueError("activation-vs-rate needs model= (ANN or checkpoint path) and snn= (SNN paths or modules)")
+        return _activation_vs_rate_from_files(**kwargs)
+    if kind == "metric-vs-T":
+        return metric_vs_T(**kwargs)
+    if kind == "histograms":
+        return histograms(**kwargs)
+    raise ValueError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+__all__ = ["KINDS", "activation_rate_points", "activation_vs_rate", "default_metrics", "fit_line",
+           "histograms", "metric_vs_T", "pad_to_multiple", "plot", "save_figure"]

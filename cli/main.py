@@ -122,16 +122,18 @@ def calibrate(model, dataset, data, split, percentile, positive_only, batch_size
 @click.option("--norm", type=click.Choice(["connection", "layer"]), default="connection", show_default=True)
 @click.option("--neuron", type=click.Choice(["mt", "if"]), default="mt", show_default=True)
 @click.option("--thresholds", default=None, help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if)")
+@click.option("--v-init", default="half", show_default=True,
+              help="membrane potential after reset: half (θ_min/2, rounding), zero (the paper) or a number")
 @click.option("-o", "--output", default="runs/snn.pt", show_default=True, type=click.Path())
 @_fail_cleanly
-def convert(model, stats, norm, neuron, thresholds, output):
+def convert(model, stats, norm, neuron, thresholds, v_init, output):
     """Convert the ANN into a Spiking-UNet with SpikingJelly's converter and the sjunet recipe."""
     from sjunet.io import file_fingerprint, load_ann
     from sjunet.recipe import convert as convert_fn
 
     ladder = tuple(float(t) for t in thresholds.split(",")) if thresholds else None
     ann, ckpt = load_ann(model)
-    convert_fn(ann, stats, norm=norm, neuron=neuron, thresholds=ladder, output=output,
+    convert_fn(ann, stats, norm=norm, neuron=neuron, thresholds=ladder, output=output, v_init=v_init,
                sources={"model": str(model), "model_file_fingerprint": file_fingerprint(model),
                         "task": ckpt.get("task"), "dataset": ckpt.get("dataset", {}).get("name")})
     click.echo(f"converted ({norm}-wise, {neuron}) -> {output}")
@@ -239,6 +241,95 @@ def demo(task, out, epochs, T, more_t):
 
     r = run_demo(task, out, epochs=epochs, T=_steps(T, more_t))
     click.echo(r["report"])
+
+
+@main.group()
+def plot() -> None:
+    """Figures: activation-vs-rate (paper Fig. 3), metric-vs-T, calibration histograms."""
+
+
+@plot.command("activation-vs-rate")
+@click.option("--model", "-m", required=True, type=click.Path(exists=True), help="ANN checkpoint")
+@click.option("--snn", multiple=True, required=True, type=click.Path(exists=True),
+              help="converted SNN(s), repeatable (e.g. layer-wise and connection-wise)")
+@dataset_opt
+@data_opt
+@click.option("--T", "T", default=20, show_default=True)
+@click.option("--images", "n_images", default=1, show_default=True, help="number of test images")
+@click.option("--layer", "layers", multiple=True, help="layers to plot (default: every layer after a skip concatenation)")
+@click.option("--style", type=click.Choice(["density", "scatter"]), default="density", show_default=True)
+@click.option("-o", "--output", default="runs/activation_vs_rate.png", show_default=True, type=click.Path(),
+              help="PNG, or .svg/.pdf")
+@opt_opt
+@_fail_cleanly
+def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, style, output, opt):
+    """ANN activation vs SNN firing rate per neuron, with fitted slope and correlation."""
+    from sjunet.plots import plot as plot_fn
+
+    r = plot_fn("activation-vs-rate", model=model, snn=list(snn), dataset=dataset, data=data, T=T,
+                n_images=n_images, layers=list(layers) or None, style=style, output=output,
+                dataset_options=_parse_options(opt))
+    for layer, per in r.items():
+        click.echo(f"{layer}: " + "  ".join(f"{lab}: slope {v['slope']:.3f} r {v['r']:.3f}" for lab, v in per.items()))
+    click.echo(f"-> {output}")
+
+
+@plot.command("metric-vs-T")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--metric", default=None, help="metric key (default: every f1_* / psnr / miou)")
+@click.option("-o", "--output", default="runs/metric_vs_T.png", show_default=True, type=click.Path())
+@_fail_cleanly
+def plot_metric_vs_t(results, metric, output):
+    """Metric against T from `sjunet evaluate` JSON files."""
+    from sjunet.plots import plot as plot_fn
+
+    plot_fn("metric-vs-T", results=list(results), metric=metric, output=output)
+    click.echo(f"-> {output}")
+
+
+@plot.command("histograms")
+@click.argument("stats", type=click.Path(exists=True))
+@click.option("-o", "--output", default="runs/histograms.png", show_default=True, type=click.Path())
+@_fail_cleanly
+def plot_histograms(stats, output):
+    """Per-layer activation histograms from the calibration HDF5, percentile marked."""
+    from sjunet.plots import plot as plot_fn
+
+    plot_fn("histograms", stats=stats, output=output)
+    click.echo(f"-> {output}")
+
+
+@main.command()
+@click.option("--snn", required=True, type=click.Path(exists=True))
+@click.option("--model", "-m", type=click.Path(exists=True), default=None, help="ANN checkpoint (for its MACs)")
+@dataset_opt
+@data_opt
+@click.option("--split", default="test", show_default=True)
+@click.option("--T", "T", default=20, show_default=True)
+@click.option("--limit", type=int, default=None)
+@click.option("-o", "--output", type=click.Path(), default=None, help="write the report as JSON")
+@opt_opt
+@_fail_cleanly
+def energy(snn, model, dataset, data, split, T, limit, output, opt):
+    """Spike counts, synaptic operations, MACs and energy (both conventions) per image."""
+    from sjunet.energy import energy as energy_fn, energy_table
+
+    r = energy_fn(snn, dataset, data, T=T, model=model, split=split, limit=limit, output=output,
+                  dataset_options=_parse_options(opt))
+    click.echo(energy_table(r))
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.option("--profile", type=click.Choice(["smoke", "cpu", "paper"]), default="cpu", show_default=True)
+@click.option("--model", default=None, type=click.Path())
+@click.option("--data", default=None, type=click.Path())
+def bench(name, profile, model, data):
+    """Run a benchmark from benchmarks/ (same as `python -m sjunet.benchmarks NAME`)."""
+    from sjunet.benchmarks.__main__ import main as bench_main
+
+    args = [name, "--profile", profile] + (["--model", model] if model else []) + (["--data", data] if data else [])
+    bench_main(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,7 @@
 
 Public API (each also a CLI verb of the same name, see ``sjunet --help``)::
 
-    train, evaluate, calibrate, convert, simulate
+    train, evaluate, calibrate, convert, simulate, finetune, energy, plot
 
 Heavy submodules are imported lazily so ``import sjunet`` is cheap.
 """
@@ -19,6 +19,8 @@ _LAZY = {
     "convert": "sjunet.recipe",
     "simulate": "sjunet.simulate",
     "finetune": "sjunet.flow",
+    "energy": "sjunet.energy",
+    "plot": "sjunet.plots",
     "UNet": "sjunet.models",
     "UNetConfig": "sjunet.models",
     "MultiThresholdNode": "sjunet.neurons",

@@ -112,7 +112,7 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import fx, nn
 
-from sjunet.graph import CAT_FUNCTIONS, IDENTITY_TYPES, cat_dim, kind_of
+from sjunet.graph import IDENTITY_TYPES, cat_dim, kind_of
 from sjunet.neurons import MultiThresholdNode
 from sjunet.recipe import StaticInputSynapse
 
@@ -337,7 +337,8 @@ class FanOut:
 
 def fanout_maps(snn: fx.GraphModule, input_shape: tuple[int, int, int],
                 shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, FanOut]:
-    """Fan-out map of every neuron layer (FX node name) for an input of shape ``(C, H, W)``.
+    """Fan-out map of every neuron layer for an input of shape ``(C, H, W)``, keyed by the
+    neuron's module path (``targets``: terminal synaptic layers by module path).
 
     Walks every path from the neuron through linear stages (AvgPool2d, a synaptic layer that
     feeds no neuron), concatenations and identities to a terminal synaptic layer, composing the
@@ -352,18 +353,17 @@ def fanout_maps(snn: fx.GraphModule, input_shape: tuple[int, int, int],
         c, h, w = shapes[node.name]
         fo = FanOut(torch.zeros(h, w, dtype=torch.float64), c)
         eye_h, eye_w = torch.eye(h, dtype=torch.bool), torch.eye(w, dtype=torch.bool)
-        _walk(snn, node, eye_h, eye_w, shapes, fo, node.name)
-        out[node.name] = fo
+        _walk(snn, node, eye_h, eye_w, shapes, fo, node.target)
+        out[node.target] = fo
     return out
 
 
-def _walk(gm, node, rh, rw, shapes, fo: FanOut, origin: str, depth: int = 0) -> None:
-    if depth > 10_000:  # pragma: no cover - an FX graph is acyclic
-        raise EnergyError("graph walk did not terminate")
+def _walk(gm, node, rh, rw, shapes, fo: FanOut, origin: str) -> None:
+    """Follow ``node``'s users, ``rh``/``rw`` being the reachability from the neuron so far."""
     for u in node.users:
         k = _classify(gm, u)
         if k in ("identity", "cat"):
-            _walk(gm, u, rh, rw, shapes, fo, origin, depth + 1)
+            _walk(gm, u, rh, rw, shapes, fo, origin)
         elif k == "output":
             continue  # spikes leaving the network reach no synapse
         elif k in ("pool", "synaptic"):
@@ -373,9 +373,9 @@ def _walk(gm, node, rh, rw, shapes, fo: FanOut, origin: str, depth: int = 0) -> 
             if k == "synaptic" and _is_terminal(gm, u):
                 f = m.out_channels * torch.outer(ch.sum(1).to(torch.float64), cw.sum(1).to(torch.float64))
                 fo.map += f
-                fo.targets[u.name] = fo.targets.get(u.name, 0.0) + float(f.mean())
+                fo.targets[u.target] = fo.targets.get(u.target, 0.0) + float(f.mean())
             else:
-                _walk(gm, u, ch, cw, shapes, fo, origin, depth + 1)
+                _walk(gm, u, ch, cw, shapes, fo, origin)
         else:
             raise EnergyError(f"cannot count synaptic operations through node {u.name!r} "
                               f"({u.op} {u.target}) fed by neuron layer {origin!r}: only Conv2d, "
@@ -398,7 +398,7 @@ def analog_macs(snn: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> dict
             if k in ("neuron", "output"):
                 continue
             if k in ("analog", "synaptic"):
-                out[u.name] = conv_macs(_synaptic_module(snn, u), shapes[node.name], shapes[u.name])
+                out[u.target] = conv_macs(_synaptic_module(snn, u), shapes[node.name], shapes[u.name])
             stack.append(u)
     return out
 
@@ -409,10 +409,10 @@ def analog_macs(snn: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> dict
 @torch.no_grad()
 def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -> dict[str, torch.Tensor]:
     """Simulate ``x`` ([B, C, H, W]) for T steps (multi-step, chunks of ``chunk``) and return
-    every neuron layer's ``spike_count`` (Σ_t Σ_i s_i, shape [B, C, H, W]) by FX node name."""
+    every neuron layer's ``spike_count`` (Σ_t Σ_i s_i, shape [B, C, H, W]) by module path."""
     if T < 1:
         raise ValueError(f"T must be a positive integer, got {T}")
-    neurons = {n.name: snn.get_submodule(n.target) for n in snn.graph.nodes if _classify(snn, n) == "neuron"}
+    neurons = {n.target: snn.get_submodule(n.target) for n in snn.graph.nodes if _classify(snn, n) == "neuron"}
     if not neurons:
         raise EnergyError("the SNN has no MultiThresholdNode neuron layer to count spikes of")
     recording = {name: m.record for name, m in neurons.items()}
@@ -436,7 +436,8 @@ def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -
 
 @dataclass
 class LayerEnergy:
-    """One neuron layer, per image: ``neurons``, ``spikes`` (threshold spikes), ``rate`` (spikes
+    """One neuron layer (``name``: its module path, as in the conversion record's ``neuron``
+    field and :mod:`sjunet.flow`), per image: ``neurons``, ``spikes`` (threshold spikes), ``rate`` (spikes
     per neuron per step), ``fanout_mean`` (structural synapses per neuron, averaged over the
     layer's neurons — independent of the data), ``sops`` (Σ spikes × fan-out at their
     position) and the terminal synaptic layers reached (``targets``: layer → mean fan-out)."""
@@ -528,12 +529,14 @@ def count_energy(
         st = cache[shape]
         for name, cnt in spike_counts(snn, x, T, chunk).items():
             fo = st.fanout[name]
-            per_pos = cnt.to(torch.float64).sum(dim=(0, 1)) if isinstance(cnt, torch.Tensor) else 0.0
+            if not isinstance(cnt, torch.Tensor):
+                raise EnergyError(f"neuron layer {name!r} recorded no spike count")
+            per_pos = cnt.detach().to("cpu", torch.float64).sum(dim=(0, 1))  # [H, W]: batch and channels summed
             a = acc.setdefault(name, {"neurons": 0, "spikes": 0.0, "sops": 0.0, "fanout": 0.0, "targets": {}})
             n_layer = fo.channels * fo.map.numel()
             a["neurons"] += b * n_layer
-            a["spikes"] += float(per_pos.sum()) if isinstance(per_pos, torch.Tensor) else 0.0
-            a["sops"] += float((per_pos * fo.map).sum()) if isinstance(per_pos, torch.Tensor) else 0.0
+            a["spikes"] += float(per_pos.sum())
+            a["sops"] += float((per_pos * fo.map).sum())
             a["fanout"] += b * fo.channels * float(fo.map.sum())
             for t, v in fo.targets.items():
                 a["targets"][t] = a["targets"].get(t, 0.0) + b * n_layer * v
@@ -587,7 +590,7 @@ def energy_table(report: EnergyReport) -> str:
               f"| SOPs (ACs) | {_fmt(r.sops)} |",
               f"| energy, paper convention (MAC_first·E_MAC + spikes·E_AC) | {r.energy_paper_J:.4e} J |",
               f"| energy, SOP convention (MAC_first·E_MAC + SOPs·E_AC) | {r.energy_sop_J:.4e} J |",
-              f"| energy, ANN (MACs·E_MAC) | {_fmt(r.energy_ann_J) if r.energy_ann_J is None else f'{r.energy_ann_J:.4e} J'} |"]
+              f"| energy, ANN (MACs·E_MAC) | {'–' if r.energy_ann_J is None else f'{r.energy_ann_J:.4e} J'} |"]
     for k, v in r.ratios.items():
         lines.append(f"| SNN/ANN energy, {k} convention | {v:.4f} |")
     return "\n".join(lines)
@@ -648,6 +651,8 @@ def energy(
     else:
         raise ValueError("cannot count the ANN's MACs: the SNN record has no model_config; give --model "
                          "(the ANN checkpoint the SNN was converted from)")
+    if conv.get("ann_fingerprint") and meta["model"].get("fingerprint"):
+        meta["model"]["matches_snn"] = conv["ann_fingerprint"] == meta["model"]["fingerprint"]
     n_ann = sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in ann.modules())
     n_snn = sum(_classify(net, n) in ("synaptic", "analog") for n in net.graph.nodes)
     if n_ann != n_snn:
@@ -661,9 +666,13 @@ def energy(
 
     def padded_images():
         for i in range(n):
-            x = ds[i][0].unsqueeze(0)
             got: list[torch.Tensor] = []
-            _padded_call(lambda xp: (got.append(xp), {})[1], x, multiple)
+
+            def keep(xp: torch.Tensor) -> dict:  # _padded_call's fn: only keep the padded input
+                got.append(xp)
+                return {}
+
+            _padded_call(keep, ds[i][0].unsqueeze(0), multiple)
             yield got[0]
 
     report = count_energy(net, ann, padded_images(), T, chunk=chunk)

@@ -124,7 +124,7 @@ class MultiThresholdNode(neuron.BaseNode):
     layer's 99.9th-percentile activation); ``v_threshold`` is that unit level (1.0), as
     SpikingJelly's ``ann2snn`` expects. Memories (reset by ``functional.reset_net``):
 
-    * ``v`` — membrane potential;
+    * ``v`` — membrane potential, ``v_init`` after reset (default 0, as in the paper);
     * ``acc_input`` — Σ_t I(t), the accumulated input current I_in (paper Eq. 9);
     * ``acc_output`` — Σ_t o(t), the output flow I_out (paper Eq. 10);
     * ``spike_count`` — Σ_t Σ_i s_i(t).
@@ -133,9 +133,14 @@ class MultiThresholdNode(neuron.BaseNode):
     they stay ``0.0`` and cost nothing.
     """
 
-    def __init__(self, thresholds: Sequence[float] = (2.0, 1.0, 0.5, 0.25), step_mode: str = "s") -> None:
+    def __init__(self, thresholds: Sequence[float] = (2.0, 1.0, 0.5, 0.25), step_mode: str = "s",
+                 v_init: float = 0.0) -> None:
         super().__init__(v_threshold=1.0, v_reset=None, step_mode=step_mode)
         self.thresholds = validate_ladder(thresholds)
+        #: membrane potential after reset (0: the paper; θ_N/2 turns the floor quantiser into rounding)
+        self.v_init = float(v_init)
+        self.set_reset_value("v", self.v_init)
+        self.v = self.v_init
         self.record = False
         #: when True and autograd is on, spikes go through ``self.surrogate_function`` (BPTT)
         self.surrogate_gradient = False
@@ -144,7 +149,7 @@ class MultiThresholdNode(neuron.BaseNode):
         self.register_memory("spike_count", 0.0)
 
     def extra_repr(self) -> str:
-        return f"thresholds={self.thresholds}, step_mode={self.step_mode}, record={self.record}"
+        return f"thresholds={self.thresholds}, v_init={self.v_init}, step_mode={self.step_mode}, record={self.record}"
 
     def materialize_states(self, inputs, states, step_mode):
         v = super().materialize_states(inputs, states, step_mode)[0]

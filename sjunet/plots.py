@@ -64,6 +64,12 @@ def save_figure(fig, output: str | os.PathLike, dpi: int = 150) -> Path:
     return output
 
 
+def _tight(fig, title_inches: float = 0.7) -> None:
+    """tight_layout leaving ``title_inches`` at the top for the (multi-line) suptitle."""
+    h = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0, 1, 1 - min(0.3, title_inches / h)))
+
+
 def _sidecar(output: Path) -> Path:
     return output.with_suffix(".json") if output.suffix.lower() != ".json" else output.with_suffix(".fit.json")
 
@@ -194,6 +200,8 @@ def activation_rate_points(
     and the layer's ordinal among neuron layers (1-based, input to output).
     """
     from sjunet.calibration.observe import trace_for_conversion
+    from spikingjelly.activation_based import functional
+
     from sjunet.flow import record_flow
 
     if not snns:
@@ -224,7 +232,11 @@ def activation_rate_points(
         rec = _ReluRecorder(ann_gm, {info[k]["relu"] for k in chosen})
         rec.run(batch)
         for label, snn in snns.items():
-            flow = record_flow(snn, batch, int(T), chunk=chunk)
+            mode = next((m.step_mode for m in snn.modules() if hasattr(m, "step_mode")), "s")
+            try:
+                flow = record_flow(snn, batch, int(T), chunk=chunk)
+            finally:
+                functional.set_step_mode(snn, mode)  # record_flow leaves multi-step mode on
             for k in chosen:
                 act = rec.values[info[k]["relu"]] / info[k]["out_unit"][label]
                 rate = flow.outputs[info[k]["neuron"]]
@@ -337,7 +349,7 @@ def activation_vs_rate(
     where = "in the layers after skip concatenations" if all(info[k]["after_cat"] for k in points) else "per layer"
     fig.suptitle(title or f"ANN activation vs SNN firing rate {where} (T = {T})\n"
                           "least squares with intercept; dashed: identity (ideal conversion)", fontsize=11)
-    fig.tight_layout()
+    _tight(fig)
     output = Path(output)
     save_figure(fig, output)
     write_json({"figure": str(output), "kind": "activation-vs-rate", "T": int(T),
@@ -452,7 +464,7 @@ def metric_vs_T(
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title or f"SNN {', '.join(metrics)} vs number of time steps T (dashed: ANN)", fontsize=11)
-    fig.tight_layout()
+    _tight(fig)
     save_figure(fig, output)
     return out
 
@@ -463,14 +475,16 @@ def histograms(
     output: str | os.PathLike = "histograms.png",
     nodes: Sequence[str] | None = None,
     log: bool = True,
-    roles: Iterable[str] = ("relu", "cat-part", "cat"),
+    roles: Iterable[str] = ("relu", "cat-part", "cat", "linear"),
     columns: int = 4,
     title: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Grid of per-layer activation histograms from calibration statistics (an HDF5 path written
     by ``sjunet calibrate`` or a :class:`~sjunet.calibration.CalibrationStats`), with the
     percentile λ (``p99.9 = …``) and the maximum marked. ``nodes``: FX node names (default: the
-    nodes whose role is in ``roles``, in graph order). ``log``: logarithmic count axis.
+    nodes whose role is in ``roles``, in graph order: every ReLU, every concatenation and its
+    parts, and the linear stages — up-convolutions feeding a concatenation and the output layer;
+    the network input is left out). ``log``: logarithmic count axis.
 
     Returns ``{node: {"percentile", "p", "max", "role"}}``.
     """
@@ -511,7 +525,7 @@ def histograms(
     what = st.data.get("name") or st.data.get("dataset") or ""
     fig.suptitle(title or f"Calibration activation histograms{' (' + str(what) + ')' if what else ''}"
                           f" — λ = p{st.p:g} percentile, model {st.model_fingerprint}", fontsize=11)
-    fig.tight_layout()
+    _tight(fig)
     save_figure(fig, output)
     return out
 

@@ -205,3 +205,14 @@ def test_stock_peer_runs(skewed):
     snn = convert_stock(net, data, mode="99.9%")
     out = simulate(snn, data[0], [50])[50]
     assert out.shape == net(data[0]).shape and torch.isfinite(out).all()
+
+
+def test_half_threshold_initial_potential_helps_at_small_T(skewed):
+    net, data, stats = skewed
+    half, _ = _err(convert(net, stats, v_init="half"), net, data[0], [4, 8])
+    zero, _ = _err(convert(net, stats, v_init="zero"), net, data[0], [4, 8])
+    assert half[4] < zero[4] and half[8] < zero[8]
+    snn = convert(net, stats, v_init="zero")
+    assert all(m.v_init == 0.0 for m in snn.modules() if isinstance(m, MultiThresholdNode))
+    with pytest.raises(ValueError, match="v-init"):
+        convert(net, stats, v_init="sometimes")

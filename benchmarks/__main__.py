@@ -6,6 +6,8 @@ import importlib
 
 BENCHMARKS = {
     "flow": ".flow_vs_bptt",
+    "conversion": ".conversion",
+    "finetune": ".finetune_table",
 }
 
 
@@ -15,8 +17,11 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
     ap.add_argument("--model", default=None, help="ANN checkpoint (default: a random-weight U-Net)")
     ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
-    r = importlib.import_module(BENCHMARKS[a.name], __package__).run(a.profile, model=a.model, data=a.data)
+    mod = importlib.import_module(BENCHMARKS[a.name], __package__)
+    kw = {"device": a.device} if "device" in mod.run.__code__.co_varnames else {}
+    r = mod.run(a.profile, model=a.model, data=a.data, **kw)
     print(r["table"])
     print(f"\n-> {r['path']}")
 

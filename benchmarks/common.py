@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: where tables land (override with $SJUNET_RESULTS, e.g. on a machine where the package is read-only)
+RESULTS = Path(os.environ.get("SJUNET_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def rss_mb() -> float:
@@ -45,3 +46,15 @@ def write_results(name: str, profile: str, table_md: str, payload: dict) -> Path
         tmp.write_text(table_md + "\n")
     write_json({**payload, "provenance": provenance()}, RESULTS / f"{name}-{profile}.json")
     return md
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is 0."""
+    return a / b if b else float("nan")
+
+
+def hard_key(ann_metrics: dict, keys: list[str]) -> str:
+    """The metric an SNN/ANN ratio is reported for: the lowest ANN F1 (the hard, minority class:
+    membrane for EM, vessel for DRIVE), else the first key (PSNR)."""
+    f1 = [k for k in keys if k.startswith("f1_")]
+    return min(f1, key=lambda k: ann_metrics[k]) if f1 else keys[0]

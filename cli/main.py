@@ -206,7 +206,7 @@ def format_result(r: dict) -> str:
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
 @click.option("--method", type=click.Choice(["flow", "bptt"]), default="flow", show_default=True,
               help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
-@click.option("--chunk", default=4, show_default=True, help="steps per multi-step chunk of the no-grad simulation")
+@click.option("--chunk", default=1, show_default=True, help="steps per multi-step chunk of the no-grad simulation (1: single-step mode, memory independent of T)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--max-minutes", type=float, default=None)
 @click.option("--device", default="cpu", show_default=True)

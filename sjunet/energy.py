@@ -415,12 +415,12 @@ def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -
     neurons = {n.target: snn.get_submodule(n.target) for n in snn.graph.nodes if _classify(snn, n) == "neuron"}
     if not neurons:
         raise EnergyError("the SNN has no MultiThresholdNode neuron layer to count spikes of")
-    recording = {name: m.record for name, m in neurons.items()}
+    recording = {name: (m.record, m.record_spikes) for name, m in neurons.items()}
     functional.reset_net(snn)
     functional.set_step_mode(snn, "m")
     try:
         for m in neurons.values():
-            m.record = True
+            m.record_spikes = True
         t = 0
         while t < T:
             c = min(chunk, T - t)
@@ -429,7 +429,7 @@ def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -
         counts = {name: m.spike_count for name, m in neurons.items()}
     finally:
         for name, m in neurons.items():
-            m.record = recording[name]
+            m.record, m.record_spikes = recording[name]
         functional.reset_net(snn)
     return counts
 

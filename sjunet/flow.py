@@ -68,25 +68,51 @@ class FlowRecord:
 
 
 @torch.no_grad()
-def record_flow(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4, keep_inputs: bool = False) -> FlowRecord:
-    """Step 1: simulate T steps (multi-step, chunks of ``chunk``) recording I_in and I_out."""
+def record_flow(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1, keep_inputs: bool = False) -> FlowRecord:
+    """Step 1: simulate T steps recording I_out and the gate [I_in > 0] of every neuron layer.
+
+    ``chunk=1`` runs SpikingJelly's single-step mode, so the simulation holds one step's
+    activations (memory independent of T); larger chunks run multi-step chunks (faster per step
+    on some machines, more memory). I_in is turned into a boolean gate as soon as the simulation
+    ends and then dropped, unless ``keep_inputs``. Spikes are not counted here.
+    """
     functional.reset_net(snn)
-    functional.set_step_mode(snn, "m")
     neurons = {n: m for n, m in snn.named_modules() if isinstance(m, MultiThresholdNode)}
-    set_recording(snn, True)
+    set_recording(snn, True, spikes=False)
     try:
-        t = 0
-        while t < T:
-            c = min(chunk, T - t)
-            snn(x.unsqueeze(0).expand(c, *x.shape))
-            t += c
+        if chunk <= 1:
+            functional.set_step_mode(snn, "s")
+            for _ in range(T):
+                snn(x)
+        else:
+            functional.set_step_mode(snn, "m")
+            t = 0
+            while t < T:
+                c = min(chunk, T - t)
+                snn(x.unsqueeze(0).expand(c, *x.shape))
+                t += c
         outs = {n: m.acc_output for n, m in neurons.items()}
-        gates = {n: m.acc_input > 0 for n, m in neurons.items()}
-        ins = {n: m.acc_input for n, m in neurons.items()} if keep_inputs else None
+        gates = {n: m.input_current() > 0 for n, m in neurons.items()}
+        ins = {n: m.input_current() for n, m in neurons.items()} if keep_inputs else None
     finally:
         set_recording(snn, False)
-        functional.reset_net(snn)
+        functional.reset_net(snn)  # frees membranes and the I_in accumulators
     return FlowRecord(T, outs, gates, ins)
+
+
+class _StraightThroughFlow(torch.autograd.Function):
+    """Forward: the measured I_out (no copy). Backward: grad · p with p = [I_in > 0] kept as booleans,
+    so a neuron layer adds no float tensor to the autograd graph."""
+
+    @staticmethod
+    def forward(ctx, i_hat, i_out, gate):
+        ctx.save_for_backward(gate)
+        return i_out.view_as(i_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (gate,) = ctx.saved_tensors
+        return grad * gate, None, None
 
 
 class FlowPass(fx.Interpreter):
@@ -96,9 +122,10 @@ class FlowPass(fx.Interpreter):
     Î_in^l of every neuron layer (for checking against the recorded I_in).
     """
 
-    def __init__(self, snn: fx.GraphModule, record: FlowRecord) -> None:
+    def __init__(self, snn: fx.GraphModule, record: FlowRecord, keep_currents: bool = False) -> None:
         super().__init__(snn)
         self.record = record
+        self.keep_currents = keep_currents
         self.currents: dict[str, torch.Tensor] = {}
 
     def call_module(self, target, args, kwargs):
@@ -106,10 +133,9 @@ class FlowPass(fx.Interpreter):
         T = self.record.T
         if isinstance(m, MultiThresholdNode):
             i_hat = args[0]
-            self.currents[target] = i_hat
-            gate = self.record.gates[target].to(i_hat.dtype)
-            # value: measured I_out; gradient w.r.t. Î_in: the gate p = [I_in > 0]
-            return self.record.outputs[target] + (i_hat - i_hat.detach()) * gate
+            if self.keep_currents:
+                self.currents[target] = i_hat
+            return _StraightThroughFlow.apply(i_hat, self.record.outputs[target], self.record.gates[target])
         if isinstance(m, StaticInputSynapse):
             return _affine_sum(m.layer, T * args[0], T)
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -117,7 +143,7 @@ class FlowPass(fx.Interpreter):
         return super().call_module(target, args, kwargs)  # pooling, concatenation, identities
 
 
-def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -> torch.Tensor:
+def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1) -> torch.Tensor:
     """Steps 1–2: returns Î_in^L / T with the flow gradient attached."""
     rec = record_flow(snn, x, T, chunk)
     functional.set_step_mode(snn, "s")
@@ -145,7 +171,7 @@ def flow_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.T
     return task.loss(output, target)
 
 
-def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", chunk: int = 4) -> float:
+def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", chunk: int = 1) -> float:
     """One fine-tuning iteration; returns the loss."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -171,7 +197,7 @@ class FinetuneOptions:
     optimizer: str = "adam"
     schedule: str = "cosine"
     method: str = "flow"
-    chunk: int = 4
+    chunk: int = 1
     seed: int = 0
     max_minutes: float | None = None
     val_limit: int | None = None
@@ -214,7 +240,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     start, best, history = 0, -math.inf, []
 
     def validate() -> dict:
-        r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=opts.chunk, limit=opts.val_limit, multiple=multiple,
+        r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=4, limit=opts.val_limit, multiple=multiple,
                          progress=False, device=opts.device)
         return r["T"][str(opts.T)]
 

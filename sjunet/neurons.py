@@ -125,12 +125,14 @@ class MultiThresholdNode(neuron.BaseNode):
     SpikingJelly's ``ann2snn`` expects. Memories (reset by ``functional.reset_net``):
 
     * ``v`` — membrane potential, ``v_init`` after reset (default 0, as in the paper);
-    * ``acc_input`` — Σ_t I(t), the accumulated input current I_in (paper Eq. 9);
     * ``acc_output`` — Σ_t o(t), the output flow I_out (paper Eq. 10);
     * ``spike_count`` — Σ_t Σ_i s_i(t).
 
-    The last three are recorded only while ``record`` is True (``set_recording``); otherwise
-    they stay ``0.0`` and cost nothing.
+    ``acc_output`` is recorded only while ``record`` is True, ``spike_count`` only while
+    ``record_spikes`` is True (``set_recording``); otherwise they stay ``0.0`` and cost nothing.
+    The accumulated input current I_in = Σ_t I(t) (paper Eq. 9) needs no memory of its own: reset
+    by subtraction gives V_T = V_0 + I_in − I_out, so :meth:`input_current` returns
+    V_T − V_0 + I_out.
     """
 
     def __init__(self, thresholds: Sequence[float] = (2.0, 1.0, 0.5, 0.25), step_mode: str = "s",
@@ -142,9 +144,10 @@ class MultiThresholdNode(neuron.BaseNode):
         self.set_reset_value("v", self.v_init)
         self.v = self.v_init
         self.record = False
+        #: count spikes (``spike_count``) — for energy accounting; off by default (it costs memory)
+        self.record_spikes = False
         #: when True and autograd is on, spikes go through ``self.surrogate_function`` (BPTT)
         self.surrogate_gradient = False
-        self.register_memory("acc_input", 0.0)
         self.register_memory("acc_output", 0.0)
         self.register_memory("spike_count", 0.0)
 
@@ -155,6 +158,12 @@ class MultiThresholdNode(neuron.BaseNode):
         v = super().materialize_states(inputs, states, step_mode)[0]
         return (v, *states[1:])
 
+    def input_current(self) -> torch.Tensor:
+        """I_in = Σ_t I(t) since the last reset, as V_T − V_0 + I_out (needs ``record`` on)."""
+        if isinstance(self.acc_output, float):
+            raise RuntimeError("input_current() needs a simulation with recording on (set_recording)")
+        return self.v - self.v_init + self.acc_output
+
     @staticmethod
     def _accumulate(acc, value):
         return value if isinstance(acc, float) else acc + value
@@ -163,21 +172,21 @@ class MultiThresholdNode(neuron.BaseNode):
         if self.surrogate_gradient and torch.is_grad_enabled():
             o, v = mt_step_surrogate(x, v, self.thresholds, self.surrogate_function)
             return o, v, None
-        return mt_step(x, v, self.thresholds, count_spikes=self.record)
+        return mt_step(x, v, self.thresholds, count_spikes=self.record_spikes)
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
-        v, acc_in, acc_out, count = states
+        v, acc_out, count = states
         o, v, n = self._step(x, v)
-        if self.record and n is not None:
-            acc_in = self._accumulate(acc_in, x)
+        if self.record:
             acc_out = self._accumulate(acc_out, o)
+        if n is not None:
             count = self._accumulate(count, n)
-        return (o,), (v, acc_in, acc_out, count)
+        return (o,), (v, acc_out, count)
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):
         x_seq = inputs[0]
-        v, acc_in, acc_out, count = states
+        v, acc_out, count = states
         steps = []
         n_sum = None
         for t in range(x_seq.shape[0]):
@@ -186,11 +195,11 @@ class MultiThresholdNode(neuron.BaseNode):
             if n is not None:
                 n_sum = n if n_sum is None else n_sum + n
         out = torch.stack(steps)
-        if self.record and n_sum is not None:
-            acc_in = self._accumulate(acc_in, x_seq.sum(0))
+        if self.record and x_seq.shape[0]:
             acc_out = self._accumulate(acc_out, out.sum(0))
+        if n_sum is not None:
             count = self._accumulate(count, n_sum)
-        return (out,), (v, acc_in, acc_out, count)
+        return (out,), (v, acc_out, count)
 
 
 def IFNode(threshold: float = 1.0, step_mode: str = "s") -> MultiThresholdNode:  # noqa: N802
@@ -198,9 +207,11 @@ def IFNode(threshold: float = 1.0, step_mode: str = "s") -> MultiThresholdNode: 
     return MultiThresholdNode((threshold,), step_mode=step_mode)
 
 
-def set_recording(module: torch.nn.Module, on: bool = True) -> list[MultiThresholdNode]:
-    """Switch recording of accumulated input/output/spike count on every MT neuron in ``module``."""
+def set_recording(module: torch.nn.Module, on: bool = True, spikes: bool | None = None) -> list[MultiThresholdNode]:
+    """Switch recording of accumulated input/output (and, with ``spikes``, the spike count; by
+    default the same as ``on``) on every MT neuron in ``module``."""
     nodes = [m for m in module.modules() if isinstance(m, MultiThresholdNode)]
     for m in nodes:
         m.record = on
+        m.record_spikes = on if spikes is None else spikes
     return nodes

@@ -166,6 +166,9 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
     def finalize(self, converter, fx_model: fx.GraphModule) -> nn.Module:
         # ReLU node name -> module path of the neuron that replaced it
         targets = {n.name: n.target for n in fx_model.graph.nodes if n.op == "call_module"}
+        for n in fx_model.graph.nodes:
+            n.type = None  # string annotations (PEP 563) break GraphModule pickling on some torch versions
+        fx_model.recompile()
         fx_model.eval()
         functional.invalidate_reset_cache(fx_model)
         fx_model.sjunet_conversion = {

@@ -70,7 +70,7 @@ def test_flow_pass_reproduces_recorded_currents_and_output():
     rec = record_flow(snn, x, T, keep_inputs=True)
     from spikingjelly.activation_based import functional
     functional.set_step_mode(snn, "s")
-    fp = FlowPass(snn, rec)
+    fp = FlowPass(snn, rec, keep_currents=True)
     out = fp.run(x)
     assert set(fp.currents) == set(rec.inputs)
     for name, cur in fp.currents.items():

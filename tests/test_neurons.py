@@ -31,7 +31,7 @@ def test_threshold_ladder():
 
 def test_hand_worked_spike_train():
     n = MultiThresholdNode()
-    n.record = True
+    set_recording(n)
     # step 1: V=3.8 -> spikes at 2,1,.5,.25 -> o=3.75, residue .05
     # step 2: V=.05+.3=.35 -> spike at .25 -> o=.25, residue .1
     # step 3: V=.1+1.2=1.3 -> spikes at 1, .25 -> o=1.25, residue .05
@@ -40,11 +40,11 @@ def test_hand_worked_spike_train():
     outs = [float(n(torch.tensor([x]))) for x in xs]
     assert outs == pytest.approx([3.75, 0.25, 1.25, 0.0])
     assert float(n.v) == pytest.approx(-0.45)
-    assert float(n.acc_input) == pytest.approx(sum(xs))
+    assert float(n.input_current()) == pytest.approx(sum(xs))
     assert float(n.acc_output) == pytest.approx(5.25)
     assert float(n.spike_count) == 4 + 1 + 2
     functional.reset_net(n)
-    assert n.v == 0.0 and n.acc_input == 0.0
+    assert n.v == 0.0 and n.acc_output == 0.0
 
 
 def test_at_most_one_spike_per_threshold_and_ge():
@@ -63,7 +63,7 @@ def test_matches_sequential_definition(ladder):
     xs = (torch.rand(30, generator=g) * 4 - 1).tolist()
     ref, v_ref, count_ref = _sequential_reference(xs, ladder)
     n = MultiThresholdNode(ladder)
-    n.record = True
+    set_recording(n)
     outs = [float(n(torch.tensor([x]))) for x in xs]
     assert outs == pytest.approx(ref, abs=1e-6)
     assert float(n.v) == pytest.approx(v_ref, abs=1e-5)
@@ -75,13 +75,14 @@ def test_multi_step_equals_step_by_step_exactly():
     n = MultiThresholdNode(step_mode="m")
     set_recording(n, True)
     out_m = n(x)
-    state_m = (n.v.clone(), n.acc_input.clone(), n.acc_output.clone(), n.spike_count.clone())
+    state_m = (n.v.clone(), n.input_current().clone(), n.acc_output.clone(), n.spike_count.clone())
     functional.reset_net(n)
     n.step_mode = "s"
     out_s = torch.stack([n(x[t]) for t in range(x.shape[0])])
     assert torch.equal(out_m, out_s)
     assert torch.equal(state_m[0], n.v)
-    assert torch.allclose(state_m[1], n.acc_input, atol=1e-5)
+    assert torch.allclose(state_m[1], n.input_current(), atol=1e-5)
+    assert torch.allclose(state_m[1], x.sum(0), atol=1e-5)
     assert torch.equal(state_m[2], n.acc_output) or torch.allclose(state_m[2], n.acc_output, atol=1e-5)
     assert torch.equal(state_m[3], n.spike_count)
 

@@ -8,6 +8,7 @@ BENCHMARKS = {
     "flow": ".flow_vs_bptt",
     "conversion": ".conversion",
     "finetune": ".finetune_table",
+    "step_cost": ".step_cost",
 }
 
 

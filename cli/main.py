@@ -148,8 +148,9 @@ def convert(model, stats, norm, neuron, thresholds, v_init, output):
 @click.option("--T", "T", multiple=True, default=("10,20,50,100",), show_default=True,
               help="time steps: --T 10 20 50 100, --T 10,20 or --T 10 --T 20")
 @click.argument("more_t", nargs=-1, type=int, metavar="")
-@click.option("--mode", type=click.Choice(["multi", "step"]), default="multi", show_default=True,
-              help="multi-step (layer by layer, chunks of --chunk steps) or step-by-step (memory independent of T)")
+@click.option("--mode", type=click.Choice(["multi", "step"]), default="step", show_default=True,
+              help="step-by-step (memory independent of T; the faster one on CPU) or multi-step (layer by layer, "
+                   "chunks of --chunk steps; try it on a GPU)")
 @click.option("--chunk", default=4, show_default=True)
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images")
 @click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")

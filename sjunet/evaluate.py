@@ -67,7 +67,7 @@ def ann_fn(model: nn.Module) -> Callable[[torch.Tensor], Outputs]:
     return fn
 
 
-def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "multi", chunk: int = 4) -> Callable[[torch.Tensor], Outputs]:
+def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "step", chunk: int = 4) -> Callable[[torch.Tensor], Outputs]:
     def fn(x):
         return simulate(snn, x, T, mode=mode, chunk=chunk)
     return fn
@@ -103,7 +103,7 @@ def _sync(device) -> None:
 
 
 def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = None, reference: nn.Module | None = None,
-                 mode: str = "multi", chunk: int = 4, limit: int | None = None, multiple: int = 16,
+                 mode: str = "step", chunk: int = 4, limit: int | None = None, multiple: int = 16,
                  progress: bool = True, device: str = "cpu") -> dict:
     """Metrics of an SNN at every T in ``T`` (one simulation up to max T per image), with pixel
     agreement against ``reference`` (the ANN) when given, and timings."""
@@ -149,7 +149,7 @@ def evaluate(
     data: str | None = None,
     split: str = "test",
     T: Sequence[int] = (10, 20, 50, 100),
-    mode: str = "multi",
+    mode: str = "step",
     chunk: int = 4,
     limit: int | None = None,
     output: str | Path | None = None,

@@ -102,7 +102,8 @@ def mt_step(
     if is_halving(thresholds):
         lo = thresholds[-1]
         levels = (1 << len(thresholds)) - 1
-        k = torch.div(v, lo).floor_().clamp_(0, levels)  # in place on fresh tensors: 3 allocations
+        # five elementwise passes, two allocations: k = clamp(floor(V/θ_N)), o = kθ_N, V -= o
+        k = torch.floor_divide(v, lo).clamp_(0, levels)
         n = _popcount(k.to(torch.int32), len(thresholds)).to(x.dtype) if count_spikes else None
         o = k.mul_(lo)
         return o, v.sub_(o), n
@@ -157,6 +158,13 @@ class MultiThresholdNode(neuron.BaseNode):
     def materialize_states(self, inputs, states, step_mode):
         v = super().materialize_states(inputs, states, step_mode)[0]
         return (v, *states[1:])
+
+    def __setstate__(self, state):
+        # files from sjunet 0.1.0 development builds kept an ``acc_input`` memory; it is now derived
+        for d in ("_memories", "_memories_rv"):
+            state.get(d, {}).pop("acc_input", None)
+        state.setdefault("record_spikes", False)
+        super().__setstate__(state)
 
     def input_current(self) -> torch.Tensor:
         """I_in = Σ_t I(t) since the last reset, as V_T − V_0 + I_out (needs ``record`` on)."""

@@ -9,7 +9,9 @@ Two modes give the same numbers:
 
 * ``multi`` — SpikingJelly multi-step mode, layer by layer over ``[t, B, …]`` for chunks of
   ``chunk`` steps (memory grows with the chunk, not with T);
-* ``step`` — single-step mode, one step at a time (memory independent of T).
+* ``step`` — single-step mode, one step at a time (memory independent of T). The default: on
+  CPU it was also the faster one (a step cost 0.95–1.16 ANN forwards on a 512x512 EM image,
+  multi-step chunks of 4: 1.18–1.67; ``python -m sjunet.benchmarks step_cost``).
 
 The state is reset (``functional.reset_net``) before every input, so a batch-size change
 cannot leak or silently re-initialise state.
@@ -37,7 +39,7 @@ def simulate(
     snn: nn.Module,
     x: torch.Tensor,
     T: int | Sequence[int],
-    mode: str = "multi",
+    mode: str = "step",
     chunk: int = 4,
 ) -> dict[int, torch.Tensor]:
     """Run ``snn`` on image batch ``x`` ([B, C, H, W]) for max(T) steps.

@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 import importlib
 
+#: name -> module (its ``run``) or (module, function)
 BENCHMARKS = {
     "flow": ".flow_vs_bptt",
     "conversion": ".conversion",
     "finetune": ".finetune_table",
     "step_cost": ".step_cost",
+    "tables12": (".paper_tables", "tables12"),
+    "ladders": (".paper_tables", "ladders"),
+    "energy": (".paper_tables", "energy"),
 }
 
 
@@ -20,9 +24,11 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
-    mod = importlib.import_module(BENCHMARKS[a.name], __package__)
-    kw = {"device": a.device} if "device" in mod.run.__code__.co_varnames else {}
-    r = mod.run(a.profile, model=a.model, data=a.data, **kw)
+    target = BENCHMARKS[a.name]
+    mod_name, fn_name = target if isinstance(target, tuple) else (target, "run")
+    fn = getattr(importlib.import_module(mod_name, __package__), fn_name)
+    kw = {"device": a.device} if "device" in fn.__code__.co_varnames else {}
+    r = fn(a.profile, model=a.model, data=a.data, **kw)
     print(r["table"])
     print(f"\n-> {r['path']}")
 

@@ -89,6 +89,9 @@ class DRIVEDataset(SJDataset):
     in_channels = 1
     num_classes = 2
     VAL_SAMPLES = 256
+    #: whole test images are evaluated as overlapping ``patch`` x ``patch`` windows with this
+    #: stride, overlaps averaged (:func:`sjunet.evaluate.predict` reads it)
+    eval_patch: tuple[int, int] | None = (48, 16)
 
     def __init__(
         self,

@@ -1,0 +1,207 @@
+"""The paper's tables on the real datasets (issue: paper-table benchmarks).
+
+* ``tables12`` — Tables 1/2: per dataset, the ANN, the converted SNN (connection-wise, MT) at the
+  paper's T and at half of it, the spiking-flow fine-tuned SNN at half T, and the peer — the same
+  ANN converted by SpikingJelly's stock ``RateCodingRecipe`` (IF, 99.9 %) — at the same T.
+* ``ladders`` — Table 4: threshold ladders (IF with θ = 2, 1, 0.5; MT with 2–5 thresholds).
+* ``energy`` — Table 5: spikes, synaptic operations and energy of the SNN beside the ANN.
+
+ANNs are trained once per (profile, dataset) under ``benchmarks/results/<profile>/<dataset>/``
+and reused (delete the folder to retrain); the ``cpu`` profile uses small widths and minute
+budgets, ``paper`` the paper's width 64 and long schedules (for a GPU: ``--device cuda``).
+
+    python -m sjunet.benchmarks tables12 --profile cpu --data ../shared/data
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+#: dataset name -> (test dataset, train dataset, train options, test options, paper T, metric keys)
+DATASETS = {
+    "drive": dict(test="drive", train="drive", T=10, train_opts={}, test_opts={}),
+    "em": dict(test="em", train="em", T=50, train_opts={"crop": 128, "samples_per_epoch": 160}, test_opts={}),
+    "camseq": dict(test="camseq", train="camseq", T=20, train_opts={}, test_opts={}),
+    "bsd68": dict(test="bsd68", train="bsd", T=10, train_opts={"color": False, "crop": 96, "samples_per_epoch": 400},
+                  test_opts={"sigma": 25}),
+    "cbsd68": dict(test="cbsd68", train="bsd", T=20, train_opts={"color": True, "crop": 96, "samples_per_epoch": 400},
+                   test_opts={"sigma": 25}),
+    "demo-seg": dict(test="demo-seg", train="demo-seg", T=8, train_opts={"size": 32, "num_items": 16},
+                     test_opts={"size": 32, "num_items": 16}),
+    "demo-denoise": dict(test="demo-denoise", train="demo-denoise", T=8, train_opts={"crop": 32, "samples_per_epoch": 32},
+                         test_opts={"eval_crop": 32}),
+}
+
+PROFILES = {
+    "smoke": dict(datasets=["demo-seg", "demo-denoise"], width=4, depth=2, train_minutes=0.2, epochs=2,
+                  ft_minutes=0.1, ft_epochs=1, limit=2, batch=4),
+    "cpu": dict(datasets=["em", "drive", "camseq", "bsd68", "cbsd68"], width=16, depth=4, train_minutes=6.0,
+                epochs=200, ft_minutes=2.0, ft_epochs=10, limit=5, batch=8),
+    "paper": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], width=64, depth=4, train_minutes=None,
+                  epochs=200, ft_minutes=None, ft_epochs=100, limit=None, batch=8),
+}
+
+
+def _ann(p: dict, name: str, data, device: str, profile: str) -> tuple[str, object]:
+    from sjunet.io import load_ann
+    from sjunet.train import TrainOptions, train
+
+    from .common import RESULTS
+
+    d = DATASETS[name]
+    out = RESULTS / profile / name
+    path = out / "ann.pt"
+    if not path.exists():
+        train(TrainOptions(dataset=d["train"], data=data, output=str(path), epochs=p["epochs"], batch_size=p["batch"],
+                           width=p["width"], depth=p["depth"], device=device, max_minutes=p["train_minutes"],
+                           optimizer="adam", lr=1e-3, dataset_options=d["train_opts"]), progress=False)
+    return str(path), load_ann(path)[0]
+
+
+def _stats(ann, name: str, data, device: str, profile: str):
+    from torch.utils.data import DataLoader
+
+    from sjunet.calibration import calibrate, read_stats
+    from sjunet.data import get_dataset
+    from sjunet.io import model_fingerprint
+
+    from .common import RESULTS
+
+    d = DATASETS[name]
+    path = RESULTS / profile / name / "stats.h5"
+    if path.exists() and read_stats(path).model_fingerprint == model_fingerprint(ann):
+        return read_stats(path)
+    ds = get_dataset(d["train"], data, "train", **d["train_opts"])
+    return calibrate(ann, DataLoader(ds, batch_size=4), output=path, device=device, progress=False,
+                     data_description={"dataset": d["train"], "split": "train", **ds.describe()})
+
+
+def _metric_keys(m: dict) -> list[str]:
+    f1 = [k for k in m if k.startswith("f1_")]
+    if f1:
+        return [min(f1, key=lambda k: m[k])]  # the hard class (vessel, membrane)
+    if "miou" in m:
+        return ["miou"]
+    return ["psnr", "ssim"]
+
+
+def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> dict:
+    from torch.utils.data import DataLoader
+
+    from sjunet.data import get_dataset
+    from sjunet.evaluate import evaluate_snn
+    from sjunet.flow import FinetuneOptions, finetune
+    from sjunet.recipe import convert, convert_stock, load_snn
+    from sjunet.tasks import task_for
+
+    from .common import RESULTS, ratio, write_results
+
+    p = PROFILES[profile]
+    rows = []
+    lines = [f"Tables 1/2 ({profile} profile: width {p['width']}, ANN budget {p['train_minutes']} min, fine-tuning "
+             f"{p['ft_minutes']} min at T/2; device {device})", "",
+             "| dataset | metric | ANN | SNN T | SNN T/2 | FT SNN T/2 | stock T | stock T/2 | SNN/ANN T/2 | FT/ANN T/2 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in p["datasets"]:
+        d = DATASETS[name]
+        t0 = time.perf_counter()
+        ann_path, ann = _ann(p, name, data, device, profile)
+        stats = _stats(ann, name, data, device, profile)
+        test = get_dataset(d["test"], data, "test", **d["test_opts"])
+        task = task_for(test)
+        T, T2 = d["T"], max(1, d["T"] // 2)
+        snn_path = RESULTS / profile / name / "snn.pt"
+        convert(ann, stats, output=snn_path, sources={"model": ann_path})
+        snn, _ = load_snn(snn_path)
+        ev = dict(reference=ann, limit=p["limit"], multiple=ann.size_multiple, progress=False, device=device)
+        conv = evaluate_snn(snn, test, [T2, T], task, **ev)
+        train_ds = get_dataset(d["train"], data, "train", **d["train_opts"])
+        peer = convert_stock(ann, DataLoader(train_ds, batch_size=4))
+        stock = evaluate_snn(peer, test, [T2, T], task, **ev)
+        ft_path = RESULTS / profile / name / f"snn_ft_T{T2}.pt"
+        finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(ft_path), T=T2,
+                                 epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
+                                 val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False)
+        ft = evaluate_snn(load_snn(ft_path)[0], test, [T2], task, **ev)
+        a = conv["ann"]
+        for k in _metric_keys(a):
+            c, c2, f2 = conv["T"][str(T)][k], conv["T"][str(T2)][k], ft["T"][str(T2)][k]
+            s1, s2 = stock["T"][str(T)][k], stock["T"][str(T2)][k]
+            lines.append(f"| {name} | {k} | {a[k]:.4f} | {c:.4f} (T={T}) | {c2:.4f} (T={T2}) | {f2:.4f} | {s1:.4f} | "
+                         f"{s2:.4f} | {ratio(c2, a[k]):.3f} | {ratio(f2, a[k]):.3f} |")
+        rows.append({"dataset": name, "T": T, "T_half": T2, "ann": a, "converted": conv["T"], "stock": stock["T"],
+                     "finetuned": ft["T"], "test": test.describe(), "seconds": time.perf_counter() - t0})
+        write_results("tables12", profile, "\n".join(lines), {"profile": profile, "settings": p, "rows": rows})
+    table = "\n".join(lines)
+    path = write_results("tables12", profile, table, {"profile": profile, "settings": p, "rows": rows})
+    return {"table": table, "rows": rows, "path": str(path)}
+
+
+LADDERS = [("IF θ=2", (2.0,)), ("IF θ=1", (1.0,)), ("IF θ=0.5", (0.5,)), ("MT 2,1", (2.0, 1.0)),
+           ("MT 1,0.5", (1.0, 0.5)), ("MT 2,1,0.5", (2.0, 1.0, 0.5)), ("MT 2,1,0.5,0.25", (2.0, 1.0, 0.5, 0.25)),
+           ("MT 2,1,0.5,0.25,0.125", (2.0, 1.0, 0.5, 0.25, 0.125))]
+
+
+def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    """Table 4: threshold ladders, connection-wise, on one dataset (default: the profile's first)."""
+    from sjunet.data import get_dataset
+    from sjunet.evaluate import evaluate_snn
+    from sjunet.recipe import convert
+    from sjunet.tasks import task_for
+
+    from .common import ratio, write_results
+
+    p = PROFILES[profile]
+    name = dataset or p["datasets"][0]
+    d = DATASETS[name]
+    ann_path, ann = _ann(p, name, data, device, profile)
+    stats = _stats(ann, name, data, device, profile)
+    test = get_dataset(d["test"], data, "test", **d["test_opts"])
+    task = task_for(test)
+    Ts = sorted({max(1, d["T"] // 5), max(1, d["T"] // 2), d["T"]})
+    res = {}
+    for label, ladder in LADDERS:
+        neuron = "if" if len(ladder) == 1 else "mt"
+        snn = convert(ann, stats, neuron=neuron, thresholds=ladder)
+        res[label] = evaluate_snn(snn, test, Ts, task, reference=ann, limit=p["limit"], multiple=ann.size_multiple,
+                                  progress=False, device=device)
+    a = next(iter(res.values()))["ann"]
+    k = _metric_keys(a)[0]
+    lines = [f"Table 4: threshold ladders on {name} ({profile} profile; connection-wise, v0 = θ_min/2; {k})", "",
+             "| ladder | " + " | ".join(f"T={t}" for t in Ts) + " | agreement at T=" + str(Ts[-1]) + " |",
+             "|---|" + "---|" * (len(Ts) + 1),
+             f"| ANN | " + " | ".join(f"{a[k]:.4f}" for _ in Ts) + " | — |"]
+    for label, r in res.items():
+        agree = r["T"][str(Ts[-1])].get("agreement", r["T"][str(Ts[-1])].get("psnr_vs_reference", float("nan")))
+        lines.append(f"| {label} | " + " | ".join(f"{r['T'][str(t)][k]:.4f} ({ratio(r['T'][str(t)][k], a[k]):.3f})"
+                                                    for t in Ts) + f" | {agree:.4f} |")
+    table = "\n".join(lines)
+    path = write_results("ladders", profile, table, {"profile": profile, "dataset": name, "T": Ts,
+                                                     "results": {l: r["T"] for l, r in res.items()}, "ann": a})
+    return {"table": table, "path": str(path)}
+
+
+def energy(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    """Table 5: energy per image of the converted and fine-tuned SNN vs the ANN, both conventions."""
+    from sjunet.energy import energy as energy_fn, energy_table
+    from sjunet.recipe import convert
+
+    from .common import RESULTS, write_results
+
+    p = PROFILES[profile]
+    name = dataset or p["datasets"][0]
+    d = DATASETS[name]
+    ann_path, ann = _ann(p, name, data, device, profile)
+    stats = _stats(ann, name, data, device, profile)
+    snn = convert(ann, stats)
+    T2 = max(1, d["T"] // 2)
+    parts, payload = [], {}
+    for label, net, T in [("converted", snn, d["T"]), ("converted", snn, T2)] + (
+            [("fine-tuned", str(RESULTS / profile / name / f"snn_ft_T{T2}.pt"), T2)]
+            if (RESULTS / profile / name / f"snn_ft_T{T2}.pt").exists() else []):
+        r = energy_fn(net, d["test"], data, T=T, model=ann, limit=p["limit"] or 5, dataset_options=d["test_opts"])
+        parts.append(f"### {label} SNN, T = {T}\n\n" + energy_table(r))
+        payload[f"{label} T={T}"] = r.to_dict()
+    table = f"Table 5: energy on {name} ({profile} profile)\n\n" + "\n\n".join(parts)
+    path = write_results("energy", profile, table, {"profile": profile, "dataset": name, "reports": payload})
+    return {"table": table, "path": str(path)}

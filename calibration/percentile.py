@@ -79,7 +79,7 @@ class StreamingPercentile:
         scale = self.nbins / (self.hi - self.lo)
         for start in range(0, v.numel(), _CHUNK):
             idx = ((v[start:start + _CHUNK] - self.lo) * scale).long().clamp_(0, self.nbins - 1)
-            self.hist += torch.bincount(idx, minlength=self.nbins).numpy()
+            self.hist += torch.bincount(idx, minlength=self.nbins).cpu().numpy()
 
     # -- results --------------------------------------------------------------------------
     @property

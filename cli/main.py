@@ -233,7 +233,7 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
 @click.option("--task", type=click.Choice(["seg", "denoise"]), default="seg", show_default=True)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
 @click.option("--epochs", default=None, type=int, help="default: 8 (seg) / 6 (denoise)")
-@click.option("--T", "T", multiple=True, default=("5,10,20,50",), show_default=True)
+@click.option("--T", "T", multiple=True, default=("5,10,20",), show_default=True)
 @click.argument("more_t", nargs=-1, type=int, metavar="")
 @_fail_cleanly
 def demo(task, out, epochs, T, more_t):

@@ -18,13 +18,13 @@ from sjunet.recipe import convert
 from sjunet.train import TrainOptions, train
 
 DEMOS = {
-    "seg": dict(dataset="demo-seg", epochs=40, batch_size=8, width=8, depth=3, lr=2e-3, optimizer="adam"),
+    "seg": dict(dataset="demo-seg", epochs=30, batch_size=8, width=8, depth=3, lr=2e-3, optimizer="adam"),
     "denoise": dict(dataset="demo-denoise", epochs=15, batch_size=8, width=8, depth=3, lr=1e-3, optimizer="adam"),
 }
 
 
 def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | None = None,
-             T: Sequence[int] = (5, 10, 20, 50), progress: bool = True) -> dict:
+             T: Sequence[int] = (5, 10, 20), progress: bool = True) -> dict:
     """Run the demo pipeline; every artifact lands under ``out``. Returns results and a report."""
     if task not in DEMOS:
         raise ValueError(f"unknown demo task {task!r}; choose one of {', '.join(DEMOS)}")

@@ -76,6 +76,14 @@ def _stats(ann, name: str, data, device: str, profile: str):
                      data_description={"dataset": d["train"], "split": "train", **ds.describe()})
 
 
+def _prepare(profile: str, dataset: str | None, data, device: str):
+    """Profile, dataset name and spec, and the (trained or cached) ANN with its statistics."""
+    p = PROFILES[profile]
+    name = dataset or p["datasets"][0]
+    ann_path, ann = _ann(p, name, data, device, profile)
+    return p, name, DATASETS[name], ann, _stats(ann, name, data, device, profile)
+
+
 def _metric_keys(m: dict) -> list[str]:
     f1 = [k for k in m if k.startswith("f1_")]
     if f1:
@@ -151,11 +159,7 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
 
     from .common import ratio, write_results
 
-    p = PROFILES[profile]
-    name = dataset or p["datasets"][0]
-    d = DATASETS[name]
-    ann_path, ann = _ann(p, name, data, device, profile)
-    stats = _stats(ann, name, data, device, profile)
+    p, name, d, ann, stats = _prepare(profile, dataset, data, device)
     test = get_dataset(d["test"], data, "test", **d["test_opts"])
     task = task_for(test)
     Ts = sorted({max(1, d["T"] // 5), max(1, d["T"] // 2), d["T"]})
@@ -188,11 +192,7 @@ def energy(profile: str = "cpu", model=None, data=None, device: str = "cpu", dat
 
     from .common import RESULTS, write_results
 
-    p = PROFILES[profile]
-    name = dataset or p["datasets"][0]
-    d = DATASETS[name]
-    ann_path, ann = _ann(p, name, data, device, profile)
-    stats = _stats(ann, name, data, device, profile)
+    p, name, d, ann, stats = _prepare(profile, dataset, data, device)
     snn = convert(ann, stats)
     T2 = max(1, d["T"] // 2)
     parts, payload = [], {}

@@ -115,6 +115,7 @@ from torch import fx, nn
 from sjunet.graph import IDENTITY_TYPES, cat_dim, kind_of
 from sjunet.neurons import MultiThresholdNode
 from sjunet.recipe import StaticInputSynapse
+from sjunet.simulate import run_steps
 
 #: Horowitz (ISSCC 2014), 45 nm, 32-bit float: multiply-accumulate and accumulate energies (J)
 E_MAC = 4.6e-12
@@ -417,15 +418,10 @@ def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -
         raise EnergyError("the SNN has no MultiThresholdNode neuron layer to count spikes of")
     recording = {name: (m.record, m.record_spikes) for name, m in neurons.items()}
     functional.reset_net(snn)
-    functional.set_step_mode(snn, "m")
     try:
         for m in neurons.values():
             m.record_spikes = True
-        t = 0
-        while t < T:
-            c = min(chunk, T - t)
-            snn(x.unsqueeze(0).expand(c, *x.shape))
-            t += c
+        run_steps(snn, x, T, chunk)
         counts = {name: m.spike_count for name, m in neurons.items()}
     finally:
         for name, m in neurons.items():

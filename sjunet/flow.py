@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from sjunet.neurons import MultiThresholdNode, set_recording
 from sjunet.recipe import StaticInputSynapse
+from sjunet.simulate import run_steps
 from sjunet.tasks import Task
 
 METHODS = ("flow", "bptt")
@@ -80,17 +81,7 @@ def record_flow(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1, ke
     neurons = {n: m for n, m in snn.named_modules() if isinstance(m, MultiThresholdNode)}
     set_recording(snn, True, spikes=False)
     try:
-        if chunk <= 1:
-            functional.set_step_mode(snn, "s")
-            for _ in range(T):
-                snn(x)
-        else:
-            functional.set_step_mode(snn, "m")
-            t = 0
-            while t < T:
-                c = min(chunk, T - t)
-                snn(x.unsqueeze(0).expand(c, *x.shape))
-                t += c
+        run_steps(snn, x, T, chunk)
         outs = {n: m.acc_output for n, m in neurons.items()}
         gates = {n: m.input_current() > 0 for n, m in neurons.items()}
         ins = {n: m.input_current() for n, m in neurons.items()} if keep_inputs else None

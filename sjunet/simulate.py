@@ -71,6 +71,22 @@ def simulate(
     return out
 
 
+def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:
+    """Advance ``snn`` by T steps on static input ``x`` without resetting it (for recorders):
+    single-step mode when ``chunk <= 1``, else multi-step chunks of ``chunk`` steps."""
+    if chunk <= 1:
+        functional.set_step_mode(snn, "s")
+        for _ in range(T):
+            snn(x)
+        return
+    functional.set_step_mode(snn, "m")
+    t = 0
+    while t < T:
+        c = min(chunk, T - t)
+        snn(x.unsqueeze(0).expand(c, *x.shape))
+        t += c
+
+
 def outputs_for_batches(snn: nn.Module, batches: Iterable[torch.Tensor], T, **kw):
     """Yield :func:`simulate`'s result for every batch."""
     for x in batches:

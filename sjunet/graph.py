@@ -8,7 +8,6 @@ propagates channel counts so concatenation parts get exact channel ranges.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
@@ -31,11 +30,6 @@ _ADVICE = {
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-@dataclass(frozen=True)
-class NodeKind:
-    kind: str  # input | synaptic | relu | pool | cat | identity | output | neuron | other
 
 
 def kind_of(gm: fx.GraphModule, node: fx.Node, neuron_types: tuple[type, ...] = ()) -> str:

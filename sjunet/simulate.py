@@ -18,7 +18,7 @@ cannot leak or silently re-initialise state.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from spikingjelly.activation_based import functional
@@ -85,9 +85,3 @@ def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:
         c = min(chunk, T - t)
         snn(x.unsqueeze(0).expand(c, *x.shape))
         t += c
-
-
-def outputs_for_batches(snn: nn.Module, batches: Iterable[torch.Tensor], T, **kw):
-    """Yield :func:`simulate`'s result for every batch."""
-    for x in batches:
-        yield simulate(snn, x, T, **kw)

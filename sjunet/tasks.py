@@ -75,12 +75,6 @@ def task_for(dataset) -> Task:
     raise ValueError(f"unknown task {dataset.task!r}")
 
 
-def task_from_dict(d: dict) -> Task:
-    if d["kind"] == "segmentation":
-        return SegmentationTask(d["num_classes"], d.get("class_names"))
-    return DenoisingTask(d.get("channels", 1))
-
-
 def task_to_dict(task: Task) -> dict:
     if isinstance(task, SegmentationTask):
         return {"kind": task.kind, "num_classes": task.num_classes,

@@ -13,6 +13,7 @@ BENCHMARKS = {
     "tables12": (".paper_tables", "tables12"),
     "ladders": (".paper_tables", "ladders"),
     "energy": (".paper_tables", "energy"),
+    "ablation": (".paper_tables", "ablation"),
 }
 
 
@@ -23,11 +24,16 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default=None, help="ANN checkpoint (default: a random-weight U-Net)")
     ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation)")
     a = ap.parse_args(argv)
     target = BENCHMARKS[a.name]
     mod_name, fn_name = target if isinstance(target, tuple) else (target, "run")
     fn = getattr(importlib.import_module(mod_name, __package__), fn_name)
     kw = {"device": a.device} if "device" in fn.__code__.co_varnames else {}
+    if a.dataset is not None:
+        if "dataset" not in fn.__code__.co_varnames:
+            ap.error(f"{a.name} takes no --dataset (its profile fixes the data)")
+        kw["dataset"] = a.dataset
     r = fn(a.profile, model=a.model, data=a.data, **kw)
     print(r["table"])
     print(f"\n-> {r['path']}")

@@ -48,6 +48,16 @@ def write_results(name: str, profile: str, table_md: str, payload: dict) -> Path
     return md
 
 
+def write_metric_figure(name: str, profile: str, results: dict, metric: str, title: str) -> Path:
+    """``<name>-<profile>.png`` beside the table: ``metric`` against T, one line per evaluated SNN
+    (label -> an ``evaluate_snn`` result), the ANN dashed (``sjunet.plots.metric_vs_T``)."""
+    from sjunet.plots import metric_vs_T
+
+    path = RESULTS / f"{name}-{profile}.png"
+    metric_vs_T(list(results.values()), metric=metric, output=path, labels=list(results), title=title)
+    return path
+
+
 def ratio(a: float, b: float) -> float:
     """a / b, NaN when b is 0."""
     return a / b if b else float("nan")

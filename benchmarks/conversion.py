@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 PROFILES = {
-    "smoke": dict(dataset="demo-seg", T=[2, 4, 8], limit=2, dataset_options={"size": 32, "num_items": 8},
-                  stock=True, width=4, depth=2, train_epochs=2),
+    "smoke": dict(dataset="demo-seg", T=[2, 4, 8], limit=2, dataset_options={"size": 32, "num_items": 16},
+                  stock=True, width=8, depth=2, train_epochs=30),
     "cpu": dict(dataset="em", T=[5, 10, 20, 50, 100], limit=None, dataset_options={}, stock=True),
     "paper": dict(dataset="em", T=[5, 10, 20, 50, 100, 200], limit=None, dataset_options={}, stock=True),
 }
@@ -30,7 +30,7 @@ def _model(p: dict, model: str | None, out: Path, data: str | None):
     if model is None:
         model = str(out / "ann.pt")
         train(TrainOptions(dataset=p["dataset"], data=data, output=model, epochs=p.get("train_epochs", 2),
-                           width=p.get("width", 4), depth=p.get("depth", 2), batch_size=4, optimizer="adam", lr=2e-3,
+                           width=p.get("width", 4), depth=p.get("depth", 2), batch_size=4, optimizer="adam", lr=5e-3,
                            dataset_options=p["dataset_options"]), progress=False)
     ann, ckpt = load_ann(model)
     return model, ann, ckpt
@@ -62,7 +62,7 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     from sjunet.recipe import convert, convert_stock
     from sjunet.tasks import task_for
 
-    from .common import RESULTS, hard_key, ratio, write_results
+    from .common import RESULTS, hard_key, ratio, write_metric_figure, write_results
 
     p = dict(PROFILES[profile])
     out = RESULTS / f"conversion-{profile}"
@@ -105,6 +105,7 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     lines.append(f"\nANN: {next(iter(rows.values()))['timing']['ann_seconds_per_image']:.3f} s/image; "
                  f"total {time.perf_counter() - t0:.0f} s")
     table = "\n".join(lines)
+    write_metric_figure("conversion", profile, rows, rk, f"Conversion on {p['dataset']}: {rk} vs T (dashed: ANN)")
     path = write_results("conversion", profile, table, {
         "profile": profile, "settings": p, "model": model, "model_fingerprint": ckpt.get("fingerprint"),
         "stats": str(stats_path), "dataset": test.describe(), "results": rows})

@@ -33,11 +33,11 @@ DATASETS = {
 }
 
 PROFILES = {
-    "smoke": dict(datasets=["demo-seg", "demo-denoise"], width=4, depth=2, train_minutes=0.2, epochs=2,
+    "smoke": dict(datasets=["demo-seg", "demo-denoise"], width=8, depth=2, train_minutes=0.3, epochs=30, lr=5e-3,
                   ft_minutes=0.1, ft_epochs=1, limit=2, batch=4),
-    "cpu": dict(datasets=["em", "drive", "camseq", "bsd68", "cbsd68"], width=16, depth=4, train_minutes=6.0,
+    "cpu": dict(datasets=["em", "drive", "camseq", "bsd68", "cbsd68"], width=16, depth=4, train_minutes=6.0, lr=1e-3,
                 epochs=200, ft_minutes=2.0, ft_epochs=10, limit=5, batch=8),
-    "paper": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], width=64, depth=4, train_minutes=None,
+    "paper": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], width=64, depth=4, train_minutes=None, lr=1e-3,
                   epochs=200, ft_minutes=None, ft_epochs=100, limit=None, batch=8),
 }
 
@@ -54,7 +54,7 @@ def _ann(p: dict, name: str, data, device: str, profile: str) -> tuple[str, obje
     if not path.exists():
         train(TrainOptions(dataset=d["train"], data=data, output=str(path), epochs=p["epochs"], batch_size=p["batch"],
                            width=p["width"], depth=p["depth"], device=device, max_minutes=p["train_minutes"],
-                           optimizer="adam", lr=1e-3, dataset_options=d["train_opts"]), progress=False)
+                           optimizer="adam", lr=p["lr"], dataset_options=d["train_opts"]), progress=False)
     return str(path), load_ann(path)[0]
 
 
@@ -84,6 +84,15 @@ def _prepare(profile: str, dataset: str | None, data, device: str):
     return p, name, DATASETS[name], ann, _stats(ann, name, data, device, profile)
 
 
+def _fingerprints(ann, stats, **files) -> dict:
+    """What a row was made from: the ANN's and the statistics' model fingerprints, and the
+    fingerprint of every SNN file given (name -> path)."""
+    from sjunet.io import file_fingerprint, model_fingerprint
+
+    return {"ann": model_fingerprint(ann), "stats_model": stats.model_fingerprint,
+            **{k: file_fingerprint(v) for k, v in files.items()}}
+
+
 def _metric_keys(m: dict) -> list[str]:
     f1 = [k for k in m if k.startswith("f1_")]
     if f1:
@@ -93,27 +102,82 @@ def _metric_keys(m: dict) -> list[str]:
     return ["psnr", "ssim"]
 
 
-def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> dict:
+def _tables12_lines(row: dict) -> list[str]:
+    """Markdown rows of one dataset's Tables 1/2 entry (one per reported metric)."""
+    from .common import ratio
+
+    a, T, T2, name = row["ann"], row["T"], row["T_half"], row["dataset"]
+    out = []
+    for k in _metric_keys(a):
+        c, c2, f2 = row["converted"][str(T)][k], row["converted"][str(T2)][k], row["finetuned"][str(T2)][k]
+        if row["stock"] is None:  # the stock converter refused this model
+            s1 = s2 = "refused¹"
+        else:
+            s1, s2 = (f"{row['stock'][str(t)][k]:.4f}" for t in (T, T2))
+        out.append(f"| {name} | {k} | {a[k]:.4f} | {c:.4f} (T={T}) | {c2:.4f} (T={T2}) | {f2:.4f} | {s1} | {s2} | "
+                   f"{ratio(c, a[k]):.3f} | {ratio(c2, a[k]):.3f} | {ratio(f2, a[k]):.3f} |")
+    return out
+
+
+def _previous_rows(name: str, profile: str, settings: dict) -> dict[str, dict]:
+    """Rows of an earlier run of the same benchmark and settings (dataset -> row), for resuming."""
+    import json
+
+    from .common import RESULTS
+
+    path = RESULTS / f"{name}-{profile}.json"
+    if not path.exists():
+        return {}
+    prev = json.loads(path.read_text())
+    if prev.get("settings") != json.loads(json.dumps(settings)):
+        return {}
+    return {r["dataset"]: r for r in prev.get("rows", [])}
+
+
+def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    """Tables 1/2 over the profile's datasets (or only ``dataset``, comma-separated for several).
+
+    Resumable: a dataset whose row from an earlier run of the same settings was made from the same
+    ANN (fingerprint) is not run again; name it in ``dataset`` to force a rerun.
+    """
     from torch.utils.data import DataLoader
 
     from sjunet.data import get_dataset
     from sjunet.evaluate import evaluate_snn
     from sjunet.flow import FinetuneOptions, finetune
+    from sjunet.io import model_fingerprint
     from sjunet.recipe import convert, convert_stock, load_snn
     from sjunet.tasks import task_for
 
-    from .common import RESULTS, ratio, write_results
+    from .common import RESULTS, write_results
 
     p = PROFILES[profile]
-    rows = []
-    lines = [f"Tables 1/2 ({profile} profile: width {p['width']}, ANN budget {p['train_minutes']} min, fine-tuning "
-             f"{p['ft_minutes']} min at T/2; device {device})", "",
-             "| dataset | metric | ANN | SNN T | SNN T/2 | FT SNN T/2 | stock T | stock T/2 | SNN/ANN T/2 | FT/ANN T/2 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    forced = [n.strip() for n in dataset.split(",")] if dataset else []
+    unknown = [n for n in forced if n not in p["datasets"]]
+    if unknown:
+        raise ValueError(f"dataset(s) {unknown} are not in the {profile} profile; choose from {p['datasets']}")
+    previous = _previous_rows("tables12", profile, p)
+    rows: list[dict] = []
+    header = [f"Tables 1/2 ({profile} profile: width {p['width']}, ANN budget {p['train_minutes']} min, fine-tuning "
+              f"{p['ft_minutes']} min at T/2; device {device}; ratios = SNN/ANN)", "",
+              "| dataset | metric | ANN | SNN T | SNN T/2 | FT SNN T/2 | stock T | stock T/2 | SNN/ANN T | SNN/ANN T/2 "
+              "| FT/ANN T/2 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def table() -> str:
+        lines = header + [line for r in rows for line in _tables12_lines(r)]
+        refusals = [f"{r['dataset']}: {r['stock_error']}" for r in rows if r.get("stock_error")]
+        if refusals:
+            lines += ["", "¹ SpikingJelly's `RateCodingRecipe` refused the model — " + "; ".join(refusals)]
+        return "\n".join(lines)
+
     for name in p["datasets"]:
         d = DATASETS[name]
         t0 = time.perf_counter()
         ann_path, ann = _ann(p, name, data, device, profile)
+        old = previous.get(name)
+        if name not in forced and old and old.get("fingerprints", {}).get("ann") == model_fingerprint(ann):
+            rows.append(old)
+            continue
         stats = _stats(ann, name, data, device, profile)
         test = get_dataset(d["test"], data, "test", **d["test_opts"])
         task = task_for(test)
@@ -124,25 +188,25 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu") -
         ev = dict(reference=ann, limit=p["limit"], multiple=ann.size_multiple, progress=False, device=device)
         conv = evaluate_snn(snn, test, [T2, T], task, **ev)
         train_ds = get_dataset(d["train"], data, "train", **d["train_opts"])
-        peer = convert_stock(ann, DataLoader(train_ds, batch_size=4))
-        stock = evaluate_snn(peer, test, [T2, T], task, **ev)
+        stock, stock_error = None, None
+        try:
+            peer = convert_stock(ann, DataLoader(train_ds, batch_size=4))
+        except ValueError as e:  # e.g. a layer whose 99.9th percentile is 0: the stock recipe has no threshold
+            stock_error = str(e).splitlines()[0]
+        else:
+            stock = evaluate_snn(peer, test, [T2, T], task, **ev)["T"]
         ft_path = RESULTS / profile / name / f"snn_ft_T{T2}.pt"
         finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(ft_path), T=T2,
                                  epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
                                  val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False)
         ft = evaluate_snn(load_snn(ft_path)[0], test, [T2], task, **ev)
-        a = conv["ann"]
-        for k in _metric_keys(a):
-            c, c2, f2 = conv["T"][str(T)][k], conv["T"][str(T2)][k], ft["T"][str(T2)][k]
-            s1, s2 = stock["T"][str(T)][k], stock["T"][str(T2)][k]
-            lines.append(f"| {name} | {k} | {a[k]:.4f} | {c:.4f} (T={T}) | {c2:.4f} (T={T2}) | {f2:.4f} | {s1:.4f} | "
-                         f"{s2:.4f} | {ratio(c2, a[k]):.3f} | {ratio(f2, a[k]):.3f} |")
-        rows.append({"dataset": name, "T": T, "T_half": T2, "ann": a, "converted": conv["T"], "stock": stock["T"],
-                     "finetuned": ft["T"], "test": test.describe(), "seconds": time.perf_counter() - t0})
-        write_results("tables12", profile, "\n".join(lines), {"profile": profile, "settings": p, "rows": rows})
-    table = "\n".join(lines)
-    path = write_results("tables12", profile, table, {"profile": profile, "settings": p, "rows": rows})
-    return {"table": table, "rows": rows, "path": str(path)}
+        rows.append({"dataset": name, "T": T, "T_half": T2, "ann": conv["ann"], "converted": conv["T"], "stock": stock,
+                     "stock_error": stock_error, "finetuned": ft["T"], "test": test.describe(),
+                     "seconds": time.perf_counter() - t0,
+                     "fingerprints": _fingerprints(ann, stats, snn=snn_path, finetuned=ft_path)})
+        write_results("tables12", profile, table(), {"profile": profile, "settings": p, "rows": rows})
+    path = write_results("tables12", profile, table(), {"profile": profile, "settings": p, "rows": rows})
+    return {"table": table(), "rows": rows, "path": str(path)}
 
 
 LADDERS = [("IF θ=2", (2.0,)), ("IF θ=1", (1.0,)), ("IF θ=0.5", (0.5,)), ("MT 2,1", (2.0, 1.0)),
@@ -157,7 +221,7 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
     from sjunet.recipe import convert
     from sjunet.tasks import task_for
 
-    from .common import ratio, write_results
+    from .common import ratio, write_metric_figure, write_results
 
     p, name, d, ann, stats = _prepare(profile, dataset, data, device)
     test = get_dataset(d["test"], data, "test", **d["test_opts"])
@@ -180,7 +244,9 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
         lines.append(f"| {label} | " + " | ".join(f"{r['T'][str(t)][k]:.4f} ({ratio(r['T'][str(t)][k], a[k]):.3f})"
                                                     for t in Ts) + f" | {agree:.4f} |")
     table = "\n".join(lines)
+    write_metric_figure("ladders", profile, res, k, f"Threshold ladders on {name}: {k} vs T (dashed: ANN)")
     path = write_results("ladders", profile, table, {"profile": profile, "dataset": name, "T": Ts,
+                                                     "fingerprints": _fingerprints(ann, stats), "test": test.describe(),
                                                      "results": {l: r["T"] for l, r in res.items()}, "ann": a})
     return {"table": table, "path": str(path)}
 
@@ -203,5 +269,67 @@ def energy(profile: str = "cpu", model=None, data=None, device: str = "cpu", dat
         parts.append(f"### {label} SNN, T = {T}\n\n" + energy_table(r))
         payload[f"{label} T={T}"] = r.to_dict()
     table = f"Table 5: energy on {name} ({profile} profile)\n\n" + "\n\n".join(parts)
-    path = write_results("energy", profile, table, {"profile": profile, "dataset": name, "reports": payload})
+    path = write_results("energy", profile, table, {"profile": profile, "dataset": name, "reports": payload,
+                                                    "fingerprints": _fingerprints(ann, stats)})
+    return {"table": table, "path": str(path)}
+
+
+#: Table 3 variants: (normalisation, neuron)
+ABLATION = [("layer", "if"), ("layer", "mt"), ("connection", "if"), ("connection", "mt")]
+#: long T of Table 3's rows without fine-tuning (the paper: 1000)
+LONG_T = {"smoke": 16, "cpu": 200, "paper": 1000}
+
+
+def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    """Table 3: layer-/connection-wise × IF/MT, each converted (at the dataset's T and at a long T)
+    and spiking-flow fine-tuned at T — on CamSeq01 as in the paper (``--dataset`` to change)."""
+    from sjunet.data import get_dataset
+    from sjunet.evaluate import evaluate_snn
+    from sjunet.flow import FinetuneOptions, finetune
+    from sjunet.recipe import convert, load_snn
+    from sjunet.tasks import task_for
+
+    from .common import RESULTS, ratio, write_results
+
+    if dataset is None and profile != "smoke":
+        dataset = "camseq"
+    p, name, d, ann, stats = _prepare(profile, dataset, data, device)
+    test = get_dataset(d["test"], data, "test", **d["test_opts"])
+    task = task_for(test)
+    T, long_T = d["T"], max(d["T"], LONG_T[profile])
+    ev = dict(reference=ann, limit=p["limit"], multiple=ann.size_multiple, progress=False, device=device)
+    out = RESULTS / profile / name
+    res: dict[str, dict] = {}
+    for norm, neuron in ABLATION:
+        label = f"{norm}-wise {neuron.upper()}"
+        snn_path = out / f"snn_{norm}_{neuron}.pt"
+        convert(ann, stats, norm=norm, neuron=neuron, output=snn_path, sources={"model": str(out / "ann.pt")})
+        conv = evaluate_snn(load_snn(snn_path)[0], test, [T, long_T], task, **ev)
+        ft_path = out / f"snn_{norm}_{neuron}_ft_T{T}.pt"
+        t0 = time.perf_counter()
+        finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(ft_path), T=T,
+                                 epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
+                                 val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False)
+        ft_min = (time.perf_counter() - t0) / 60
+        ft = evaluate_snn(load_snn(ft_path)[0], test, [T], task, **ev)
+        res[label] = {"norm": norm, "neuron": neuron, "converted": conv["T"], "finetuned": ft["T"],
+                      "finetune_minutes": ft_min, "fingerprints": _fingerprints(ann, stats, snn=snn_path,
+                                                                                 finetuned=ft_path)}
+    a = conv["ann"]
+    k = _metric_keys(a)[0]
+    agree = "agreement" if task.kind == "segmentation" else "psnr_vs_reference"
+    lines = [f"Table 3: ablation on {name} ({profile} profile; v0 = θ_min/2; fine-tuning ≤ {p['ft_minutes']} min "
+             f"at T = {T}; {k}, ANN {a[k]:.4f})", "",
+             f"| LW | CW | MT | FT | T | {k} | SNN/ANN | {agree} |", "|---|---|---|---|---|---|---|---|"]
+    for label, r in res.items():
+        lw, cw = ("✓", "") if r["norm"] == "layer" else ("", "✓")
+        mt = "✓" if r["neuron"] == "mt" else ""
+        for ft_mark, t, m in [("", long_T, r["converted"][str(long_T)]), ("", T, r["converted"][str(T)]),
+                              ("✓", T, r["finetuned"][str(T)])]:
+            lines.append(f"| {lw} | {cw} | {mt} | {ft_mark} | {t} | {m[k]:.4f} | {ratio(m[k], a[k]):.3f} | "
+                         f"{m.get(agree, float('nan')):.4f} |")
+    table = "\n".join(lines)
+    path = write_results("ablation", profile, table, {"profile": profile, "dataset": name, "T": T, "long_T": long_T,
+                                                      "ann": a, "results": res, "test": test.describe(),
+                                                      "settings": p})
     return {"table": table, "path": str(path)}

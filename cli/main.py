@@ -320,16 +320,22 @@ def energy(snn, model, dataset, data, split, T, limit, output, opt):
     click.echo(energy_table(r))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command()
 @click.argument("name")
 @click.option("--profile", type=click.Choice(["smoke", "cpu", "paper"]), default="cpu", show_default=True)
 @click.option("--model", default=None, type=click.Path())
 @click.option("--data", default=None, type=click.Path())
-def bench(name, profile, model, data):
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation)")
+def bench(name, profile, model, data, device, dataset):
     """Run a benchmark from benchmarks/ (same as `python -m sjunet.benchmarks NAME`)."""
-    from sjunet.benchmarks.__main__ import main as bench_main
+    from sjunet.benchmarks.__main__ import BENCHMARKS, main as bench_main
 
-    args = [name, "--profile", profile] + (["--model", model] if model else []) + (["--data", data] if data else [])
+    if name not in BENCHMARKS:
+        raise click.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(sorted(BENCHMARKS))}",
+                                 param_hint="NAME")
+    args = [name, "--profile", profile, "--device", device] + (["--model", model] if model else []) + \
+        (["--data", data] if data else []) + (["--dataset", dataset] if dataset else [])
     bench_main(args)
 
 

@@ -426,7 +426,7 @@ def metric_vs_T(
             names[i] = f"{n} [{loaded[i][1] or i + 1}]"
 
     out: dict[str, dict[str, Any]] = {}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False, layout="constrained")
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m in zip(axes[0], metrics):
         out[m] = {}
@@ -462,9 +462,11 @@ def metric_vs_T(
         ax.set_ylabel(m)
         ax.set_title(m, fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right")
+        if len(loaded) > 3:  # many lines: the legend goes beside the panel, not over the curves
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        else:
+            ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title or f"SNN {', '.join(metrics)} vs number of time steps T (dashed: ANN)", fontsize=11)
-    _tight(fig)
     save_figure(fig, output)
     return out
 

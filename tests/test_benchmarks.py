@@ -14,8 +14,21 @@ def test_smoke_profile(name, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "|" in out  # a Markdown table was printed
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
-            "conversion": "conversion", "finetune": "finetune", "flow": "flow"}[name]
+            "conversion": "conversion", "finetune": "finetune", "flow": "flow",
+            "ablation": "ablation"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
+    if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table
+        assert (tmp_path / f"{stem}-smoke.png").stat().st_size > 1000
     payload = json.loads(js.read_text())
     assert "provenance" in payload and payload["provenance"]["versions"]["torch"]
+    if name == "tables12":  # a second run resumes: every dataset's row is reused, nothing is evaluated again
+        import sjunet.evaluate
+
+        def refuse(*a, **k):
+            raise AssertionError("tables12 re-evaluated a dataset whose row was already there")
+
+        monkeypatch.setattr(sjunet.evaluate, "evaluate_snn", refuse)
+        main([name, "--profile", "smoke"])
+        assert capsys.readouterr().out.split("\n-> ")[0] == out.split("\n-> ")[0]
+

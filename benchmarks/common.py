@@ -48,6 +48,34 @@ def write_results(name: str, profile: str, table_md: str, payload: dict) -> Path
     return md
 
 
+def matching_stats(ann, path: str | os.PathLike):
+    """The calibration statistics at ``path`` if that file exists and was computed for ``ann``, else None."""
+    from sjunet.calibration import read_stats
+    from sjunet.io import model_fingerprint
+
+    if not Path(path).exists():
+        return None
+    stats = read_stats(path)
+    return stats if stats.model_fingerprint == model_fingerprint(ann) else None
+
+
+def cached_stats(ann, path: str | os.PathLike, dataset: str, data, options: dict, device: str = "cpu",
+                 batch_size: int = 4):
+    """:func:`matching_stats` at ``path``, or else calibrate ``ann`` on ``dataset``'s training split
+    and write the statistics there."""
+    from torch.utils.data import DataLoader
+
+    from sjunet.calibration import calibrate
+    from sjunet.data import get_dataset
+
+    stats = matching_stats(ann, path)
+    if stats is not None:
+        return stats
+    ds = get_dataset(dataset, data, "train", **options)
+    return calibrate(ann, DataLoader(ds, batch_size=batch_size), output=path, device=device, progress=False,
+                     data_description={"dataset": dataset, "split": "train", **ds.describe()})
+
+
 def write_metric_figure(name: str, profile: str, results: dict, metric: str, title: str) -> Path:
     """``<name>-<profile>.png`` beside the table: ``metric`` against T, one line per evaluated SNN
     (label -> an ``evaluate_snn`` result), the ANN dashed (``sjunet.plots.metric_vs_T``)."""

@@ -37,21 +37,15 @@ def _model(p: dict, model: str | None, out: Path, data: str | None):
 
 
 def _stats(ann, model_path: str, p: dict, data, out: Path, device: str):
-    from torch.utils.data import DataLoader
+    """Statistics beside the model when they match it, else (cached) ones calibrated under ``out``."""
+    from .common import cached_stats, matching_stats
 
-    from sjunet.calibration import calibrate, read_stats
-    from sjunet.data import get_dataset
-    from sjunet.io import model_fingerprint
-
-    path = Path(model_path).with_name("stats.h5")
-    if path.exists():
-        s = read_stats(path)
-        if s.model_fingerprint == model_fingerprint(ann):
-            return s, path
-    ds = get_dataset(p["dataset"], data, "train", **p["dataset_options"])
+    beside = Path(model_path).with_name("stats.h5")
+    stats = matching_stats(ann, beside)
+    if stats is not None:
+        return stats, beside
     path = out / "stats.h5"
-    return calibrate(ann, DataLoader(ds, batch_size=2), output=path, device=device, progress=False,
-                     data_description={"dataset": p["dataset"], "split": "train", **ds.describe()}), path
+    return cached_stats(ann, path, p["dataset"], data, p["dataset_options"], device, batch_size=2), path
 
 
 def run(profile: str = "cpu", model: str | None = None, data: str | None = None, device: str = "cpu") -> dict:

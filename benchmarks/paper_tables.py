@@ -59,21 +59,27 @@ def _ann(p: dict, name: str, data, device: str, profile: str) -> tuple[str, obje
 
 
 def _stats(ann, name: str, data, device: str, profile: str):
-    from torch.utils.data import DataLoader
-
-    from sjunet.calibration import calibrate, read_stats
-    from sjunet.data import get_dataset
-    from sjunet.io import model_fingerprint
-
-    from .common import RESULTS
+    from .common import RESULTS, cached_stats
 
     d = DATASETS[name]
-    path = RESULTS / profile / name / "stats.h5"
-    if path.exists() and read_stats(path).model_fingerprint == model_fingerprint(ann):
-        return read_stats(path)
-    ds = get_dataset(d["train"], data, "train", **d["train_opts"])
-    return calibrate(ann, DataLoader(ds, batch_size=4), output=path, device=device, progress=False,
-                     data_description={"dataset": d["train"], "split": "train", **ds.describe()})
+    return cached_stats(ann, RESULTS / profile / name / "stats.h5", d["train"], data, d["train_opts"], device)
+
+
+def _eval_options(p: dict, ann, device: str) -> dict:
+    """Keyword arguments of ``evaluate_snn`` shared by every table: agreement with ``ann``, the
+    profile's image limit, no progress bar."""
+    return dict(reference=ann, limit=p["limit"], multiple=ann.size_multiple, progress=False, device=device)
+
+
+def _finetune(p: dict, d: dict, data, device: str, snn_path: Path, output: Path, T: int) -> float:
+    """Spiking-flow fine-tuning of ``snn_path`` at ``T`` with the profile's budget; minutes taken."""
+    from sjunet.flow import FinetuneOptions, finetune
+
+    t0 = time.perf_counter()
+    finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(output), T=T,
+                             epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
+                             val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False)
+    return (time.perf_counter() - t0) / 60
 
 
 def _prepare(profile: str, dataset: str | None, data, device: str):
@@ -144,7 +150,6 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
 
     from sjunet.data import get_dataset
     from sjunet.evaluate import evaluate_snn
-    from sjunet.flow import FinetuneOptions, finetune
     from sjunet.io import model_fingerprint
     from sjunet.recipe import convert, convert_stock, load_snn
     from sjunet.tasks import task_for
@@ -185,7 +190,7 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
         snn_path = RESULTS / profile / name / "snn.pt"
         convert(ann, stats, output=snn_path, sources={"model": ann_path})
         snn, _ = load_snn(snn_path)
-        ev = dict(reference=ann, limit=p["limit"], multiple=ann.size_multiple, progress=False, device=device)
+        ev = _eval_options(p, ann, device)
         conv = evaluate_snn(snn, test, [T2, T], task, **ev)
         train_ds = get_dataset(d["train"], data, "train", **d["train_opts"])
         stock, stock_error = None, None
@@ -196,17 +201,16 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
         else:
             stock = evaluate_snn(peer, test, [T2, T], task, **ev)["T"]
         ft_path = RESULTS / profile / name / f"snn_ft_T{T2}.pt"
-        finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(ft_path), T=T2,
-                                 epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
-                                 val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False)
+        _finetune(p, d, data, device, snn_path, ft_path, T2)
         ft = evaluate_snn(load_snn(ft_path)[0], test, [T2], task, **ev)
         rows.append({"dataset": name, "T": T, "T_half": T2, "ann": conv["ann"], "converted": conv["T"], "stock": stock,
                      "stock_error": stock_error, "finetuned": ft["T"], "test": test.describe(),
                      "seconds": time.perf_counter() - t0,
                      "fingerprints": _fingerprints(ann, stats, snn=snn_path, finetuned=ft_path)})
         write_results("tables12", profile, table(), {"profile": profile, "settings": p, "rows": rows})
-    path = write_results("tables12", profile, table(), {"profile": profile, "settings": p, "rows": rows})
-    return {"table": table(), "rows": rows, "path": str(path)}
+    text = table()
+    path = write_results("tables12", profile, text, {"profile": profile, "settings": p, "rows": rows})
+    return {"table": text, "rows": rows, "path": str(path)}
 
 
 LADDERS = [("IF θ=2", (2.0,)), ("IF θ=1", (1.0,)), ("IF θ=0.5", (0.5,)), ("MT 2,1", (2.0, 1.0)),
@@ -231,8 +235,7 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
     for label, ladder in LADDERS:
         neuron = "if" if len(ladder) == 1 else "mt"
         snn = convert(ann, stats, neuron=neuron, thresholds=ladder)
-        res[label] = evaluate_snn(snn, test, Ts, task, reference=ann, limit=p["limit"], multiple=ann.size_multiple,
-                                  progress=False, device=device)
+        res[label] = evaluate_snn(snn, test, Ts, task, **_eval_options(p, ann, device))
     a = next(iter(res.values()))["ann"]
     k = _metric_keys(a)[0]
     lines = [f"Table 4: threshold ladders on {name} ({profile} profile; connection-wise, v0 = θ_min/2; {k})", "",
@@ -285,7 +288,6 @@ def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
     and spiking-flow fine-tuned at T — on CamSeq01 as in the paper (``--dataset`` to change)."""
     from sjunet.data import get_dataset
     from sjunet.evaluate import evaluate_snn
-    from sjunet.flow import FinetuneOptions, finetune
     from sjunet.recipe import convert, load_snn
     from sjunet.tasks import task_for
 
@@ -297,7 +299,7 @@ def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
     test = get_dataset(d["test"], data, "test", **d["test_opts"])
     task = task_for(test)
     T, long_T = d["T"], max(d["T"], LONG_T[profile])
-    ev = dict(reference=ann, limit=p["limit"], multiple=ann.size_multiple, progress=False, device=device)
+    ev = _eval_options(p, ann, device)
     out = RESULTS / profile / name
     res: dict[str, dict] = {}
     for norm, neuron in ABLATION:
@@ -306,11 +308,7 @@ def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
         convert(ann, stats, norm=norm, neuron=neuron, output=snn_path, sources={"model": str(out / "ann.pt")})
         conv = evaluate_snn(load_snn(snn_path)[0], test, [T, long_T], task, **ev)
         ft_path = out / f"snn_{norm}_{neuron}_ft_T{T}.pt"
-        t0 = time.perf_counter()
-        finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(ft_path), T=T,
-                                 epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
-                                 val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False)
-        ft_min = (time.perf_counter() - t0) / 60
+        ft_min = _finetune(p, d, data, device, snn_path, ft_path, T)
         ft = evaluate_snn(load_snn(ft_path)[0], test, [T], task, **ev)
         res[label] = {"norm": norm, "neuron": neuron, "converted": conv["T"], "finetuned": ft["T"],
                       "finetune_minutes": ft_min, "fingerprints": _fingerprints(ann, stats, snn=snn_path,

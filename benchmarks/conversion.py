@@ -25,13 +25,13 @@ VARIANTS = [
 
 def _model(p: dict, model: str | None, out: Path, data: str | None):
     from sjunet.io import load_ann
-    from sjunet.train import TrainOptions, train
+    from sjunet.training import TrainOptions, train
 
     if model is None:
         model = str(out / "ann.pt")
         train(TrainOptions(dataset=p["dataset"], data=data, output=model, epochs=p.get("train_epochs", 2),
                            width=p.get("width", 4), depth=p.get("depth", 2), batch_size=4, optimizer="adam", lr=5e-3,
-                           dataset_options=p["dataset_options"]), progress=False)
+                           dataset_options=p["dataset_options"]), progress=False, force=True)
     ann, ckpt = load_ann(model)
     return model, ann, ckpt
 
@@ -52,7 +52,7 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     from torch.utils.data import DataLoader
 
     from sjunet.data import get_dataset
-    from sjunet.evaluate import evaluate_snn
+    from sjunet.evaluation import evaluate_snn
     from sjunet.recipe import convert, convert_stock
     from sjunet.tasks import task_for
 

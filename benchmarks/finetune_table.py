@@ -23,7 +23,7 @@ PROFILES = {
 
 def run(profile: str = "cpu", model: str | None = None, data: str | None = None, device: str = "cpu") -> dict:
     from sjunet.data import get_dataset
-    from sjunet.evaluate import evaluate_snn
+    from sjunet.evaluation import evaluate_snn
     from sjunet.flow import FinetuneOptions, finetune
     from sjunet.recipe import convert, load_snn
     from sjunet.tasks import task_for
@@ -41,22 +41,22 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     task = task_for(test)
     rows = []
     for T in p["T"]:
-        snn_path = out / f"snn_T{T}.pt"
+        snn_path = out / f"snn_T{T}.safetensors"
         convert(ann, stats, norm="connection", neuron="mt", output=snn_path, sources={"model": model})
         snn, _ = load_snn(snn_path)
         before = evaluate_snn(snn, test, [T], task, reference=ann, limit=p["limit"], multiple=ann.size_multiple,
                               progress=False, device=device)
         t0 = time.perf_counter()
-        s = finetune(FinetuneOptions(snn=str(snn_path), dataset=p["dataset"], data=data, output=str(out / f"ft_T{T}.pt"),
+        s = finetune(FinetuneOptions(snn=str(snn_path), dataset=p["dataset"], data=data, output=str(out / f"ft_T{T}.safetensors"),
                                      T=T, epochs=p["epochs"], batch_size=p["batch"], lr=p["lr"], device=device,
                                      max_minutes=p["minutes"], dataset_options={**p["dataset_options"], **p["train_options"]}),
-                     progress=False)
+                     progress=False, force=True)
         minutes = (time.perf_counter() - t0) / 60
-        ft, _ = load_snn(out / f"ft_T{T}.pt")
+        ft, _ = load_snn(out / f"ft_T{T}.safetensors")
         after = evaluate_snn(ft, test, [T], task, reference=ann, limit=p["limit"], multiple=ann.size_multiple,
                              progress=False, device=device)
         rows.append({"T": T, "ann": before["ann"], "converted": before["T"][str(T)], "finetuned": after["T"][str(T)],
-                     "minutes": minutes, "epochs_run": len(s["history"]) - 1, "best": s.get("best")})
+                     "minutes": minutes, "steps": s.get("step"), "best": s.get("best"), "improved": s.get("improved")})
     keys = [k for k in rows[0]["ann"] if k.startswith("f1_")] or ["psnr", "ssim"]
     agree = "agreement" if task.kind == "segmentation" else "psnr_vs_reference"
     rk = hard_key(rows[0]["ann"], keys)

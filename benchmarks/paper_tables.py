@@ -44,7 +44,7 @@ PROFILES = {
 
 def _ann(p: dict, name: str, data, device: str, profile: str) -> tuple[str, object]:
     from sjunet.io import load_ann
-    from sjunet.train import TrainOptions, train
+    from sjunet.training import TrainOptions, train
 
     from .common import RESULTS
 
@@ -54,7 +54,7 @@ def _ann(p: dict, name: str, data, device: str, profile: str) -> tuple[str, obje
     if not path.exists():
         train(TrainOptions(dataset=d["train"], data=data, output=str(path), epochs=p["epochs"], batch_size=p["batch"],
                            width=p["width"], depth=p["depth"], device=device, max_minutes=p["train_minutes"],
-                           optimizer="adam", lr=p["lr"], dataset_options=d["train_opts"]), progress=False)
+                           optimizer="adam", lr=p["lr"], dataset_options=d["train_opts"]), progress=False, force=True)
     return str(path), load_ann(path)[0]
 
 
@@ -78,7 +78,7 @@ def _finetune(p: dict, d: dict, data, device: str, snn_path: Path, output: Path,
     t0 = time.perf_counter()
     finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(output), T=T,
                              epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
-                             val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False)
+                             val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False, force=True)
     return (time.perf_counter() - t0) / 60
 
 
@@ -149,7 +149,7 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
     from torch.utils.data import DataLoader
 
     from sjunet.data import get_dataset
-    from sjunet.evaluate import evaluate_snn
+    from sjunet.evaluation import evaluate_snn
     from sjunet.io import model_fingerprint
     from sjunet.recipe import convert, convert_stock, load_snn
     from sjunet.tasks import task_for
@@ -187,7 +187,7 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
         test = get_dataset(d["test"], data, "test", **d["test_opts"])
         task = task_for(test)
         T, T2 = d["T"], max(1, d["T"] // 2)
-        snn_path = RESULTS / profile / name / "snn.pt"
+        snn_path = RESULTS / profile / name / "snn.safetensors"
         convert(ann, stats, output=snn_path, sources={"model": ann_path})
         snn, _ = load_snn(snn_path)
         ev = _eval_options(p, ann, device)
@@ -200,7 +200,7 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
             stock_error = str(e).splitlines()[0]
         else:
             stock = evaluate_snn(peer, test, [T2, T], task, **ev)["T"]
-        ft_path = RESULTS / profile / name / f"snn_ft_T{T2}.pt"
+        ft_path = RESULTS / profile / name / f"snn_ft_T{T2}.safetensors"
         _finetune(p, d, data, device, snn_path, ft_path, T2)
         ft = evaluate_snn(load_snn(ft_path)[0], test, [T2], task, **ev)
         rows.append({"dataset": name, "T": T, "T_half": T2, "ann": conv["ann"], "converted": conv["T"], "stock": stock,
@@ -221,7 +221,7 @@ LADDERS = [("IF θ=2", (2.0,)), ("IF θ=1", (1.0,)), ("IF θ=0.5", (0.5,)), ("MT
 def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
     """Table 4: threshold ladders, connection-wise, on one dataset (default: the profile's first)."""
     from sjunet.data import get_dataset
-    from sjunet.evaluate import evaluate_snn
+    from sjunet.evaluation import evaluate_snn
     from sjunet.recipe import convert
     from sjunet.tasks import task_for
 
@@ -256,8 +256,9 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
 
 def energy(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
     """Table 5: energy per image of the converted and fine-tuned SNN vs the ANN, both conventions."""
-    from sjunet.energy import energy as energy_fn, energy_table
-    from sjunet.recipe import convert
+    from sjunet.data import get_dataset
+    from sjunet.energy import count_energy_on, energy_table
+    from sjunet.recipe import convert, load_snn
 
     from .common import RESULTS, write_results
 
@@ -265,10 +266,11 @@ def energy(profile: str = "cpu", model=None, data=None, device: str = "cpu", dat
     snn = convert(ann, stats)
     T2 = max(1, d["T"] // 2)
     parts, payload = [], {}
+    ft_path = RESULTS / profile / name / f"snn_ft_T{T2}.safetensors"
+    test = get_dataset(d["test"], data, "test", **d["test_opts"])
     for label, net, T in [("converted", snn, d["T"]), ("converted", snn, T2)] + (
-            [("fine-tuned", str(RESULTS / profile / name / f"snn_ft_T{T2}.pt"), T2)]
-            if (RESULTS / profile / name / f"snn_ft_T{T2}.pt").exists() else []):
-        r = energy_fn(net, d["test"], data, T=T, model=ann, limit=p["limit"] or 5, dataset_options=d["test_opts"])
+            [("fine-tuned", load_snn(ft_path)[0], T2)] if ft_path.exists() else []):
+        r = count_energy_on(net, test, T, ann=ann, limit=p["limit"] or 5)
         parts.append(f"### {label} SNN, T = {T}\n\n" + energy_table(r))
         payload[f"{label} T={T}"] = r.to_dict()
     table = f"Table 5: energy on {name} ({profile} profile)\n\n" + "\n\n".join(parts)
@@ -287,7 +289,7 @@ def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
     """Table 3: layer-/connection-wise × IF/MT, each converted (at the dataset's T and at a long T)
     and spiking-flow fine-tuned at T — on CamSeq01 as in the paper (``--dataset`` to change)."""
     from sjunet.data import get_dataset
-    from sjunet.evaluate import evaluate_snn
+    from sjunet.evaluation import evaluate_snn
     from sjunet.recipe import convert, load_snn
     from sjunet.tasks import task_for
 
@@ -304,10 +306,10 @@ def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
     res: dict[str, dict] = {}
     for norm, neuron in ABLATION:
         label = f"{norm}-wise {neuron.upper()}"
-        snn_path = out / f"snn_{norm}_{neuron}.pt"
+        snn_path = out / f"snn_{norm}_{neuron}.safetensors"
         convert(ann, stats, norm=norm, neuron=neuron, output=snn_path, sources={"model": str(out / "ann.pt")})
         conv = evaluate_snn(load_snn(snn_path)[0], test, [T, long_T], task, **ev)
-        ft_path = out / f"snn_{norm}_{neuron}_ft_T{T}.pt"
+        ft_path = out / f"snn_{norm}_{neuron}_ft_T{T}.safetensors"
         ft_min = _finetune(p, d, data, device, snn_path, ft_path, T)
         ft = evaluate_snn(load_snn(ft_path)[0], test, [T], task, **ev)
         res[label] = {"norm": norm, "neuron": neuron, "converted": conv["T"], "finetuned": ft["T"],

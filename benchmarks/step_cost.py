@@ -26,7 +26,7 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     from sjunet.io import load_ann
     from sjunet.models import UNet
     from sjunet.recipe import convert, convert_stock
-    from sjunet.simulate import simulate
+    from sjunet.simulation import simulate
 
     from .common import write_results
 

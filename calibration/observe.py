@@ -1,36 +1,25 @@
-"""Tracing and observing the ANN for calibration (spec §4)."""
+"""Observing the ANN for calibration (spec §4): which tensors, the two passes, dead layers."""
 from __future__ import annotations
 
-import copy
+import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
-from spikingjelly.activation_based.functional.conv_bn_fusion import fuse_conv_bn_eval_modules
 from torch import fx, nn
 from tqdm.auto import tqdm
 
 from sjunet.calibration.percentile import StreamingPercentile
 from sjunet.calibration.store import CalibrationStats, TensorStats, write_stats
-from sjunet.graph import cat_parts, check_supported, kind_of, relu_user
+from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, tensor_shapes
 from sjunet.io import model_fingerprint, provenance
 
 
-def fold_bn(gm: fx.GraphModule) -> fx.GraphModule:
-    """Fold every Conv→BatchNorm pair (SpikingJelly's fusion; the graph is retraced)."""
-    return fuse_conv_bn_eval_modules(gm)
-
-
-def trace_for_conversion(model: nn.Module) -> fx.GraphModule:
-    """The graph the converter sees: an eval-mode deep copy, FX-traced, BatchNorm folded.
-
-    Node names are those of :class:`sjunet.recipe.SpikingUNetRecipe`'s graph (same tracer, same
-    fusion), so statistics keyed by node name line up with the conversion.
-    """
-    m = copy.deepcopy(model).eval()
-    gm = fold_bn(fx.symbolic_trace(m))
-    check_supported(gm)
-    return gm
+def trace_for_conversion(model: nn.Module, example_shape: Iterable[int] | None = None) -> fx.GraphModule:
+    """The canonical graph the converter sees (:func:`sjunet.graph.canonical_graph`): node names
+    are those of :class:`sjunet.recipe.SpikingUNetRecipe`'s graph, so statistics keyed by node
+    name line up with the conversion."""
+    return canonical_graph(model, example_shape).gm
 
 
 @dataclass(frozen=True)
@@ -41,7 +30,8 @@ class RecordedNode:
 
 def recorded_nodes(gm: fx.GraphModule) -> list[RecordedNode]:
     """The tensors calibration records: the input, every ReLU output, every cat and each of its
-    parts, and every synaptic output not followed by a ReLU (linear stages and the output layer)."""
+    parts, every residual add, every synaptic output not feeding exactly one ReLU (linear stages,
+    joins, the output layer), and every tensor a synaptic layer reads (layer-wise scales)."""
     roles: dict[str, str] = {}
     for node in gm.graph.nodes:
         k = kind_of(gm, node)
@@ -53,21 +43,14 @@ def recorded_nodes(gm: fx.GraphModule) -> list[RecordedNode]:
             roles[node.name] = "cat"
             for p in cat_parts(node):
                 roles.setdefault(p.name, "cat-part")
-        elif k == "synaptic" and relu_user(gm, node) is None:
-            roles.setdefault(node.name, "linear")
-    order = [n.name for n in gm.graph.nodes if n.name in roles]
-    return [RecordedNode(n, roles[n]) for n in order]
-
-
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, callback) -> None:
-        super().__init__(gm)
-        self.callback = callback
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        self.callback(n.name, out)
-        return out
+        elif k == "add":
+            roles[node.name] = "add"
+        elif k == "synaptic":
+            users = list(node.users)
+            if not (len(users) == 1 and kind_of(gm, users[0]) == "relu"):
+                roles.setdefault(node.name, "linear")
+            roles.setdefault(node.args[0].name, "synaptic-input")
+    return [RecordedNode(n.name, roles[n.name]) for n in gm.graph.nodes if n.name in roles]
 
 
 def _batches_of(data: Iterable) -> Iterable[torch.Tensor]:
@@ -77,6 +60,17 @@ def _batches_of(data: Iterable) -> Iterable[torch.Tensor]:
         elif isinstance(batch, dict):
             batch = batch.get("input", batch.get("x"))
         yield batch
+
+
+def dead_layer_fallback(lam: float, maximum: float) -> tuple[float, str | None]:
+    """λ for a tensor whose percentile is 0 or not finite (a layer that never or almost never
+    fires on the calibration data): its maximum when that is positive, else 1. It outputs zeros
+    in the ANN and the SNN alike, so this is not an error; returns ``(λ, fallback or None)``."""
+    if lam > 0 and torch.isfinite(torch.tensor(lam)):
+        return lam, None
+    if maximum > 0 and torch.isfinite(torch.tensor(maximum)):
+        return float(maximum), "max"
+    return 1.0, "one"
 
 
 def calibrate(
@@ -93,53 +87,70 @@ def calibrate(
 ) -> CalibrationStats:
     """Record whole-set activation statistics of ``model`` over ``data`` (spec §4).
 
+    ``model``: any ``nn.Module`` the converter understands (sjunet's U-Net, MONAI, smp…).
     ``data`` yields input batches (or ``(x, y)`` pairs). Two passes over it: ranges, then
-    histograms (percentile error ≤ one bin width of 1/nbins of the range). Writes HDF5 to
-    ``output`` when given. A ReLU or concatenation whose λ is 0 or not finite is an error that
-    names the node.
+    histograms (percentile error ≤ one bin width of 1/nbins of the range). A tensor whose λ is
+    0 or not finite (a dead layer) gets the fallback of :func:`dead_layer_fallback`, recorded per
+    node (``fallback``, ``raw_percentile``) and, for ReLUs, warned about. Signed tensors (linear
+    stages, joins, concatenation parts) are measured by magnitude |x|: their λ is a unit, never
+    negative. Writes HDF5 to ``output`` when given.
     """
     if not 0 < p <= 100:
         raise ValueError(f"percentile p must be in (0, 100], got {p}")
-    gm = trace_for_conversion(model).to(device)
-    nodes = recorded_nodes(gm)
-    roles = {r.name: r.role for r in nodes}
-    est = {r.name: StreamingPercentile(nbins, positive_only) for r in nodes}
     data = list(data) if not hasattr(data, "__len__") else data
     n_batches = len(data) if max_batches is None else min(len(data), max_batches)
     if n_batches == 0:
         raise ValueError("the calibration data is empty: give at least one batch")
+    first = next(iter(_batches_of(data)))
+    if not isinstance(first, torch.Tensor) or first.dim() != 4:
+        raise ValueError(f"calibration batches must be image tensors [B, C, H, W], got {getattr(first, 'shape', type(first))}")
+    gm = trace_for_conversion(model, tuple(first.shape)).to(device)
+    nodes = recorded_nodes(gm)
+    est = {r.name: StreamingPercentile(nbins, positive_only, magnitude=r.role not in ("input", "relu"))
+           for r in nodes}
     input_shape = None
     for pass_no, method in ((1, "observe_range"), (2, "observe_hist")):
         def cb(name, out, method=method):
             if name in est:
                 getattr(est[name], method)(out)
-        rec = _Recorder(gm, cb)
+        rec = Recorder(gm, cb)
         it = _batches_of(data)
         with torch.no_grad():
-            for i in tqdm(range(n_batches), desc=f"calibrate pass {pass_no}/2", disable=not progress):
+            for _ in tqdm(range(n_batches), desc=f"calibrate pass {pass_no}/2", disable=not progress):
                 x = next(it).to(device)
                 input_shape = list(x.shape)
                 rec.run(x)
     stats = {}
+    dead = []
     for r in nodes:
         e = est[r.name]
-        lam = e.percentile(p)
-        if r.role in ("relu", "cat") and not (lam > 0 and torch.isfinite(torch.tensor(lam))):
-            raise ValueError(
-                f"calibration: the {p}th percentile of node {r.name!r} ({r.role}) is {lam}: the layer "
-                "never fires on this data. Use more or other calibration data, or --positive-only.")
-        counts, edges = e.coarse_histogram()
+        raw = e.percentile(p)
+        lam, fallback = (raw, None) if r.role == "input" else dead_layer_fallback(raw, e.max)
+        if fallback and r.role == "relu":
+            dead.append(f"{r.name} ({r.role}: p{p:g} = {raw:.3g}, max = {e.max:.3g} -> λ = {lam:.3g})")
+        counts, edges = e.coarse_histogram() if e.hist is not None else (torch.zeros(0).numpy(), torch.zeros(1).numpy())
         stats[r.name] = TensorStats(
             name=r.name, role=r.role, percentile=lam, p=p, max=e.max, min=e.min, mean=e.mean,
-            count=e.count, channels=int(e.channels or 0), error_bound=e.error_bound(),
-            histogram=counts, bin_edges=edges)
+            count=e.count, channels=int(e.channels or 0), error_bound=e.error_bound() if e.count else 0.0,
+            histogram=counts, bin_edges=edges, fallback=fallback, raw_percentile=raw)
+    if dead:
+        warnings.warn(f"{len(dead)} tensor(s) never or almost never fire on the calibration data (dead layers: "
+                      f"zero in the ANN and the SNN alike); fallback scales used: {'; '.join(dead)}", stacklevel=2)
+    shapes = tensor_shapes(gm.cpu(), input_shape)
     prov = provenance()
     result = CalibrationStats(
         nodes=stats, model_fingerprint=model_fingerprint(model), p=p,
         data={**(data_description or {}), "batches": n_batches, "input_shape": input_shape},
         options={"p": p, "positive_only": positive_only, "nbins": nbins, "estimator":
-                 "two-pass histogram, nearest-rank, |error| <= (max-min(0,min))/nbins"},
-        versions=prov["versions"], created=prov["created"])
+                 "two-pass histogram, nearest-rank, |error| <= (max-min(0,min))/nbins",
+                 "dead_layer_fallback": "lambda = max if max > 0 else 1"},
+        versions=prov["versions"], created=prov["created"],
+        graph={"nodes": len(gm.graph.nodes), "output_shape": list(shapes.get(_output_name(gm), ()))})
     if output is not None:
         write_stats(result, output)
     return result
+
+
+def _output_name(gm: fx.GraphModule) -> str:
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    return out.args[0].name

@@ -25,11 +25,13 @@ _CHUNK = 1 << 22
 class StreamingPercentile:
     """Two-pass whole-set percentile, min/max/mean/count and a histogram of one tensor stream."""
 
-    def __init__(self, nbins: int = 1 << 16, positive_only: bool = False) -> None:
+    def __init__(self, nbins: int = 1 << 16, positive_only: bool = False, magnitude: bool = False) -> None:
         if nbins < 2:
             raise ValueError(f"nbins must be >= 2, got {nbins}")
         self.nbins = int(nbins)
         self.positive_only = positive_only
+        #: take |x| (the scale of a signed tensor: a linear stage, a residual join)
+        self.magnitude = magnitude
         self.count = 0
         self.total = 0.0
         self.min = math.inf
@@ -40,6 +42,8 @@ class StreamingPercentile:
     # -- pass 1 ---------------------------------------------------------------------------
     def _values(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().reshape(-1)
+        if self.magnitude:
+            x = x.abs()
         if self.positive_only:
             x = x[x > 0]
         return x.float()

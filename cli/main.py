@@ -1,7 +1,13 @@
-"""``sjunet`` command line: one thin click command per library function of the same name."""
+"""``sjunet`` command line: one thin click command per library function of the same name.
+
+The CLI owns paths, loading, printing and exit codes; the library works on objects. Errors a user
+can fix (a wrong file, a bad option, an unsupported model, incompatible data) end the command with
+one line and exit code 2; a run that fails (a diverged loss) with one line and exit code 1.
+"""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -10,8 +16,14 @@ import click
 from sjunet.io import ArtifactError
 
 
+class InputError(click.ClickException):
+    """A one-line error about the user's input (exit code 2)."""
+
+    exit_code = 2
+
+
 def _fail_cleanly(fn):
-    """Turn the library's input errors into one-line CLI errors (exit code 2), not tracebacks."""
+    """Turn the library's errors into one-line CLI errors, not tracebacks (module docstring)."""
     import functools
 
     @functools.wraps(fn)
@@ -21,9 +33,18 @@ def _fail_cleanly(fn):
 
         try:
             return fn(*a, **k)
-        except (ArtifactError, DatasetError, UnsupportedGraphError, FileNotFoundError, ValueError) as e:
-            raise click.ClickException(str(e)) from e
+        except click.ClickException:
+            raise
+        except (ArtifactError, DatasetError, UnsupportedGraphError, ValueError, KeyError, OSError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise InputError(f"{msg}") from e
+        except RuntimeError as e:
+            raise click.ClickException(" ".join(str(e).split())[:500]) from e
     return wrapper
+
+
+def _sigterm(signum, frame):  # a terminated run unwinds: temporaries removed, locks released
+    sys.exit(128 + signum)
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:
@@ -46,10 +67,94 @@ data_opt = click.option("--data", type=click.Path(), default=None,
 opt_opt = click.option("--opt", multiple=True, help="dataset option KEY=VALUE (JSON value), repeatable; e.g. --opt crop=128")
 
 
+model_opts = [
+    click.option("--model", "-m", type=click.Path(), default=None, help="ANN checkpoint from `sjunet train`"),
+    click.option("--arch", default=None, help="your own U-Net: package.module:factory, e.g. monai.networks.nets:BasicUNet"),
+    click.option("--arch-kwargs", default=None, help="JSON keyword arguments of the --arch factory"),
+    click.option("--weights", type=click.Path(), default=None, help="state_dict file of the --arch model (weights only)"),
+]
+
+
+def _model_options(fn):
+    for option in reversed(model_opts):
+        fn = option(fn)
+    return fn
+
+
+def _force_option(fn):
+    return click.option("--force", is_flag=True, help="replace an existing output (default: refuse it)")(fn)
+
+
+def _load_ann(model, arch, arch_kwargs, weights, required: bool = True):
+    """The ANN of -m or --arch/--weights, or (None, None) when neither is given and not required."""
+    from sjunet.models.external import load_model
+
+    if model is None and arch is None:
+        if required:
+            raise InputError("give the ANN: -m/--model (an sjunet checkpoint) or --arch with --weights")
+        return None, None
+    return load_model(model, arch, arch_kwargs, weights)
+
+
+def _ann_channels(ann, info) -> tuple[int | None, int | None]:
+    """(input, output) channels of an ANN: from its sjunet config, else its first and last conv."""
+    from torch import nn
+
+    if info is not None and info.config:
+        return int(info.config["in_channels"]), int(info.config["out_channels"])
+    convs = [m for m in ann.modules() if isinstance(m, nn.Conv2d)]
+    return (convs[0].in_channels if convs else None), None
+
+
+def _claim_output(path, force: bool) -> None:
+    """Refuse an existing output unless --force; check the directory is writable, before the work."""
+    from sjunet.io import OutputExistsError, check_writable
+
+    if path is None:
+        return
+    check_writable(path)
+    if Path(path).exists() and not force:
+        raise OutputExistsError(f"output {path} exists: refusing to overwrite it; pass --force to replace it "
+                                "(or choose another -o)")
+
+
 @click.group()
 @click.version_option(package_name="sjunet")
 def main() -> None:
     """sjunet: train a U-Net, calibrate, convert it into a Spiking-UNet, simulate and evaluate it."""
+    signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _budget_options(fn):
+    """--max-minutes, --max-iters, --val-every, --resume and --force (shared by train and finetune)."""
+    for option in reversed([
+        click.option("--max-minutes", type=float, default=None,
+                     help="time budget: stop at the first iteration past it, validate and save (--resume continues)"),
+        click.option("--max-iters", type=int, default=None,
+                     help="iteration budget, counted from the start of the run (any epoch size)"),
+        click.option("--val-every", type=int, default=None, help="validate every N iterations (default: each epoch)"),
+        click.option("--resume", is_flag=True, help="continue from <output>.last.pt (bit-identical to an uninterrupted run)"),
+        click.option("--force", is_flag=True, help="replace an existing output (default: refuse it)"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _run_loop(fn, *args, **kwargs):
+    """Run a training entry point; a run that diverged or validated nothing exits non-zero with one line."""
+    from sjunet.loop import TrainingError
+
+    try:
+        return fn(*args, **kwargs)
+    except TrainingError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _stop_note(s: dict) -> str:
+    if s.get("stopped") in (None, "epochs"):
+        return ""
+    flag = {"max_iters": "--max-iters", "max_minutes": "--max-minutes"}[s["stopped"]]
+    return f"stopped by {flag} at step {s['step']} (--resume continues)\n"
 
 
 @main.command()
@@ -67,24 +172,25 @@ def main() -> None:
 @click.option("--up-relu/--no-up-relu", default=False, show_default=True, help="ReLU after each up-convolution")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--max-minutes", type=float, default=None, help="stop after the epoch that passes this budget")
-@click.option("--resume", is_flag=True, help="continue from <output>.last.pt")
+@_budget_options
 @opt_opt
 @_fail_cleanly
 def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth, batch_norm, up_relu, seed,
-          device, max_minutes, resume, opt):
+          device, max_minutes, max_iters, val_every, resume, force, opt):
     """Train the ANN U-Net; keeps the best checkpoint on the validation split."""
-    from sjunet.train import TrainOptions, train as train_fn
+    from sjunet.training import TrainOptions, train as train_fn
 
     opts = TrainOptions(dataset=dataset, data=data, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, width=width, depth=depth, batch_norm=batch_norm, up_relu=up_relu,
-                        seed=seed, device=device, max_minutes=max_minutes, dataset_options=_parse_options(opt))
-    s = train_fn(opts, resume=resume)
-    click.echo(f"best epoch {s['best_epoch']}: {json.dumps(s['best_val'])}  -> {output}")
+                        seed=seed, device=device, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
+                        dataset_options=_parse_options(opt))
+    s = _run_loop(train_fn, opts, resume=resume, force=force)
+    best = s["best"]
+    click.echo(f"{_stop_note(s)}best: {best['at']} (score {best['score']:.4f}): {json.dumps(best['val'])}  -> {output}")
 
 
 @main.command()
-@click.option("--model", "-m", required=True, type=click.Path(exists=True), help="ANN checkpoint from `sjunet train`")
+@_model_options
 @dataset_opt
 @data_opt
 @click.option("--split", default="train", show_default=True, help="calibration split (the paper: training set)")
@@ -94,54 +200,80 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
 @click.option("--max-batches", type=int, default=None, help="default: the whole split")
 @click.option("-o", "--output", default="runs/stats.h5", show_default=True, type=click.Path())
 @click.option("--device", default="cpu", show_default=True)
+@_force_option
 @opt_opt
 @_fail_cleanly
-def calibrate(model, dataset, data, split, percentile, positive_only, batch_size, max_batches, output, device, opt):
+def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentile, positive_only, batch_size,
+              max_batches, output, device, force, opt):
     """Record whole-set activation statistics (percentile, max, mean, histograms) to HDF5."""
+    import warnings
+
     from torch.utils.data import DataLoader
 
     from sjunet.calibration import calibrate as calibrate_fn
     from sjunet.data import get_dataset
-    from sjunet.io import file_fingerprint, load_ann
+    from sjunet.evaluation import check_compatible
 
-    ann, _ = load_ann(model)
+    if batch_size < 1 or (max_batches is not None and max_batches < 1):
+        raise InputError("--batch-size and --max-batches must be positive integers")
+    _claim_output(output, force)
+    ann, info = _load_ann(model, arch, arch_kwargs, weights)
     ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    check_compatible(ds, *_ann_channels(ann, info), info.task)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    stats = calibrate_fn(ann, loader, output=output, p=percentile, positive_only=positive_only,
-                         max_batches=max_batches, device=device,
-                         data_description={"dataset": dataset, "split": split, **ds.describe(),
-                                           "model_file": str(model), "model_file_fingerprint": file_fingerprint(model)})
-    relus = {k: v for k, v in stats.nodes.items() if v.role in ("relu", "cat")}
-    click.echo(f"{len(stats.nodes)} tensors recorded ({len(relus)} ReLU/cat scales); "
-               f"λ range {min(v.percentile for v in relus.values()):.4g}..{max(v.percentile for v in relus.values()):.4g} -> {output}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dead layers are listed below
+        stats = calibrate_fn(ann, loader, output=output, p=percentile, positive_only=positive_only,
+                             max_batches=max_batches, device=device,
+                             data_description={"dataset": dataset, "split": split, **ds.describe(),
+                                               "model": info.to_record()})
+    relus = {k: v for k, v in stats.nodes.items() if v.role in ("relu", "cat", "add")}
+    click.echo(f"{len(stats.nodes)} tensors recorded ({len(relus)} ReLU/cat/add scales); "
+               f"λ range {min(v.percentile for v in relus.values()):.4g}..{max(v.percentile for v in relus.values()):.4g}")
+    for name, v in stats.dead.items():
+        click.echo(f"dead layer {name} ({v.role}): p{v.p:g} = {v.raw_percentile:.3g}, max = {v.max:.3g} — it never "
+                   f"(or almost never) fires on this data; λ = {v.percentile:.3g} ({v.fallback} fallback)")
+    click.echo(f"-> {output}")
 
 
 @main.command()
-@click.option("--model", "-m", required=True, type=click.Path(exists=True), help="ANN checkpoint")
-@click.option("--stats", "-s", required=True, type=click.Path(exists=True), help="HDF5 from `sjunet calibrate`")
+@_model_options
+@click.option("--stats", "-s", required=True, type=click.Path(), help="HDF5 from `sjunet calibrate`")
 @click.option("--norm", type=click.Choice(["connection", "layer"]), default="connection", show_default=True)
 @click.option("--neuron", type=click.Choice(["mt", "if"]), default="mt", show_default=True)
 @click.option("--thresholds", default=None, help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if)")
 @click.option("--v-init", default="half", show_default=True,
               help="membrane potential after reset: half (θ_min/2, rounding), zero (the paper) or a number")
-@click.option("-o", "--output", default="runs/snn.pt", show_default=True, type=click.Path())
+@click.option("--task", type=click.Choice(["segmentation", "denoising"]), default=None,
+              help="what the --arch model does (recorded in the SNN; sjunet checkpoints know it)")
+@click.option("-o", "--output", default="runs/snn.safetensors", show_default=True, type=click.Path())
+@_force_option
 @_fail_cleanly
-def convert(model, stats, norm, neuron, thresholds, v_init, output):
+def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, v_init, task, output, force):
     """Convert the ANN into a Spiking-UNet with SpikingJelly's converter and the sjunet recipe."""
-    from sjunet.io import file_fingerprint, load_ann
-    from sjunet.recipe import convert as convert_fn
+    from sjunet.recipe import ConversionOptions, convert as convert_fn
 
-    ladder = tuple(float(t) for t in thresholds.split(",")) if thresholds else None
-    ann, ckpt = load_ann(model)
-    convert_fn(ann, stats, norm=norm, neuron=neuron, thresholds=ladder, output=output, v_init=v_init,
-               sources={"model": str(model), "model_file_fingerprint": file_fingerprint(model),
-                        "task": ckpt.get("task"), "dataset": ckpt.get("dataset", {}).get("name")})
-    click.echo(f"converted ({norm}-wise, {neuron}) -> {output}")
+    try:
+        ladder = tuple(float(t) for t in thresholds.split(",")) if thresholds else None
+    except ValueError:
+        raise InputError(f"--thresholds takes comma-separated numbers, got {thresholds!r}") from None
+    ConversionOptions(norm, neuron, ladder, v_init).check()
+    _claim_output(output, force)
+    ann, info = _load_ann(model, arch, arch_kwargs, weights)
+    snn = convert_fn(ann, stats, norm=norm, neuron=neuron, thresholds=ladder, v_init=v_init,
+                     model_info=info.to_record())
+    snn.sjunet_task = info.task or ({"kind": task} if task else None)
+    from sjunet.recipe import save_snn
+
+    save_snn(snn, output, {"model": info.to_record(), "stats": str(stats)})
+    conv = snn.sjunet_conversion
+    click.echo(f"converted ({norm}-wise, {neuron}): {len(conv['neurons'])} neuron layers, {len(conv['gains'])} gains, "
+               f"{len(conv['dead_layers'])} dead-layer fallbacks -> {output}")
 
 
 @main.command()
-@click.option("--model", "-m", type=click.Path(exists=True), default=None, help="ANN checkpoint")
-@click.option("--snn", type=click.Path(exists=True), default=None, help="converted SNN")
+@_model_options
+@click.option("--snn", type=click.Path(), default=None, help="converted SNN")
 @dataset_opt
 @data_opt
 @click.option("--split", default="test", show_default=True)
@@ -155,16 +287,43 @@ def convert(model, stats, norm, neuron, thresholds, v_init, output):
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images")
 @click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")
 @click.option("--device", default="cpu", show_default=True)
+@_force_option
 @opt_opt
 @_fail_cleanly
-def evaluate(model, snn, dataset, data, split, T, more_t, mode, chunk, limit, output, device, opt):
+def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, limit, output,
+             device, force, opt):
     """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN)."""
-    from sjunet.evaluate import evaluate as evaluate_fn
+    from sjunet.data import get_dataset
+    from sjunet.evaluation import check_compatible, check_options, evaluate as evaluate_fn
+    from sjunet.io import file_fingerprint, provenance, write_json
 
     T = _steps(T, more_t)
-    r = evaluate_fn(model, snn, dataset, data, split, T, mode, chunk, limit, output, _parse_options(opt),
-                    device=device)
-    click.echo(format_result(r))
+    check_options(T, chunk, limit)
+    if snn is None and model is None and arch is None:
+        raise InputError("give --model/--arch (an ANN), --snn (a converted SNN) or both")
+    _claim_output(output, force)
+    from sjunet.recipe import load_snn
+
+    net, rec = load_snn(snn) if snn is not None else (None, None)
+    ann, info = _load_ann(model, arch, arch_kwargs, weights, required=False)
+    ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    result: dict = {"split": split}
+    if ann is not None:
+        check_compatible(ds, *_ann_channels(ann, info), info.task, what="the ANN")
+        result["model"] = info.to_record()
+    if net is not None:
+        conv = rec.get("conversion") or {}
+        check_compatible(ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"), what="the SNN")
+        if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
+            raise InputError(f"{snn} was converted from model {conv.get('ann_fingerprint')}, not from this ANN "
+                             f"({info.fingerprint}); pixel agreement would be meaningless")
+        result["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
+                         "mode": mode, "chunk": chunk, "device": device}
+    result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device))
+    result["provenance"] = provenance()
+    if output is not None:
+        write_json(result, output)
+    click.echo(format_result(result))
 
 
 def _steps(T: tuple[str, ...], more: tuple[int, ...]) -> list[int]:
@@ -209,24 +368,30 @@ def format_result(r: dict) -> str:
               help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
 @click.option("--chunk", default=1, show_default=True, help="steps per multi-step chunk of the no-grad simulation (1: single-step mode, memory independent of T)")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--max-minutes", type=float, default=None)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--resume", is_flag=True, help="continue from <output>.last.pt")
+@_budget_options
 @opt_opt
 @_fail_cleanly
 def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, schedule, method, chunk, seed,
-             max_minutes, device, resume, opt):
-    """Fine-tune a converted SNN with spiking flow; keeps the best checkpoint on validation."""
+             device, max_minutes, max_iters, val_every, resume, force, opt):
+    """Fine-tune a converted SNN with spiking flow; the output is the best of the input and every validation."""
     from sjunet.flow import FinetuneOptions, finetune as finetune_fn
 
     opts = FinetuneOptions(snn=snn, dataset=dataset, data=data, output=output, T=T, epochs=epochs,
                            batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, method=method,
-                           chunk=chunk, seed=seed, max_minutes=max_minutes, device=device,
-                           dataset_options=_parse_options(opt))
-    s = finetune_fn(opts, resume=resume)
-    before = s.get("before") or {}
-    best = (s.get("best") or {}).get("val", {})
-    click.echo(f"before: {json.dumps(before)}\nbest:   {json.dumps(best)}  -> {output}")
+                           chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
+                           device=device, dataset_options=_parse_options(opt))
+    s = _run_loop(finetune_fn, opts, resume=resume, force=force)
+    before, best = s["baseline"], s["best"]
+    click.echo(f"{_stop_note(s)}before: {json.dumps(before['val'])}\nbest:   {json.dumps(best['val'])}")
+    if s["improved"]:
+        click.echo(f"fine-tuning improved on the converted SNN: validation score {before['score']:.4f} -> "
+                   f"{best['score']:.4f} (+{s['improvement']:.4f}) at {best['at']}  -> {output}")
+    else:
+        tried = [h["score"] for h in s["history"] if h["at"] != "input"]
+        seen = f"best fine-tuned validation score {max(tried):.4f}" if tried else "no fine-tuned model was validated"
+        click.echo(f"fine-tuning did not improve on the converted SNN ({seen} vs {before['score']:.4f} before); "
+                   f"the output is the input SNN  -> {output}")
 
 
 @main.command()
@@ -301,22 +466,43 @@ def plot_histograms(stats, output):
 
 
 @main.command()
-@click.option("--snn", required=True, type=click.Path(exists=True))
-@click.option("--model", "-m", type=click.Path(exists=True), default=None, help="ANN checkpoint (for its MACs)")
+@click.option("--snn", required=True, type=click.Path())
+@_model_options
 @dataset_opt
 @data_opt
 @click.option("--split", default="test", show_default=True)
 @click.option("--T", "T", default=20, show_default=True)
 @click.option("--limit", type=int, default=None)
+@click.option("--chunk", default=4, show_default=True)
 @click.option("-o", "--output", type=click.Path(), default=None, help="write the report as JSON")
+@_force_option
 @opt_opt
 @_fail_cleanly
-def energy(snn, model, dataset, data, split, T, limit, output, opt):
+def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, limit, chunk, output, force, opt):
     """Spike counts, synaptic operations, MACs and energy (both conventions) per image."""
-    from sjunet.energy import energy as energy_fn, energy_table
+    from sjunet.data import get_dataset
+    from sjunet.energy import count_energy_on, energy_table
+    from sjunet.evaluation import check_compatible, check_options
+    from sjunet.io import file_fingerprint, provenance, write_json
+    from sjunet.recipe import load_snn
 
-    r = energy_fn(snn, dataset, data, T=T, model=model, split=split, limit=limit, output=output,
-                  dataset_options=_parse_options(opt))
+    check_options([T], chunk, limit)
+    _claim_output(output, force)
+    net, rec = load_snn(snn)
+    ann, info = _load_ann(model, arch, arch_kwargs, weights, required=False)
+    ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    conv = rec.get("conversion") or {}
+    check_compatible(ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"), what="the SNN")
+    if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
+        raise InputError(f"the ANN ({info.fingerprint}) is not the one {snn} was converted from "
+                         f"({conv.get('ann_fingerprint')}); give that one, or none (MACs from the SNN's graph)")
+    r = count_energy_on(net, ds, T, ann=ann, limit=limit, chunk=chunk)
+    r.meta.update({"snn": {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options")},
+                   "model": info.to_record() if info else None, "split": split,
+                   "dataset": {"name": dataset, **ds.describe()}})
+    if output is not None:
+        write_json({**r.to_dict(), "provenance": provenance(options={"T": T, "split": split, "limit": limit,
+                                                                      "chunk": chunk})}, output)
     click.echo(energy_table(r))
 
 

@@ -1,10 +1,14 @@
 """sjunet: turn a trained U-Net into a Spiking-UNet (Li et al., "Deep Spiking-UNet for Image Processing").
 
-Public API (each also a CLI verb of the same name, see ``sjunet --help``)::
+Public API, on objects (the CLI verbs of the same names add paths, loading and printing)::
 
-    train, evaluate, calibrate, convert, simulate, finetune, energy, plot
+    calibrate(model, batches) -> stats          convert(model, stats, norm=, neuron=) -> snn
+    simulate(snn, x, T) -> {t: output}          count_energy(snn, ann, batches, T) -> report
+    train, evaluate, finetune, plot, load_snn, save_snn
 
-Heavy submodules are imported lazily so ``import sjunet`` is cheap.
+Heavy submodules are imported lazily so ``import sjunet`` is cheap. No submodule shares a name
+with a public function, so ``sjunet.simulate`` stays the function after ``sjunet.simulation`` is
+imported (a submodule import sets the package attribute of its own name).
 """
 from __future__ import annotations
 
@@ -13,13 +17,15 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": "sjunet.train",
-    "evaluate": "sjunet.evaluate",
+    "train": "sjunet.training",
+    "evaluate": "sjunet.evaluation",
     "calibrate": "sjunet.calibration",
     "convert": "sjunet.recipe",
-    "simulate": "sjunet.simulate",
+    "simulate": "sjunet.simulation",
     "finetune": "sjunet.flow",
-    "energy": "sjunet.energy",
+    "count_energy": "sjunet.energy",
+    "load_snn": "sjunet.recipe",
+    "save_snn": "sjunet.recipe",
     "plot": "sjunet.plots",
     "UNet": "sjunet.models",
     "UNetConfig": "sjunet.models",

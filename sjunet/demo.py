@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader
 
 from sjunet.calibration import calibrate
 from sjunet.data import get_dataset
-from sjunet.evaluate import evaluate
-from sjunet.io import load_ann, write_json
-from sjunet.recipe import convert
-from sjunet.train import TrainOptions, train
+from sjunet.evaluation import evaluate
+from sjunet.io import load_ann, provenance, write_json
+from sjunet.recipe import convert, save_snn
+from sjunet.training import TrainOptions, train
 
 DEMOS = {
     "seg": dict(dataset="demo-seg", epochs=30, batch_size=8, width=8, depth=3, lr=2e-3, optimizer="adam"),
@@ -25,7 +25,8 @@ DEMOS = {
 
 def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | None = None,
              T: Sequence[int] = (5, 10, 20), progress: bool = True) -> dict:
-    """Run the demo pipeline; every artifact lands under ``out``. Returns results and a report."""
+    """Run the demo pipeline; every artifact lands under ``out/<task>`` (replaced by each run: the
+    demo owns that directory). Returns results and a report."""
     if task not in DEMOS:
         raise ValueError(f"unknown demo task {task!r}; choose one of {', '.join(DEMOS)}")
     cfg = dict(DEMOS[task])
@@ -33,18 +34,20 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
         cfg["epochs"] = epochs
     out = Path(out) / task
     ann_path, stats_path = out / "ann.pt", out / "stats.h5"
-    train(TrainOptions(output=str(ann_path), **cfg), progress=progress)
-    ann, _ = load_ann(ann_path)
+    train(TrainOptions(output=str(ann_path), **cfg), progress=progress, force=True)
+    ann, ckpt = load_ann(ann_path)
     ds = get_dataset(cfg["dataset"], None, "train", seed=0)
-    calibrate(ann, DataLoader(ds, batch_size=16), output=stats_path, progress=progress,
-              data_description={"dataset": cfg["dataset"], "split": "train", **ds.describe()})
+    stats = calibrate(ann, DataLoader(ds, batch_size=16), output=stats_path, progress=progress,
+                      data_description={"dataset": cfg["dataset"], "split": "train", **ds.describe()})
+    test = get_dataset(cfg["dataset"], None, "test", seed=0)
     results: dict = {}
     lines = [f"demo {task}: {cfg['dataset']}, U-Net width {cfg['width']} depth {cfg['depth']}, {cfg['epochs']} epochs", ""]
     for norm in ("connection", "layer"):
-        snn_path = out / f"snn_{norm}.pt"
-        convert(ann, stats_path, norm=norm, output=snn_path, sources={"model": str(ann_path)})
-        r = evaluate(ann_path, snn_path, cfg["dataset"], None, "test", T, output=out / f"eval_{norm}.json",
-                     progress=progress)
+        snn = convert(ann, stats, norm=norm)
+        snn.sjunet_task = ckpt.get("task")
+        save_snn(snn, out / f"snn_{norm}.safetensors", {"model": str(ann_path), "stats": str(stats_path)})
+        r = evaluate(test, ann, snn, T, progress=progress)
+        write_json({**r, "provenance": provenance()}, out / f"eval_{norm}.json")
         results[norm] = r
     lines += _table(results)
     report = "\n".join(lines)

@@ -9,16 +9,18 @@ One iteration on a batch (x, y):
    Î_in^l = W̃ I_out^(l−1) + T·b̃ (the first layer gets T·x); a neuron layer passes on a tensor
    whose value is the measured I_out^l and whose gradient with respect to Î_in^l is the gate
    p^l = [I_in^l > 0] (straight-through, stored as booleans).
-3. **Loss on the output flow**: segmentation — cross-entropy with logits I_in^L / T (the
-   paper writes I_in^L; dividing by T is a temperature T that keeps logits in the ANN's units
-   so one learning rate serves every T); denoising — MAE between I_in^L / T and the noise map
-   (paper Eq. 12).
+3. **Loss on the output flow** (:func:`flow_loss`): segmentation — cross-entropy with logits
+   I_in^L / T (paper Eq. 11 writes I_in^L; dividing by T is a temperature T that keeps logits in
+   the ANN's units so one learning rate serves every T); denoising — MAE between I_in^L / T and
+   the noise map (paper Eq. 12).
 4. **Update** W̃ and b̃; thresholds stay fixed.
 
 Memory is the no-grad simulation plus one ANN-sized set of activations: it does not grow with T.
 Defaults differ from the paper deliberately: Adam with lr 1e-4 and cosine decay (the paper's
 1e-6 is far too slow on CPU budgets), best checkpoint chosen on a validation split carved from
-the training images.
+the training images. :func:`finetune` runs the shared loop :func:`sjunet.loop.fit` with the
+converted SNN's own validation score as the bar: its output is never worse on validation than
+its input (when nothing beats the input, the output is the input SNN, and its record says so).
 
 ``method="bptt"`` trains the same network through time with a SpikingJelly surrogate gradient,
 for cost comparison only (memory grows linearly with T).
@@ -34,12 +36,9 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import fx, nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from sjunet.neurons import MultiThresholdNode, set_recording
-from sjunet.recipe import StaticInputSynapse
-from sjunet.simulate import run_steps
+from sjunet.neurons import StaticInputSynapse, is_neuron
+from sjunet.simulation import FlowRecord, record_flow
 from sjunet.tasks import Task
 
 METHODS = ("flow", "bptt")
@@ -56,39 +55,6 @@ def _affine_sum(m: nn.Module, inp: torch.Tensor, T: float) -> torch.Tensor:
     if m.bias is not None:
         y = y + (T * m.bias).view(1, -1, 1, 1)
     return y
-
-
-@dataclass
-class FlowRecord:
-    """What the no-grad simulation leaves for the differentiable pass."""
-
-    T: int
-    outputs: dict[str, torch.Tensor]  # neuron name -> I_out (accumulated output flow)
-    gates: dict[str, torch.Tensor]  # neuron name -> bool [I_in > 0]
-    inputs: dict[str, torch.Tensor] | None = None  # neuron name -> I_in (only when keep_inputs)
-
-
-@torch.no_grad()
-def record_flow(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1, keep_inputs: bool = False) -> FlowRecord:
-    """Step 1: simulate T steps recording I_out and the gate [I_in > 0] of every neuron layer.
-
-    ``chunk=1`` runs SpikingJelly's single-step mode, so the simulation holds one step's
-    activations (memory independent of T); larger chunks run multi-step chunks (faster per step
-    on some machines, more memory). I_in is turned into a boolean gate as soon as the simulation
-    ends and then dropped, unless ``keep_inputs``. Spikes are not counted here.
-    """
-    functional.reset_net(snn)
-    neurons = {n: m for n, m in snn.named_modules() if isinstance(m, MultiThresholdNode)}
-    set_recording(snn, True, spikes=False)
-    try:
-        run_steps(snn, x, T, chunk)
-        outs = {n: m.acc_output for n, m in neurons.items()}
-        gates = {n: m.input_current() > 0 for n, m in neurons.items()}
-        ins = {n: m.input_current() for n, m in neurons.items()} if keep_inputs else None
-    finally:
-        set_recording(snn, False)
-        functional.reset_net(snn)  # frees membranes and the I_in accumulators
-    return FlowRecord(T, outs, gates, ins)
 
 
 class _StraightThroughFlow(torch.autograd.Function):
@@ -122,7 +88,7 @@ class FlowPass(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
         T = self.record.T
-        if isinstance(m, MultiThresholdNode):
+        if is_neuron(m):
             i_hat = args[0]
             if self.keep_currents:
                 self.currents[target] = i_hat
@@ -131,7 +97,9 @@ class FlowPass(fx.Interpreter):
             return _affine_sum(m.layer, T * args[0], T)
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             return _affine_sum(m, args[0], T)
-        return super().call_module(target, args, kwargs)  # pooling, concatenation, identities
+        if hasattr(m, "flow"):  # sjunet stages: gains, affine, max-pool of counts, interpolation, padding
+            return m.flow(*args, T=T, **kwargs)
+        return super().call_module(target, args, kwargs)  # average pooling, concatenation (linear, no bias)
 
 
 def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1) -> torch.Tensor:
@@ -145,29 +113,45 @@ def bptt_forward(snn: fx.GraphModule, x: torch.Tensor, T: int) -> torch.Tensor:
     """The BPTT baseline: T multi-step steps with autograd through time (surrogate spikes)."""
     functional.reset_net(snn)
     functional.set_step_mode(snn, "m")
-    for m in snn.modules():
-        if isinstance(m, MultiThresholdNode):
-            m.surrogate_gradient = True
+    neurons = [m for m in snn.modules() if is_neuron(m)]
+    for m in neurons:
+        m.surrogate_gradient = True
     try:
         out = snn(x.unsqueeze(0).expand(T, *x.shape)).mean(0)
     finally:
-        for m in snn.modules():
-            if isinstance(m, MultiThresholdNode):
-                m.surrogate_gradient = False
+        for m in neurons:
+            m.surrogate_gradient = False
     return out
 
 
 def flow_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Step 3: the task loss on I_in^L / T (CE for segmentation, MAE for denoising)."""
+    """Step 3, the fine-tuning loss on the output flow (paper Eq. 11 and 12).
+
+    ``output`` is the output layer's accumulated input current divided by T, Î_in^L / T, as
+    :func:`flow_forward` (and :func:`bptt_forward`) return it — the division by T happens there.
+
+    * segmentation (Eq. 11): cross-entropy with logits I_in^L / T. The paper writes the logits as
+      I_in^L; dividing by T is a temperature T that keeps the logits in the ANN's units, so one
+      learning rate serves every T;
+    * denoising (Eq. 12): mean absolute error between I_in^L / T and the true noise map.
+
+    Both are ``task.loss`` (:mod:`sjunet.tasks`), the ANN's training loss, on these quantities.
+    """
     return task.loss(output, target)
 
 
-def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", chunk: int = 1) -> float:
-    """One fine-tuning iteration; returns the loss."""
+def finetune_loss(snn, task: Task, x: torch.Tensor, y: torch.Tensor, T: int, method: str = "flow",
+                  chunk: int = 1) -> torch.Tensor:
+    """Steps 1–3 on a batch: the output flow (or the BPTT output) and :func:`flow_loss` on it."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     out = flow_forward(snn, x, T, chunk) if method == "flow" else bptt_forward(snn, x, T)
-    loss = flow_loss(task, out, y)
+    return flow_loss(task, out, y)
+
+
+def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", chunk: int = 1) -> float:
+    """One fine-tuning iteration (steps 1–4 of Algorithm 1) outside the loop; returns the loss."""
+    loss = finetune_loss(snn, task, x, y, T, method, chunk)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -191,109 +175,117 @@ class FinetuneOptions:
     chunk: int = 1
     seed: int = 0
     max_minutes: float | None = None
+    max_iters: int | None = None
+    val_every: int | None = None
     val_limit: int | None = None
     device: str = "cpu"
     dataset_options: dict = field(default_factory=dict)
 
 
-def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress: bool = True, **kwargs) -> dict:
-    """``sjunet finetune``: fine-tune a converted SNN at T steps; keeps the best on validation."""
-    from sjunet.data import get_dataset
-    from sjunet.evaluate import evaluate_snn
-    from sjunet.io import SNN_KIND, file_fingerprint, load_checkpoint, provenance, torch_save_atomic
-    from sjunet.recipe import load_snn
-    from sjunet.tasks import task_for
-    from sjunet.train import _accepts, make_optimizer, seed_everything
+SCHEDULES = ("cosine", "constant")
 
+
+def finetune_record(record: dict) -> dict | None:
+    """The fine-tuning part of an SNN file's record (``None`` for a converted, not fine-tuned SNN):
+    ``kept`` (``"input"`` or where the best validation was), ``score``, ``input_score``,
+    ``improvement``, ``val``, ``input_val``, ``options``, ``history``…"""
+    ft = record.get("finetune")
+    return ft if isinstance(ft, dict) else None
+
+
+def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress: bool = True, force: bool = False,
+             **kwargs) -> dict:
+    """``sjunet finetune``: fine-tune a converted SNN at T steps with :func:`sjunet.loop.fit`.
+
+    The converted SNN's validation score, measured before the first step, is the bar: the output
+    is always written and is the best of {the input SNN, every validation}. Returns the loop's
+    summary plus ``output``, ``before`` (the input's metrics), ``best`` (``at``, ``epoch``,
+    ``iteration``, ``val``, ``score``), ``kept`` (``"input"`` or where the best was) and
+    ``improved``. Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score.
+    """
+    from sjunet.evaluation import evaluate_snn
+    from sjunet.io import SNN_KIND, file_fingerprint
+    from sjunet.loop import (LoopOptions, check_options, fit, make_optimizer, run_outputs, seed_everything,
+                             train_val_datasets)
+    from sjunet.recipe import load_snn, save_snn, snn_size_multiple
+    from sjunet.tasks import task_for
+
+    started = time.monotonic()
     opts = opts or FinetuneOptions(**kwargs)
     if opts.method not in METHODS:
-        raise ValueError(f"unknown --method {opts.method!r}; choose one of {METHODS}")
-    seed_everything(opts.seed)
-    snn, rec = load_snn(opts.snn)
-    snn.to(opts.device)
-    ds_opts = {"seed": opts.seed, **opts.dataset_options}
-    if _accepts(opts.dataset, "holdout_val"):
-        ds_opts.setdefault("holdout_val", True)
-    train_ds = get_dataset(opts.dataset, opts.data, "train", **ds_opts)
-    val_ds = get_dataset(opts.dataset, opts.data, "val", **{k: v for k, v in ds_opts.items()
-                                                             if k not in ("samples_per_epoch", "crop", "patch", "holdout_val")})
-    task = task_for(train_ds)
-    multiple = 2 ** (rec.get("model_config") or {}).get("depth", 4)
-    params = [p for p in snn.parameters() if p.requires_grad]
-    optimizer = make_optimizer(opts.optimizer, params, opts.lr)
-    loader_gen = torch.Generator().manual_seed(opts.seed)
-    iters_per_epoch = math.ceil(len(train_ds) / opts.batch_size)
-    total = opts.epochs * iters_per_epoch
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=opts.lr * 0.01)
-             if opts.schedule == "cosine" else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0))
-    out = Path(opts.output)
-    last = out.with_name(out.stem + ".last.pt")
-    start, best, history = 0, -math.inf, []
+        raise ValueError(f"unknown --method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    if opts.schedule not in SCHEDULES:
+        raise ValueError(f"unknown --schedule {opts.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    check_options(lr=opts.lr, T=opts.T, chunk=opts.chunk, val_limit=opts.val_limit)
+    loop_opts = LoopOptions(epochs=opts.epochs, batch_size=opts.batch_size, seed=opts.seed,
+                            max_minutes=opts.max_minutes, max_iters=opts.max_iters, val_every=opts.val_every,
+                            device=opts.device, progress=progress, desc=f"finetune {opts.method} T={opts.T}",
+                            train_mode=False)
+    if Path(opts.snn).resolve() == Path(opts.output).resolve():
+        raise ValueError(f"the output {opts.output} is the input SNN: choose another -o")
+    with run_outputs(opts.output, force=force, resume=resume, what="fine-tuned SNN") as (output, last):
+        seed_everything(opts.seed)
+        snn, rec = load_snn(opts.snn)
+        snn.to(opts.device)
+        source_fingerprint = file_fingerprint(opts.snn)
+        train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
+        task = task_for(train_ds)
+        multiple = snn_size_multiple(snn, rec)
+        params = [p for p in snn.parameters() if p.requires_grad]
+        optimizer = make_optimizer(opts.optimizer, params, opts.lr)
+        total = opts.epochs * math.ceil(len(train_ds) / opts.batch_size)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=opts.lr * 0.01)
+                 if opts.schedule == "cosine" else None)
 
-    def validate() -> dict:
-        r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=4, limit=opts.val_limit, multiple=multiple,
-                         progress=False, device=opts.device)
-        return r["T"][str(opts.T)]
+        def step(x, y):
+            return finetune_loss(snn, task, x, y, opts.T, opts.method, opts.chunk)
 
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume: no {last} to resume from")
-        st = load_checkpoint(last, SNN_KIND + "-finetune-last")
-        snn.load_state_dict(st["state_dict"])
-        optimizer.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        start, best, history = st["epoch"] + 1, st["best"], st["history"]
-    else:
-        v0 = validate()
-        history.append({"epoch": -1, "val": v0, "score": task.score(v0)})
-        if progress:
-            tqdm.write(f"before fine-tuning, T={opts.T}: {_fmt(v0)}")
-    t0 = time.monotonic()
-    summary: dict = {"output": str(out), "before": history[0]["val"] if history else None}
-    for epoch in range(start, opts.epochs):
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)
-        loader = DataLoader(train_ds, batch_size=opts.batch_size, shuffle=True, generator=loader_gen)
-        losses = []
-        bar = tqdm(loader, desc=f"finetune {opts.method} T={opts.T} epoch {epoch + 1}/{opts.epochs}",
-                   disable=not progress, leave=False)
-        for x, y in bar:
-            x, y = x.to(opts.device), y.to(opts.device)
-            losses.append(train_step(snn, optimizer, task, x, y, opts.T, opts.method, opts.chunk))
-            sched.step()
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.4f}")
-        val = validate()
-        score = task.score(val)
-        history.append({"epoch": epoch, "loss": sum(losses) / len(losses), "val": val, "score": score})
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}  val {_fmt(val)}")
-        if score > best:
-            best = score
-            snn.eval()
-            torch_save_atomic({
-                "kind": SNN_KIND, "snn": _cpu_copy(snn), "conversion": rec.get("conversion", {}),
-                "model_config": rec.get("model_config"),
-                "finetune": {"options": asdict(opts), "epoch": epoch, "val": val,
-                             "source_snn_fingerprint": file_fingerprint(opts.snn), "history": list(history)},
-                "provenance": provenance(sources={"snn": opts.snn, "dataset": train_ds.describe()}),
-            }, out)
-            summary["best"] = {"epoch": epoch, "val": val}
-        torch_save_atomic({"kind": SNN_KIND + "-finetune-last", "state_dict": _cpu_copy(snn).state_dict(),
-                           "optimizer": optimizer.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                           "best": best, "history": history}, last)
-        if opts.max_minutes is not None and (time.monotonic() - t0) / 60 > opts.max_minutes:
-            break
-    summary["history"] = history
-    summary["minutes"] = (time.monotonic() - t0) / 60
-    return summary
+        def validate():
+            r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=4, limit=opts.val_limit, multiple=multiple,
+                             progress=False, device=opts.device)
+            val = r["T"][str(opts.T)]
+            return task.score(val), val
+
+        baseline: dict = {}
+
+        def save_best(entry: dict, history: list) -> None:
+            if entry["at"] == "input":
+                baseline.update(entry)
+            elif not baseline:  # resumed: the input's entry is the first of the history
+                baseline.update(history[0])
+            record = {
+                "kept": entry["at"], "epoch": entry["epoch"], "iteration": entry["iteration"], "step": entry["step"],
+                "val": entry["val"], "score": entry["score"],
+                "input_val": baseline["val"], "input_score": baseline["score"],
+                "improvement": entry["score"] - baseline["score"],
+                "options": asdict(opts), "source_snn_fingerprint": source_fingerprint, "history": history,
+            }
+            on_cpu = all(t.device.type == "cpu" for t in snn.state_dict().values())
+            save_snn(snn if on_cpu else _cpu_copy(snn), output, extra={"finetune": record},
+                     sources={"snn": opts.snn, "snn_fingerprint": source_fingerprint, "dataset": train_ds.describe()})
+
+        identity = {"snn_fingerprint": source_fingerprint, "dataset": opts.dataset,
+                    "dataset_options": dict(opts.dataset_options), "T": opts.T, "method": opts.method,
+                    "batch_size": opts.batch_size, "optimizer": opts.optimizer, "lr": opts.lr,
+                    "schedule": opts.schedule, "seed": opts.seed,
+                    "epochs": opts.epochs if sched is not None else None}  # the cosine spans the epochs
+        summary = fit(snn, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, scheduler=sched,
+                      last=last, kind=SNN_KIND + "-finetune-last", resume=resume, baseline=True,
+                      identity=identity, output=output, started=started)
+        functional.reset_net(snn)
+    best, base = summary["best"], summary["baseline"]
+    return {**summary, "output": str(output), "before": base["val"] if base else None,
+            "kept": best["at"] if best else None}
 
 
 def _cpu_copy(snn: nn.Module) -> nn.Module:
+    """A CPU copy of ``snn`` (reset) with the ``sjunet_*`` records it carries (a GraphModule's
+    deepcopy keeps only its modules and graph)."""
     import copy
 
     functional.reset_net(snn)
-    return copy.deepcopy(snn).cpu()
-
-
-def _fmt(d: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" for k, v in d.items() if isinstance(v, float))
+    out = copy.deepcopy(snn).cpu()
+    for k, v in vars(snn).items():
+        if k.startswith("sjunet_"):
+            setattr(out, k, copy.deepcopy(v))
+    return out

@@ -1,17 +1,33 @@
-"""Artifacts: atomic writes, fingerprints, provenance, checkpoint format.
+"""Artifacts: atomic writes, output guards, fingerprints, provenance, checkpoint loading.
 
-Every artifact sjunet writes (checkpoint, HDF5 statistics, SNN, results JSON) goes through
-:func:`atomic_path` (temp file in the same directory + ``os.replace``), so a crash never
+Every artifact sjunet writes (checkpoint, HDF5 statistics, SNN, results JSON, figure) goes
+through :func:`atomic_path` (temp file in the same directory + ``os.replace``), so a crash never
 leaves a half-written file, and carries a :func:`provenance` record saying what made it.
+
+Trust rules (README, "What sjunet refuses and why"):
+
+* files are data, never code: checkpoints are read with ``torch.load(weights_only=True)`` (plain
+  dicts, lists, strings, numbers and tensors only) and SNNs are safetensors + a JSON record
+  (:mod:`sjunet.snnfile`); a file that needs unpickling of anything else is refused;
+* fingerprints are verified on load (:func:`load_ann` recomputes the model's);
+* a long run never overwrites a result it was not asked to (:func:`output_guard`): an existing
+  output is refused unless ``--force`` or ``--resume``, and one run at a time holds an exclusive
+  lock on it;
+* written files get the usual permissions (``0666 & ~umask``), not ``mkstemp``'s 0600, and
+  temporaries of a killed run are removed by the next write of the same file.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
+import math
 import os
+import pickle
 import platform
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,52 +41,178 @@ SNN_KIND = "sjunet-snn"
 
 
 class ArtifactError(ValueError):
-    """An input file is missing, of the wrong kind, or does not match its partner."""
+    """An input file is missing, of the wrong kind, corrupt, or does not match its partner."""
+
+
+class OutputExistsError(ArtifactError):
+    """The output of a run already exists and neither --force nor --resume was given."""
+
+
+# ------------------------------------------------------------------------------- atomic writes
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``.<name>.<pid>.*.tmp`` siblings of ``path`` left by a process that no longer runs."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\..*\.tmp$")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        m = pattern.match(p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched.
+    On an exception the temporary file is removed and ``path`` is left untouched. The file gets
+    ``0666 & ~umask`` permissions; temporaries left by a killed process are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with non-finite floats as ``None`` (JSON has no NaN), tuples as lists, paths and
+    tensors/numpy scalars as plain values."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return jsonable(obj.tolist())
+    if hasattr(obj, "to_dict"):
+        return jsonable(obj.to_dict())
+    if hasattr(obj, "item") and callable(obj.item):
+        return jsonable(obj.item())
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (``allow_nan=False``; NaN/inf written as ``null``)."""
+    return json.dumps(jsonable(obj), indent=indent, allow_nan=False)
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented JSON atomically."""
+    """Write ``obj`` as indented strict JSON atomically (non-finite numbers become ``null``)."""
+    text = dumps(obj) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(text)
     return Path(path)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "to_dict"):
-        return o.to_dict()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`atomic_path`."""
+    """``torch.save`` through :func:`atomic_path` (``obj``: plain containers and tensors only)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------- output guards
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Check, before any long work, that ``path`` can be written (its directory can be created
+    and holds a new file); raise :class:`ArtifactError` with one line saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"output {path} is a directory: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtifactError(f"cannot write the output {path}: {e.strerror or e} — choose another -o/--output") from e
+    return path
+
+
+@contextlib.contextmanager
+def output_guard(path: str | os.PathLike, force: bool = False, resume: bool = False,
+                 what: str = "output") -> Iterator[Path]:
+    """Hold an exclusive lock on ``path`` for a run that will write it.
+
+    * an existing ``path`` is refused unless ``force`` (overwrite) or ``resume`` (continue it);
+    * the directory must be writable (checked now, not after the work);
+    * a second run on the same output is refused while this one holds the lock
+      (``fcntl.flock`` on ``.<name>.lock`` beside it, released and removed at the end).
+    """
+    import fcntl
+
+    path = check_writable(path)
+    if path.exists() and not (force or resume):
+        raise OutputExistsError(f"{what} {path} exists: refusing to overwrite it; pass --force to replace it "
+                                "or --resume to continue that run (or choose another -o)")
+    lock_path = path.with_name(f".{path.name}.lock")
+    fh = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ArtifactError(f"{what} {path} is being written by another sjunet run ({holder}); "
+                                "wait for it or choose another -o") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+        fh.close()
+
+
+# ------------------------------------------------------------------------------- fingerprints
+
+def tensor_digest(tensors: dict[str, torch.Tensor], h: Any = None) -> Any:
+    """Feed ``tensors`` (sorted by name: name, dtype, shape, bytes) into sha256 ``h``."""
+    h = h or hashlib.sha256()
+    for name, t in sorted(tensors.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -78,9 +220,10 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     h.update(repr(model).encode())
     for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.uint16).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -94,57 +237,115 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 
 def versions() -> dict[str, str]:
-    """Versions of sjunet and the libraries that shape its results."""
+    """Versions (plain strings) of sjunet and the libraries that shape its results."""
     import numpy
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    out = {"python": platform.python_version(), "torch": str(torch.__version__), "numpy": str(numpy.__version__)}
     try:
         from importlib.metadata import version
 
-        out["sjunet"] = version("sjunet")
-        out["spikingjelly"] = version("spikingjelly")
+        out["sjunet"] = str(version("sjunet"))
+        out["spikingjelly"] = str(version("spikingjelly"))
     except Exception:  # pragma: no cover - not installed as a distribution
         out.setdefault("sjunet", "unknown")
     return out
 
 
+def world() -> dict[str, int]:
+    """Process-group size and rank of this run (1 and 0 outside ``torchrun``)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return {"world_size": dist.get_world_size(), "rank": dist.get_rank()}
+    except Exception:  # pragma: no cover
+        pass
+    return {"world_size": int(os.environ.get("WORLD_SIZE", 1)), "rank": int(os.environ.get("RANK", 0))}
+
+
 def provenance(**fields: Any) -> dict[str, Any]:
-    """A provenance record: creation time, versions and the given fields (inputs, options)."""
-    return {
+    """A provenance record: creation time, versions, world size and the given fields."""
+    return jsonable({
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
+        "world_size": world()["world_size"],
         **fields,
-    }
+    })
 
 
-def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
-    """Load an sjunet checkpoint (ANN or SNN) and check its ``kind``.
+# ------------------------------------------------------------------------------- loading
 
-    SNN files hold a pickled ``torch.fx.GraphModule``, so they are loaded with
-    ``weights_only=False``: load only files you trust.
+_REGENERATE = {
+    ANN_KIND: "retrain it with `sjunet train` (or export its state_dict and use --arch/--weights)",
+    SNN_KIND: "regenerate it with `sjunet convert` (and `sjunet finetune`)",
+}
+
+
+def torch_load_data(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)``: plain data and tensors, never code.
+
+    A file that holds pickled objects (an earlier sjunet's SNN, a crafted file) is refused with
+    one line, without running anything from it.
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise ArtifactError(f"{path}: not a readable torch checkpoint ({e})") from e
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        what = re.search(r"GLOBAL ([\w.]+)", str(e))
+        raise ArtifactError(
+            f"{path}: refused — the file holds pickled Python objects"
+            f"{' (' + what.group(1) + ')' if what else ''} and sjunet never runs code from a file; "
+            "if an earlier sjunet wrote it, regenerate it with this version (`sjunet train` / "
+            "`sjunet convert`)") from None
+    except Exception as e:  # noqa: BLE001 - truncated, not a zip, wrong format
+        raise ArtifactError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """Load an sjunet checkpoint (``weights_only=True``) and check its ``kind``."""
+    path = Path(path)
+    if kind == SNN_KIND or (path.is_file() and _is_safetensors(path)):
+        raise ArtifactError(f"{path}: is an SNN file; load it with sjunet.recipe.load_snn")
+    ckpt = torch_load_data(path)
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise ArtifactError(f"{path}: not an sjunet checkpoint (no 'kind' field)")
     if kind is not None and ckpt["kind"] != kind:
-        want = {ANN_KIND: "an ANN checkpoint written by `sjunet train`",
-                SNN_KIND: "an SNN written by `sjunet convert`"}.get(kind, kind)
+        want = {ANN_KIND: "an ANN checkpoint written by `sjunet train`"}.get(kind, kind)
         raise ArtifactError(f"{path}: is a {ckpt['kind']!r} file, expected {want}")
     return ckpt
 
 
+def _is_safetensors(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def load_ann(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Load an ANN checkpoint written by :func:`sjunet.train.train`; returns ``(model, checkpoint)``."""
+    """Load an ANN checkpoint written by :func:`sjunet.training.train`; returns ``(model, checkpoint)``.
+
+    The model's fingerprint is recomputed and compared with the stored one: a checkpoint whose
+    tensors changed after it was written (a bit flip, an edit) is refused.
+    """
     from sjunet.models import build_model
 
     ckpt = load_checkpoint(path, ANN_KIND)
-    model = build_model(ckpt["model_config"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = build_model(ckpt["model_config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise ArtifactError(f"{path}: the checkpoint does not rebuild its model ({str(e).splitlines()[0]})") from None
     model.eval()
+    stored = ckpt.get("fingerprint")
+    actual = model_fingerprint(model)
+    if stored is not None and stored != actual:
+        raise ArtifactError(f"{path}: integrity check failed — the weights hash to {actual}, the checkpoint "
+                            f"says {stored}; the file was altered or corrupted after it was written")
+    ckpt["fingerprint"] = actual
     return model, ckpt

@@ -1,6 +1,21 @@
-"""Multi-threshold (MT) spiking neuron (paper §3.2, Eq. 4–6; spec §3).
+"""Neurons (paper §3.2, Eq. 4–6; spec §3) behind one small interface, and the static input synapse.
 
-Three layers, Norse-style:
+**The neuron interface** (:class:`SpikingNeuron`, a SpikingJelly ``BaseNode``) is all that
+simulation, spiking-flow fine-tuning, energy counting and plots use of a neuron layer:
+
+* flags ``record`` (accumulate the output flow) and ``record_spikes`` (count spikes), switched by
+  :func:`set_recording`;
+* memories ``acc_output`` = I_out = Σ_t o(t) (paper Eq. 10) and ``spike_count`` = Σ_t (threshold
+  crossings), both reset by ``functional.reset_net``; :meth:`SpikingNeuron.input_current` = I_in =
+  Σ_t I(t) (paper Eq. 9);
+* ``quantum`` (the smallest non-zero output), ``max_output`` (the largest output of one step:
+  a saturated neuron; capped ReLUs use it) and :meth:`spec`
+  (constructor arguments as plain data, so an SNN file rebuilds it without code).
+
+A new neuron type subclasses :class:`SpikingNeuron`, registers itself in :data:`NEURON_TYPES`
+and gets a factory in :data:`FACTORIES`; the recipe, flow, energy and plots need no edit.
+
+Multi-threshold neuron, Norse-style:
 
 * :func:`threshold_ladder` builds the ladder θ_1 > … > θ_N (Theorem 3.1's halving rule by default);
 * :func:`mt_step` is the pure step function of (input, membrane, ladder);
@@ -13,10 +28,11 @@ The integrate-and-fire (IF) neuron is the same class with one threshold.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from spikingjelly.activation_based import neuron
+from spikingjelly.activation_based import base, neuron
+from torch import nn
 
 
 def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[float, ...]:
@@ -118,7 +134,30 @@ def mt_step(
     return o, v, n
 
 
-class MultiThresholdNode(neuron.BaseNode):
+class SpikingNeuron(neuron.BaseNode):
+    """The neuron interface (module docstring). Subclasses implement the SpikingJelly step
+    functions and keep ``acc_output`` / ``spike_count`` when ``record`` / ``record_spikes``."""
+
+    record: bool
+    record_spikes: bool
+    #: smallest non-zero output of one step (normalised units)
+    quantum: float = 1.0
+    #: largest output of one step (normalised units)
+    max_output: float = 1.0
+
+    def input_current(self) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def spec(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def is_neuron(m: nn.Module | None) -> bool:
+    """Whether ``m`` is a neuron layer (implements :class:`SpikingNeuron`)."""
+    return isinstance(m, SpikingNeuron)
+
+
+class MultiThresholdNode(SpikingNeuron):
     """SpikingJelly neuron running :func:`mt_step`; ``thresholds=(1.0,)`` is the IF neuron.
 
     Thresholds are in the normalised domain (the converter scales weights so θ = 1 is the
@@ -155,16 +194,20 @@ class MultiThresholdNode(neuron.BaseNode):
     def extra_repr(self) -> str:
         return f"thresholds={self.thresholds}, v_init={self.v_init}, step_mode={self.step_mode}, record={self.record}"
 
+    @property
+    def quantum(self) -> float:
+        return self.thresholds[-1]
+
+    @property
+    def max_output(self) -> float:
+        return float(sum(self.thresholds))
+
+    def spec(self) -> dict:
+        return {"thresholds": list(self.thresholds), "v_init": self.v_init}
+
     def materialize_states(self, inputs, states, step_mode):
         v = super().materialize_states(inputs, states, step_mode)[0]
         return (v, *states[1:])
-
-    def __setstate__(self, state):
-        # files from sjunet 0.1.0 development builds kept an ``acc_input`` memory; it is now derived
-        for d in ("_memories", "_memories_rv"):
-            state.get(d, {}).pop("acc_input", None)
-        state.setdefault("record_spikes", False)
-        super().__setstate__(state)
 
     def input_current(self) -> torch.Tensor:
         """I_in = Σ_t I(t) since the last reset, as V_T − V_0 + I_out (needs ``record`` on)."""
@@ -215,11 +258,70 @@ def IFNode(threshold: float = 1.0, step_mode: str = "s") -> MultiThresholdNode: 
     return MultiThresholdNode((threshold,), step_mode=step_mode)
 
 
-def set_recording(module: torch.nn.Module, on: bool = True, spikes: bool | None = None) -> list[MultiThresholdNode]:
-    """Switch recording of accumulated input/output (and, with ``spikes``, the spike count; by
-    default the same as ``on``) on every MT neuron in ``module``."""
-    nodes = [m for m in module.modules() if isinstance(m, MultiThresholdNode)]
+#: neuron classes an SNN file may name (rebuilt from their ``spec()``)
+NEURON_TYPES: dict[str, type[SpikingNeuron]] = {"MultiThresholdNode": MultiThresholdNode}
+
+#: a neuron factory builds the neuron that replaces one ReLU: ``factory(relu_name) -> module``
+NeuronFactory = Callable[[str], nn.Module]
+
+
+def mt_factory(thresholds: Sequence[float] = (2.0, 1.0, 0.5, 0.25), v_init: float = 0.0) -> NeuronFactory:
+    """Factory of multi-threshold neurons (``thresholds=(1.0,)``: integrate-and-fire)."""
+    ladder = validate_ladder(thresholds)
+    return lambda relu_name: MultiThresholdNode(ladder, v_init=v_init)
+
+
+#: neuron name (``--neuron``) -> (default ladder, factory builder)
+FACTORIES: dict[str, tuple[tuple[float, ...], Callable[..., NeuronFactory]]] = {
+    "mt": (threshold_ladder(4, 2.0), mt_factory),
+    "if": ((1.0,), mt_factory),
+}
+
+
+def set_recording(module: nn.Module, on: bool = True, spikes: bool | None = None) -> list[SpikingNeuron]:
+    """Switch recording of the accumulated output (and, with ``spikes``, the spike count; by
+    default the same as ``on``) on every neuron in ``module``."""
+    nodes = [m for m in module.modules() if is_neuron(m)]
     for m in nodes:
         m.record = on
         m.record_spikes = on if spikes is None else spikes
     return nodes
+
+
+class StaticInputSynapse(base.MemoryModule):
+    """The first (analog) synaptic layer under static coding: computed once per image, not T times.
+
+    Multi-step: if the input sequence is an ``expand`` of one image (stride 0 along T), the layer
+    runs on ``x_seq[0]`` and the result is expanded; otherwise every step is computed. Single-step:
+    the output for the same input tensor object is cached until ``reset()``.
+    """
+
+    def __init__(self, layer: nn.Module, step_mode: str = "s") -> None:
+        super().__init__()
+        self.layer = layer
+        self.step_mode = step_mode
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def reset(self) -> None:
+        self._cache = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "m":
+            if x.stride(0) != 0:  # not a static sequence: compute every step
+                return self.layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+            root = x._base if x._base is not None else x
+            y = self._cached(root, lambda: self.layer(x[0]))
+            return y.unsqueeze(0).expand(x.shape[0], *y.shape)
+        return self._cached(x, lambda: self.layer(x))
+
+    def _cached(self, key: torch.Tensor, compute) -> torch.Tensor:
+        # The cache holds a reference to ``key``, so identity cannot be confused with a new
+        # tensor at a reused address; it is cleared by reset() (functional.reset_net).
+        if torch.is_grad_enabled():
+            return compute()
+        if self._cache is None or self._cache[0] is not key:
+            self._cache = (key, compute())
+        return self._cache[1]

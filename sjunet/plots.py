@@ -35,7 +35,6 @@ matplotlib.use("Agg")  # noqa: E402  (before pyplot; never opens a window)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from torch import fx, nn  # noqa: E402
 
@@ -75,37 +74,6 @@ def _sidecar(output: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- activation vs rate
-def _size_multiple(model: nn.Module) -> int:
-    m = getattr(model, "size_multiple", None)
-    if isinstance(m, int) and m > 0:
-        return m
-    depth = getattr(getattr(model, "config", None), "depth", None)
-    return 2 ** int(depth) if depth is not None else 1
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad [B, C, H, W] on the bottom/right to multiples of ``multiple`` (reflect when possible)."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if not (ph or pw):
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-class _ReluRecorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, names: set[str]) -> None:
-        super().__init__(gm)
-        self.names = names
-        self.values: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name in self.names:
-            self.values[n.name] = out.detach()
-        return out
-
-
 def _conversion_of(snn: nn.Module, label: str) -> dict:
     conv = getattr(snn, "sjunet_conversion", None)
     if not conv or "layers" not in conv:
@@ -114,8 +82,11 @@ def _conversion_of(snn: nn.Module, label: str) -> dict:
     return conv
 
 
-def _relu_node_of(ann_gm: fx.GraphModule, neuron: str) -> str:
+def _relu_node_of(ann_gm: fx.GraphModule, neuron: str, conv: dict | None = None) -> str:
     """The ANN's ReLU FX node replaced by the neuron at module path ``neuron``."""
+    relu = ((conv or {}).get("neurons") or {}).get(neuron, {}).get("relu")
+    if relu is not None and any(n.name == relu for n in ann_gm.graph.nodes):
+        return relu
     for n in ann_gm.graph.nodes:
         if n.op == "call_module" and n.target == neuron:
             return n.name
@@ -199,10 +170,12 @@ def activation_rate_points(
     neuron of every image; ``info[layer]`` holds the neuron path, the ANN ReLU node, λ per label
     and the layer's ordinal among neuron layers (1-based, input to output).
     """
-    from sjunet.calibration.observe import trace_for_conversion
     from spikingjelly.activation_based import functional
 
-    from sjunet.flow import record_flow
+    from sjunet.calibration.observe import trace_for_conversion
+    from sjunet.evaluation import pad_to_multiple, size_multiple
+    from sjunet.graph import record_nodes
+    from sjunet.simulation import record_flow
 
     if not snns:
         raise ValueError("give at least one SNN")
@@ -216,21 +189,21 @@ def activation_rate_points(
         if missing:
             raise ValueError(f"SNN {label!r} has no neuron layer {', '.join(missing)}: are the SNNs "
                              "converted from the same model?")
-    ann_gm = trace_for_conversion(model)
+    batches = _as_batches(images)
+    ann_gm = trace_for_conversion(model, batches[0].shape)
     neuron_order = [k for k, v in first["layers"].items() if v.get("neuron")]
     info: dict[str, dict] = {}
     for k in chosen:
         neuron = first["layers"][k]["neuron"]
-        info[k] = {"neuron": neuron, "relu": _relu_node_of(ann_gm, neuron),
+        info[k] = {"neuron": neuron, "relu": _relu_node_of(ann_gm, neuron, first),
                    "index": neuron_order.index(k) + 1, "after_cat": bool(first["layers"][k].get("after_cat")),
                    "out_unit": {label: float(c["layers"][k]["out_unit"]) for label, c in convs.items()}}
-    multiple = multiple or _size_multiple(model)
+    multiple = multiple or size_multiple(model, batches[0].shape[1])
     xs: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
     ys: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
-    for batch in _as_batches(images):
+    for batch in batches:
         batch = pad_to_multiple(batch.float(), multiple)
-        rec = _ReluRecorder(ann_gm, {info[k]["relu"] for k in chosen})
-        rec.run(batch)
+        acts = record_nodes(ann_gm, batch, {info[k]["relu"] for k in chosen})
         for label, snn in snns.items():
             mode = next((m.step_mode for m in snn.modules() if hasattr(m, "step_mode")), "s")
             try:
@@ -238,7 +211,7 @@ def activation_rate_points(
             finally:
                 functional.set_step_mode(snn, mode)  # record_flow leaves multi-step mode on
             for k in chosen:
-                act = rec.values[info[k]["relu"]] / info[k]["out_unit"][label]
+                act = acts[info[k]["relu"]] / info[k]["out_unit"][label]
                 rate = flow.outputs[info[k]["neuron"]]
                 if isinstance(rate, float) or rate.shape != act.shape:
                     raise ValueError(f"layer {k}: SNN {label!r} output of shape "
@@ -615,4 +588,4 @@ def plot(kind: str, **kwargs) -> Any:
 
 
 __all__ = ["KINDS", "activation_rate_points", "activation_vs_rate", "default_metrics", "fit_line",
-           "histograms", "metric_vs_T", "pad_to_multiple", "plot", "save_figure"]
+           "histograms", "metric_vs_T", "plot", "save_figure"]

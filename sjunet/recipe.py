@@ -1,20 +1,27 @@
-"""Conversion as a SpikingJelly ``ann2snn`` recipe (spec §5), run by ``ann2snn.Converter``.
+"""Conversion as a SpikingJelly ``ann2snn`` recipe (spec §5, §11), run by ``ann2snn.Converter``.
 
 :class:`SpikingUNetRecipe` subclasses ``FXConversionRecipe``; each lifecycle hook does one thing:
 
 ========================  =========================================================================
 ``validate``              check options (normalization, neuron, ladder)
-``before_trace``          refuse statistics of another model (fingerprint); hand over an eval copy
-``after_trace``           fold BatchNorm; refuse an unsupported graph, naming the node
+``before_trace``          refuse statistics of another model (fingerprint); hand SpikingJelly the
+                          canonical graph (:func:`sjunet.graph.canonical_graph`: any U-Net's ReLU
+                          spellings, BatchNorm, dropout, interpolation, padding made uniform)
+``after_trace``           check SpikingJelly's trace names nodes as the statistics do; refuse an
+                          unsupported graph, naming the node
 ``insert_observers``      nothing: statistics come from the calibration stage's HDF5
 ``calibrate``             turn the statistics into a :class:`~sjunet.normalization.NormalizationPlan`
-``replace``               rescale weights; ReLU → :class:`~sjunet.neurons.MultiThresholdNode`; first
-                          layer → :class:`StaticInputSynapse`; SpikingJelly multi-step adapters
-``finalize``              eval mode, conversion record attached, reset cache invalidated
+``replace``               rescale weights; gains on identity edges; ReLU → neuron (from the neuron
+                          factory); MaxPool → :class:`~sjunet.stages.SpikingMaxPool2d`; first layers
+                          → :class:`~sjunet.neurons.StaticInputSynapse`; SpikingJelly step-mode
+                          adaptation (multi-step layers)
+``finalize``              eval mode; the conversion record and the graph record attached
 ========================  =========================================================================
 
-:func:`convert` is the library entry point (``sjunet convert``); :func:`convert_stock` converts
-the same ANN with SpikingJelly's stock ``RateCodingRecipe`` (IF, percentile) as the peer.
+:func:`convert` is the library entry point (``sjunet convert``) and works on any ``nn.Module``;
+:func:`convert_stock` converts the same ANN with SpikingJelly's stock ``RateCodingRecipe`` (IF,
+percentile) as the peer. :func:`save_snn` / :func:`load_snn` write and read SNN files
+(:mod:`sjunet.snnfile`: tensors + a plain record, no pickles).
 """
 from __future__ import annotations
 
@@ -24,27 +31,26 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
-from spikingjelly.activation_based import ann2snn, base, functional
+from spikingjelly.activation_based import ann2snn, functional
 from spikingjelly.activation_based.ann2snn.recipes.base import replace_submodule
-from spikingjelly.activation_based.ann2snn.recipes.step_mode_adapters import (
-    _RATE_CODING_STATELESS_MODULE_TYPES,
-    adapt_step_mode_graph,
-)
 from torch import fx, nn
 
-from sjunet.calibration.observe import fold_bn
+from sjunet import snnfile
 from sjunet.calibration.store import CalibrationStats, read_stats
-from sjunet.graph import check_supported, kind_of, module_of
-from sjunet.io import SNN_KIND, ArtifactError, load_checkpoint, model_fingerprint, provenance, torch_save_atomic
-from sjunet.neurons import MultiThresholdNode, threshold_ladder, validate_ladder
+from sjunet.graph import (Trace, canonical_graph, check_supported, kind_of, module_of, signature, size_multiple,
+                          stages_are_leaves, tensor_shapes)
+from sjunet.io import ArtifactError, model_fingerprint, provenance
+from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, validate_ladder
 from sjunet.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
+from sjunet.stages import ChannelAffine, SpikingMaxPool2d
 
-NEURONS = ("mt", "if")
+NEURONS = tuple(FACTORIES)
 
 
 @dataclass(frozen=True)
 class ConversionOptions:
-    """Options of :func:`convert`. ``thresholds=None`` means (2, 1, 0.5, 0.25) for MT and (1.0,) for IF."""
+    """Options of :func:`convert`. ``thresholds=None`` means the neuron's default ladder
+    ((2, 1, 0.5, 0.25) for MT, (1,) for IF)."""
 
     norm: str = "connection"
     neuron: str = "mt"
@@ -54,79 +60,53 @@ class ConversionOptions:
     def initial_potential(self) -> float:
         """Membrane potential after reset: ``"half"`` = θ_N/2 (half the smallest threshold, which
         turns the floor quantiser into rounding and removes the systematic under-estimate of rates
-        at small T; Bu et al., ICLR 2022), ``"zero"`` = 0 (the paper), or a number (normalised units)."""
+        at small T; Bu et al., ICLR 2022), ``"zero"`` = 0 (the paper), or a finite number
+        (normalised units)."""
         if self.v_init == "half":
             return self.ladder()[-1] / 2
         if self.v_init == "zero":
             return 0.0
         try:
-            return float(self.v_init)
+            v = float(self.v_init)
         except (TypeError, ValueError):
             raise ValueError(f"--v-init takes 'half', 'zero' or a number, got {self.v_init!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"--v-init must be finite, got {self.v_init!r}")
+        return v
 
     def ladder(self) -> tuple[float, ...]:
         if self.thresholds is not None:
             return validate_ladder(self.thresholds)
-        return threshold_ladder(4, 2.0) if self.neuron == "mt" else (1.0,)
+        return FACTORIES[self.neuron][0] if self.neuron in FACTORIES else (1.0,)
 
     def check(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"unknown --norm {self.norm!r}: choose one of {', '.join(NORMS)}")
-        if self.neuron not in NEURONS:
-            raise ValueError(f"unknown --neuron {self.neuron!r}: choose one of {', '.join(NEURONS)}")
+        if self.neuron not in FACTORIES:
+            raise ValueError(f"unknown --neuron {self.neuron!r}: choose one of {', '.join(FACTORIES)}")
         ladder = self.ladder()
         if self.neuron == "if" and len(ladder) != 1:
             raise ValueError(f"--neuron if takes exactly one threshold, got {ladder}")
+        self.initial_potential()
 
-
-class StaticInputSynapse(base.MemoryModule):
-    """The first (analog) synaptic layer under static coding: computed once per image, not T times.
-
-    Multi-step: if the input sequence is an ``expand`` of one image (stride 0 along T), the layer
-    runs on ``x_seq[0]`` and the result is expanded; otherwise every step is computed. Single-step:
-    the output for the same input tensor object is cached until ``reset()``.
-    """
-
-    def __init__(self, layer: nn.Module, step_mode: str = "s") -> None:
-        super().__init__()
-        self.layer = layer
-        self.step_mode = step_mode
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def supported_step_mode(self):
-        return ("s", "m")
-
-    def reset(self) -> None:
-        self._cache = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.step_mode == "m":
-            if x.stride(0) != 0:  # not a static sequence: compute every step
-                return self.layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-            base = x._base if x._base is not None else x
-            y = self._cached(base, lambda: self.layer(x[0]))
-            return y.unsqueeze(0).expand(x.shape[0], *y.shape)
-        return self._cached(x, lambda: self.layer(x))
-
-    def _cached(self, key: torch.Tensor, compute) -> torch.Tensor:
-        # The cache holds a reference to ``key``, so identity cannot be confused with a new
-        # tensor at a reused address; it is cleared by reset() (functional.reset_net).
-        if torch.is_grad_enabled():
-            return compute()
-        if self._cache is None or self._cache[0] is not key:
-            self._cache = (key, compute())
-        return self._cache[1]
+    def factory(self) -> NeuronFactory:
+        return FACTORIES[self.neuron][1](self.ladder(), self.initial_potential())
 
 
 class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
-    """Multi-threshold neurons + layer-/connection-wise normalization from HDF5 statistics."""
+    """Neurons from a factory + layer-/connection-wise normalization from HDF5 statistics."""
 
-    def __init__(self, stats: CalibrationStats, options: ConversionOptions | None = None) -> None:
+    def __init__(self, stats: CalibrationStats, options: ConversionOptions | None = None,
+                 neuron_factory: NeuronFactory | None = None) -> None:
         super().__init__()
         self.stats = stats
         self.options = options or ConversionOptions()
+        self.neuron_factory = neuron_factory
         self.plan: NormalizationPlan | None = None
         self.ann_fingerprint: str | None = None
+        self.canonical: Trace | None = None
+        self.graph_record: dict | None = None
+        self.shapes: dict | None = None
 
     def validate(self, converter) -> None:
         self.options.check()
@@ -134,53 +114,103 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
     def before_trace(self, converter, ann: nn.Module) -> nn.Module:
         self.ann_fingerprint = model_fingerprint(ann)
         self.stats.check_model(self.ann_fingerprint)
-        return copy.deepcopy(ann).eval()
+        shape = self.stats.data.get("input_shape")
+        if not shape:
+            raise ArtifactError("the statistics do not record the calibration input shape; re-run `sjunet calibrate`")
+        self.canonical = canonical_graph(ann, shape)
+        return self.canonical.gm
 
     def after_trace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
-        gm = fold_bn(fx_model)
-        check_supported(gm)
-        return gm
+        if signature(fx_model) != signature(self.canonical.gm):
+            raise RuntimeError("internal error: SpikingJelly's trace of the canonical graph names nodes differently")
+        check_supported(fx_model)
+        return fx_model
 
     def insert_observers(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
         return fx_model
 
     def calibrate(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
-        self.plan = plan_normalization(fx_model, self.stats, self.options.norm)
+        self.shapes = tensor_shapes(fx_model, self.stats.data["input_shape"])
+        max_output = (self.neuron_factory or self.options.factory())("probe").max_output
+        self.plan = plan_normalization(fx_model, self.stats, self.options.norm, self.shapes, max_output)
         return fx_model
 
     def replace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
         assert self.plan is not None
         apply_plan(fx_model, self.plan)
-        ladder, v0 = self.options.ladder(), self.options.initial_potential()
+        _insert_gains(fx_model, self.plan)
+        factory = self.neuron_factory or self.options.factory()
         for node in list(fx_model.graph.nodes):
             k = kind_of(fx_model, node)
             if k == "relu":
-                replace_submodule(fx_model, node.target, MultiThresholdNode(ladder, v_init=v0))
+                replace_submodule(fx_model, node.target, factory(node.name))
+            elif k == "maxpool":
+                replace_submodule(fx_model, node.target, SpikingMaxPool2d.from_maxpool(module_of(fx_model, node)))
             elif k == "synaptic" and node.args[0].op == "placeholder":
-                layer = module_of(fx_model, node)
-                replace_submodule(fx_model, node.target, StaticInputSynapse(layer))
+                replace_submodule(fx_model, node.target, StaticInputSynapse(module_of(fx_model, node)))
         fx_model.recompile()
-        return adapt_step_mode_graph(fx_model, context=type(self).__name__,
-                                     wrap_module_types=_RATE_CODING_STATELESS_MODULE_TYPES)
+        self.graph_record = snnfile.graph_spec(fx_model)
+        return snnfile.adapt(fx_model)
 
     def finalize(self, converter, fx_model: fx.GraphModule) -> nn.Module:
-        # ReLU node name -> module path of the neuron that replaced it
-        targets = {n.name: n.target for n in fx_model.graph.nodes if n.op == "call_module"}
         for n in fx_model.graph.nodes:
-            n.type = None  # string annotations (PEP 563) break GraphModule pickling on some torch versions
+            n.type = None
         fx_model.recompile()
         fx_model.eval()
         functional.invalidate_reset_cache(fx_model)
-        fx_model.sjunet_conversion = {
-            "options": {**asdict(self.options), "thresholds": list(self.options.ladder()),
-                        "v_init_value": self.options.initial_potential()},
+        fx_model.sjunet_conversion = self.record()
+        fx_model.sjunet_graph = self.graph_record
+        fx_model.sjunet_post = list(self.canonical.post)
+        return fx_model
+
+    def record(self) -> dict:
+        """The conversion record (JSON-able): options, plan summary, fingerprints, graph facts."""
+        gm, plan = self.canonical.gm, self.plan
+        targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
+        kinds = {n.name: kind_of(gm, n) for n in gm.graph.nodes}
+        inputs = {n.name: n.args[0].name for n in gm.graph.nodes if kinds[n.name] == "synaptic"}
+        shape = self.stats.data["input_shape"]
+        out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        opts = self.options
+        return {
+            "options": {**asdict(opts), "thresholds": list(opts.ladder()), "v_init_value": opts.initial_potential(),
+                        "neuron_factory": None if self.neuron_factory is None else getattr(
+                            self.neuron_factory, "__name__", type(self.neuron_factory).__name__)},
             "ann_fingerprint": self.ann_fingerprint,
             "stats_fingerprint": self.stats.model_fingerprint,
-            "layers": {n: {"role": l.role, "out_unit": l.out_unit, "neuron": targets.get(l.relu),
-                           "after_cat": len(l.parts) > 1, "parts": [asdict(p) for p in l.parts]}
-                       for n, l in self.plan.layers.items()},
+            "layers": {n: {"role": ls.role, "out_unit": ls.out_unit,
+                           "neuron": targets.get(ls.relu) if ls.relu else None,
+                           "after_cat": kinds.get(inputs[n]) == "cat", "parts": [asdict(p) for p in ls.parts]}
+                       for n, ls in plan.layers.items()},
+            "neurons": {targets[r]: {"relu": r, "lambda": lam, "fallback": self.stats.nodes[r].fallback}
+                        for r, lam in plan.neurons.items()},
+            "gains": [{"source": g.source, "consumer": g.consumer, "min": float(g.gain.min()),
+                       "max": float(g.gain.max())} for g in plan.gains],
+            "dead_layers": sorted(self.stats.dead),
+            "trace_decisions": self.canonical.decisions,
+            "post": self.canonical.post,
+            "input_channels": int(shape[1]),
+            "output_channels": int(self.shapes[out.name][0]),
+            "example_shape": list(shape),
+            "size_multiple": size_multiple(self.shapes, tuple(shape[-2:])),
         }
-        return fx_model
+
+
+def _insert_gains(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
+    """A :class:`~sjunet.stages.ChannelAffine` gain on every edge the plan could not fold."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    done = set()
+    for g in plan.gains:
+        if (g.source, g.consumer) in done:
+            continue
+        done.add((g.source, g.consumer))
+        src, consumer = nodes[g.source], nodes[g.consumer]
+        path = f"gain_{g.source}_to_{g.consumer}"
+        gm.add_submodule(path, ChannelAffine.of(g.gain.float()))
+        with gm.graph.inserting_before(consumer):
+            gain = gm.graph.call_module(path, (src,))
+        consumer.replace_input_with(src, gain)
+    gm.recompile()
 
 
 def convert(
@@ -192,23 +222,32 @@ def convert(
     output: str | Path | None = None,
     sources: dict | None = None,
     v_init: str | float = "half",
+    neuron_factory: NeuronFactory | None = None,
+    model_info: dict | None = None,
 ) -> fx.GraphModule:
-    """Convert ``model`` into a Spiking-UNet with SpikingJelly's converter and our recipe.
+    """Convert ``model`` (any ``nn.Module`` the converter understands) into a Spiking-UNet with
+    SpikingJelly's converter and our recipe.
 
-    ``stats`` is a :class:`CalibrationStats` or the path of an HDF5 file from ``sjunet calibrate``;
-    statistics of another model are refused. Returns a ``GraphModule`` in single-step mode;
-    with ``output``, saves it (atomically) with its provenance, see :func:`save_snn`.
+    ``stats`` is a :class:`CalibrationStats` (``sjunet.calibrate(model, batches)``) or the path of
+    an HDF5 file from ``sjunet calibrate``; statistics of another model are refused.
+    ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.SpikingNeuron`)
+    replaces the ``neuron`` name's factory. Returns a ``GraphModule`` in single-step mode; with
+    ``output``, saves it (atomically) with its provenance, see :func:`save_snn`.
     """
     stats_path = None
     if not isinstance(stats, CalibrationStats):
         stats_path = Path(stats)
         stats = read_stats(stats_path)
     options = ConversionOptions(norm, neuron, tuple(thresholds) if thresholds else None, v_init)
-    snn = ann2snn.Converter(SpikingUNetRecipe(stats, options), device="cpu").convert(model)
+    with stages_are_leaves():
+        snn = ann2snn.Converter(SpikingUNetRecipe(stats, options, neuron_factory), device="cpu").convert(model)
+    if model_info is None:
+        cfg = getattr(model, "config", None)
+        model_info = {"sjunet_config": cfg.to_dict()} if hasattr(cfg, "to_dict") else {"class": type(model).__name__}
+    snn.sjunet_model = model_info
     if output is not None:
         save_snn(snn, output, {**(sources or {}), "stats": str(stats_path) if stats_path else None,
-                               "calibration": {"data": stats.data, "options": stats.options}},
-                 model_config=getattr(getattr(model, "config", None), "to_dict", lambda: None)())
+                               "calibration": {"data": stats.data, "options": stats.options}})
     return snn
 
 
@@ -224,25 +263,45 @@ def convert_stock(model: nn.Module, data: Iterable, mode: str = "99.9%", neuron_
     return snn
 
 
-def save_snn(snn: fx.GraphModule, path: str | Path, sources: dict | None = None, model_config: dict | None = None) -> Path:
-    """Save a converted SNN (the whole GraphModule, reloadable without the ANN) with provenance."""
-    conv = getattr(snn, "sjunet_conversion", {})
-    record = {
-        "kind": SNN_KIND,
-        "snn": snn,
-        "conversion": conv,
-        "model_config": model_config,
-        "provenance": provenance(sources=sources or {}),
-    }
-    return torch_save_atomic(record, path)
+def snn_record(snn: nn.Module) -> dict:
+    """What an SNN module carries about itself (conversion, graph, post ops, model, task)."""
+    return {"conversion": getattr(snn, "sjunet_conversion", {}), "graph": getattr(snn, "sjunet_graph", None),
+            "post": getattr(snn, "sjunet_post", []), "model": getattr(snn, "sjunet_model", {}),
+            "task": getattr(snn, "sjunet_task", None), "finetune": getattr(snn, "sjunet_finetune", None)}
+
+
+def save_snn(snn: fx.GraphModule, path: str | Path, sources: dict | None = None, model_config: dict | None = None,
+             extra: dict | None = None) -> Path:
+    """Save a converted (or fine-tuned) SNN: its tensors and a plain record that rebuilds it
+    (:mod:`sjunet.snnfile`), with provenance. ``extra`` adds record fields (e.g. ``finetune``)."""
+    rec = snn_record(snn)
+    if rec["graph"] is None:
+        raise ArtifactError("this SNN carries no graph record (was it made by sjunet.convert?); cannot save it")
+    if model_config is not None:
+        rec["model"] = {**(rec["model"] or {}), "sjunet_config": model_config}
+    functional.reset_net(snn)
+    record = {**rec, **(extra or {}), "provenance": provenance(sources=sources or {})}
+    return snnfile.save(snn, path, record)
 
 
 def load_snn(path: str | Path) -> tuple[fx.GraphModule, dict]:
-    """Load an SNN saved by :func:`save_snn`; returns ``(snn, record)``."""
-    rec = load_checkpoint(path, SNN_KIND)
-    snn = rec["snn"]
-    if not isinstance(snn, nn.Module):
-        raise ArtifactError(f"{path}: SNN record holds no module")
-    snn.eval()
+    """Load an SNN saved by :func:`save_snn` (verified, rebuilt from data); returns ``(snn, record)``."""
+    snn, rec = snnfile.load(path)
+    snn.sjunet_conversion = rec.get("conversion") or {}
+    snn.sjunet_graph = rec["graph"]
+    snn.sjunet_post = rec.get("post") or []
+    snn.sjunet_model = rec.get("model") or {}
+    snn.sjunet_task = rec.get("task")
+    snn.sjunet_finetune = rec.get("finetune")
     functional.invalidate_reset_cache(snn)
     return snn, rec
+
+
+def snn_size_multiple(snn: nn.Module, record: dict | None = None, default: int = 16) -> int:
+    """Input H, W of ``snn`` must be multiples of this (from its conversion record)."""
+    conv = (record or {}).get("conversion") or getattr(snn, "sjunet_conversion", {}) or {}
+    return int(conv.get("size_multiple") or default)
+
+
+__all__ = ["ConversionOptions", "NEURONS", "SpikingUNetRecipe", "convert", "convert_stock", "load_snn", "save_snn",
+           "snn_record", "snn_size_multiple"]

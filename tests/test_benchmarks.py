@@ -23,12 +23,12 @@ def test_smoke_profile(name, tmp_path, monkeypatch, capsys):
     payload = json.loads(js.read_text())
     assert "provenance" in payload and payload["provenance"]["versions"]["torch"]
     if name == "tables12":  # a second run resumes: every dataset's row is reused, nothing is evaluated again
-        import sjunet.evaluate
+        import sjunet.evaluation
 
         def refuse(*a, **k):
             raise AssertionError("tables12 re-evaluated a dataset whose row was already there")
 
-        monkeypatch.setattr(sjunet.evaluate, "evaluate_snn", refuse)
+        monkeypatch.setattr(sjunet.evaluation, "evaluate_snn", refuse)
         main([name, "--profile", "smoke"])
         assert capsys.readouterr().out.split("\n-> ")[0] == out.split("\n-> ")[0]
 

@@ -45,7 +45,7 @@ def test_recorded_nodes_cover_relus_cats_and_parts():
     assert roles["x"] == "input"
     assert roles["relu1"] == "relu" and roles["relu2"] == "relu" and roles["relu3"] == "relu"
     assert roles["cat"] == "cat"
-    assert roles["up_act"] == "cat-part" or roles.get("up") in ("cat-part", "linear")
+    assert roles["up"] in ("cat-part", "linear")  # the up-convolution (its Identity activation is gone)
     assert roles["head"] == "linear"
 
 
@@ -76,11 +76,39 @@ def test_fingerprint_refusal(tmp_path):
         convert(other, tmp_path / "s.h5")
 
 
-def test_dead_layer_is_an_error_naming_it():
-    net = SkewedSkipNet()
+@pytest.mark.parametrize("positive_only", [False, True])
+def test_dead_layer_falls_back_warns_and_converts(positive_only, tmp_path):
+    """A ReLU that never fires is zero in the ANN and the SNN alike: not an error (spec §4)."""
+    from sjunet.recipe import convert
+    from sjunet.simulation import simulate
+
+    net = SkewedSkipNet().eval()
     net.conv2.bias.data.fill_(-100.0)  # relu2 never fires
-    with pytest.raises(ValueError, match="relu2"):
-        calibrate(net, batches(2), progress=False)
+    with pytest.warns(UserWarning, match="relu2"):
+        s = calibrate(net, batches(2), progress=False, positive_only=positive_only, output=tmp_path / "s.h5")
+    r = read_stats(tmp_path / "s.h5")
+    assert set(r.dead) == {"relu2"} and r.nodes["relu2"].fallback == "one" and r.nodes["relu2"].percentile == 1.0
+    assert r.nodes["relu1"].fallback is None
+    x = batches(1)[0]
+    out = simulate(convert(net, s), x, 200)[200]
+    ref = net(x).detach()
+    assert torch.allclose(out, ref, atol=0.02 * float(ref.abs().mean()))
+
+
+def test_stats_integrity_and_old_schema(tmp_path):
+    from sjunet.io import ArtifactError
+
+    m = UNet(base_width=4, depth=2).eval()
+    out = tmp_path / "s.h5"
+    calibrate(m, batches(2), output=out, progress=False)
+    with h5py.File(out, "r+") as f:  # one stored λ altered
+        f["nodes/down_0_1"].attrs["percentile"] = f["nodes/down_0_1"].attrs["percentile"] * 1.001
+    with pytest.raises(ArtifactError, match="integrity check failed"):
+        read_stats(out)
+    with h5py.File(out, "r+") as f:
+        f.attrs["schema"] = "sjunet-calibration/1"
+    with pytest.raises(ArtifactError, match="re-run `sjunet calibrate`"):
+        read_stats(out)
 
 
 def test_not_an_hdf5_file(tmp_path):

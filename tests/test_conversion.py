@@ -5,11 +5,10 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from sjunet.calibration import calibrate
-from sjunet.graph import UnsupportedGraphError
 from sjunet.models import UNet
 from sjunet.neurons import MultiThresholdNode, set_recording
 from sjunet.recipe import StaticInputSynapse, convert, convert_stock, load_snn
-from sjunet.simulate import simulate
+from sjunet.simulation import simulate
 
 from helpers import SkewedSkipNet, batches
 
@@ -162,57 +161,3 @@ def test_save_reload_runs_without_ann(skewed, tmp_path):
     assert rec["conversion"]["options"]["norm"] == "connection"
     a, b = simulate(snn, data[0], 20)[20], simulate(snn2, data[0], 20)[20]
     assert torch.equal(a, b)
-
-
-class _WithMaxPool(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3, padding=1)
-        self.act = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-
-    def forward(self, x):
-        return self.pool(self.act(self.conv(x)))
-
-
-class _WithAdd(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b, self.r1, self.r2 = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 1), nn.ReLU(), nn.ReLU()
-
-    def forward(self, x):
-        return self.r1(self.a(x)) + self.r2(self.b(x))
-
-
-class _WithSigmoid(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.act = nn.Conv2d(1, 2, 1), nn.Sigmoid()
-
-    def forward(self, x):
-        return self.act(self.conv(x))
-
-
-@pytest.mark.parametrize("net,name,hint", [(_WithMaxPool(), "pool", "AvgPool2d"), (_WithAdd(), "add", "torch.cat"),
-                                           (_WithSigmoid(), "act", "ReLU")])
-def test_unsupported_graph_names_the_node(net, name, hint):
-    with pytest.raises(UnsupportedGraphError, match=rf"'{name}'.*{hint}"):
-        calibrate(net.eval(), batches(1), progress=False)
-
-
-def test_stock_peer_runs(skewed):
-    net, data, _ = skewed
-    snn = convert_stock(net, data, mode="99.9%")
-    out = simulate(snn, data[0], [50])[50]
-    assert out.shape == net(data[0]).shape and torch.isfinite(out).all()
-
-
-def test_half_threshold_initial_potential_helps_at_small_T(skewed):
-    net, data, stats = skewed
-    half, _ = _err(convert(net, stats, v_init="half"), net, data[0], [4, 8])
-    zero, _ = _err(convert(net, stats, v_init="zero"), net, data[0], [4, 8])
-    assert half[4] < zero[4] and half[8] < zero[8]
-    snn = convert(net, stats, v_init="zero")
-    assert all(m.v_init == 0.0 for m in snn.modules() if isinstance(m, MultiThresholdNode))
-    with pytest.raises(ValueError, match="v-init"):
-        convert(net, stats, v_init="sometimes")

@@ -9,20 +9,9 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from sjunet.calibration import calibrate
-from sjunet.energy import (
-    E_AC,
-    E_MAC,
-    ann_macs,
-    conv_macs,
-    count_energy,
-    energy,
-    energy_table,
-    fanout_maps,
-    spike_counts,
-    stage_reach,
-    _compose,
-)
-from sjunet.flow import record_flow
+from sjunet.energy import E_AC, E_MAC, ann_macs, conv_macs, count_energy, count_energy_on, energy_table, spike_counts
+from sjunet.fanout import _compose, fanout_maps, stage_reach
+from sjunet.simulation import record_flow
 from sjunet.models import UNet
 from sjunet.neurons import MultiThresholdNode
 from sjunet.recipe import convert, save_snn
@@ -155,6 +144,49 @@ def test_composed_fanout_avgpool_and_upconv_cat(skewed):
     assert fo["relu2"].map[3, 3] == 16 * 4 and fo["relu2"].map[0, 3] == 12 * 4 and fo["relu2"].map[0, 0] == 9 * 4
     assert set(fo["relu2"].targets) == {"conv3"}
     assert torch.equal(fo["relu3"].map, torch.full((16, 16), 2.0, dtype=torch.float64))  # 1x1 head, 2 classes
+
+
+class StagesNet(nn.Module):
+    """conv → ReLU a → MaxPool → conv → ReLU b → nearest 2x → replicate pad → 3x3 conv (no pad)
+    → + a (identity shortcut, with a gain) → ReLU z → 1x1 head."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.c1, self.c2 = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1)
+        self.c3, self.head = nn.Conv2d(3, 2, 3), nn.Conv2d(2, 1, 1)
+        for m in (self.c1, self.c2, self.c3, self.head):
+            m.weight.data = 0.1 + torch.rand(m.weight.shape, generator=g)
+            m.bias.data.fill_(0.05)
+
+    def forward(self, x):
+        a = torch.relu(self.c1(x))
+        b = torch.relu(self.c2(F.max_pool2d(a, 2)))
+        u = F.pad(F.interpolate(b, scale_factor=2, mode="nearest"), (1, 1, 1, 1), mode="replicate")
+        return self.head(torch.relu(self.c3(u) + a))
+
+
+def test_fanout_through_maxpool_upsample_pad_and_identity_edges():
+    net = StagesNet().eval()
+    snn = convert(net, calibrate(net, batches(2, size=8), progress=False))
+    assert snn.sjunet_conversion["gains"]  # λ_a ≠ λ_z: the shortcut carries a gain
+    fo = fanout_maps(snn, (1, 8, 8))
+    mp = next(k for k in fo if k not in ("relu", "relu_1", "relu_2"))
+    ones3 = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    # a: into the max-pool (compared, no synapse) and the identity edge into z: 1 per spike
+    assert torch.equal(fo["relu"].map, torch.ones(8, 8, dtype=torch.float64))
+    # the max-pool's events: 3x3 conv c2 (padding 1, 3 out) on the 4x4 pooled map
+    assert torch.equal(fo[mp].map, _brute_force_map(4, 4, [([lambda x: F.conv2d(x, ones3, padding=1)], 3)]))
+    # b (4x4): nearest 2x → replicate pad 1 → 3x3 conv (no pad), 2 out
+    want = _brute_force_map(4, 4, [([lambda x: F.interpolate(x, scale_factor=2, mode="nearest"),
+                                     lambda x: F.pad(x, (1, 1, 1, 1), mode="replicate"),
+                                     lambda x: F.conv2d(x, ones3)], 2)])
+    assert torch.equal(fo["relu_1"].map, want)
+    assert fo["relu_1"].map[1, 1] == 2 * 16  # a 2x2 block's 4x4 neighbourhood, 2 channels
+    assert torch.equal(fo["relu_2"].map, torch.ones(8, 8, dtype=torch.float64))  # 1x1 head, 1 class
+    r = count_energy(snn, net, batches(1, size=8), 8)
+    names = [layer.name for layer in r.layers]
+    assert mp in names and r.sops > 0 and r.spikes > 0
 
 
 @pytest.mark.parametrize("stages", [
@@ -308,27 +340,20 @@ def test_synop_counter_sees_no_mt_spikes(skewed):
 # ----------------------------------------------------------------------------- library verb
 
 
-def test_energy_verb_pads_and_writes_json(tmp_path):
+def test_energy_on_a_dataset_pads_to_the_size_multiple():
     from sjunet.data import get_dataset
 
     opts = {"size": 30, "num_items": 2}  # 30 is not a multiple of 2**depth = 4: padded to 32
     unet = UNet(in_channels=1, out_channels=2, base_width=4, depth=2).eval()
     train = get_dataset("demo-seg", None, "train", **opts)
     stats = calibrate(unet, [train[i][0].unsqueeze(0)[..., :28, :28] for i in range(2)], progress=False)
-    path = tmp_path / "snn.pt"
-    convert(unet, stats, output=path)
-    out = tmp_path / "energy.json"
-    r = energy(path, "demo-seg", T=2, split="test", limit=2, output=out, dataset_options=opts)
-    assert r.images == 2 and r.T == 2
+    snn = convert(unet, stats)
+    test = get_dataset("demo-seg", None, "test", **opts)
+    r = count_energy_on(snn, test, T=2, limit=2)
+    assert r.images == 2 and r.T == 2 and r.meta["size_multiple"] == 4
     assert r.first_layer_macs == 1 * 9 * 4 * 32 * 32
-    assert r.ann_macs == ann_macs(unet, (1, 32, 32))
+    assert r.ann_macs == ann_macs(unet, (1, 32, 32))  # from the SNN's own graph = SpikingJelly's count
     assert r.layers[0].neurons == 4 * 32 * 32
-    d = json.loads(out.read_text())
-    assert d["provenance"]["versions"]["torch"] and d["meta"]["snn"]["conversion"]["neuron"] == "mt"
-    assert d["energy_sop_J"] == pytest.approx(r.energy_sop_J) and d["meta"]["size_multiple"] == 4
-    # with the ANN given (module): the same MACs; an ANN of another architecture is refused
-    r2 = energy(path, "demo-seg", T=2, model=unet, limit=1, dataset_options=opts)
+    r2 = count_energy_on(snn, test, T=2, ann=unet, limit=1)
     assert r2.ann_macs == r.ann_macs
-    with pytest.raises(ValueError, match="architecture"):
-        energy(path, "demo-seg", T=2, model=UNet(in_channels=1, out_channels=2, base_width=4, depth=3),
-               limit=1, dataset_options=opts)
+    assert json.loads(json.dumps(r.to_dict()))["ratios"]["sop"] == pytest.approx(r.ratios["sop"])

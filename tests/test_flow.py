@@ -6,7 +6,7 @@ from torch import nn
 from sjunet.calibration import calibrate
 from sjunet.flow import FlowPass, bptt_forward, flow_forward, record_flow
 from sjunet.recipe import convert
-from sjunet.simulate import simulate
+from sjunet.simulation import simulate
 from sjunet.tasks import DenoisingTask, SegmentationTask
 
 from helpers import SkewedSkipNet, batches

@@ -2,17 +2,19 @@
 
 * ``camvid11`` — ``<root>/images/*.png`` (RGB) and ``<root>/labels/<same name>`` holding class
   indices 0..10 in the SegNet CamVid coding (Sky, Building, Pole, Road, Pavement, Tree,
-  SignSymbol, Fence, Car, Pedestrian, Bicyclist); 11 (void) and any larger value become
-  :data:`~sjunet.data.common.IGNORE_INDEX`. 11 classes.
+  SignSymbol, Fence, Car, Pedestrian, Bicyclist); 11 (void) and 255 become
+  :data:`~sjunet.data.common.IGNORE_INDEX`. Any other value is refused (a colour-coded label or
+  another coding would otherwise silently turn into "ignore"). 11 classes.
 * ``camseq32`` — the original release: ``<root>/<frame>.png``, ``<root>/<frame>_L.png``
   (RGB colour-coded labels) and ``<root>/label_colors.txt`` with lines ``R G B<TAB>Name``.
   One class per line in file order (32 in CamSeq01, ``Void`` included, as the paper's
   32-class figure counts it); colours missing from the table become IGNORE_INDEX.
 
-Images are resized to ``size`` (default 256x256, as the paper; bilinear), labels with nearest
-neighbour. The frames are one video, so splits are contiguous blocks of the sorted frames —
-``train`` the first 70 %, ``val`` the next 10 %, ``test`` the last 20 % (option ``fractions``;
-counts rounded, test takes the remainder) — never interleaved, or neighbouring frames would leak.
+A frame and its label must have the same size. Images are resized to ``size`` (default 256x256,
+as the paper; bilinear), labels with nearest neighbour. The frames are one video, so splits are
+contiguous blocks of the sorted frames — ``train`` the first 70 %, ``val`` the next 10 %, ``test``
+the last 20 % (option ``fractions``; counts rounded, test takes the remainder) — never
+interleaved, or neighbouring frames would leak.
 Training augmentation: random horizontal flip. 3 input channels.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ from .common import (
     DatasetError,
     SJDataset,
     as_size,
+    check_same_size,
+    format_values,
+    gray_label,
     list_images,
     pair_files,
     random_flip,
@@ -46,6 +51,8 @@ CAMVID11_CLASSES = (
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
     "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
 )  # fmt: skip
+#: CamVid-11 index of the void class (SegNet coding), read as IGNORE_INDEX
+CAMVID11_VOID = 11
 COLOR_TABLE = "label_colors.txt"
 LABEL_SUFFIX = "_L"
 
@@ -80,6 +87,22 @@ def colors_to_index(rgb: np.ndarray, colors: list[tuple[int, int, int]]) -> np.n
     pos = np.clip(np.searchsorted(table[order], codes), 0, len(table) - 1)
     found = table[order][pos] == codes
     return np.where(found, order[pos], IGNORE_INDEX).astype(np.int64)
+
+
+def camvid11_index(raw: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """``[H, W]`` class indices of a CamVid-11 index label as :func:`read_label` gives it: 0..10 kept,
+    11 (void) and IGNORE_INDEX → IGNORE_INDEX; any other value → :class:`DatasetError` naming the
+    file and the values."""
+    raw = gray_label(raw, path, f"CamVid-11 class indices 0–{CAMVID11_VOID}")
+    values = np.unique(raw)
+    bad = values[((values < 0) | (values > CAMVID11_VOID)) & (values != IGNORE_INDEX)]
+    if bad.size:
+        raise DatasetError(
+            f"{path}: values {format_values(bad)} are not CamVid-11 class indices (0–10, "
+            f"{CAMVID11_VOID} = void, {IGNORE_INDEX} = ignore); expected an index label in the SegNet "
+            f"CamVid coding, not a colour-coded one"
+        )
+    return np.where(raw < CAMVID11_VOID, raw, IGNORE_INDEX)
 
 
 def _is_label(path: Path) -> bool:
@@ -185,14 +208,12 @@ class CamSeqDataset(SJDataset):
             image = read_image(image_path, 3)
             raw = read_label(label_path)
             if self.colors is None:
-                raw = raw[..., 0] if raw.ndim == 3 else raw
-                label = np.where(raw < len(CAMVID11_CLASSES), raw, IGNORE_INDEX)
+                label = camvid11_index(raw, label_path)
             else:
                 if raw.ndim != 3:
                     raise DatasetError(f"{label_path}: expected an RGB colour-coded label")
                 label = colors_to_index(raw, self.colors)
-            if image.shape[:2] != label.shape:
-                raise DatasetError(f"{image_path} and {label_path} differ in size")
+            check_same_size(image_path, image, label_path, label)
             if self.size is not None and image.shape[:2] != self.size:
                 image, label = resize_image(image, self.size), resize_label(label, self.size)
             return image, label.astype(np.uint8)

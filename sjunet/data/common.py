@@ -1,9 +1,12 @@
-"""Shared pieces of the dataset loaders: errors, image I/O, fingerprints, seeded RNG, crops,
-flips, noise, directory-layout resolution and the :class:`SJDataset` base class.
+"""Shared pieces of the dataset loaders: file listing and pairing, splits, fingerprints, seeded
+RNG, crops, flips, noise, directory-layout resolution and the :class:`SJDataset` base class. The
+error class (:mod:`sjunet.data.errors`) and image / label reading (:mod:`sjunet.data.imageio`) are
+re-exported from here.
 
 Conventions every loader follows (the rest of sjunet depends on them):
 
-* images are ``float32`` tensors ``[C, H, W]`` with values in ``[0, 1]``;
+* images are ``float32`` tensors ``[C, H, W]`` with values in ``[0, 1]`` (8-bit files / 255,
+  16-bit / 65535, float files only when already in ``[0, 1]``; see :mod:`sjunet.data.imageio`);
 * a segmentation item is ``(x, y)`` with ``y`` an ``int64`` tensor ``[H, W]`` of class indices,
   pixels excluded from loss *and* metrics carry :data:`IGNORE_INDEX`;
 * a denoising item is ``(noisy, noise)``, both ``float32`` ``[C, H, W]``, ``clean = noisy - noise``,
@@ -27,8 +30,22 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
+
+from .errors import DatasetError
+from .imageio import (  # noqa: F401  (re-exported: the loaders import them from here)
+    GRAY_WEIGHTS,
+    binary_label,
+    check_same_size,
+    format_values,
+    gray_label,
+    open_image,
+    read_image,
+    read_label,
+    resize_image,
+    resize_label,
+    rgb_to_gray,
+)
 
 #: label value of pixels excluded from the loss and the metrics
 IGNORE_INDEX = 255
@@ -41,14 +58,7 @@ DENOISING = "denoising"
 
 T = TypeVar("T")
 
-#: weights of the RGB → gray conversion (ITU-R BT.601 luma, as MATLAB ``rgb2gray`` and PIL)
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
-
-
-class DatasetError(ValueError):
-    """A dataset directory is missing, empty or not in the expected layout, or an option is wrong."""
 
 
 # --------------------------------------------------------------------------- files
@@ -178,61 +188,7 @@ def resolve_root(
     raise DatasetError(f"{name}: {root} is not in the expected layout{hint}: {problem}")
 
 
-# --------------------------------------------------------------------------- image I/O
-
-
-def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
-    """Read an image as ``float32`` ``[H, W, channels]`` in ``[0, 1]``.
-
-    ``channels=1`` converts colour images with the weighted sum :data:`GRAY_WEIGHTS` (computed in
-    floating point, no rounding); ``channels=3`` replicates gray images.
-    """
-    with Image.open(path) as im:
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("RGB" if channels == 3 or im.mode in ("P", "RGBA", "CMYK") else "L")
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if channels == 1 and arr.shape[2] == 3:
-        arr = rgb_to_gray(arr)[:, :, None]
-    elif channels == 3 and arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    if arr.shape[2] != channels:
-        raise DatasetError(f"{path}: cannot make a {channels}-channel image from shape {arr.shape}")
-    return np.ascontiguousarray(arr)
-
-
-def read_label(path: str | os.PathLike) -> np.ndarray:
-    """Read a label image unchanged as an integer array: ``[H, W]`` for index/gray/palette images
-    (palette images give their indices), ``[H, W, 3]`` for colour-coded RGB labels."""
-    with Image.open(path) as im:
-        if im.mode in ("1", "LA"):
-            im = im.convert("L")  # bilevel → 0/255
-        elif im.mode not in ("L", "P", "RGB", "I", "I;16"):
-            im = im.convert("RGB")
-        return np.array(im).astype(np.int64)
-
-
-def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` → ``[...]`` weighted sum with :data:`GRAY_WEIGHTS`."""
-    return (rgb[..., :3] @ np.asarray(GRAY_WEIGHTS, dtype=rgb.dtype)).astype(np.float32)
-
-
-def resize_image(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a ``[H, W, C]`` float image to ``size = (H, W)`` (PIL, per channel)."""
-    h, w = size
-    chans = [
-        np.asarray(Image.fromarray(arr[:, :, c]).resize((w, h), Image.BILINEAR), dtype=np.float32)
-        for c in range(arr.shape[2])
-    ]
-    return np.stack(chans, axis=2)
-
-
-def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an ``[H, W]`` integer label map to ``size = (H, W)``."""
-    h, w = size
-    im = Image.fromarray(label.astype(np.int32), mode="I")
-    return np.asarray(im.resize((w, h), Image.NEAREST), dtype=np.int64)
+# --------------------------------------------------------------------------- tensors
 
 
 def image_to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -3,8 +3,10 @@
 Layout: ``<root>/training/{images,1st_manual,mask}`` and ``<root>/test/{images,1st_manual,mask}``;
 images ``NN_training.tif`` / ``NN_test.tif`` (RGB 565x584), labels ``NN_manual1.gif`` (0/255),
 field-of-view masks ``NN_training_mask.gif`` / ``NN_test_mask.gif``. Files are paired by the
-number before the first ``_``. Classes: 0 = background, 1 = vessel; pixels outside the FOV mask
-are :data:`~sjunet.data.common.IGNORE_INDEX` (excluded from loss and metrics).
+number before the first ``_``; an image, its label and its mask must have the same size. Classes:
+0 = background, 1 = vessel; pixels outside the FOV mask are
+:data:`~sjunet.data.common.IGNORE_INDEX` (excluded from loss and metrics). Labels and masks may be
+stored as 0/255 or 0/1 (:func:`~sjunet.data.common.binary_label` decides from each file's values).
 
 Preprocessing (:func:`preprocess`), following the official Spiking-UNet / retina-unet code:
 
@@ -41,6 +43,8 @@ from .common import (
     IGNORE_INDEX,
     SEGMENTATION,
     SJDataset,
+    binary_label,
+    check_same_size,
     crop,
     list_images,
     pair_files,
@@ -90,7 +94,7 @@ class DRIVEDataset(SJDataset):
     num_classes = 2
     VAL_SAMPLES = 256
     #: whole test images are evaluated as overlapping ``patch`` x ``patch`` windows with this
-    #: stride, overlaps averaged (:func:`sjunet.evaluate.predict` reads it)
+    #: stride, overlaps averaged (:func:`sjunet.evaluation.predict` reads it)
     eval_patch: tuple[int, int] | None = (48, 16)
 
     def __init__(
@@ -169,12 +173,11 @@ class DRIVEDataset(SJDataset):
         def read() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             image_path, label_path, mask_path = self.triples[i]
             image = preprocess(read_image(image_path, 3))
-            vessel = read_label(label_path)
-            fov = read_label(mask_path)
-            vessel = vessel[..., 0] if vessel.ndim == 3 else vessel
-            fov = (fov[..., 0] if fov.ndim == 3 else fov) > 127
-            label = np.where(fov, (vessel > 127).astype(np.uint8), np.uint8(IGNORE_INDEX))
-            label = label.astype(np.uint8)
+            vessel, fov = read_label(label_path), read_label(mask_path)
+            check_same_size(image_path, image, label_path, vessel)
+            check_same_size(image_path, image, mask_path, fov, what="FOV mask")
+            fov = binary_label(fov, mask_path).astype(bool)
+            label = np.where(fov, binary_label(vessel, label_path), np.uint8(IGNORE_INDEX)).astype(np.uint8)
             h, w = label.shape
             half = self.patch // 2
             fits = np.zeros_like(fov)

@@ -1,7 +1,8 @@
 """ISBI 2012 EM membrane segmentation (Drosophila VNC serial-section TEM).
 
 Layout: ``<root>/images/0.png … 29.png`` (grayscale 512x512) and ``<root>/labels/<same name>``
-with 0 = membrane, 255 = cell interior. Class 0 = membrane, class 1 = interior (label > 127).
+with 0 = membrane, 255 = cell interior. Class 0 = membrane, class 1 = interior; labels stored as
+0/1 work too (:func:`~sjunet.data.common.binary_label` decides from each label's set of values).
 
 Split (files in natural order, ``test_images=5``, ``val_images=5``):
 
@@ -26,6 +27,8 @@ from .common import (
     SEGMENTATION,
     SJDataset,
     as_size,
+    binary_label,
+    check_same_size,
     list_images,
     pair_files,
     random_crop,
@@ -44,7 +47,7 @@ def _check_layout(root: Path) -> str | None:
         if not list_images(root / sub):
             return (
                 f"expected {root}/images/0.png … and {root}/labels/0.png … "
-                f"(grayscale images and 0/255 membrane labels of the same names); "
+                f"(grayscale images and 0/255 or 0/1 membrane labels of the same names); "
                 f"found no image files in {root / sub}"
             )
     return None
@@ -116,10 +119,9 @@ class EMDataset(SJDataset):
 
         def read() -> tuple[np.ndarray, np.ndarray]:
             image_path, label_path = self.pairs[i]
-            label = read_label(label_path)
-            if label.ndim == 3:
-                label = label[..., 0]
-            return read_image(image_path, 1), (label > 127).astype(np.uint8)
+            image, label = read_image(image_path, 1), read_label(label_path)
+            check_same_size(image_path, image, label_path, label)
+            return image, binary_label(label, label_path)
 
         return self.cached(i, read)
 

@@ -1,7 +1,8 @@
 """The U-Net of spec §2 (Ronneberger et al. 2015, with the Spiking-UNet paper's changes).
 
 * ``depth`` down stages and ``depth`` up stages, two 3x3 conv (+BN) + ReLU per stage;
-* **AvgPool2d(2)** instead of max-pooling (max-pooling has no exact spiking equivalent);
+* **AvgPool2d(2)** instead of max-pooling, as the paper does (``pool="max"`` gives the original
+  U-Net's MaxPool2d(2), converted to a spiking max-pool, spec §11);
 * ``ConvTranspose2d(k=2, s=2)`` up-convolution, *without* an activation by default
   (``up_relu=True`` adds one, as in the paper's official code);
 * skip connections ``torch.cat([skip, up], dim=1)``;
@@ -29,11 +30,14 @@ class UNetConfig:
     depth: int = 4
     batch_norm: bool = False
     up_relu: bool = False
+    pool: str = "avg"
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "base_width", "depth"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.pool not in ("avg", "max"):
+            raise ValueError(f"UNetConfig.pool must be 'avg' or 'max', got {self.pool!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +54,7 @@ def _double_conv(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    """U-Net with average pooling and concatenation skips (spec §2)."""
+    """U-Net with average (or max) pooling and concatenation skips (spec §2)."""
 
     def __init__(self, config: UNetConfig | None = None, **kwargs) -> None:
         super().__init__()
@@ -63,7 +67,8 @@ class UNet(nn.Module):
         for i in range(d):
             self.down.append(_double_conv(c_in, widths[i], config.batch_norm))
             c_in = widths[i]
-        self.pool = nn.ModuleList(nn.AvgPool2d(2) for _ in range(d))
+        pool = nn.AvgPool2d if config.pool == "avg" else nn.MaxPool2d
+        self.pool = nn.ModuleList(pool(2) for _ in range(d))
         self.bottom = _double_conv(widths[d - 1], widths[d], config.batch_norm)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()

@@ -18,11 +18,15 @@ cannot leak or silently re-initialise state.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from spikingjelly.activation_based import functional
 from torch import nn
+
+from sjunet.canonical import apply_post
+from sjunet.neurons import is_neuron, set_recording
 
 MODES = ("multi", "step")
 
@@ -41,11 +45,15 @@ def simulate(
     T: int | Sequence[int],
     mode: str = "step",
     chunk: int = 4,
+    post: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Run ``snn`` on image batch ``x`` ([B, C, H, W]) for max(T) steps.
 
-    Returns ``{t: I_in^L(t) / t}`` for every requested ``t`` (one run serves them all).
+    Returns ``{t: I_in^L(t) / t}`` for every requested ``t`` (one run serves them all), with the
+    ANN's output-side ops (sigmoid, softmax; stripped at conversion) applied when ``post``.
     """
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk}")
     if mode not in MODES:
         raise ValueError(f"unknown simulation mode {mode!r}; choose one of {MODES}")
     if x.dim() != 4:
@@ -68,7 +76,8 @@ def simulate(
                 t += c
         out[target] = acc / target
     functional.reset_net(snn)
-    return out
+    ops = getattr(snn, "sjunet_post", None) if post else None
+    return {t: apply_post(ops, y) for t, y in out.items()} if ops else out
 
 
 def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:
@@ -85,3 +94,39 @@ def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:
         c = min(chunk, T - t)
         snn(x.unsqueeze(0).expand(c, *x.shape))
         t += c
+
+
+@dataclass
+class FlowRecord:
+    """What a recorded simulation leaves, per neuron layer (by module path): the accumulated
+    output flow I_out = Σ_t o(t) (paper Eq. 10), the gate [I_in > 0] and, on request, the
+    accumulated input current I_in = Σ_t I(t) (paper Eq. 9)."""
+
+    T: int
+    outputs: dict[str, torch.Tensor]
+    gates: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor] | None = None
+
+
+@torch.no_grad()
+def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_inputs: bool = False) -> FlowRecord:
+    """Simulate T steps recording I_out and the gate [I_in > 0] of every neuron layer (the first
+    step of spiking-flow fine-tuning, Algorithm 1; also the SNN side of activation-vs-rate plots).
+
+    ``chunk=1`` runs SpikingJelly's single-step mode, so the simulation holds one step's
+    activations (memory independent of T); larger chunks run multi-step chunks. I_in is turned
+    into a boolean gate as soon as the simulation ends and then dropped, unless ``keep_inputs``.
+    Spikes are not counted here.
+    """
+    functional.reset_net(snn)
+    neurons = {n: m for n, m in snn.named_modules() if is_neuron(m)}
+    set_recording(snn, True, spikes=False)
+    try:
+        run_steps(snn, x, T, chunk)
+        outs = {n: m.acc_output for n, m in neurons.items()}
+        gates = {n: m.input_current() > 0 for n, m in neurons.items()}
+        ins = {n: m.input_current() for n, m in neurons.items()} if keep_inputs else None
+    finally:
+        set_recording(snn, False)
+        functional.reset_net(snn)  # frees membranes and the I_in accumulators
+    return FlowRecord(T, outs, gates, ins)

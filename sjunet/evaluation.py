@@ -9,7 +9,6 @@ agreement) when both are given. Results are JSON with provenance.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -18,24 +17,45 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sjunet.data.patches import predict_by_patches
-from sjunet.simulate import simulate
+from sjunet.simulation import simulate
 from sjunet.tasks import Task, task_for
 
 Outputs = dict  # key (None for the ANN, T for the SNN) -> output tensor
 
 
-def size_multiple(module: nn.Module, default: int = 16) -> int:
+def size_multiple(module: nn.Module, in_channels: int | None = None) -> int:
+    """H and W of ``module``'s input must be multiples of this: a converted SNN's record, the
+    U-Net's ``2**depth``, or, for any other model, the input size over its smallest feature map
+    (from its canonical graph on a 256x256 probe)."""
+    conv = getattr(module, "sjunet_conversion", None)
+    if conv and conv.get("size_multiple"):
+        return int(conv["size_multiple"])
+    m = getattr(module, "size_multiple", None)
+    if isinstance(m, int) and m > 0:
+        return m
     cfg = getattr(module, "config", None)
-    return 2 ** cfg.depth if cfg is not None else default
+    if getattr(cfg, "depth", None) is not None:
+        return 2 ** int(cfg.depth)
+    from sjunet.graph import canonical_graph, size_multiple as graph_multiple, tensor_shapes
+
+    c = in_channels or next((m.in_channels for m in module.modules() if isinstance(m, nn.Conv2d)), 1)
+    gm = canonical_graph(module, (1, c, 256, 256)).gm
+    return graph_multiple(tensor_shapes(gm, (c, 256, 256)), (256, 256))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad [B, C, H, W] on the bottom/right to multiples of ``multiple`` (reflect when possible)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
 def _padded_call(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, multiple: int) -> Outputs:
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return {k: v[..., :h, :w] for k, v in fn(x).items()}
+    return {k: v[..., :h, :w] for k, v in fn(pad_to_multiple(x, multiple)).items()}
 
 
 def _patched_call(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, patch: int, stride: int) -> Outputs:
@@ -80,18 +100,50 @@ def _items(dataset, limit: int | None):
         yield x.unsqueeze(0), y.unsqueeze(0)
 
 
+def check_options(T: Sequence[int] | None = None, chunk: int | None = None, limit: int | None = None) -> None:
+    """One clear line for nonsensical evaluation options (before any work)."""
+    if T is not None and (not list(T) or min(int(t) for t in T) < 1):
+        raise ValueError(f"--T takes positive integers, got {list(T)}")
+    if chunk is not None and int(chunk) < 1:
+        raise ValueError(f"--chunk must be a positive integer, got {chunk}")
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"--limit must be a positive integer (or left out for every image), got {limit}")
+
+
+def check_compatible(dataset, in_channels: int | None, out_channels: int | None, task: dict | None = None,
+                     what: str = "the model") -> None:
+    """Refuse, with one line, a model that cannot be evaluated on ``dataset``: another task,
+    another number of input channels, or an output that is not one channel per class (segmentation)
+    / per image channel (denoising)."""
+    kind = dataset.task
+    name = getattr(dataset, "name", type(dataset).__name__)
+    if task and task.get("kind") and task["kind"] != kind:
+        raise ValueError(f"{what} was trained for {task['kind']} but {name} is a {kind} dataset; "
+                         "choose a matching dataset (-d) or model")
+    if in_channels is not None and in_channels != dataset.in_channels:
+        raise ValueError(f"{what} takes {in_channels}-channel images but {name} has {dataset.in_channels}-channel "
+                         "images; choose a matching dataset or model")
+    want = dataset.num_classes if kind == "segmentation" else dataset.in_channels
+    unit = "classes" if kind == "segmentation" else "noise channels"
+    if out_channels is not None and out_channels != want:
+        raise ValueError(f"{what} outputs {out_channels} channels but {name} needs {want} {unit}; choose a "
+                         "matching dataset or model")
+
+
 @torch.no_grad()
 def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: str = "cpu",
                    limit: int | None = None, progress: bool = True) -> dict[str, float]:
     """Metrics of an ANN on ``dataset`` (whole images)."""
     task = task or task_for(dataset)
+    check_options(limit=limit)
     was_training = model.training
     model.eval()
     meter = task.new_meter()
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    multiple = size_multiple(model, dataset.in_channels)
     for x, y in tqdm(_items(dataset, limit), total=n, desc="evaluate ANN", disable=not progress, leave=False):
         x, y = x.to(device), y.to(device)
-        out = predict(ann_fn(model), x, dataset, size_multiple(model))[None]
+        out = predict(ann_fn(model), x, dataset, multiple)[None]
         meter.update(out.cpu(), task.meter_target(x.cpu(), y.cpu()))
     model.train(was_training)
     return meter.result()
@@ -103,11 +155,13 @@ def _sync(device) -> None:
 
 
 def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = None, reference: nn.Module | None = None,
-                 mode: str = "step", chunk: int = 4, limit: int | None = None, multiple: int = 16,
+                 mode: str = "step", chunk: int = 4, limit: int | None = None, multiple: int | None = None,
                  progress: bool = True, device: str = "cpu") -> dict:
     """Metrics of an SNN at every T in ``T`` (one simulation up to max T per image), with pixel
     agreement against ``reference`` (the ANN) when given, and timings."""
     task = task or task_for(dataset)
+    check_options(T, chunk, limit)
+    multiple = multiple or size_multiple(snn)
     T = sorted(set(int(t) for t in T))
     meters = {t: task.new_meter() for t in T}
     ann_meter = task.new_meter() if reference is not None else None
@@ -143,49 +197,26 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
 
 
 def evaluate(
-    model: str | Path | None = None,
-    snn: str | Path | None = None,
-    dataset: str = "em",
-    data: str | None = None,
-    split: str = "test",
+    dataset,
+    model: nn.Module | None = None,
+    snn: nn.Module | None = None,
     T: Sequence[int] = (10, 20, 50, 100),
     mode: str = "step",
     chunk: int = 4,
     limit: int | None = None,
-    output: str | Path | None = None,
-    dataset_options: dict | None = None,
     progress: bool = True,
     device: str = "cpu",
 ) -> dict:
-    """Library form of ``sjunet evaluate``: ANN checkpoint and/or SNN file → metrics (JSON)."""
-    from sjunet.data import get_dataset
-    from sjunet.io import file_fingerprint, load_ann, provenance, write_json
-    from sjunet.recipe import load_snn
-
+    """``sjunet evaluate`` on objects: metrics of an ANN and/or an SNN on a dataset object, the SNN
+    at every T with pixel agreement against the ANN when both are given."""
     if model is None and snn is None:
-        raise ValueError("give --model (an ANN checkpoint), --snn (a converted SNN) or both")
-    ds = get_dataset(dataset, data, split, **(dataset_options or {}))
-    task = task_for(ds)
-    result: dict = {"dataset": {"name": dataset, **ds.describe()}, "split": split}
-    ann = None
-    if model is not None:
-        ann, ckpt = load_ann(model)
-        result["model"] = {"path": str(model), "fingerprint": ckpt.get("fingerprint"), "file": file_fingerprint(model)}
+        raise ValueError("give an ANN (model), a converted SNN (snn) or both")
+    task = task_for(dataset)
+    result: dict = {"dataset": {"name": getattr(dataset, "name", None), **(dataset.describe()
+                                                                            if hasattr(dataset, "describe") else {})}}
     if snn is not None:
-        net, rec = load_snn(snn)
-        conv = rec.get("conversion", {})
-        if ann is not None and conv.get("ann_fingerprint") not in (None, result["model"]["fingerprint"]):
-            raise ValueError(f"{snn} was converted from model {conv.get('ann_fingerprint')}, not from {model} "
-                             f"({result['model']['fingerprint']}); pixel agreement would be meaningless")
-        cfg = rec.get("model_config") or {}
-        multiple = 2 ** cfg.get("depth", 4)
-        result["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
-                         "mode": mode, "chunk": chunk, "device": device}
-        result.update(evaluate_snn(net, ds, T, task, reference=ann, mode=mode, chunk=chunk, limit=limit,
-                                   multiple=multiple, progress=progress, device=device))
+        result.update(evaluate_snn(snn, dataset, T, task, reference=model, mode=mode, chunk=chunk, limit=limit,
+                                   progress=progress, device=device))
     else:
-        result["ann"] = evaluate_model(ann.to(device), ds, task, device=device, limit=limit, progress=progress)
-    result["provenance"] = provenance()
-    if output is not None:
-        write_json(result, output)
+        result["ann"] = evaluate_model(model.to(device), dataset, task, device=device, limit=limit, progress=progress)
     return result

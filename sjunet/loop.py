@@ -1,0 +1,455 @@
+"""The one training loop of sjunet: ANN training (:func:`sjunet.training.train`) and spiking-flow
+fine-tuning (:func:`sjunet.flow.finetune`) are two uses of :func:`fit` that differ only in the
+loss of a batch (the *step*) and in what they save.
+
+:func:`fit` owns everything a trustworthy run needs:
+
+* **Order and randomness.** Each epoch's order is a permutation drawn from one explicit
+  ``torch.Generator`` seeded with ``seed``; datasets get ``set_epoch(epoch)`` (their augmentation
+  is keyed by seed, epoch and index). Validation runs under a saved-and-restored RNG state, so it
+  never changes what training draws.
+* **Resume to the bit.** ``<output>.last.pt`` (plain dicts, lists, numbers, strings and tensors:
+  loadable with ``weights_only=True``) holds the model, optimiser and scheduler states, the
+  position (epoch, iteration within it, global step), the epoch's order, the generator state,
+  the python / numpy / torch RNG states, the running loss, the best score and the history. A run
+  stopped at any iteration by a budget and resumed ends with exactly the weights of an
+  uninterrupted run with the same seed (bit-identical on CPU). Resuming with options that change
+  the result (batch size, lr, seed, data…) is refused.
+* **Best on validation, the start as the bar.** Every validation that beats the best so far is
+  handed to ``save_best`` (which writes atomically). With ``baseline=True`` (fine-tuning) the
+  model is validated before the first step and that score is the bar: the output is always
+  written and is the best of {input, every validation}; the summary says which and by how much.
+* **Budgets.** ``max_minutes`` is checked after every iteration (stop at the first iteration
+  past it, validate, save); ``max_iters`` counts steps from the start of the run, independent of
+  the epoch size; ``val_every`` validates every N steps instead of after each epoch.
+* **Non-finite numbers stop the run.** A non-finite loss raises :class:`DivergedError` before
+  the update (the weights in memory and on disk are the last good ones); so does a non-finite
+  validation score. The message says where and what was (or was not) written.
+
+Helpers shared by both uses: :func:`run_outputs` (refuse an existing output unless force/resume,
+check writability, hold the lock for the whole run), :func:`check_options`,
+:func:`train_val_datasets` (the training split without the validation images, and the
+validation split), :func:`make_optimizer`, :func:`seed_everything`, :func:`format_metrics`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sjunet.io import ArtifactError, OutputExistsError, load_checkpoint, output_guard, torch_save_atomic
+
+#: version of the ``.last.pt`` layout written by :func:`fit`
+LOOP_VERSION = 1
+
+#: dataset options that shape training items only (not passed to the validation split)
+TRAIN_ONLY_OPTIONS = ("samples_per_epoch", "crop", "patch", "holdout_val")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot produce a trustworthy result (diverged, nothing validated)."""
+
+
+class DivergedError(TrainingError):
+    """A non-finite loss or validation score; the run stopped at once."""
+
+    def __init__(self, message: str, epoch: int | None = None, iteration: int | None = None,
+                 step: int | None = None) -> None:
+        super().__init__(message)
+        self.epoch, self.iteration, self.step = epoch, iteration, step
+
+
+# ------------------------------------------------------------------------------- options
+
+def check_options(**values: Any) -> None:
+    """Refuse nonsensical run options with one line each: every value given must be positive
+    (``None`` means "not set"). Names are written as their CLI flags (``max_minutes`` →
+    ``--max-minutes``)."""
+    for name, v in values.items():
+        if v is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{flag} must be a number, got {v!r}")
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{flag} must be positive, got {v}")
+        if isinstance(v, float) and name in ("epochs", "batch_size", "max_iters", "val_every", "val_limit"):
+            raise ValueError(f"{flag} must be a whole number, got {v}")
+
+
+@dataclass
+class LoopOptions:
+    """What :func:`fit` needs to know about a run (checked on construction)."""
+
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    max_minutes: float | None = None
+    max_iters: int | None = None
+    val_every: int | None = None
+    device: str = "cpu"
+    progress: bool = True
+    desc: str = "train"
+    #: put the model in train mode for the steps (ANN: yes; the converted SNN is stepped in eval mode)
+    train_mode: bool = True
+
+    def __post_init__(self) -> None:
+        check_options(epochs=self.epochs, batch_size=self.batch_size, max_minutes=self.max_minutes,
+                      max_iters=self.max_iters, val_every=self.val_every)
+
+
+# ------------------------------------------------------------------------------- randomness
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The python, numpy and torch (and CUDA) RNG states as plain data and tensors."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def rng_preserved() -> Iterator[None]:
+    """Run a block (validation) without changing what the global generators draw afterwards."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+# ------------------------------------------------------------------------------- shared helpers
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    name = name.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam, rmsprop or sgd")
+
+
+def format_metrics(d: dict) -> str:
+    """``"f1_vessel 0.7123  accuracy 0.9001"``: the float entries of a metrics dict."""
+    return "  ".join(f"{k} {v:.4f}" for k, v in d.items() if isinstance(v, float) and k != "num_images")
+
+
+def _keyword_options(name: str) -> set[str]:
+    import inspect
+
+    from sjunet.data import DATASETS
+
+    cls = DATASETS.get(name)
+    if cls is None:
+        return set()
+    return {p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+def train_val_datasets(name: str, root, seed: int, options: dict | None = None):
+    """The ``train`` split (without the validation images where the dataset can hold them out:
+    ``holdout_val=True`` unless the options say otherwise) and the ``val`` split (without the
+    training-only options ``samples_per_epoch``, ``crop``, ``patch``). Returns ``(train, val)``."""
+    from sjunet.data import get_dataset
+
+    opts = {"seed": seed, **(options or {})}
+    if "holdout_val" in _keyword_options(name):
+        opts.setdefault("holdout_val", True)  # validate on images the model never trains on
+    train = get_dataset(name, root, "train", **opts)
+    val = get_dataset(name, root, "val", **{k: v for k, v in opts.items() if k not in TRAIN_ONLY_OPTIONS})
+    return train, val
+
+
+def last_path(output: str | Path) -> Path:
+    """``runs/ann.pt`` → ``runs/ann.last.pt``: the resumable state beside an output."""
+    output = Path(output)
+    return output.with_name(output.stem + ".last.pt")
+
+
+@contextlib.contextmanager
+def run_outputs(output: str | Path, force: bool = False, resume: bool = False,
+                what: str = "output") -> Iterator[tuple[Path, Path]]:
+    """Guard the outputs of a run for its whole duration; yields ``(output, last)``.
+
+    :func:`sjunet.io.output_guard` on ``output`` (writable directory, an existing file refused
+    unless ``force`` or ``resume``, an exclusive lock against a second run), plus the same rule for
+    ``<output>.last.pt``: an unfinished run's state is not overwritten without ``force``. A fresh
+    run (not ``resume``) removes a stale ``.last.pt`` at once, so a later ``--resume`` can never
+    continue an older run into this run's output. ``resume`` needs the ``.last.pt`` file.
+    """
+    output = Path(output)
+    last = last_path(output)
+    with output_guard(output, force=force, resume=resume, what=what) as out:
+        if resume:
+            if not last.is_file():
+                raise FileNotFoundError(f"--resume: no {last} to resume from (run without --resume first)")
+        elif last.exists():
+            if not force:
+                raise OutputExistsError(f"{last} exists (the state of an unfinished run): pass --resume to continue "
+                                        "it or --force to start over (or choose another -o)")
+            last.unlink()
+        yield out, last
+
+
+# ------------------------------------------------------------------------------- the loop
+
+def _label(epoch: int, iteration: int, per_epoch: int) -> str:
+    """Where a validation happened, for people: ``epoch 2`` or ``epoch 2, iteration 3/8``."""
+    if iteration == per_epoch:
+        return f"epoch {epoch + 1}"
+    return f"epoch {epoch + 1}, iteration {iteration}/{per_epoch}"
+
+
+def _state_dict(module: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def fit(
+    model: nn.Module,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_data,
+    validate: Callable[[], tuple[float, dict]],
+    options: LoopOptions,
+    save_best: Callable[[dict, list], None],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+    last: str | Path,
+    kind: str,
+    resume: bool = False,
+    baseline: bool = False,
+    identity: dict | None = None,
+    output: str | Path | None = None,
+    started: float | None = None,
+) -> dict:
+    """Train ``model`` on ``train_data``; returns a summary (see below).
+
+    Args:
+        step: ``step(x, y) -> loss`` for a batch already on ``options.device``; the loss must
+            carry the gradient. :func:`fit` checks it is finite, then does ``zero_grad``,
+            ``backward``, ``optimizer.step()`` and ``scheduler.step()`` (per iteration).
+        validate: ``validate() -> (score, metrics)``; higher scores are better. Run under
+            :func:`rng_preserved`.
+        save_best: ``save_best(entry, history)`` writes the output (atomically) for a new best
+            ``entry`` (a history entry: ``at``, ``epoch``, ``iteration``, ``step``, ``val``,
+            ``score``, …; ``at == "input"`` for the baseline) and the history so far.
+        last: the ``.last.pt`` path (:func:`last_path`); ``kind``: its checkpoint kind.
+        resume: continue from ``last`` (model, optimiser, scheduler, RNG, position, best).
+        baseline: validate before the first step and use that score as the bar (fine-tuning);
+            without it the bar is −inf.
+        identity: options whose change would change the result; a resume with different values
+            is refused.
+        output: the output path, for messages only.
+        started: ``time.monotonic()`` when the run began (default: now); ``max_minutes`` counts
+            from it, so loading data and building the model count towards the budget.
+
+    Returns:
+        ``history`` (one entry per validation), ``best`` (the best entry, or ``None``),
+        ``baseline`` (the ``"input"`` entry or ``None``), ``improved`` (the best beats the bar),
+        ``improvement`` (best score − baseline score, when there is a baseline), ``stopped``
+        (``"epochs"``, ``"max_iters"`` or ``"max_minutes"``), ``epoch``/``iteration``/``step``
+        (the position reached), ``minutes`` (this call), ``minutes_total`` (across resumes),
+        ``resumed``.
+    """
+    identity = dict(identity or {})
+    n = len(train_data)
+    if n == 0:
+        raise ValueError("the training split is empty")
+    bs = options.batch_size
+    per_epoch = math.ceil(n / bs)
+    model.to(options.device)
+    gen = torch.Generator()
+    gen.manual_seed(int(options.seed))
+    t0 = time.monotonic() if started is None else started
+    st: dict[str, Any] = {"epoch": 0, "iteration": 0, "step": 0, "order": None, "history": [], "best": None,
+                          "baseline": None, "loss_sum": 0.0, "loss_count": 0, "minutes_before": 0.0}
+    what_out = str(output) if output is not None else "the output"
+
+    def written() -> str:
+        b = st["best"]
+        if b is None:
+            return "nothing was written"
+        return f"{what_out} holds the best so far ({'the input' if b['at'] == 'input' else b['at']})"
+
+    def run_validation(epoch: int, iteration: int, at: str | None = None) -> dict:
+        with rng_preserved():
+            score, val = validate()
+        score = float(score)
+        where = at or _label(epoch, iteration, per_epoch)
+        if not math.isfinite(score):
+            if at:
+                raise DivergedError(f"the validation score of the input model is {score}: it produces non-finite "
+                                    f"outputs, so there is nothing to fine-tune from; {written()}", None, None, 0)
+            raise DivergedError(f"training diverged: the validation score is {score} at {where} (step {st['step']}); "
+                                f"try a lower --lr (it was {optimizer.param_groups[0]['lr']:g}); {written()}",
+                                epoch, iteration, st["step"])
+        entry = {"at": where, "epoch": None if at else epoch, "iteration": None if at else iteration,
+                 "step": st["step"], "loss": st["loss_sum"] / st["loss_count"] if st["loss_count"] else None,
+                 "val": val, "score": score,
+                 "minutes": st["minutes_before"] + (time.monotonic() - t0) / 60}
+        st["history"].append(entry)
+        st["loss_sum"], st["loss_count"] = 0.0, 0
+        if options.progress:
+            loss = f"loss {entry['loss']:.4f}  " if entry["loss"] is not None else ""
+            tqdm.write(f"{where}: {loss}val {format_metrics(val)}  (score {score:.4f})")
+        if st["best"] is None or score > st["best"]["score"]:
+            st["best"] = entry
+            save_best(entry, list(st["history"]))
+        return entry
+
+    def save_last() -> None:
+        torch_save_atomic({
+            "kind": kind, "loop_version": LOOP_VERSION,
+            "state_dict": _state_dict(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "epoch": st["epoch"], "iteration": st["iteration"], "step": st["step"],
+            "order": st["order"], "generator": gen.get_state(), "rng": rng_state(),
+            "loss_sum": st["loss_sum"], "loss_count": st["loss_count"],
+            "best": st["best"], "baseline": st["baseline"], "history": st["history"],
+            "minutes": st["minutes_before"] + (time.monotonic() - t0) / 60,
+            "identity": identity, "num_items": n,
+        }, last)
+
+    if resume:
+        saved = load_checkpoint(last, kind)
+        if saved.get("loop_version") != LOOP_VERSION:
+            raise ArtifactError(f"{last}: written by another sjunet version (no resumable state of this one); "
+                                "start over with --force")
+        changed = sorted(k for k in set(identity) | set(saved.get("identity", {}))
+                         if identity.get(k) != saved.get("identity", {}).get(k))
+        if changed:
+            was = saved.get("identity", {})
+            raise ValueError(f"--resume: {last} was made with other options ("
+                             + ", ".join(f"{k}: {was.get(k)!r} then, {identity.get(k)!r} now" for k in changed)
+                             + "); resume with the same ones or start over with --force")
+        if saved["num_items"] != n:
+            raise ValueError(f"--resume: the training split has {n} items, the run had {saved['num_items']}")
+        model.load_state_dict(saved["state_dict"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["generator"])
+        set_rng_state(saved["rng"])
+        for k in ("epoch", "iteration", "step", "order", "history", "best", "baseline", "loss_sum", "loss_count"):
+            st[k] = saved[k]
+        st["minutes_before"] = float(saved.get("minutes", 0.0))
+        if options.progress:
+            where = f"epoch {st['epoch'] + 1}" + (f", iteration {st['iteration']}/{per_epoch}" if st["iteration"] else "")
+            tqdm.write(f"resuming at {where} (step {st['step']})")
+    elif baseline:
+        st["baseline"] = run_validation(0, 0, at="input")
+
+    stopped = None
+    if st["epoch"] >= options.epochs:
+        stopped = "epochs"
+    elif options.max_iters is not None and st["step"] >= options.max_iters:
+        stopped = "max_iters"
+    while stopped is None:
+        epoch = st["epoch"]
+        if st["order"] is None:
+            st["order"] = torch.randperm(n, generator=gen)
+        if hasattr(train_data, "set_epoch"):
+            train_data.set_epoch(epoch)
+        # the order is ours; the loader's own generator only keeps it from drawing its base seed from the
+        # global torch RNG (which would make a resumed run draw differently from an uninterrupted one)
+        loader = DataLoader(train_data, batch_size=bs, sampler=st["order"][st["iteration"] * bs:].tolist(),
+                            generator=torch.Generator().manual_seed(int(options.seed)))
+        model.train(options.train_mode)
+        bar = tqdm(total=per_epoch, initial=st["iteration"], desc=f"{options.desc} epoch {epoch + 1}/{options.epochs}",
+                   disable=not options.progress, leave=False)
+        recent: list[float] = []
+        try:
+            for x, y in loader:
+                x, y = x.to(options.device), y.to(options.device)
+                loss = step(x, y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    lr = optimizer.param_groups[0]["lr"]
+                    raise DivergedError(
+                        f"training diverged: the loss is {value} at epoch {epoch + 1}, iteration "
+                        f"{st['iteration'] + 1}/{per_epoch} "
+                        f"(step {st['step'] + 1}); try a lower --lr (it was {lr:g}); {written()}",
+                        epoch, st["iteration"] + 1, st["step"] + 1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                st["iteration"] += 1
+                st["step"] += 1
+                st["loss_sum"] += value
+                st["loss_count"] += 1
+                recent = (recent + [value])[-20:]
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+                done_iteration = st["iteration"]
+                end_of_epoch = done_iteration == per_epoch
+                if end_of_epoch:
+                    st["epoch"], st["iteration"], st["order"] = epoch + 1, 0, None
+                if end_of_epoch and st["epoch"] >= options.epochs:
+                    stopped = "epochs"
+                elif options.max_iters is not None and st["step"] >= options.max_iters:
+                    stopped = "max_iters"
+                elif options.max_minutes is not None and (time.monotonic() - t0) / 60 >= options.max_minutes:
+                    stopped = "max_minutes"
+                due = (stopped is not None or (st["step"] % options.val_every == 0 if options.val_every
+                                               else end_of_epoch))
+                if due:
+                    run_validation(epoch, done_iteration)
+                    model.train(options.train_mode)
+                if due or end_of_epoch:
+                    save_last()
+                if stopped is not None or end_of_epoch:
+                    break
+        finally:
+            bar.close()
+    best, base = st["best"], st["baseline"]
+    return {
+        "history": st["history"],
+        "best": best,
+        "baseline": base,
+        "improved": best is not None and (base is None or best["score"] > base["score"]),
+        "improvement": best["score"] - base["score"] if best is not None and base is not None else None,
+        "stopped": stopped,
+        "epoch": st["epoch"], "iteration": st["iteration"], "step": st["step"],
+        "minutes": (time.monotonic() - t0) / 60,
+        "minutes_total": st["minutes_before"] + (time.monotonic() - t0) / 60,
+        "resumed": bool(resume),
+    }

@@ -1,0 +1,241 @@
+"""Non-neuron stages of a converted network (spec §5, §11): what sits between synaptic layers.
+
+Each is a SpikingJelly step module (single- and multi-step mode; a ``[T, B, C, H, W]`` sequence
+is processed as ``T·B`` images) and has a :meth:`flow` method: the stage applied to quantities
+accumulated over T steps, used by spiking-flow fine-tuning (:mod:`sjunet.flow`).
+
+* :class:`Resample` — ``F.interpolate`` / ``nn.Upsample`` (nearest, bilinear): linear, no bias,
+  unit passes through. Its output size is a scale factor, a fixed size, or the spatial size of a
+  reference tensor (``size=ref.shape[-2:]``, as segmentation_models_pytorch computes it).
+* :class:`Pad` — zero / reflect / replicate / circular padding of the last two dimensions: a
+  linear copy, unit passes through.
+* :class:`ChannelAffine` — ``y = s_c·x + b_c`` per channel: a BatchNorm with no convolution to
+  fold into, and the explicit gain λ_x/λ_z on an identity edge into a join (spec §11; no
+  shift). The shift is a bias current added every step, so its flow is ``s·x + T·b``.
+* :class:`SpikingMaxPool2d` — max-pooling of spike *counts*, exact in the count limit (spec §11):
+  it keeps the running input sums S_t = Σ_{τ≤t} x_τ (one state tensor) and emits
+  o_t = maxpool(S_t) − maxpool(S_{t−1}) ≥ 0, so Σ_t o_t = maxpool(S_T). Its flow is the max-pool
+  of the accumulated input; the gradient goes to the arg-max input, as in the ANN.
+
+Every class has ``spec()`` (constructor arguments as plain data) so an SNN file rebuilds it
+without code from the file (:mod:`sjunet.snnfile`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import base
+from torch import nn
+
+
+def _per_image(fn, x: torch.Tensor, step_mode: str) -> torch.Tensor:
+    """Apply ``fn`` to ``x`` ([B, C, H, W]) or to every step of ``x`` ([T, B, C, H, W])."""
+    if step_mode == "m":
+        return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    return fn(x)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return [_plain(u) for u in v]
+    return v
+
+
+class Resample(nn.Module, base.StepModule):
+    """``F.interpolate`` as a stage: ``mode`` nearest / bilinear; ``scale_factor`` or ``size``,
+    or (when called with a second tensor argument) the spatial size of that reference tensor."""
+
+    MODES = ("nearest", "nearest-exact", "bilinear")
+
+    def __init__(self, mode: str = "nearest", scale_factor: float | Sequence[float] | None = None,
+                 size: int | Sequence[int] | None = None, align_corners: bool | None = None,
+                 step_mode: str = "s") -> None:
+        super().__init__()
+        if mode not in self.MODES:
+            raise ValueError(f"interpolation mode {mode!r} is not supported (only {', '.join(self.MODES)})")
+        self.mode = mode
+        self.scale_factor = tuple(scale_factor) if isinstance(scale_factor, (list, tuple)) else scale_factor
+        self.size = tuple(size) if isinstance(size, (list, tuple)) else size
+        self.align_corners = align_corners
+        self.step_mode = step_mode
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return (f"mode={self.mode}, scale_factor={self.scale_factor}, size={self.size}, "
+                f"align_corners={self.align_corners}, step_mode={self.step_mode}")
+
+    def spec(self) -> dict:
+        return {"mode": self.mode, "scale_factor": _plain(self.scale_factor), "size": _plain(self.size),
+                "align_corners": self.align_corners}
+
+    def _fn(self, ref: torch.Tensor | None):
+        size = tuple(ref.shape[-2:]) if ref is not None else self.size
+        scale = None if ref is not None else self.scale_factor
+        return lambda x: F.interpolate(x, size=size, scale_factor=scale, mode=self.mode,
+                                       align_corners=self.align_corners)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        return _per_image(self._fn(ref), x, self.step_mode)
+
+    def flow(self, x: torch.Tensor, ref: torch.Tensor | None = None, T: float = 1.0) -> torch.Tensor:
+        return self._fn(ref)(x)
+
+
+class Pad(nn.Module, base.StepModule):
+    """Padding of the last two dimensions (``F.pad`` order: left, right, top, bottom); ``mode``
+    constant (zeros only), reflect, replicate or circular."""
+
+    MODES = ("constant", "reflect", "replicate", "circular")
+
+    def __init__(self, pad: Sequence[int], mode: str = "constant", step_mode: str = "s") -> None:
+        super().__init__()
+        pad = tuple(int(p) for p in pad)
+        if len(pad) not in (2, 4):
+            raise ValueError(f"only padding of the last two dimensions is supported, got pad={pad}")
+        if mode not in self.MODES:
+            raise ValueError(f"padding mode {mode!r} is not supported")
+        self.pad = pad
+        self.mode = mode
+        self.step_mode = step_mode
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return f"pad={self.pad}, mode={self.mode}, step_mode={self.step_mode}"
+
+    def spec(self) -> dict:
+        return {"pad": list(self.pad), "mode": self.mode}
+
+    def _fn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.pad, mode=self.mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _per_image(self._fn, x, self.step_mode)
+
+    def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+        return self._fn(x)
+
+    @property
+    def left_top(self) -> tuple[int, int]:
+        """Padding before the first row and column (may be negative: cropping)."""
+        return (self.pad[2] if len(self.pad) == 4 else 0), self.pad[0]
+
+
+class ChannelAffine(nn.Module, base.StepModule):
+    """``y = scale_c · x + shift_c`` over the channel dimension (−3); ``shift=False`` for a gain."""
+
+    def __init__(self, channels: int, shift: bool = True, step_mode: str = "s") -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.register_buffer("scale", torch.ones(self.channels))
+        self.register_buffer("shift", torch.zeros(self.channels) if shift else None)
+        self.step_mode = step_mode
+
+    @classmethod
+    def of(cls, scale: torch.Tensor, shift: torch.Tensor | None = None) -> "ChannelAffine":
+        m = cls(scale.numel(), shift is not None)
+        m.scale.copy_(scale.detach().to(m.scale.dtype))
+        if shift is not None:
+            m.shift.copy_(shift.detach().to(m.shift.dtype))
+        return m
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, shift={self.shift is not None}, step_mode={self.step_mode}"
+
+    def spec(self) -> dict:
+        return {"channels": self.channels, "shift": self.shift is not None}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.scale.view(-1, 1, 1)
+        return y + self.shift.view(-1, 1, 1) if self.shift is not None else y
+
+    def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+        y = x * self.scale.view(-1, 1, 1)
+        return y + T * self.shift.view(-1, 1, 1) if self.shift is not None else y
+
+
+class SpikingMaxPool2d(base.MemoryModule):
+    """Max-pooling of accumulated spikes: o_t = maxpool(S_t) − maxpool(S_{t−1}), S_t = Σ_{τ≤t} x_τ.
+
+    One memory (``acc``: S, reset by ``functional.reset_net``). Σ_t o_t = maxpool(S_T), which
+    tends to T × the ANN's max-pool as each input's rate converges (spec §11). The unit of the
+    input passes through (max-pooling commutes with a positive per-channel scale).
+
+    For energy counting it is an event source: with ``record_spikes`` on, ``spike_count`` counts
+    its non-zero outputs (one graded event each) over the steps.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+                 step_mode: str = "s") -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding = padding
+        self.dilation = dilation
+        self.ceil_mode = bool(ceil_mode)
+        self.step_mode = step_mode
+        self.record_spikes = False
+        self.register_memory("acc", 0.0)
+        self.register_memory("spike_count", 0.0)
+
+    @classmethod
+    def from_maxpool(cls, m: nn.MaxPool2d) -> "SpikingMaxPool2d":
+        if m.return_indices:
+            raise ValueError("MaxPool2d(return_indices=True) cannot be converted")
+        return cls(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}, step_mode={self.step_mode}")
+
+    def spec(self) -> dict:
+        return {"kernel_size": _plain(self.kernel_size), "stride": _plain(self.stride),
+                "padding": _plain(self.padding), "dilation": _plain(self.dilation), "ceil_mode": self.ceil_mode}
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def _count(self, o: torch.Tensor, steps_dim: bool) -> None:
+        if self.record_spikes:
+            n = (o != 0).to(o.dtype)
+            n = n.sum(0) if steps_dim else n
+            self.spike_count = n if isinstance(self.spike_count, float) else self.spike_count + n
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.acc, float):  # first step: S_0 = 0, maxpool(0) = 0
+            self.acc = x
+            o = self.pool(x)
+        else:
+            prev = self.pool(self.acc)
+            self.acc = self.acc + x
+            o = self.pool(self.acc) - prev
+        self._count(o, False)
+        return o
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        sums = torch.cumsum(x_seq, 0)
+        if not isinstance(self.acc, float):
+            sums = sums + self.acc
+        pooled = self.pool(sums.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
+        first = pooled[:1] - (self.pool(self.acc) if not isinstance(self.acc, float) else 0.0)
+        self.acc = sums[-1]
+        o = torch.cat([first, pooled[1:] - pooled[:-1]])
+        self._count(o, True)
+        return o
+
+    def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+        return self.pool(x)
+
+
+STAGE_TYPES = (Resample, Pad, ChannelAffine, SpikingMaxPool2d)

@@ -1,0 +1,114 @@
+"""ANN training (``sjunet train``): the U-Net of spec §2 on a task's dataset.
+
+Paper optimisers are the defaults: RMSprop, lr 1e-3 for segmentation; Adam, lr 1e-5 for
+denoising (both overridable). The loop is :func:`sjunet.loop.fit`: it validates on the dataset's
+``val`` split (carved from the training images, never the test images) after each epoch (or
+every ``val_every`` steps) and keeps the best checkpoint, written atomically with its model
+config, task, data description, options, fingerprint and provenance. ``<output>.last.pt`` holds
+everything ``--resume`` needs to continue bit-identically; ``max_minutes`` / ``max_iters`` stop a
+run at any iteration. An existing output is refused unless ``force`` or ``resume``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+from sjunet.io import ANN_KIND, model_fingerprint, provenance, torch_save_atomic
+from sjunet.loop import (
+    LoopOptions,
+    TrainingError,
+    check_options,
+    fit,
+    make_optimizer,
+    run_outputs,
+    seed_everything,
+    train_val_datasets,
+)
+from sjunet.models import UNet, UNetConfig
+from sjunet.tasks import task_for, task_to_dict
+
+DEFAULT_OPTIMISER = {"segmentation": ("rmsprop", 1e-3), "denoising": ("adam", 1e-5)}
+
+
+@dataclass
+class TrainOptions:
+    dataset: str
+    data: str | None = None
+    output: str = "runs/ann.pt"
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float | None = None
+    optimizer: str | None = None
+    width: int = 16
+    depth: int = 4
+    batch_norm: bool = False
+    up_relu: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    max_minutes: float | None = None
+    max_iters: int | None = None
+    val_every: int | None = None
+    val_limit: int | None = None
+    dataset_options: dict = field(default_factory=dict)
+
+
+def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool = True, force: bool = False,
+          **kwargs) -> dict:
+    """Train a U-Net; returns :func:`sjunet.loop.fit`'s summary plus ``output``, ``best_epoch`` and
+    ``best_val``. Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score."""
+    started = time.monotonic()
+    opts = opts or TrainOptions(**kwargs)
+    check_options(lr=opts.lr, width=opts.width, depth=opts.depth, val_limit=opts.val_limit)
+    loop_opts = LoopOptions(epochs=opts.epochs, batch_size=opts.batch_size, seed=opts.seed,
+                            max_minutes=opts.max_minutes, max_iters=opts.max_iters, val_every=opts.val_every,
+                            device=opts.device, progress=progress, desc="train")
+    with run_outputs(opts.output, force=force, resume=resume, what="model checkpoint") as (output, last):
+        seed_everything(opts.seed)
+        train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
+        task = task_for(train_ds)
+        out_channels = task.num_classes if task.kind == "segmentation" else train_ds.in_channels
+        config = UNetConfig(train_ds.in_channels, out_channels, opts.width, opts.depth, opts.batch_norm, opts.up_relu)
+        model = UNet(config).to(opts.device)
+        opt_name, default_lr = DEFAULT_OPTIMISER[task.kind]
+        opt_name = opts.optimizer or opt_name
+        lr = opts.lr if opts.lr is not None else default_lr
+        optimizer = make_optimizer(opt_name, model.parameters(), lr)
+
+        def step(x, y):
+            return task.loss(model(x), y)
+
+        def validate():
+            from sjunet.evaluation import evaluate_model
+
+            val = evaluate_model(model, val_ds, task, device=opts.device, limit=opts.val_limit, progress=False)
+            return task.score(val), val
+
+        def save_best(entry: dict, history: list) -> None:
+            torch_save_atomic({
+                "kind": ANN_KIND,
+                "model_config": config.to_dict(),
+                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "fingerprint": model_fingerprint(model),
+                "task": task_to_dict(task),
+                "dataset": {"name": opts.dataset, **train_ds.describe()},
+                "options": {**asdict(opts), "optimizer": opt_name, "lr": lr},
+                "epoch": entry["epoch"],
+                "iteration": entry["iteration"],
+                "step": entry["step"],
+                "at": entry["at"],
+                "val": entry["val"],
+                "score": entry["score"],
+                "history": history,
+                "provenance": provenance(),
+            }, output)
+
+        identity = {"dataset": opts.dataset, "dataset_options": dict(opts.dataset_options),
+                    "batch_size": opts.batch_size, "optimizer": opt_name, "lr": lr, "seed": opts.seed,
+                    "model_config": config.to_dict()}
+        summary = fit(model, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, last=last,
+                      kind=ANN_KIND + "-last", resume=resume, identity=identity, output=output,
+                      started=started)
+    best = summary["best"]
+    if best is None:
+        raise TrainingError(f"no validation score was measured, so nothing was written to {output}")
+    return {**summary, "output": str(output), "best_epoch": best["epoch"], "best_val": best["val"]}

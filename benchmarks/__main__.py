@@ -14,6 +14,7 @@ BENCHMARKS = {
     "ladders": (".paper_tables", "ladders"),
     "energy": (".paper_tables", "energy"),
     "ablation": (".paper_tables", "ablation"),
+    "zoo": ".zoo",
 }
 
 
@@ -24,7 +25,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default=None, help="ANN checkpoint (default: a random-weight U-Net)")
     ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation)")
+    ap.add_argument("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation, zoo)")
     a = ap.parse_args(argv)
     target = BENCHMARKS[a.name]
     mod_name, fn_name = target if isinstance(target, tuple) else (target, "run")

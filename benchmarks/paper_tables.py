@@ -125,8 +125,8 @@ def _tables12_lines(row: dict) -> list[str]:
     return out
 
 
-def _previous_rows(name: str, profile: str, settings: dict) -> dict[str, dict]:
-    """Rows of an earlier run of the same benchmark and settings (dataset -> row), for resuming."""
+def _previous_rows(name: str, profile: str, settings: dict, key: str = "dataset") -> dict[str, dict]:
+    """Rows of an earlier run of the same benchmark and settings (row[key] -> row), for resuming."""
     import json
 
     from .common import RESULTS
@@ -137,7 +137,7 @@ def _previous_rows(name: str, profile: str, settings: dict) -> dict[str, dict]:
     prev = json.loads(path.read_text())
     if prev.get("settings") != json.loads(json.dumps(settings)):
         return {}
-    return {r["dataset"]: r for r in prev.get("rows", [])}
+    return {r[key]: r for r in prev.get("rows", [])}
 
 
 def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:

@@ -170,19 +170,25 @@ def _stop_note(s: dict) -> str:
 @click.option("--depth", default=4, show_default=True)
 @click.option("--batch-norm/--no-batch-norm", default=False, show_default=True)
 @click.option("--up-relu/--no-up-relu", default=False, show_default=True, help="ReLU after each up-convolution")
+@click.option("--pool", type=click.Choice(["avg", "max"]), default="avg", show_default=True,
+              help="down-sampling of sjunet's U-Net (the paper: avg)")
+@click.option("--arch", default=None, help="train another U-Net instead: package.module:factory")
+@click.option("--arch-kwargs", default=None, help="JSON keyword arguments of the --arch factory")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @_budget_options
 @opt_opt
 @_fail_cleanly
-def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth, batch_norm, up_relu, seed,
-          device, max_minutes, max_iters, val_every, resume, force, opt):
+def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth, batch_norm, up_relu, pool, arch,
+          arch_kwargs, seed, device, max_minutes, max_iters, val_every, resume, force, opt):
     """Train the ANN U-Net; keeps the best checkpoint on the validation split."""
+    from sjunet.models.external import parse_arch_kwargs
     from sjunet.training import TrainOptions, train as train_fn
 
     opts = TrainOptions(dataset=dataset, data=data, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, width=width, depth=depth, batch_norm=batch_norm, up_relu=up_relu,
-                        seed=seed, device=device, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
+                        pool=pool, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
+                        max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                         dataset_options=_parse_options(opt))
     s = _run_loop(train_fn, opts, resume=resume, force=force)
     best = s["best"]

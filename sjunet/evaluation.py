@@ -30,6 +30,9 @@ def size_multiple(module: nn.Module, in_channels: int | None = None) -> int:
     conv = getattr(module, "sjunet_conversion", None)
     if conv and conv.get("size_multiple"):
         return int(conv["size_multiple"])
+    if conv is not None:
+        raise ValueError("this SNN records no size multiple (not converted by sjunet.convert): pass multiple=, "
+                         "the ANN's")
     m = getattr(module, "size_multiple", None)
     if isinstance(m, int) and m > 0:
         return m

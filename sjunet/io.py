@@ -327,17 +327,30 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def load_ann(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+#: architecture factories a checkpoint may name without the user confirming them (``--arch``)
+TRUSTED_ARCHITECTURES = ("sjunet.", "monai.networks.nets:", "segmentation_models_pytorch:")
+
+
+def load_ann(path: str | os.PathLike, trust_arch: str | None = None) -> tuple[nn.Module, dict]:
     """Load an ANN checkpoint written by :func:`sjunet.training.train`; returns ``(model, checkpoint)``.
 
     The model's fingerprint is recomputed and compared with the stored one: a checkpoint whose
-    tensors changed after it was written (a bit flip, an edit) is refused.
+    tensors changed after it was written (a bit flip, an edit) is refused. A checkpoint of an
+    ``--arch`` model names its factory: one outside :data:`TRUSTED_ARCHITECTURES` is called only
+    when the user names the same factory (``trust_arch``, the CLI's ``--arch``).
     """
     from sjunet.models import build_model
+    from sjunet.models.external import build_arch
 
     ckpt = load_checkpoint(path, ANN_KIND)
+    arch = ckpt.get("arch")
+    if arch is not None:
+        factory = str(arch.get("factory"))
+        if not factory.startswith(TRUSTED_ARCHITECTURES) and factory != trust_arch:
+            raise ArtifactError(f"{path}: the checkpoint's architecture is {factory}, which sjunet does not build "
+                                f"unasked; pass --arch {factory} to trust it")
     try:
-        model = build_model(ckpt["model_config"])
+        model = build_arch(arch["factory"], arch.get("kwargs")) if arch is not None else build_model(ckpt["model_config"])
         model.load_state_dict(ckpt["state_dict"])
     except (KeyError, RuntimeError, TypeError) as e:
         raise ArtifactError(f"{path}: the checkpoint does not rebuild its model ({str(e).splitlines()[0]})") from None

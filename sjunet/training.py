@@ -1,4 +1,5 @@
-"""ANN training (``sjunet train``): the U-Net of spec §2 on a task's dataset.
+"""ANN training (``sjunet train``): the U-Net of spec §2 — or any U-Net built by ``arch``
+(``package.module:factory`` + ``arch_kwargs``, e.g. MONAI's BasicUNet) — on a task's dataset.
 
 Paper optimisers are the defaults: RMSprop, lr 1e-3 for segmentation; Adam, lr 1e-5 for
 denoising (both overridable). The loop is :func:`sjunet.loop.fit`: it validates on the dataset's
@@ -25,6 +26,7 @@ from sjunet.loop import (
     train_val_datasets,
 )
 from sjunet.models import UNet, UNetConfig
+from sjunet.models.external import build_arch
 from sjunet.tasks import task_for, task_to_dict
 
 DEFAULT_OPTIMISER = {"segmentation": ("rmsprop", 1e-3), "denoising": ("adam", 1e-5)}
@@ -43,6 +45,9 @@ class TrainOptions:
     depth: int = 4
     batch_norm: bool = False
     up_relu: bool = False
+    pool: str = "avg"
+    arch: str | None = None
+    arch_kwargs: dict = field(default_factory=dict)
     seed: int = 0
     device: str = "cpu"
     max_minutes: float | None = None
@@ -67,8 +72,15 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
         task = task_for(train_ds)
         out_channels = task.num_classes if task.kind == "segmentation" else train_ds.in_channels
-        config = UNetConfig(train_ds.in_channels, out_channels, opts.width, opts.depth, opts.batch_norm, opts.up_relu)
-        model = UNet(config).to(opts.device)
+        if opts.arch is not None:
+            config = None
+            model = build_arch(opts.arch, opts.arch_kwargs).to(opts.device)
+            arch = {"factory": opts.arch, "kwargs": dict(opts.arch_kwargs)}
+        else:
+            config = UNetConfig(train_ds.in_channels, out_channels, opts.width, opts.depth, opts.batch_norm,
+                                opts.up_relu, opts.pool)
+            model = UNet(config).to(opts.device)
+            arch = None
         opt_name, default_lr = DEFAULT_OPTIMISER[task.kind]
         opt_name = opts.optimizer or opt_name
         lr = opts.lr if opts.lr is not None else default_lr
@@ -86,7 +98,8 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         def save_best(entry: dict, history: list) -> None:
             torch_save_atomic({
                 "kind": ANN_KIND,
-                "model_config": config.to_dict(),
+                "model_config": config.to_dict() if config is not None else None,
+                "arch": arch,
                 "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "fingerprint": model_fingerprint(model),
                 "task": task_to_dict(task),
@@ -104,7 +117,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
 
         identity = {"dataset": opts.dataset, "dataset_options": dict(opts.dataset_options),
                     "batch_size": opts.batch_size, "optimizer": opt_name, "lr": lr, "seed": opts.seed,
-                    "model_config": config.to_dict()}
+                    "model_config": config.to_dict() if config is not None else arch}
         summary = fit(model, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, last=last,
                       kind=ANN_KIND + "-last", resume=resume, identity=identity, output=output,
                       started=started)

@@ -15,7 +15,7 @@ def test_smoke_profile(name, tmp_path, monkeypatch, capsys):
     assert "|" in out  # a Markdown table was printed
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
-            "ablation": "ablation"}[name]
+            "ablation": "ablation", "zoo": "zoo"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table

@@ -107,9 +107,12 @@ def load_model(path: str | Path | None = None, arch: str | None = None, arch_kwa
     ``weights`` (a state_dict file). Returns ``(model in eval mode, info)``."""
     from sjunet.io import file_fingerprint, load_ann
 
+    if arch is not None and path is not None:
+        if weights is not None:
+            raise ValueError("give -m/--model (an sjunet checkpoint) or --arch with --weights, not both")
+        model, ckpt = load_ann(path, trust_arch=arch)  # --arch confirms the checkpoint's own factory
+        return model, _info(path, ckpt)
     if arch is not None:
-        if path is not None:
-            raise ValueError("give either -m/--model (an sjunet checkpoint) or --arch with --weights, not both")
         kwargs = parse_arch_kwargs(arch_kwargs)
         model = build_arch(arch, kwargs)
         source = {"arch": arch, "arch_kwargs": kwargs}
@@ -123,5 +126,13 @@ def load_model(path: str | Path | None = None, arch: str | None = None, arch_kwa
     if path is None:
         raise ValueError("give -m/--model (an sjunet checkpoint) or --arch with --weights")
     model, ckpt = load_ann(path)
-    return model, ModelInfo({"path": str(path), "file": file_fingerprint(path)}, ckpt["fingerprint"],
-                            ckpt.get("task"), ckpt.get("model_config"), ckpt)
+    return model, _info(path, ckpt)
+
+
+def _info(path, ckpt: dict) -> ModelInfo:
+    from sjunet.io import file_fingerprint
+
+    source = {"path": str(path), "file": file_fingerprint(path)}
+    if ckpt.get("arch"):
+        source.update(arch=ckpt["arch"]["factory"], arch_kwargs=ckpt["arch"].get("kwargs"))
+    return ModelInfo(source, ckpt["fingerprint"], ckpt.get("task"), ckpt.get("model_config"), ckpt)

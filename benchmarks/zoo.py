@@ -1,0 +1,182 @@
+"""The U-Nets people already have (spec §11): MONAI BasicUNet, MONAI UNet (residual units),
+segmentation_models_pytorch Unet(resnet18) and sjunet's own U-Net with MaxPool, each trained
+briefly, then calibrated → converted (connection- and layer-wise, MT) → evaluated at several T →
+fine-tuned at T = 5, beside SpikingJelly's stock ``RateCodingRecipe`` where it converts at all.
+
+    python -m sjunet.benchmarks zoo --profile smoke|cpu|paper [--data ../shared/data] [--device cuda]
+
+Every stage is cached per architecture under ``results/zoo-<profile>/<arch>/`` (ANN, statistics)
+and a finished architecture's row is reused when the settings and the ANN are unchanged, so an
+interrupted run resumes where it stopped (delete an architecture's directory to run it again).
+``--dataset`` picks another binary segmentation set than the profile's.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+#: name -> (architecture factory or None for sjunet's U-Net, kwargs given the base width w)
+ARCHITECTURES = {
+    "sjunet-maxpool": (None, lambda w, d: {}),
+    "monai-BasicUNet": ("monai.networks.nets:BasicUNet", lambda w, d: dict(
+        spatial_dims=2, in_channels=1, out_channels=2, act="relu", norm="batch",
+        features=(w, w, 2 * w, 4 * w, 8 * w, w))),
+    "monai-UNet-residual": ("monai.networks.nets:UNet", lambda w, d: dict(
+        spatial_dims=2, in_channels=1, out_channels=2, channels=tuple(w * 2 ** i for i in range(d + 1)),
+        strides=(2,) * d, num_res_units=2, act="relu", norm="batch")),
+    "smp-Unet-resnet18": ("segmentation_models_pytorch:Unet", lambda w, d: dict(  # width 16: smp's defaults
+        encoder_name="resnet18", encoder_weights=None, in_channels=1, classes=2,
+        decoder_channels=tuple(w * 2 ** i for i in reversed(range(5))))),
+}
+
+PROFILES = {
+    "smoke": dict(dataset="demo-seg", data_options={"size": 32, "num_items": 8}, train_options={},
+                  width=4, depth=3, epochs=12, train_minutes=None, T=[2, 4, 8], layer_T=4, ft_T=2, ft_epochs=1,
+                  ft_minutes=None, limit=2, batch=4, lr=5e-3, stock_T=[4, 8]),
+    "cpu": dict(dataset="em", data_options={}, train_options={"crop": 128, "samples_per_epoch": 160},
+                width=16, depth=4, epochs=200, train_minutes=4.0, T=[5, 10, 20, 50], layer_T=20, ft_T=5,
+                ft_epochs=50, ft_minutes=2.0, limit=5, batch=4, lr=1e-3, stock_T=[20, 50]),
+    "paper": dict(dataset="em", data_options={}, train_options={"crop": 256, "samples_per_epoch": 400},
+                  width=64, depth=4, epochs=200, train_minutes=10.0, T=[5, 10, 20, 50], layer_T=20, ft_T=5,
+                  ft_epochs=100, ft_minutes=5.0, limit=None, batch=8, lr=1e-3, stock_T=[20, 50]),
+}
+
+
+def _ann(name: str, p: dict, out: Path, data, device: str):
+    """The architecture's ANN: cached in ``out/ann.pt`` when trained with the same options."""
+    import json
+    from dataclasses import asdict
+
+    from sjunet.io import load_ann
+    from sjunet.training import TrainOptions, train
+
+    factory, kwargs = ARCHITECTURES[name]
+    path = out / "ann.pt"
+    arch = dict(arch=factory, arch_kwargs=kwargs(p["width"], p["depth"])) if factory else dict(
+        pool="max", width=p["width"], depth=p["depth"])
+    opts = TrainOptions(dataset=p["dataset"], data=data, output=str(path), epochs=p["epochs"], batch_size=p["batch"],
+                        optimizer="adam", lr=p["lr"], max_minutes=p["train_minutes"], device=device, seed=0,
+                        dataset_options={**p["data_options"], **p["train_options"]}, **arch)
+    same = {k: v for k, v in json.loads(json.dumps(asdict(opts))).items() if k not in ("output", "device", "data")}
+    if path.exists():
+        ann, ckpt = load_ann(path)
+        if {k: ckpt["options"].get(k) for k in same} == same:
+            return ann, ckpt
+    train(opts, progress=False, force=True)
+    return load_ann(path)
+
+
+def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
+    from torch.utils.data import DataLoader
+
+    from sjunet.data import get_dataset
+    from sjunet.evaluation import evaluate_snn, size_multiple
+    from sjunet.flow import FinetuneOptions, finetune
+    from sjunet.recipe import convert, convert_stock, load_snn, save_snn
+    from sjunet.tasks import task_for
+
+    from .common import cached_stats
+
+    t0 = time.perf_counter()
+    ann, ckpt = _ann(name, p, out, data, device)
+    minutes = {"train": ckpt.get("history", [{}])[-1].get("minutes")}
+    stats = cached_stats(ann, out / "stats.h5", p["dataset"], data, p["data_options"], device)
+    test = get_dataset(p["dataset"], data, "test", **p["data_options"])
+    task = task_for(test)
+    ev = dict(reference=ann, limit=p["limit"], progress=False, device=device, multiple=size_multiple(ann, 1))
+    row: dict = {"arch": name, "ann_fingerprint": ckpt["fingerprint"], "params": sum(x.numel() for x in ann.parameters())}
+    paths = {}
+    for norm in ("connection", "layer"):
+        snn = convert(ann, stats, norm=norm, neuron="mt")
+        snn.sjunet_task = ckpt.get("task")
+        paths[norm] = save_snn(snn, out / f"snn_{norm}.safetensors", {"model": str(out / "ann.pt")})
+        T = p["T"] if norm == "connection" else [p["layer_T"]]
+        row[norm] = evaluate_snn(snn, test, T, task, **ev)
+        row["gains"] = len(snn.sjunet_conversion["gains"]) if norm == "connection" else row["gains"]
+        row["spiking_maxpools"] = sum(v["type"] == "SpikingMaxPool2d" for v in snn.sjunet_graph["modules"].values())
+    row["ann"] = row["connection"]["ann"]
+    t1 = time.perf_counter()
+    ft_path = out / f"snn_ft_T{p['ft_T']}.safetensors"
+    s = finetune(FinetuneOptions(snn=str(paths["connection"]), dataset=p["dataset"], data=data, output=str(ft_path),
+                                 T=p["ft_T"], epochs=p["ft_epochs"], batch_size=p["batch"], max_minutes=p["ft_minutes"],
+                                 device=device, dataset_options={**p["data_options"], **p["train_options"]}),
+                 progress=False, force=True)
+    minutes["finetune"] = (time.perf_counter() - t1) / 60
+    row["finetuned"] = evaluate_snn(load_snn(ft_path)[0], test, [p["ft_T"]], task, **ev)
+    row["finetune"] = {"improved": s["improved"], "best_at": s["best"]["at"], "steps": s.get("step")}
+    try:
+        train = get_dataset(p["dataset"], data, "train", **p["data_options"])
+        peer = convert_stock(ann, DataLoader(train, batch_size=2), mode="99.9%")
+        row["stock"] = evaluate_snn(peer, test, p["stock_T"], task, **ev)
+    except Exception as e:  # noqa: BLE001 - the peer's refusal is a result
+        row["stock"], row["stock_error"] = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    minutes["total"] = (time.perf_counter() - t0) / 60
+    row["minutes"] = minutes
+    return row
+
+
+def _lines(row: dict, p: dict, key: str, agree: str) -> str:
+    from .common import ratio
+
+    a = row["ann"][key]
+    conv = row["connection"]["T"]
+    cells = [f"{conv[str(t)][key]:.4f} ({ratio(conv[str(t)][key], a):.3f}, {100 * conv[str(t)].get(agree, float('nan')):.1f} %)"
+             if agree == "agreement" else f"{conv[str(t)][key]:.4f} ({ratio(conv[str(t)][key], a):.3f})" for t in p["T"]]
+    lay = row["layer"]["T"][str(p["layer_T"])][key]
+    ft = row["finetuned"]["T"][str(p["ft_T"])][key]
+    if row["stock"] is None:
+        stock = "refused¹"
+    else:
+        stock = ", ".join(f"{row['stock']['T'][str(t)][key]:.4f} (T={t})" for t in p["stock_T"])
+    return (f"| {row['arch']} | {a:.4f} | " + " | ".join(cells) + f" | {lay:.4f} ({ratio(lay, a):.3f}) | "
+            f"{ft:.4f} ({ratio(ft, a):.3f}) | {stock} |")
+
+
+def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    """The zoo table on the profile's dataset (or ``dataset``)."""
+    from sjunet.io import load_ann
+
+    from .common import RESULTS, write_results
+    from .paper_tables import _previous_rows
+
+    p = dict(PROFILES[profile])
+    if dataset is not None:
+        p["dataset"] = dataset
+    previous = _previous_rows("zoo", profile, p, key="arch")
+    rows = []
+    for name in ARCHITECTURES:
+        out = RESULTS / f"zoo-{profile}" / name
+        out.mkdir(parents=True, exist_ok=True)
+        prev = previous.get(name)
+        if prev is not None and (out / "ann.pt").exists() and load_ann(out / "ann.pt")[1]["fingerprint"] == prev[
+                "ann_fingerprint"]:
+            rows.append(prev)
+            continue
+        rows.append(_row(name, p, out, data, device))
+        write_results("zoo", profile, _table(rows, p), {"profile": profile, "settings": p, "rows": rows})
+    table = _table(rows, p)
+    path = write_results("zoo", profile, table, {"profile": profile, "settings": p, "rows": rows})
+    return {"table": table, "rows": rows, "path": str(path)}
+
+
+def _table(rows: list[dict], p: dict) -> str:
+    first = rows[0]["ann"]
+    f1 = [k for k in first if k.startswith("f1_")]
+    key = min(f1, key=lambda k: first[k]) if f1 else "psnr"
+    agree = "agreement" if f1 else "psnr_vs_reference"
+    lines = [f"Zoo on {p['dataset']} ({key}; cells: value (× ANN, pixel agreement with the ANN); width {p['width']}, "
+             f"ANN {p['train_minutes']} min, fine-tuning {p['ft_minutes']} min at T = {p['ft_T']})", "",
+             "| architecture | ANN | " + " | ".join(f"conn. MT T={t}" for t in p["T"]) +
+             f" | layer MT T={p['layer_T']} | fine-tuned T={p['ft_T']} | stock RateCodingRecipe |",
+             "|---|---|" + "---|" * (len(p["T"]) + 3)]
+    lines += [_lines(r, p, key, agree) for r in rows]
+    notes = [f"{r['arch']}: {r['stock_error']}" for r in rows if r.get("stock_error")]
+    if notes:
+        lines += ["", "¹ SpikingJelly's stock converter refused: " + "; ".join(notes)]
+    lines += ["", "| architecture | parameters | gains | spiking max-pools | minutes (train / fine-tune / total) |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        m = r["minutes"]
+        lines.append(f"| {r['arch']} | {r['params']:,} | {r['gains']} | {r['spiking_maxpools']} | "
+                     f"{(m.get('train') or 0):.1f} / {m['finetune']:.1f} / {m['total']:.1f} |")
+    return "\n".join(lines)

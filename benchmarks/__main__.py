@@ -9,10 +9,11 @@ BENCHMARKS = {
     "flow": ".flow_vs_bptt",
     "conversion": ".conversion",
     "finetune": ".finetune_table",
+    "ftrecipe": (".finetune_table", "recipe"),
     "step_cost": ".step_cost",
     "tables12": (".paper_tables", "tables12"),
     "ladders": (".paper_tables", "ladders"),
-    "energy": (".paper_tables", "energy"),
+    "energy": ".energy_frontier",
     "ablation": (".paper_tables", "ablation"),
     "zoo": ".zoo",
 }

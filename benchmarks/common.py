@@ -78,8 +78,8 @@ def cached_stats(ann, path: str | os.PathLike, dataset: str, data, options: dict
 
 def write_metric_figure(name: str, profile: str, results: dict, metric: str, title: str) -> Path:
     """``<name>-<profile>.png`` beside the table: ``metric`` against T, one line per evaluated SNN
-    (label -> an ``evaluate_snn`` result), the ANN dashed (``sjunet.plots.metric_vs_T``)."""
-    from sjunet.plots import metric_vs_T
+    (label -> an ``evaluate_snn`` result), the ANN dashed (``sjunet.curves.metric_vs_T``)."""
+    from sjunet.curves import metric_vs_T
 
     path = RESULTS / f"{name}-{profile}.png"
     metric_vs_T(list(results.values()), metric=metric, output=path, labels=list(results), title=title)

@@ -1,76 +1,215 @@
-"""Fine-tuning table: ANN, converted SNN and spiking-flow fine-tuned SNN at several short T.
+"""Fine-tuning benchmarks (the issue "fine-tuning that always helps").
 
-For each T: convert (connection-wise, MT), evaluate on the test split, fine-tune with spiking
-flow on training crops (best epoch chosen on the validation split carved from the training
-images), evaluate again on the test split. Agreement is with the ANN's predictions.
+* ``finetune`` — per dataset (EM, DRIVE, BSD68 σ = 25, CamSeq01 in the cpu profile): ANN vs
+  converted (connection-wise, MT) vs spiking-flow fine-tuned SNN at T = 1, 2, 4 and the dataset's
+  target T, with the library's default recipe (:class:`sjunet.flow.FinetuneOptions`), the
+  minutes each fine-tuning took, and whether it improved on its input (it is never worse on the
+  validation split by construction).
+* ``ftrecipe`` — the ablation that chose that recipe: objective (label loss, distillation from the
+  ANN, both) × learning rate (fixed or ``auto``), on DRIVE (the retinal set where width 64 broke
+  the old default) at T = 4, at widths 16 and 64.
 
-    python -m sjunet.benchmarks finetune --profile cpu --model runs/em/ann.pt --data ../shared/data
+The ANNs and statistics are those of the paper tables (``benchmarks/results/<profile>/<dataset>/``,
+trained there if missing); every (dataset, T) row is cached in the results JSON, so an interrupted
+run resumes where it stopped.
+
+    python -m sjunet.benchmarks finetune --profile cpu --data ../shared/data [--dataset em,drive]
+    python -m sjunet.benchmarks ftrecipe --profile cpu --data ../shared/data
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import asdict
 
 PROFILES = {
-    "smoke": dict(dataset="demo-seg", T=[2], epochs=1, minutes=None, batch=4, lr=1e-3, limit=2,
-                  dataset_options={"size": 32, "num_items": 8}, train_options={}),
-    "cpu": dict(dataset="em", T=[10, 5, 3, 2], epochs=15, minutes=3.0, batch=4, lr=1e-4, limit=None,
-                dataset_options={}, train_options={"crop": 128, "samples_per_epoch": 80}),
-    "paper": dict(dataset="em", T=[10, 5, 3, 2], epochs=40, minutes=None, batch=4, lr=1e-4, limit=None,
-                  dataset_options={}, train_options={"crop": 128, "samples_per_epoch": 160}),
+    "smoke": dict(datasets=["demo-seg", "demo-denoise"], T=[1, 2], extra_T={}, ann_profile="smoke", ft_minutes=0.05,
+                  ft_epochs=1, batch=4, limit=2, val_limit=2),
+    "cpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
+                ann_profile="cpu", ft_minutes=3.0, ft_epochs=50, batch=4, limit=5, val_limit={"drive": 128, "*": 3}),
+    "paper": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
+                  ann_profile="paper", ft_minutes=10.0, ft_epochs=100, batch=8, limit=None, val_limit=None),
+}
+
+#: the recipe ablation: per width, the objectives and learning rates tried ("auto": lr_range_test)
+RECIPE_PROFILES = {
+    "smoke": dict(dataset="demo-seg", T=2, iters=6, val_limit=2, ann_profile="smoke", ann_minutes=0.3, trial_iters=2,
+                  arms=[dict(width=8, losses=["label", "both"], lrs=[1e-4, "auto"], limit=2)]),
+    "cpu": dict(dataset="drive", T=4, iters=150, val_limit=128, ann_profile="cpu", ann_minutes=12.0, trial_iters=20,
+                arms=[dict(width=16, losses=["label", "distill", "both"], lrs=[1e-5, 1e-4, 1e-3, "auto"], limit=3),
+                      dict(width=64, losses=["label", "both"], lrs=[1e-5, 1e-4, "auto"], limit=1)]),
+    "paper": dict(dataset="drive", T=4, iters=600, val_limit=None, ann_profile="paper", ann_minutes=30.0,
+                  trial_iters=40,
+                  arms=[dict(width=w, losses=["label", "distill", "both"], lrs=[1e-5, 1e-4, 1e-3, "auto"], limit=None)
+                        for w in (16, 64)]),
 }
 
 
-def run(profile: str = "cpu", model: str | None = None, data: str | None = None, device: str = "cpu") -> dict:
+def val_limit(setting, dataset: str):
+    """A profile's validation limit for ``dataset``: a number, or per dataset (``"*"``: the rest).
+    DRIVE validates on 48x48 patches, the others on whole images."""
+    return setting.get(dataset, setting.get("*")) if isinstance(setting, dict) else setting
+
+
+def _finetune(snn_path, out, d: dict, data, T: int, device: str, budget: dict, **recipe) -> dict:
+    from sjunet.flow import FinetuneOptions, finetune
+
+    t0 = time.perf_counter()
+    opts = FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(out), T=T,
+                           batch_size=budget["batch"], device=device, val_limit=budget.get("val_limit"),
+                           epochs=budget.get("epochs", 50), max_minutes=budget.get("minutes"),
+                           max_iters=budget.get("iters"), dataset_options=d["train_opts"], **recipe)
+    s = finetune(opts, progress=False, force=True)
+    return {"minutes": (time.perf_counter() - t0) / 60, "improved": s["improved"], "kept": s["kept"],
+            "lr": s["lr"], "lr_trials": s["lr_trials"], "steps": s["step"],
+            "val_before": s["baseline"]["score"], "val_after": s["best"]["score"], "options": asdict(opts)}
+
+
+def _key(ann_metrics: dict) -> str:
+    f1 = [k for k in ann_metrics if k.startswith("f1_")]
+    return min(f1, key=lambda k: ann_metrics[k]) if f1 else ("miou" if "miou" in ann_metrics else "psnr")
+
+
+def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
-    from sjunet.flow import FinetuneOptions, finetune
-    from sjunet.recipe import convert, load_snn
+    from sjunet.recipe import convert, load_snn, save_snn
     from sjunet.tasks import task_for
 
-    from .common import RESULTS, hard_key, ratio, write_results
-    from .conversion import _model, _stats
+    from .common import RESULTS, write_results
+    from .paper_tables import _eval_options, _prepare, _previous_rows
 
-    p = dict(PROFILES[profile])
-    out = RESULTS / f"finetune-{profile}"
-    out.mkdir(parents=True, exist_ok=True)
-    p.setdefault("train_epochs", 2)
-    model, ann, ckpt = _model(p, model, out, data)
-    stats, _ = _stats(ann, model, p, data, out, device)
-    test = get_dataset(p["dataset"], data, "test", **p["dataset_options"])
-    task = task_for(test)
-    rows = []
-    for T in p["T"]:
-        snn_path = out / f"snn_T{T}.safetensors"
-        convert(ann, stats, norm="connection", neuron="mt", output=snn_path, sources={"model": model})
-        snn, _ = load_snn(snn_path)
-        before = evaluate_snn(snn, test, [T], task, reference=ann, limit=p["limit"], multiple=ann.size_multiple,
-                              progress=False, device=device)
-        t0 = time.perf_counter()
-        s = finetune(FinetuneOptions(snn=str(snn_path), dataset=p["dataset"], data=data, output=str(out / f"ft_T{T}.safetensors"),
-                                     T=T, epochs=p["epochs"], batch_size=p["batch"], lr=p["lr"], device=device,
-                                     max_minutes=p["minutes"], dataset_options={**p["dataset_options"], **p["train_options"]}),
-                     progress=False, force=True)
-        minutes = (time.perf_counter() - t0) / 60
-        ft, _ = load_snn(out / f"ft_T{T}.safetensors")
-        after = evaluate_snn(ft, test, [T], task, reference=ann, limit=p["limit"], multiple=ann.size_multiple,
-                             progress=False, device=device)
-        rows.append({"T": T, "ann": before["ann"], "converted": before["T"][str(T)], "finetuned": after["T"][str(T)],
-                     "minutes": minutes, "steps": s.get("step"), "best": s.get("best"), "improved": s.get("improved")})
-    keys = [k for k in rows[0]["ann"] if k.startswith("f1_")] or ["psnr", "ssim"]
-    agree = "agreement" if task.kind == "segmentation" else "psnr_vs_reference"
-    rk = hard_key(rows[0]["ann"], keys)
-    lines = [f"Spiking-flow fine-tuning on {p['dataset']} ({profile} profile, device {device}; lr {p['lr']} cosine, "
-             f"batch {p['batch']}, {p['train_options']})", "",
-             "| T | model | " + " | ".join(keys) + f" | {agree} | {rk} SNN/ANN | fine-tune min |",
-             "|---|---|" + "---|" * (len(keys) + 3)]
-    for r in rows:
-        for name in ("ann", "converted", "finetuned"):
-            m = r[name]
-            lines.append(f"| {r['T']} | {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) +
-                         f" | {m.get(agree, float('nan')):.4f} | {ratio(m[rk], r['ann'][rk]):.3f} | "
-                         + (f"{r['minutes']:.1f} |" if name == "finetuned" else " |"))
-    table = "\n".join(lines)
-    path = write_results("finetune", profile, table, {"profile": profile, "settings": p, "model": model,
-                                                      "model_fingerprint": ckpt.get("fingerprint"), "rows": rows})
+    p = PROFILES[profile]
+    names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]
+    previous = {(r["dataset"], r["T"]): r for r in _previous_rows("finetune", profile, p, key="id").values()}
+    rows: list[dict] = []
+    for name in names:
+        pa, _, d, ann, stats = _prepare(p["ann_profile"], name, data, device)
+        ev = {**_eval_options({**pa, "limit": p["limit"]}, ann, device)}
+        test = get_dataset(d["test"], data, "test", **d["test_opts"])
+        task = task_for(test)
+        out = RESULTS / p["ann_profile"] / name / "finetune"
+        out.mkdir(parents=True, exist_ok=True)
+        for T in p["T"] + p["extra_T"].get(name, []):
+            prev = previous.get((name, T))
+            if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint:
+                rows.append(prev)
+                continue
+            snn = convert(ann, stats)
+            path = save_snn(snn, out / f"snn_T{T}.safetensors")
+            conv = evaluate_snn(snn, test, [T], task, **ev)
+            ft = _finetune(path, out / f"ft_T{T}.safetensors", d, data, T, device,
+                           {"batch": p["batch"], "val_limit": val_limit(p["val_limit"], name), "epochs": p["ft_epochs"],
+                            "minutes": p["ft_minutes"]})
+            after = evaluate_snn(load_snn(out / f"ft_T{T}.safetensors")[0], test, [T], task, **ev)
+            rows.append({"id": f"{name}@{T}", "dataset": name, "T": T, "ann_fingerprint": stats.model_fingerprint,
+                         "ann": conv["ann"], "converted": conv["T"][str(T)], "finetuned": after["T"][str(T)], **ft})
+            write_results("finetune", profile, _table(rows, p, profile), {"profile": profile, "settings": p,
+                                                                           "rows": rows})
+    table = _table(rows, p, profile)
+    path = write_results("finetune", profile, table, {"profile": profile, "settings": p, "rows": rows})
     return {"table": table, "rows": rows, "path": str(path)}
+
+
+def _table(rows: list[dict], p: dict, profile: str) -> str:
+    from .common import ratio
+
+    lines = [f"Spiking-flow fine-tuning ({profile} profile; default recipe; budget {p['ft_minutes']} min per T; "
+             "cells: value (× ANN))", "",
+             "| dataset | metric | T | ANN | converted | fine-tuned | improved on its input | lr | minutes |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        k = _key(r["ann"])
+        a, c, f = r["ann"][k], r["converted"][k], r["finetuned"][k]
+        lines.append(f"| {r['dataset']} | {k} | {r['T']} | {a:.4f} | {c:.4f} ({ratio(c, a):.3f}) | "
+                     f"{f:.4f} ({ratio(f, a):.3f}) | {'yes' if r['improved'] else 'no (input kept)'} | "
+                     f"{r['lr']:g} | {r['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def _width_ann(rp: dict, width: int, data, device: str, profile: str):
+    """The recipe ablation's ANN of ``width`` on its dataset (cached) and its statistics."""
+    from sjunet.io import load_ann
+    from sjunet.training import TrainOptions, train
+
+    from .common import RESULTS, cached_stats
+    from .paper_tables import DATASETS, PROFILES as ANN_PROFILES
+
+    d = DATASETS[rp["dataset"]]
+    if width == ANN_PROFILES[rp["ann_profile"]]["width"]:  # the paper tables' ANN of this dataset
+        from .paper_tables import _prepare
+
+        _, name, d, ann, stats = _prepare(rp["ann_profile"], rp["dataset"], data, device)
+        out = RESULTS / rp["ann_profile"] / name / "ftrecipe"
+        out.mkdir(parents=True, exist_ok=True)
+        return ann, stats, out, d
+    out = RESULTS / f"ftrecipe-{profile}" / f"w{width}"
+    path = out / "ann.pt"
+    minutes = rp["ann_minutes"]
+    if not path.exists():
+        pa = ANN_PROFILES[rp["ann_profile"]]
+        train(TrainOptions(dataset=d["train"], data=data, output=str(path), epochs=pa["epochs"], batch_size=pa["batch"],
+                           width=width, depth=pa["depth"], device=device, max_minutes=minutes, optimizer="adam",
+                           lr=pa["lr"], dataset_options=d["train_opts"], seed=0), progress=False, force=True)
+    ann, _ = load_ann(path)
+    return ann, cached_stats(ann, out / "stats.h5", d["train"], data, d["train_opts"], device), out, d
+
+
+def recipe(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> dict:
+    """The fine-tuning recipe ablation (module docstring)."""
+    from sjunet.data import get_dataset
+    from sjunet.evaluation import evaluate_snn
+    from sjunet.recipe import convert, load_snn, save_snn
+    from sjunet.tasks import task_for
+
+    from .common import write_results
+    from .paper_tables import _previous_rows
+
+    rp = RECIPE_PROFILES[profile]
+    previous = _previous_rows("ftrecipe", profile, rp, key="id")
+    rows: list[dict] = []
+    for arm in rp["arms"]:
+        width = arm["width"]
+        ann, stats, out, d = _width_ann(rp, width, data, device, profile)
+        test = get_dataset(d["test"], data, "test", **d["test_opts"])
+        task = task_for(test)
+        ev = dict(reference=ann, limit=arm["limit"], multiple=ann.size_multiple, progress=False, device=device)
+        T = rp["T"]
+        snn = convert(ann, stats)
+        path = save_snn(snn, out / f"snn_T{T}.safetensors")
+        conv = evaluate_snn(snn, test, [T], task, **ev)
+        for loss in arm["losses"]:
+            for lr in arm["lrs"]:
+                rid = f"w{width}-{loss}-{lr}"
+                prev = previous.get(rid)
+                if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint:
+                    rows.append(prev)
+                    continue
+                ft_path = out / f"ft_{loss}_{lr}.safetensors"
+                ft = _finetune(path, ft_path, d, data, T, device,
+                               {"batch": 4, "val_limit": rp["val_limit"], "iters": rp["iters"], "epochs": 1000},
+                               lr=lr, loss=loss, lr_trial_iters=rp.get("trial_iters", 20))
+                after = evaluate_snn(load_snn(ft_path)[0], test, [T], task, **ev)
+                rows.append({"id": rid, "width": width, "loss": loss, "lr_option": lr, "T": T,
+                             "ann_fingerprint": stats.model_fingerprint, "ann": conv["ann"],
+                             "converted": conv["T"][str(T)], "finetuned": after["T"][str(T)], **ft})
+                write_results("ftrecipe", profile, _recipe_table(rows, rp), {"profile": profile, "settings": rp,
+                                                                               "rows": rows})
+    table = _recipe_table(rows, rp)
+    path = write_results("ftrecipe", profile, table, {"profile": profile, "settings": rp, "rows": rows})
+    return {"table": table, "rows": rows, "path": str(path)}
+
+
+def _recipe_table(rows: list[dict], rp: dict) -> str:
+    from .common import ratio
+
+    lines = [f"Fine-tuning recipe ablation on {rp['dataset']} at T = {rp['T']} ({rp['iters']} iterations each; "
+             "validation = the score the loop keeps (input's → kept); test cells: value (× ANN))", "",
+             "| width | objective | lr | chosen lr | val before → after | test converted | test fine-tuned | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        k = _key(r["ann"])
+        a, c, f = r["ann"][k], r["converted"][k], r["finetuned"][k]
+        lines.append(f"| {r['width']} | {r['loss']} | {r['lr_option']} | {r['lr']:g} | {r['val_before']:.4f} → "
+                     f"{r['val_after']:.4f} | {c:.4f} ({ratio(c, a):.3f}) | {f:.4f} ({ratio(f, a):.3f}) | "
+                     f"{r['minutes']:.1f} |")
+    return "\n".join(lines)

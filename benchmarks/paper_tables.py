@@ -4,7 +4,7 @@
   paper's T and at half of it, the spiking-flow fine-tuned SNN at half T, and the peer — the same
   ANN converted by SpikingJelly's stock ``RateCodingRecipe`` (IF, 99.9 %) — at the same T.
 * ``ladders`` — Table 4: threshold ladders (IF with θ = 2, 1, 0.5; MT with 2–5 thresholds).
-* ``energy`` — Table 5: spikes, synaptic operations and energy of the SNN beside the ANN.
+* (Table 5, energy, is the frontier benchmark ``energy``: :mod:`sjunet.benchmarks.energy_frontier`.)
 
 ANNs are trained once per (profile, dataset) under ``benchmarks/results/<profile>/<dataset>/``
 and reused (delete the folder to retrain); the ``cpu`` profile uses small widths and minute
@@ -251,31 +251,6 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
     path = write_results("ladders", profile, table, {"profile": profile, "dataset": name, "T": Ts,
                                                      "fingerprints": _fingerprints(ann, stats), "test": test.describe(),
                                                      "results": {l: r["T"] for l, r in res.items()}, "ann": a})
-    return {"table": table, "path": str(path)}
-
-
-def energy(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
-    """Table 5: energy per image of the converted and fine-tuned SNN vs the ANN, both conventions."""
-    from sjunet.data import get_dataset
-    from sjunet.energy import count_energy_on, energy_table
-    from sjunet.recipe import convert, load_snn
-
-    from .common import RESULTS, write_results
-
-    p, name, d, ann, stats = _prepare(profile, dataset, data, device)
-    snn = convert(ann, stats)
-    T2 = max(1, d["T"] // 2)
-    parts, payload = [], {}
-    ft_path = RESULTS / profile / name / f"snn_ft_T{T2}.safetensors"
-    test = get_dataset(d["test"], data, "test", **d["test_opts"])
-    for label, net, T in [("converted", snn, d["T"]), ("converted", snn, T2)] + (
-            [("fine-tuned", load_snn(ft_path)[0], T2)] if ft_path.exists() else []):
-        r = count_energy_on(net, test, T, ann=ann, limit=p["limit"] or 5)
-        parts.append(f"### {label} SNN, T = {T}\n\n" + energy_table(r))
-        payload[f"{label} T={T}"] = r.to_dict()
-    table = f"Table 5: energy on {name} ({profile} profile)\n\n" + "\n\n".join(parts)
-    path = write_results("energy", profile, table, {"profile": profile, "dataset": name, "reports": payload,
-                                                    "fingerprints": _fingerprints(ann, stats)})
     return {"table": table, "path": str(path)}
 
 

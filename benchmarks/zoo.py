@@ -31,7 +31,7 @@ ARCHITECTURES = {
 
 PROFILES = {
     "smoke": dict(dataset="demo-seg", data_options={"size": 32, "num_items": 8}, train_options={},
-                  width=4, depth=3, epochs=12, train_minutes=None, T=[2, 4, 8], layer_T=4, ft_T=2, ft_epochs=1,
+                  width=4, depth=3, epochs=8, train_minutes=None, T=[2, 4, 8], layer_T=4, ft_T=2, ft_epochs=1,
                   ft_minutes=None, limit=2, batch=4, lr=5e-3, stock_T=[4, 8]),
     "cpu": dict(dataset="em", data_options={}, train_options={"crop": 128, "samples_per_epoch": 160},
                 width=16, depth=4, epochs=200, train_minutes=4.0, T=[5, 10, 20, 50], layer_T=20, ft_T=5,
@@ -173,7 +173,7 @@ def _table(rows: list[dict], p: dict) -> str:
     notes = [f"{r['arch']}: {r['stock_error']}" for r in rows if r.get("stock_error")]
     if notes:
         lines += ["", "¹ SpikingJelly's stock converter refused: " + "; ".join(notes)]
-    lines += ["", "| architecture | parameters | gains | spiking max-pools | minutes (train / fine-tune / total) |",
+    lines += ["", "| architecture | parameters | gains | spiking max-pools | minutes (training to its best checkpoint / fine-tune / whole row) |",
               "|---|---|---|---|---|"]
     for r in rows:
         m = r["minutes"]

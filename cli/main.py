@@ -363,13 +363,20 @@ def format_result(r: dict) -> str:
 @click.option("--snn", required=True, type=click.Path(exists=True), help="converted SNN from `sjunet convert`")
 @dataset_opt
 @data_opt
-@click.option("--T", "T", default=10, show_default=True, help="time steps to fine-tune (and validate) at")
-@click.option("-o", "--output", default="runs/snn_ft.pt", show_default=True, type=click.Path())
+@click.option("--T", "T", default=10, show_default=True, help="time steps to fine-tune (and validate) at; 1 works")
+@click.option("-o", "--output", default="runs/snn_ft.safetensors", show_default=True, type=click.Path())
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=4, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True, help="paper: 1e-6 (far too slow on CPU budgets)")
+@click.option("--lr", default=None, help="learning rate, or auto (a short trial of 1e-5…3e-4 on the validation split); default: the library's (the paper: 1e-6)")
 @click.option("--optimizer", type=click.Choice(["adam", "rmsprop", "sgd"]), default="adam", show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--loss", type=click.Choice(["label", "distill", "both"]), default=None,
+              help="label loss (Eq. 11/12), distillation from the ANN the SNN came from, or both (default: the library's)")
+@click.option("--layer-weight", type=float, default=None, help="weight of per-layer rate distillation (0: off)")
+@click.option("--warmup", type=int, default=None, help="iterations of linear learning-rate warm-up")
+@click.option("--grad-clip", type=float, default=None, help="clip each step's gradient norm to this")
+@click.option("--energy-penalty", type=float, default=None,
+              help="spike budget: add β × (SOP-convention energy / ANN energy) to the loss (0: off)")
 @click.option("--method", type=click.Choice(["flow", "bptt"]), default="flow", show_default=True,
               help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
 @click.option("--chunk", default=1, show_default=True, help="steps per multi-step chunk of the no-grad simulation (1: single-step mode, memory independent of T)")
@@ -378,15 +385,23 @@ def format_result(r: dict) -> str:
 @_budget_options
 @opt_opt
 @_fail_cleanly
-def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, schedule, method, chunk, seed,
-             device, max_minutes, max_iters, val_every, resume, force, opt):
+def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, schedule, loss, layer_weight, warmup,
+             grad_clip, energy_penalty, method, chunk, seed, device, max_minutes, max_iters, val_every, resume, force,
+             opt):
     """Fine-tune a converted SNN with spiking flow; the output is the best of the input and every validation."""
     from sjunet.flow import FinetuneOptions, finetune as finetune_fn
 
+    if lr is not None and lr != "auto":
+        try:
+            lr = float(lr)
+        except ValueError:
+            raise InputError(f"--lr takes a number or auto, got {lr!r}") from None
+    given = {k: v for k, v in dict(lr=lr, loss=loss, layer_weight=layer_weight, warmup=warmup, grad_clip=grad_clip,
+                                   energy_penalty=energy_penalty).items() if v is not None}
     opts = FinetuneOptions(snn=snn, dataset=dataset, data=data, output=output, T=T, epochs=epochs,
-                           batch_size=batch_size, lr=lr, optimizer=optimizer, schedule=schedule, method=method,
+                           batch_size=batch_size, optimizer=optimizer, schedule=schedule, method=method,
                            chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
-                           device=device, dataset_options=_parse_options(opt))
+                           device=device, dataset_options=_parse_options(opt), **given)
     s = _run_loop(finetune_fn, opts, resume=resume, force=force)
     before, best = s["baseline"], s["best"]
     click.echo(f"{_stop_note(s)}before: {json.dumps(before['val'])}\nbest:   {json.dumps(best['val'])}")
@@ -403,7 +418,7 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
 @main.command()
 @click.option("--task", type=click.Choice(["seg", "denoise"]), default="seg", show_default=True)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
-@click.option("--epochs", default=None, type=int, help="default: 8 (seg) / 6 (denoise)")
+@click.option("--epochs", default=None, type=int, help="default: 30 (seg) / 15 (denoise)")
 @click.option("--T", "T", multiple=True, default=("5,10,20",), show_default=True)
 @click.argument("more_t", nargs=-1, type=int, metavar="")
 @_fail_cleanly
@@ -417,7 +432,7 @@ def demo(task, out, epochs, T, more_t):
 
 @main.group()
 def plot() -> None:
-    """Figures: activation-vs-rate (paper Fig. 3), metric-vs-T, calibration histograms."""
+    """Figures: activation-vs-rate (paper Fig. 3), metric-vs-T, metric-vs-energy, calibration histograms."""
 
 
 @plot.command("activation-vs-rate")
@@ -432,12 +447,14 @@ def plot() -> None:
 @click.option("--style", type=click.Choice(["density", "scatter"]), default="density", show_default=True)
 @click.option("-o", "--output", default="runs/activation_vs_rate.png", show_default=True, type=click.Path(),
               help="PNG, or .svg/.pdf")
+@_force_option
 @opt_opt
 @_fail_cleanly
-def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, style, output, opt):
+def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, style, output, force, opt):
     """ANN activation vs SNN firing rate per neuron, with fitted slope and correlation."""
     from sjunet.plots import plot as plot_fn
 
+    _claim_output(output, force)
     r = plot_fn("activation-vs-rate", model=model, snn=list(snn), dataset=dataset, data=data, T=T,
                 n_images=n_images, layers=list(layers) or None, style=style, output=output,
                 dataset_options=_parse_options(opt))
@@ -450,23 +467,43 @@ def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, styl
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--metric", default=None, help="metric key (default: every f1_* / psnr / miou)")
 @click.option("-o", "--output", default="runs/metric_vs_T.png", show_default=True, type=click.Path())
+@_force_option
 @_fail_cleanly
-def plot_metric_vs_t(results, metric, output):
+def plot_metric_vs_t(results, metric, output, force):
     """Metric against T from `sjunet evaluate` JSON files."""
     from sjunet.plots import plot as plot_fn
 
+    _claim_output(output, force)
     plot_fn("metric-vs-T", results=list(results), metric=metric, output=output)
+    click.echo(f"-> {output}")
+
+
+@plot.command("metric-vs-energy")
+@click.argument("frontiers", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--metric", default=None, help="metric key (default: the hard class's F1, mIoU or PSNR)")
+@click.option("--label", "labels", multiple=True, help="one label per frontier (default: from each SNN's record)")
+@click.option("-o", "--output", default="runs/metric_vs_energy.png", show_default=True, type=click.Path())
+@_force_option
+@_fail_cleanly
+def plot_metric_vs_energy(frontiers, metric, labels, output, force):
+    """Metric against energy (paper, SOP, NeuroBench conventions) from `sjunet energy -o` frontiers."""
+    from sjunet.plots import plot as plot_fn
+
+    _claim_output(output, force)
+    plot_fn("metric-vs-energy", frontiers=list(frontiers), metric=metric, labels=list(labels) or None, output=output)
     click.echo(f"-> {output}")
 
 
 @plot.command("histograms")
 @click.argument("stats", type=click.Path(exists=True))
 @click.option("-o", "--output", default="runs/histograms.png", show_default=True, type=click.Path())
+@_force_option
 @_fail_cleanly
-def plot_histograms(stats, output):
+def plot_histograms(stats, output, force):
     """Per-layer activation histograms from the calibration HDF5, percentile marked."""
     from sjunet.plots import plot as plot_fn
 
+    _claim_output(output, force)
     plot_fn("histograms", stats=stats, output=output)
     click.echo(f"-> {output}")
 
@@ -477,22 +514,30 @@ def plot_histograms(stats, output):
 @dataset_opt
 @data_opt
 @click.option("--split", default="test", show_default=True)
-@click.option("--T", "T", default=20, show_default=True)
+@click.option("--T", "T", multiple=True, default=("1,2,4,8,16",), show_default=True,
+              help="time steps, all from one simulation: --T 1 2 4 8 16 or --T 20")
+@click.argument("more_t", nargs=-1, type=int, metavar="")
 @click.option("--limit", type=int, default=None)
+@click.option("--mode", type=click.Choice(["multi", "step"]), default="step", show_default=True)
 @click.option("--chunk", default=4, show_default=True)
-@click.option("-o", "--output", type=click.Path(), default=None, help="write the report as JSON")
+@click.option("-o", "--output", type=click.Path(), default=None, help="write the frontier as JSON")
+@click.option("--device", default="cpu", show_default=True)
 @_force_option
 @opt_opt
 @_fail_cleanly
-def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, limit, chunk, output, force, opt):
-    """Spike counts, synaptic operations, MACs and energy (both conventions) per image."""
+def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, more_t, limit, mode, chunk, output, device,
+           force, opt):
+    """Metric and energy at every T (spikes, events, synaptic operations, MACs; paper, SOP and NeuroBench
+    conventions beside the ANN): the accuracy–energy frontier."""
     from sjunet.data import get_dataset
-    from sjunet.energy import count_energy_on, energy_table
+    from sjunet.energy import energy_frontier
+    from sjunet.energy_report import frontier_table
     from sjunet.evaluation import check_compatible, check_options
     from sjunet.io import file_fingerprint, provenance, write_json
     from sjunet.recipe import load_snn
 
-    check_options([T], chunk, limit)
+    T = _steps(T, more_t)
+    check_options(T, chunk, limit)
     _claim_output(output, force)
     net, rec = load_snn(snn)
     ann, info = _load_ann(model, arch, arch_kwargs, weights, required=False)
@@ -502,14 +547,15 @@ def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, limi
     if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
         raise InputError(f"the ANN ({info.fingerprint}) is not the one {snn} was converted from "
                          f"({conv.get('ann_fingerprint')}); give that one, or none (MACs from the SNN's graph)")
-    r = count_energy_on(net, ds, T, ann=ann, limit=limit, chunk=chunk)
-    r.meta.update({"snn": {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options")},
-                   "model": info.to_record() if info else None, "split": split,
-                   "dataset": {"name": dataset, **ds.describe()}})
+    r = energy_frontier(net, ds, T, ann=ann, limit=limit, mode=mode, chunk=chunk, device=device)
+    r["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
+                "finetune": bool(rec.get("finetune"))}
+    r["model"] = info.to_record() if info else None
+    r["dataset"] = {"name": dataset, "split": split, **ds.describe()}
     if output is not None:
-        write_json({**r.to_dict(), "provenance": provenance(options={"T": T, "split": split, "limit": limit,
-                                                                      "chunk": chunk})}, output)
-    click.echo(energy_table(r))
+        write_json({**r, "provenance": provenance(options={"T": T, "limit": limit, "mode": mode, "chunk": chunk})},
+                   output)
+    click.echo(frontier_table(r, label="fine-tuned SNN" if rec.get("finetune") else "SNN"))
 
 
 @main.command()

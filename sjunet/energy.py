@@ -25,12 +25,24 @@ Per image, at T time steps, :func:`count_energy` reports
   it is folded at conversion); without it, :func:`conv_macs` over the SNN's own synaptic layers,
   which are the ANN's convolutions.
 
-Energy (Horowitz 2014, 45 nm, fp32: E_MAC = 4.6 pJ, E_AC = 0.9 pJ), in two conventions:
+* **events** per source layer — the non-zero outputs (one graded message per neuron and step,
+  however many thresholds fired) — and the **synaptic events** ``events × fan-out``.
+
+Energy (Horowitz 2014, 45 nm, fp32: E_MAC = 4.6 pJ, E_AC = 0.9 pJ), in three conventions
+(spec §12; none is "the" truth):
 
 * ``paper`` — the paper's Table 5: ``first_layer_macs·E_MAC + spikes·E_AC``: one AC per
   *spike*, whatever its fan-out (its 6.98e-4 J is this);
 * ``sop`` — ``first_layer_macs·E_MAC + SOPs·E_AC``: one AC per spike per synapse reached;
-* ``ann`` — ``ann_macs·E_MAC``; ``ratios`` gives SNN / ANN for both conventions.
+* ``neurobench`` — ``first_layer_macs·E_MAC + events·fan-out·E_MAC``: NeuroBench counts a
+  synaptic operation with a non-binary input as a MAC, so a non-zero graded MT output costs one
+  MAC per synapse it reaches, once per step however many thresholds fired — what a graded-spike
+  chip (one message with a payload) pays;
+* ``ann`` — ``ann_macs·E_MAC``; ``ratios`` gives SNN / ANN for each convention.
+
+Energy is a curve, not a number: :func:`count_energy` takes several T and counts them in one
+simulation (snapshots of the counters), and :func:`energy_frontier` adds the task metric at each
+T from the same simulation (the evaluation's own, patches included) — metric against energy.
 
 Not counted in either convention: the bias current b̃ added to every neuron at every step
 (T·neurons ACs), the neuron updates themselves, and memory traffic (the paper counts none).
@@ -46,7 +58,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from math import prod
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from spikingjelly.activation_based import functional
@@ -63,6 +75,7 @@ E_AC = 0.9e-12
 CONVENTIONS = {
     "paper": "first-layer MACs x E_MAC + spike count x E_AC (the paper's Table 5)",
     "sop": "first-layer MACs x E_MAC + synaptic operations (spikes x fan-out) x E_AC",
+    "neurobench": "first-layer MACs x E_MAC + graded events x fan-out x E_MAC (NeuroBench: non-binary input = MAC)",
     "ann": "ANN MACs x E_MAC",
 }
 
@@ -142,38 +155,66 @@ def _sources(snn: fx.GraphModule) -> dict[str, nn.Module]:
     return {n.target: snn.get_submodule(n.target) for n in snn.graph.nodes if is_source(snn, n)}
 
 
-@torch.no_grad()
-def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 4) -> dict[str, torch.Tensor]:
-    """Simulate ``x`` ([B, C, H, W]) for T steps (multi-step chunks of ``chunk``; 1: single-step)
-    and return every source layer's ``spike_count`` (shape [B, C, H, W]) by module path."""
-    if T < 1:
-        raise ValueError(f"T must be a positive integer, got {T}")
-    sources = _sources(snn)
-    if not any(kind_of(snn, n) == "neuron" for n in snn.graph.nodes):
-        raise EnergyError("the SNN has no neuron layer to count spikes of")
-    flags = {name: (getattr(m, "record", False), m.record_spikes) for name, m in sources.items()}
-    functional.reset_net(snn)
-    try:
-        for m in sources.values():
+class counting:
+    """Context: every source of ``snn`` counts spikes and events (``record_spikes``); restored after."""
+
+    def __init__(self, snn: fx.GraphModule) -> None:
+        self.sources = _sources(snn)
+        if not any(kind_of(snn, n) == "neuron" for n in snn.graph.nodes):
+            raise EnergyError("the SNN has no neuron layer to count spikes of")
+
+    def __enter__(self) -> "counting":
+        self.flags = {name: m.record_spikes for name, m in self.sources.items()}
+        for m in self.sources.values():
             m.record_spikes = True
-        run_steps(snn, x, T, chunk)
-        counts = {name: m.spike_count for name, m in sources.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, m in self.sources.items():
+            m.record_spikes = self.flags[name]
+
+    def snapshot(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(spike_count, event_count) of every source, each [B, C, H, W], by module path."""
+        out = {}
+        for name, m in self.sources.items():
+            if not isinstance(m.spike_count, torch.Tensor):
+                raise EnergyError(f"source layer {name!r} recorded no spike count")
+            out[name] = (m.spike_count.detach().clone(), m.event_count.detach().clone())
+        return out
+
+
+@torch.no_grad()
+def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int | Sequence[int], chunk: int = 4):
+    """Simulate ``x`` ([B, C, H, W]) for max(T) steps (multi-step chunks of ``chunk``; 1:
+    single-step) and return every source layer's spike counts (shape [B, C, H, W]) by module path;
+    for several T, ``{t: {path: (spikes, events)}}`` snapshots of one simulation."""
+    steps = sorted({int(t) for t in ([T] if isinstance(T, int) else T)})
+    if not steps or steps[0] < 1:
+        raise ValueError(f"T must be positive integers, got {T}")
+    functional.reset_net(snn)
+    snaps: dict[int, dict] = {}
+    try:
+        with counting(snn) as c:
+            t = 0
+            for target in steps:
+                run_steps(snn, x, target - t, chunk)
+                t = target
+                snaps[target] = c.snapshot()
     finally:
-        for name, m in sources.items():
-            if hasattr(m, "record"):
-                m.record = flags[name][0]
-            m.record_spikes = flags[name][1]
         functional.reset_net(snn)
-    return counts
+    if isinstance(T, int):
+        return {name: spikes for name, (spikes, _) in snaps[steps[0]].items()}
+    return snaps
 
 
 @dataclass
 class LayerEnergy:
-    """One neuron layer (``name``: its module path, as in the conversion record's ``neuron``
-    field and :mod:`sjunet.flow`), per image: ``neurons``, ``spikes`` (threshold spikes), ``rate`` (spikes
-    per neuron per step), ``fanout_mean`` (structural synapses per neuron, averaged over the
-    layer's neurons — independent of the data), ``sops`` (Σ spikes × fan-out at their
-    position) and the terminal synaptic layers reached (``targets``: layer → mean fan-out)."""
+    """One source layer (``name``: its module path), per image: ``neurons``, ``spikes``
+    (threshold spikes), ``rate`` (spikes per neuron per step), ``events`` (non-zero outputs),
+    ``nonzero`` (events per neuron per step: the fraction of non-zero outputs), ``fanout_mean``
+    (structural synapses per neuron, averaged over the layer), ``sops`` (Σ spikes × fan-out at
+    their position), ``synaptic_events`` (Σ events × fan-out) and the terminal layers reached
+    (``targets``: layer → mean fan-out)."""
 
     name: str
     neurons: float
@@ -182,6 +223,9 @@ class LayerEnergy:
     fanout_mean: float
     sops: float
     targets: dict[str, float] = field(default_factory=dict)
+    events: float = 0.0
+    nonzero: float = 0.0
+    synaptic_events: float = 0.0
 
 
 @dataclass
@@ -189,10 +233,10 @@ class EnergyReport:
     """Per-image averages over ``images`` images at ``T`` steps; energies in joules.
 
     ``energy_paper_J`` = first_layer_macs·e_mac + spikes·e_ac (the paper's Table 5);
-    ``energy_sop_J`` = first_layer_macs·e_mac + sops·e_ac; ``energy_ann_J`` = ann_macs·e_mac;
-    ``ratios`` = {'paper': paper/ann, 'sop': sop/ann}. ``first_layer_macs`` counts the analog
-    first layer once per image (static coding, cached); ``first_layer_macs_every_step`` is T
-    times that (an implementation that recomputes it every step; not used in the energies).
+    ``energy_sop_J`` = first_layer_macs·e_mac + sops·e_ac; ``energy_neurobench_J`` =
+    first_layer_macs·e_mac + synaptic_events·e_mac; ``energy_ann_J`` = ann_macs·e_mac;
+    ``ratios`` = SNN / ANN per convention. ``first_layer_macs`` counts the analog part once per
+    image (static coding, cached); ``first_layer_macs_every_step`` is T times that.
     """
 
     T: int
@@ -210,6 +254,9 @@ class EnergyReport:
     e_ac: float = E_AC
     first_layer_macs_every_step: float = 0.0
     meta: dict = field(default_factory=dict)
+    events: float = 0.0
+    synaptic_events: float = 0.0
+    energy_neurobench_J: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -222,118 +269,130 @@ class EnergyReport:
 class _Structure:
     fanout: dict[str, FanOut]
     first_macs: int
-    ann_macs: int | None
+    ann_macs: int
 
 
-def _structure(snn, ann, shape) -> _Structure:
-    shapes = node_shapes(snn, shape)
-    return _Structure(fanout_maps(snn, shape, shapes), sum(analog_macs(snn, shapes).values()),
-                      ann_macs(ann, shape) if ann is not None else graph_macs(snn, shapes))
+class EnergyTally:
+    """Accumulates spike/event counts of images (of any sizes) into an :class:`EnergyReport`;
+    structures (fan-out maps, MACs) are computed once per input size."""
+
+    def __init__(self, snn: fx.GraphModule, ann: nn.Module | None = None, cache: dict | None = None) -> None:
+        self.snn, self.ann = snn, ann
+        self.cache = cache if cache is not None else {}
+        self.acc: dict[str, dict[str, Any]] = {}
+        self.images = 0
+        self.first = self.ann_total = 0.0
+
+    def structure(self, shape: tuple[int, ...]) -> _Structure:
+        if shape not in self.cache:
+            shapes = node_shapes(self.snn, shape)
+            self.cache[shape] = _Structure(fanout_maps(self.snn, shape, shapes), sum(analog_macs(self.snn, shapes).values()),
+                                           ann_macs(self.ann, shape) if self.ann is not None else graph_macs(self.snn, shapes))
+        return self.cache[shape]
+
+    def add(self, x_shape: Sequence[int], counts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        b, shape = int(x_shape[0]), tuple(int(s) for s in x_shape[1:])
+        st = self.structure(shape)
+        for name, (spikes, events) in counts.items():
+            fo = st.fanout[name]
+            s_pos = spikes.to("cpu", torch.float64).sum(dim=(0, 1))  # [H, W]: batch and channels summed
+            e_pos = events.to("cpu", torch.float64).sum(dim=(0, 1))
+            a = self.acc.setdefault(name, {"neurons": 0, "spikes": 0.0, "sops": 0.0, "events": 0.0, "syn_events": 0.0,
+                                           "fanout": 0.0, "targets": {}})
+            n_layer = fo.channels * fo.map.numel()
+            a["neurons"] += b * n_layer
+            a["spikes"] += float(s_pos.sum())
+            a["sops"] += float((s_pos * fo.map).sum())
+            a["events"] += float(e_pos.sum())
+            a["syn_events"] += float((e_pos * fo.map).sum())
+            a["fanout"] += b * fo.channels * float(fo.map.sum())
+            for t, v in fo.targets.items():
+                a["targets"][t] = a["targets"].get(t, 0.0) + b * n_layer * v
+        self.images += b
+        self.first += b * st.first_macs
+        self.ann_total += b * st.ann_macs
+
+    def report(self, T: int, e_mac: float = E_MAC, e_ac: float = E_AC) -> EnergyReport:
+        n = self.images
+        if n == 0:
+            raise ValueError("no images to count: the batches were empty")
+        layers = [LayerEnergy(name, a["neurons"] / n, a["spikes"] / n, a["spikes"] / (a["neurons"] * T),
+                              a["fanout"] / a["neurons"], a["sops"] / n,
+                              {t: v / a["neurons"] for t, v in a["targets"].items()},
+                              a["events"] / n, a["events"] / (a["neurons"] * T), a["syn_events"] / n)
+                  for name, a in self.acc.items()]
+        spikes, sops = sum(x.spikes for x in layers), sum(x.sops for x in layers)
+        events, syn_events = sum(x.events for x in layers), sum(x.synaptic_events for x in layers)
+        first_macs, ann_m = self.first / n, self.ann_total / n
+        e_paper = first_macs * e_mac + spikes * e_ac
+        e_sop = first_macs * e_mac + sops * e_ac
+        e_nb = first_macs * e_mac + syn_events * e_mac
+        e_ann = ann_m * e_mac
+        ratios = {"paper": e_paper / e_ann, "sop": e_sop / e_ann, "neurobench": e_nb / e_ann} if e_ann else {}
+        return EnergyReport(T, n, layers, first_macs, ann_m, spikes, sops, e_paper, e_sop, e_ann, ratios, e_mac, e_ac,
+                            first_layer_macs_every_step=T * first_macs, events=events, synaptic_events=syn_events,
+                            energy_neurobench_J=e_nb)
 
 
 def count_energy(
     snn: fx.GraphModule,
     ann: nn.Module | None,
     batches: Iterable,
-    T: int,
+    T: int | Sequence[int],
     chunk: int = 4,
     e_mac: float = E_MAC,
     e_ac: float = E_AC,
-) -> EnergyReport:
-    """Spikes, SOPs, MACs and energy per image, averaged over every image of ``batches``.
+) -> EnergyReport | dict[int, EnergyReport]:
+    """Spikes, events, SOPs, MACs and energy per image, averaged over every image of ``batches``.
 
     ``batches`` yields image batches ``[B, C, H, W]`` (or ``(x, y)`` pairs) whose H and W the
     SNN accepts (multiples of 2^depth for the U-Net). ``ann`` (the source ANN, or any model of
     the same architecture: MACs do not depend on weights) may be ``None``: then the ANN's MACs
-    are those of the SNN's own synaptic layers (the same convolutions).
-    Structures (fan-out maps, MACs) are computed once per input size.
+    are those of the SNN's own synaptic layers (the same convolutions). With several ``T``,
+    ``{t: report}`` from one simulation per batch.
     """
-    cache: dict[tuple[int, ...], _Structure] = {}
-    acc: dict[str, dict[str, Any]] = {}
-    images = 0
-    first = ann_total = 0.0
+    steps = [int(T)] if isinstance(T, int) else sorted({int(t) for t in T})
+    cache: dict = {}
+    tallies = {t: EnergyTally(snn, ann, cache) for t in steps}
     for x in batches:
         if isinstance(x, (tuple, list)):
             x = x[0]
         if x.dim() != 4:
             raise ValueError(f"expected image batches [B, C, H, W], got shape {tuple(x.shape)}")
-        b, shape = x.shape[0], tuple(int(s) for s in x.shape[1:])
-        if shape not in cache:
-            cache[shape] = _structure(snn, ann, shape)
-        st = cache[shape]
-        for name, cnt in spike_counts(snn, x, T, chunk).items():
-            fo = st.fanout[name]
-            if not isinstance(cnt, torch.Tensor):
-                raise EnergyError(f"neuron layer {name!r} recorded no spike count")
-            per_pos = cnt.detach().to("cpu", torch.float64).sum(dim=(0, 1))  # [H, W]: batch and channels summed
-            a = acc.setdefault(name, {"neurons": 0, "spikes": 0.0, "sops": 0.0, "fanout": 0.0, "targets": {}})
-            n_layer = fo.channels * fo.map.numel()
-            a["neurons"] += b * n_layer
-            a["spikes"] += float(per_pos.sum())
-            a["sops"] += float((per_pos * fo.map).sum())
-            a["fanout"] += b * fo.channels * float(fo.map.sum())
-            for t, v in fo.targets.items():
-                a["targets"][t] = a["targets"].get(t, 0.0) + b * n_layer * v
-        images += b
-        first += b * st.first_macs
-        if st.ann_macs is not None:
-            ann_total += b * st.ann_macs
-    if images == 0:
-        raise ValueError("no images to count: the batches were empty")
-    layers = [LayerEnergy(name, a["neurons"] / images, a["spikes"] / images,
-                          a["spikes"] / (a["neurons"] * T), a["fanout"] / a["neurons"], a["sops"] / images,
-                          {t: v / a["neurons"] for t, v in a["targets"].items()})
-              for name, a in acc.items()]
-    spikes = sum(layer.spikes for layer in layers)
-    sops = sum(layer.sops for layer in layers)
-    first_macs = first / images
-    ann_m = ann_total / images
-    e_paper = first_macs * e_mac + spikes * e_ac
-    e_sop = first_macs * e_mac + sops * e_ac
-    e_ann = ann_m * e_mac if ann_m is not None else None
-    ratios = {"paper": e_paper / e_ann, "sop": e_sop / e_ann} if e_ann else {}
-    return EnergyReport(T, images, layers, first_macs, ann_m, spikes, sops, e_paper, e_sop, e_ann, ratios,
-                        e_mac, e_ac, first_layer_macs_every_step=T * first_macs)
+        for t, counts in spike_counts(snn, x, steps, chunk).items():
+            tallies[t].add(x.shape, counts)
+    reports = {t: tally.report(t, e_mac, e_ac) for t, tally in tallies.items()}
+    return reports[steps[0]] if isinstance(T, int) else reports
 
 
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.4e}"
+def energy_frontier(snn: fx.GraphModule, dataset, T: Sequence[int], ann: nn.Module | None = None,
+                    limit: int | None = None, mode: str = "step", chunk: int = 4, multiple: int | None = None,
+                    progress: bool = False, device: str = "cpu") -> dict:
+    """Metric and energy at every T from one simulation of each evaluated input: the evaluation's
+    own (:func:`sjunet.evaluation.evaluate_snn`: whole padded images, or the patches of datasets
+    evaluated by patches — then the energy is that of producing the evaluated prediction, and the
+    ANN's MACs are counted over the same patches). Returns ``{"T": {t: {"metrics", "energy"}},
+    "ann": ANN metrics (when ``ann``), "timing"}``."""
+    from sjunet.evaluation import evaluate_snn
+
+    steps = sorted({int(t) for t in T})
+    cache: dict = {}
+    tallies = {t: EnergyTally(snn, ann, cache) for t in steps}
+    with counting(snn) as c:
+        def hook(t: int, x: torch.Tensor) -> None:
+            tallies[t].add(x.shape, c.snapshot())
+
+        r = evaluate_snn(snn, dataset, steps, reference=ann, mode=mode, chunk=chunk, limit=limit, multiple=multiple,
+                         progress=progress, device=device, on_checkpoint=hook)
+    out = {"T": {str(t): {"metrics": r["T"][str(t)], "energy": tallies[t].report(t).to_dict()} for t in steps},
+           "timing": r["timing"]}
+    if "ann" in r:
+        out["ann"] = r["ann"]
+    return out
 
 
-def energy_table(report: EnergyReport) -> str:
-    """Markdown: one row per neuron layer, then the totals, energies and SNN/ANN ratios."""
-    r = report
-    lines = [f"Energy per image (T = {r.T}, {r.images} image{'s' if r.images != 1 else ''}; "
-             f"E_MAC = {r.e_mac * 1e12:g} pJ, E_AC = {r.e_ac * 1e12:g} pJ)", "",
-             "| layer | neurons | spikes | rate (spikes/neuron/step) | mean fan-out | SOPs |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for layer in r.layers:
-        lines.append(f"| {layer.name} | {_fmt(layer.neurons)} | {_fmt(layer.spikes)} | {layer.rate:.4f} | "
-                     f"{layer.fanout_mean:.1f} | {_fmt(layer.sops)} |")
-    neurons = sum(layer.neurons for layer in r.layers)
-    lines.append(f"| **total** | {_fmt(neurons)} | {_fmt(r.spikes)} | "
-                 f"{r.spikes / (neurons * r.T) if neurons else 0:.4f} | "
-                 f"{r.sops / r.spikes if r.spikes else 0:.1f} per spike | {_fmt(r.sops)} |")
-    lines += ["", "| quantity | value |", "|---|---:|",
-              f"| first-layer MACs (once per image) | {_fmt(r.first_layer_macs)} |",
-              f"| first-layer MACs if recomputed every step | {_fmt(r.first_layer_macs_every_step)} |",
-              f"| ANN MACs | {_fmt(r.ann_macs)} |",
-              f"| spikes | {_fmt(r.spikes)} |",
-              f"| SOPs (ACs) | {_fmt(r.sops)} |",
-              f"| energy, paper convention (MAC_first·E_MAC + spikes·E_AC) | {r.energy_paper_J:.4e} J |",
-              f"| energy, SOP convention (MAC_first·E_MAC + SOPs·E_AC) | {r.energy_sop_J:.4e} J |",
-              f"| energy, ANN (MACs·E_MAC) | {'–' if r.energy_ann_J is None else f'{r.energy_ann_J:.4e} J'} |"]
-    for k, v in r.ratios.items():
-        lines.append(f"| SNN/ANN energy, {k} convention | {v:.4f} |")
-    return "\n".join(lines)
-
-
-
-
-def count_energy_on(snn: fx.GraphModule, dataset, T: int, ann: nn.Module | None = None, limit: int | None = None,
-                    chunk: int = 4, multiple: int | None = None) -> EnergyReport:
+def count_energy_on(snn: fx.GraphModule, dataset, T: int | Sequence[int], ann: nn.Module | None = None,
+                    limit: int | None = None, chunk: int = 4, multiple: int | None = None):
     """:func:`count_energy` over the first ``limit`` images of a dataset (items ``(x [C, H, W], y)``),
     each reflect-padded to the SNN's size multiple as in evaluation and counted at that padded
     size (datasets evaluated by patches, such as DRIVE, are counted as whole padded images)."""
@@ -345,6 +404,7 @@ def count_energy_on(snn: fx.GraphModule, dataset, T: int, ann: nn.Module | None 
     if n < 1:
         raise ValueError(f"no images to count (limit {limit}, {len(dataset)} in the dataset)")
     images = (pad_to_multiple(dataset[i][0].unsqueeze(0), multiple) for i in range(n))
-    report = count_energy(snn, ann, images, T, chunk=chunk)
-    report.meta.update({"size_multiple": multiple, "limit": limit})
-    return report
+    reports = count_energy(snn, ann, images, T, chunk=chunk)
+    for r in ([reports] if isinstance(reports, EnergyReport) else reports.values()):
+        r.meta.update({"size_multiple": multiple, "limit": limit})
+    return reports

@@ -90,9 +90,10 @@ def ann_fn(model: nn.Module) -> Callable[[torch.Tensor], Outputs]:
     return fn
 
 
-def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "step", chunk: int = 4) -> Callable[[torch.Tensor], Outputs]:
+def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "step", chunk: int = 4,
+           on_checkpoint=None) -> Callable[[torch.Tensor], Outputs]:
     def fn(x):
-        return simulate(snn, x, T, mode=mode, chunk=chunk)
+        return simulate(snn, x, T, mode=mode, chunk=chunk, on_checkpoint=on_checkpoint)
     return fn
 
 
@@ -159,9 +160,10 @@ def _sync(device) -> None:
 
 def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = None, reference: nn.Module | None = None,
                  mode: str = "step", chunk: int = 4, limit: int | None = None, multiple: int | None = None,
-                 progress: bool = True, device: str = "cpu") -> dict:
+                 progress: bool = True, device: str = "cpu", on_checkpoint=None) -> dict:
     """Metrics of an SNN at every T in ``T`` (one simulation up to max T per image), with pixel
-    agreement against ``reference`` (the ANN) when given, and timings."""
+    agreement against ``reference`` (the ANN) when given, and timings. ``on_checkpoint(t, x)``
+    is called at every requested step of every simulated input (:func:`sjunet.simulation.simulate`)."""
     task = task or task_for(dataset)
     check_options(T, chunk, limit)
     multiple = multiple or size_multiple(snn)
@@ -184,7 +186,7 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
             ref = ref.cpu()
             ann_meter.update(ref, task.meter_target(x.cpu(), y))
         t0 = time.perf_counter()
-        outs = predict(snn_fn(snn, T, mode, chunk), x, dataset, multiple)
+        outs = predict(snn_fn(snn, T, mode, chunk, on_checkpoint), x, dataset, multiple)
         _sync(device)
         t_snn += time.perf_counter() - t0
         for t in T:

@@ -12,8 +12,10 @@ One iteration on a batch (x, y):
 3. **Loss on the output flow** (:func:`flow_loss`): segmentation — cross-entropy with logits
    I_in^L / T (paper Eq. 11 writes I_in^L; dividing by T is a temperature T that keeps logits in
    the ANN's units so one learning rate serves every T); denoising — MAE between I_in^L / T and
-   the noise map (paper Eq. 12).
-4. **Update** W̃ and b̃; thresholds stay fixed.
+   the noise map (paper Eq. 12). Optionally (:mod:`sjunet.distill`) distillation from the ANN the
+   SNN was converted from (rebuilt from the SNN itself) on the output and on every layer's rate.
+4. **Update** W̃ and b̃ (optionally after a linear learning-rate warm-up, with the gradient norm
+   clipped); thresholds stay fixed.
 
 Memory is the no-grad simulation plus one ANN-sized set of activations: it does not grow with T.
 Defaults differ from the paper deliberately: Adam with lr 1e-4 and cosine decay (the paper's
@@ -36,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import fx, nn
+from tqdm.auto import tqdm
 
+from sjunet.distill import LOSSES, Teacher, distill_loss, layer_loss
 from sjunet.neurons import StaticInputSynapse, is_neuron
 from sjunet.simulation import FlowRecord, record_flow
 from sjunet.tasks import Task
@@ -79,11 +83,15 @@ class FlowPass(fx.Interpreter):
     Î_in^l of every neuron layer (for checking against the recorded I_in).
     """
 
-    def __init__(self, snn: fx.GraphModule, record: FlowRecord, keep_currents: bool = False) -> None:
+    def __init__(self, snn: fx.GraphModule, record: FlowRecord, keep_currents: bool = False,
+                 keep_outputs: bool = False) -> None:
         super().__init__(snn)
         self.record = record
         self.keep_currents = keep_currents
+        self.keep_outputs = keep_outputs
         self.currents: dict[str, torch.Tensor] = {}
+        #: the straight-through I_out^l of every neuron layer (gradient via the gate), with keep_outputs
+        self.outputs: dict[str, torch.Tensor] = {}
 
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
@@ -92,7 +100,10 @@ class FlowPass(fx.Interpreter):
             i_hat = args[0]
             if self.keep_currents:
                 self.currents[target] = i_hat
-            return _StraightThroughFlow.apply(i_hat, self.record.outputs[target], self.record.gates[target])
+            out = _StraightThroughFlow.apply(i_hat, self.record.outputs[target], self.record.gates[target])
+            if self.keep_outputs:
+                self.outputs[target] = out
+            return out
         if isinstance(m, StaticInputSynapse):
             return _affine_sum(m.layer, T * args[0], T)
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -102,51 +113,140 @@ class FlowPass(fx.Interpreter):
         return super().call_module(target, args, kwargs)  # average pooling, concatenation (linear, no bias)
 
 
-def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1) -> torch.Tensor:
-    """Steps 1–2: returns Î_in^L / T with the flow gradient attached."""
-    rec = record_flow(snn, x, T, chunk)
+def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1, keep_outputs: bool = False,
+                 count_spikes: bool = False):
+    """Steps 1–2: returns Î_in^L (accumulated over T steps) with the flow gradient attached; with
+    ``keep_outputs`` ``(Î_in^L, {neuron: straight-through I_out^l}, {neuron: spike counts or None})``."""
+    rec = record_flow(snn, x, T, chunk, count_spikes=count_spikes)
     functional.set_step_mode(snn, "s")
-    return FlowPass(snn, rec).run(x) / T
+    p = FlowPass(snn, rec, keep_outputs=keep_outputs)
+    out = p.run(x)
+    return (out, p.outputs, rec.spikes) if keep_outputs else out
 
 
 def bptt_forward(snn: fx.GraphModule, x: torch.Tensor, T: int) -> torch.Tensor:
-    """The BPTT baseline: T multi-step steps with autograd through time (surrogate spikes)."""
+    """The BPTT baseline: T multi-step steps with autograd through time (surrogate spikes);
+    returns the accumulated output current I_in^L, as :func:`flow_forward`."""
     functional.reset_net(snn)
     functional.set_step_mode(snn, "m")
     neurons = [m for m in snn.modules() if is_neuron(m)]
     for m in neurons:
         m.surrogate_gradient = True
     try:
-        out = snn(x.unsqueeze(0).expand(T, *x.shape)).mean(0)
+        out = snn(x.unsqueeze(0).expand(T, *x.shape)).sum(0)
     finally:
         for m in neurons:
             m.surrogate_gradient = False
     return out
 
 
-def flow_loss(task: Task, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def flow_loss(task: Task, i_in: torch.Tensor, target: torch.Tensor, T: int) -> torch.Tensor:
     """Step 3, the fine-tuning loss on the output flow (paper Eq. 11 and 12).
 
-    ``output`` is the output layer's accumulated input current divided by T, Î_in^L / T, as
-    :func:`flow_forward` (and :func:`bptt_forward`) return it — the division by T happens there.
+    ``i_in`` is the output layer's accumulated input current Î_in^L, as :func:`flow_forward`
+    (and :func:`bptt_forward`) return it.
 
     * segmentation (Eq. 11): cross-entropy with logits I_in^L / T. The paper writes the logits as
       I_in^L; dividing by T is a temperature T that keeps the logits in the ANN's units, so one
       learning rate serves every T;
     * denoising (Eq. 12): mean absolute error between I_in^L / T and the true noise map.
 
-    Both are ``task.loss`` (:mod:`sjunet.tasks`), the ANN's training loss, on these quantities.
+    Both are ``task.loss`` (:mod:`sjunet.tasks`), the ANN's training loss, on I_in^L / T.
     """
-    return task.loss(output, target)
+    return task.loss(i_in / T, target)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the fine-tuning objective: the label loss (:func:`flow_loss`), distillation of
+    the output from the ANN and of every layer's rate (:mod:`sjunet.distill`)."""
+
+    label: float = 1.0
+    distill: float = 0.0
+    layer: float = 0.0
+    #: β of the spike-budget penalty on the SOP-convention energy ratio (:class:`SopPenalty`)
+    energy: float = 0.0
+
+    @classmethod
+    def of(cls, loss: str, layer: float = 0.0, energy: float = 0.0) -> "LossWeights":
+        if loss not in LOSSES:
+            raise ValueError(f"unknown --loss {loss!r}; choose one of {', '.join(LOSSES)}")
+        for flag, v in (("--layer-weight", layer), ("--energy-penalty", energy)):
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{flag} must be a non-negative number, got {v}")
+        return cls(label=0.0 if loss == "distill" else 1.0, distill=0.0 if loss == "label" else 1.0, layer=layer,
+                   energy=energy)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.distill > 0 or self.layer > 0
+
+
+class SopPenalty:
+    """The spike budget: a differentiable estimate of the SOP-convention energy ratio of a batch.
+
+    SOPs are Σ_l Σ_positions spikes^l × F^l (fan-out maps, :mod:`sjunet.fanout`). Their surrogate
+    is the output flow in quanta, S = Σ_l Σ_positions (I_out^l / θ_N^l) × F^l, whose gradient
+    reaches every layer through the flow pass's straight-through gate; it is scaled by the batch's
+    measured SOPs / S (no gradient), so the penalty's value is the measured ratio
+    SOPs·E_AC / (ANN MACs·E_MAC) (the analog first layer and spiking max-pools left out) and its
+    gradient pushes every layer's flow down in proportion to its fan-out."""
+
+    def __init__(self, snn: fx.GraphModule) -> None:
+        self.snn = snn
+        self.cache: dict[tuple[int, ...], tuple[dict, float]] = {}
+
+    def structure(self, shape: tuple[int, ...]):
+        if shape not in self.cache:
+            from sjunet.energy import graph_macs
+            from sjunet.fanout import fanout_maps, node_shapes
+
+            shapes = node_shapes(self.snn, shape)
+            self.cache[shape] = (fanout_maps(self.snn, shape, shapes), float(graph_macs(self.snn, shapes)))
+        return self.cache[shape]
+
+    def __call__(self, x: torch.Tensor, flows: dict[str, torch.Tensor], spikes: dict[str, torch.Tensor]) -> torch.Tensor:
+        from sjunet.energy import E_AC, E_MAC
+
+        maps, macs = self.structure(tuple(int(s) for s in x.shape[1:]))
+        surrogate, measured = 0.0, 0.0
+        for name, flow in flows.items():
+            f = maps[name].map.to(flow.device, flow.dtype)
+            q = self.snn.get_submodule(name).quantum
+            surrogate = surrogate + (flow.sum(dim=(0, 1)) / q * f).sum()
+            measured += float((spikes[name].sum(dim=(0, 1)) * f).sum())
+        scale = measured / max(float(surrogate.detach()), 1e-12)
+        return surrogate * scale * E_AC / (x.shape[0] * macs * E_MAC)
 
 
 def finetune_loss(snn, task: Task, x: torch.Tensor, y: torch.Tensor, T: int, method: str = "flow",
-                  chunk: int = 1) -> torch.Tensor:
-    """Steps 1–3 on a batch: the output flow (or the BPTT output) and :func:`flow_loss` on it."""
+                  chunk: int = 1, teacher: Teacher | None = None, weights: LossWeights = LossWeights(),
+                  penalty: SopPenalty | None = None) -> torch.Tensor:
+    """Steps 1–3 on a batch: the output flow (or the BPTT output) and the weighted objective."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    out = flow_forward(snn, x, T, chunk) if method == "flow" else bptt_forward(snn, x, T)
-    return flow_loss(task, out, y)
+    if weights.needs_teacher and teacher is None:
+        raise ValueError("distillation needs the teacher (the input SNN run as its ANN)")
+    if weights.energy and (method != "flow" or penalty is None):
+        raise ValueError("the spike budget (--energy-penalty) needs the flow method and its SopPenalty")
+    layered = (weights.layer > 0 or weights.energy > 0) and method == "flow"
+    rates = spikes = None
+    if method == "flow":
+        out = flow_forward(snn, x, T, chunk, keep_outputs=layered, count_spikes=weights.energy > 0)
+        if layered:
+            out, rates, spikes = out
+    else:
+        out = bptt_forward(snn, x, T)
+    loss = weights.label * flow_loss(task, out, y, T) if weights.label else 0.0
+    if weights.needs_teacher:
+        t_out, acts = teacher(x)
+        if weights.distill:
+            loss = loss + weights.distill * distill_loss(task.kind, out / T, t_out)
+        if weights.layer and rates is not None:
+            loss = loss + weights.layer * layer_loss({k: v / T for k, v in rates.items()}, acts)
+    if weights.energy:
+        loss = loss + weights.energy * penalty(x, rates, spikes)
+    return loss
 
 
 def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", chunk: int = 1) -> float:
@@ -159,16 +259,22 @@ def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", c
     return float(loss.detach())
 
 
+#: learning rates ``lr="auto"`` tries, and the iterations it gives each
+LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4)
+LR_TRIAL_ITERS = 20
+
+
 @dataclass
 class FinetuneOptions:
     snn: str
     dataset: str
     data: str | None = None
-    output: str = "runs/snn_ft.pt"
+    output: str = "runs/snn_ft.safetensors"
     T: int = 10
     epochs: int = 10
     batch_size: int = 4
-    lr: float = 1e-4
+    #: a learning rate, or "auto": the best of :data:`LR_CANDIDATES` after a short trial each (:func:`lr_range_test`)
+    lr: float | str = 1e-4
     optimizer: str = "adam"
     schedule: str = "cosine"
     method: str = "flow"
@@ -180,9 +286,60 @@ class FinetuneOptions:
     val_limit: int | None = None
     device: str = "cpu"
     dataset_options: dict = field(default_factory=dict)
+    #: objective: "label" (Eq. 11/12), "distill" (from the ANN the SNN came from) or "both"
+    loss: str = "label"
+    #: weight of the per-layer rate distillation (0: off)
+    layer_weight: float = 0.0
+    #: iterations of linear learning-rate warm-up (from lr/10)
+    warmup: int = 0
+    #: clip each step's gradient norm to this (None: off)
+    grad_clip: float | None = None
+    #: iterations per learning rate of the ``lr="auto"`` trial
+    lr_trial_iters: int = LR_TRIAL_ITERS
+    #: β of the spike budget: adds β × (SOP-convention energy / ANN energy) to the loss (0: off)
+    energy_penalty: float = 0.0
 
 
 SCHEDULES = ("cosine", "constant")
+
+def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "adam", candidates=LR_CANDIDATES,
+                  iters: int = LR_TRIAL_ITERS, batch_size: int = 4, seed: int = 0, grad_clip: float | None = None,
+                  device: str = "cpu") -> tuple[float, dict[float, float]]:
+    """Try each learning rate for ``iters`` iterations from the same weights and data, validate,
+    and return ``(the best, {lr: validation score})``; the weights are restored afterwards, and
+    the global random state is left as it was. A trial whose loss is not finite scores −inf.
+    Ties (within 1e-6) go to the smaller rate."""
+    from torch.utils.data import DataLoader
+
+    from sjunet.loop import make_optimizer, rng_preserved
+
+    start = {k: v.detach().clone() for k, v in snn.state_dict().items()}
+    params = [p for p in snn.parameters() if p.requires_grad]
+    scores: dict[float, float] = {}
+    with rng_preserved():
+        for lr in candidates:
+            snn.load_state_dict(start)
+            opt = make_optimizer(optimizer, params, lr)
+            loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(seed))
+            finite = True
+            for i, (x, y) in enumerate(loader):
+                if i >= iters:
+                    break
+                loss = step(x.to(device), y.to(device))
+                if not torch.isfinite(loss.detach()):
+                    finite = False
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                opt.step()
+            scores[lr] = validate()[0] if finite else -math.inf
+    snn.load_state_dict(start)
+    top = max(scores.values())
+    best = min(lr for lr, v in scores.items() if v >= top - 1e-6)
+    return best, scores
 
 
 def finetune_record(record: dict) -> dict | None:
@@ -203,7 +360,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     ``iteration``, ``val``, ``score``), ``kept`` (``"input"`` or where the best was) and
     ``improved``. Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score.
     """
-    from sjunet.evaluation import evaluate_snn
+    from sjunet.evaluation import check_compatible, evaluate_snn
     from sjunet.io import SNN_KIND, file_fingerprint
     from sjunet.loop import (LoopOptions, check_options, fit, make_optimizer, run_outputs, seed_everything,
                              train_val_datasets)
@@ -216,11 +373,15 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         raise ValueError(f"unknown --method {opts.method!r}; choose one of {', '.join(METHODS)}")
     if opts.schedule not in SCHEDULES:
         raise ValueError(f"unknown --schedule {opts.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-    check_options(lr=opts.lr, T=opts.T, chunk=opts.chunk, val_limit=opts.val_limit)
+    auto_lr = opts.lr == "auto"
+    check_options(lr=None if auto_lr else opts.lr, T=opts.T, chunk=opts.chunk, val_limit=opts.val_limit)
+    weights = LossWeights.of(opts.loss, opts.layer_weight, opts.energy_penalty)
+    if opts.warmup < 0:
+        raise ValueError(f"--warmup must be a non-negative number of iterations, got {opts.warmup}")
     loop_opts = LoopOptions(epochs=opts.epochs, batch_size=opts.batch_size, seed=opts.seed,
                             max_minutes=opts.max_minutes, max_iters=opts.max_iters, val_every=opts.val_every,
                             device=opts.device, progress=progress, desc=f"finetune {opts.method} T={opts.T}",
-                            train_mode=False)
+                            train_mode=False, grad_clip=opts.grad_clip)
     if Path(opts.snn).resolve() == Path(opts.output).resolve():
         raise ValueError(f"the output {opts.output} is the input SNN: choose another -o")
     with run_outputs(opts.output, force=force, resume=resume, what="fine-tuned SNN") as (output, last):
@@ -229,22 +390,37 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         snn.to(opts.device)
         source_fingerprint = file_fingerprint(opts.snn)
         train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
+        conv = rec.get("conversion") or {}
+        check_compatible(train_ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"),
+                         what="the SNN")
         task = task_for(train_ds)
         multiple = snn_size_multiple(snn, rec)
         params = [p for p in snn.parameters() if p.requires_grad]
-        optimizer = make_optimizer(opts.optimizer, params, opts.lr)
-        total = opts.epochs * math.ceil(len(train_ds) / opts.batch_size)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=opts.lr * 0.01)
-                 if opts.schedule == "cosine" else None)
+        teacher = Teacher(snn).to(opts.device) if weights.needs_teacher else None
+        penalty = SopPenalty(snn) if weights.energy else None
 
         def step(x, y):
-            return finetune_loss(snn, task, x, y, opts.T, opts.method, opts.chunk)
+            return finetune_loss(snn, task, x, y, opts.T, opts.method, opts.chunk, teacher, weights, penalty)
 
         def validate():
             r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=4, limit=opts.val_limit, multiple=multiple,
                              progress=False, device=opts.device)
             val = r["T"][str(opts.T)]
             return task.score(val), val
+
+        lr, trials = opts.lr, None
+        if auto_lr:
+            lr, trials = lr_range_test(snn, step, train_ds, validate, opts.optimizer, iters=opts.lr_trial_iters,
+                                       batch_size=opts.batch_size, seed=opts.seed, grad_clip=opts.grad_clip,
+                                       device=opts.device)
+            if progress:
+                tqdm.write("learning rate trials (validation score): " + ", ".join(
+                    f"{k:g}: {v:.4f}" for k, v in trials.items()) + f" -> {lr:g}")
+        optimizer = make_optimizer(opts.optimizer, params, lr)
+        total = opts.epochs * math.ceil(len(train_ds) / opts.batch_size)
+        if opts.max_iters is not None:
+            total = min(total, opts.max_iters)
+        sched = _schedule(optimizer, opts.schedule, total, opts.warmup, lr)
 
         baseline: dict = {}
 
@@ -258,7 +434,8 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
                 "val": entry["val"], "score": entry["score"],
                 "input_val": baseline["val"], "input_score": baseline["score"],
                 "improvement": entry["score"] - baseline["score"],
-                "options": asdict(opts), "source_snn_fingerprint": source_fingerprint, "history": history,
+                "options": asdict(opts), "lr": lr, "lr_trials": trials,
+                "source_snn_fingerprint": source_fingerprint, "history": history,
             }
             on_cpu = all(t.device.type == "cpu" for t in snn.state_dict().values())
             save_snn(snn if on_cpu else _cpu_copy(snn), output, extra={"finetune": record},
@@ -267,15 +444,34 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         identity = {"snn_fingerprint": source_fingerprint, "dataset": opts.dataset,
                     "dataset_options": dict(opts.dataset_options), "T": opts.T, "method": opts.method,
                     "batch_size": opts.batch_size, "optimizer": opts.optimizer, "lr": opts.lr,
-                    "schedule": opts.schedule, "seed": opts.seed,
-                    "epochs": opts.epochs if sched is not None else None}  # the cosine spans the epochs
+                    "schedule": opts.schedule, "seed": opts.seed, "loss": opts.loss, "layer_weight": opts.layer_weight,
+                    "warmup": opts.warmup, "grad_clip": opts.grad_clip, "energy_penalty": opts.energy_penalty,
+                    "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the run
+                    "max_iters": opts.max_iters if opts.schedule == "cosine" else None}
         summary = fit(snn, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, scheduler=sched,
                       last=last, kind=SNN_KIND + "-finetune-last", resume=resume, baseline=True,
                       identity=identity, output=output, started=started)
         functional.reset_net(snn)
     best, base = summary["best"], summary["baseline"]
     return {**summary, "output": str(output), "before": base["val"] if base else None,
-            "kept": best["at"] if best else None}
+            "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials}
+
+
+def _schedule(optimizer, schedule: str, total: int, warmup: int, lr: float):
+    """Per-iteration learning rate: a linear warm-up from lr/10 over ``warmup`` iterations, then
+    cosine decay to lr/100 over the rest of the run (``schedule="cosine"``) or constant."""
+    from torch.optim import lr_scheduler
+
+    if schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=lr * 0.01)
+    elif warmup:
+        main = lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    else:
+        return None
+    if not warmup:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def _cpu_copy(snn: nn.Module) -> nn.Module:

@@ -102,10 +102,12 @@ class LoopOptions:
     desc: str = "train"
     #: put the model in train mode for the steps (ANN: yes; the converted SNN is stepped in eval mode)
     train_mode: bool = True
+    #: clip the gradient norm of each step to this (None: no clipping)
+    grad_clip: float | None = None
 
     def __post_init__(self) -> None:
         check_options(epochs=self.epochs, batch_size=self.batch_size, max_minutes=self.max_minutes,
-                      max_iters=self.max_iters, val_every=self.val_every)
+                      max_iters=self.max_iters, val_every=self.val_every, grad_clip=self.grad_clip)
 
 
 # ------------------------------------------------------------------------------- randomness
@@ -409,6 +411,9 @@ def fit(
                         epoch, st["iteration"] + 1, st["step"] + 1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if options.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                                   options.grad_clip)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()

@@ -5,9 +5,10 @@ simulation, spiking-flow fine-tuning, energy counting and plots use of a neuron 
 
 * flags ``record`` (accumulate the output flow) and ``record_spikes`` (count spikes), switched by
   :func:`set_recording`;
-* memories ``acc_output`` = I_out = Σ_t o(t) (paper Eq. 10) and ``spike_count`` = Σ_t (threshold
-  crossings), both reset by ``functional.reset_net``; :meth:`SpikingNeuron.input_current` = I_in =
-  Σ_t I(t) (paper Eq. 9);
+* memories ``acc_output`` = I_out = Σ_t o(t) (paper Eq. 10), ``spike_count`` = Σ_t (threshold
+  crossings) and ``event_count`` = Σ_t [o(t) ≠ 0] (graded events: one message per non-zero
+  output, however many thresholds fired), reset by ``functional.reset_net``;
+  :meth:`SpikingNeuron.input_current` = I_in = Σ_t I(t) (paper Eq. 9);
 * ``quantum`` (the smallest non-zero output), ``max_output`` (the largest output of one step:
   a saturated neuron; capped ReLUs use it) and :meth:`spec`
   (constructor arguments as plain data, so an SNN file rebuilds it without code).
@@ -190,6 +191,7 @@ class MultiThresholdNode(SpikingNeuron):
         self.surrogate_gradient = False
         self.register_memory("acc_output", 0.0)
         self.register_memory("spike_count", 0.0)
+        self.register_memory("event_count", 0.0)
 
     def extra_repr(self) -> str:
         return f"thresholds={self.thresholds}, v_init={self.v_init}, step_mode={self.step_mode}, record={self.record}"
@@ -227,17 +229,18 @@ class MultiThresholdNode(SpikingNeuron):
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         x = inputs[0]
-        v, acc_out, count = states
+        v, acc_out, count, events = states
         o, v, n = self._step(x, v)
         if self.record:
             acc_out = self._accumulate(acc_out, o)
         if n is not None:
             count = self._accumulate(count, n)
-        return (o,), (v, acc_out, count)
+            events = self._accumulate(events, (o != 0).to(o.dtype))
+        return (o,), (v, acc_out, count, events)
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):
         x_seq = inputs[0]
-        v, acc_out, count = states
+        v, acc_out, count, events = states
         steps = []
         n_sum = None
         for t in range(x_seq.shape[0]):
@@ -250,7 +253,8 @@ class MultiThresholdNode(SpikingNeuron):
             acc_out = self._accumulate(acc_out, out.sum(0))
         if n_sum is not None:
             count = self._accumulate(count, n_sum)
-        return (out,), (v, acc_out, count)
+            events = self._accumulate(events, (out != 0).to(out.dtype).sum(0))
+        return (out,), (v, acc_out, count, events)
 
 
 def IFNode(threshold: float = 1.0, step_mode: str = "s") -> MultiThresholdNode:  # noqa: N802

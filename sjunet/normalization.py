@@ -91,6 +91,7 @@ class NormalizationPlan:
     gains: list[Gain] = field(default_factory=list)
     affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)  # in/out units
     neurons: dict[str, float] = field(default_factory=dict)  # ReLU node -> λ (capped)
+    caps: dict[str, float] = field(default_factory=dict)  # ReLU node -> its cap a (ReLU6, Hardtanh(0, a))
 
 
 def _uniform(t: torch.Tensor) -> bool:
@@ -221,7 +222,7 @@ class _Planner:
         return out
 
     def plan(self) -> NormalizationPlan:
-        layers, gains, affines, neurons = {}, [], {}, {}
+        layers, gains, affines, neurons, caps = {}, [], {}, {}, {}
         for n in self.gm.graph.nodes:
             k = self.kinds[n]
             if k in ("shape", "output"):
@@ -241,6 +242,9 @@ class _Planner:
                 affines[n.name] = (self.unit(n.args[0]), self.units[n])
             elif k == "relu":
                 neurons[n.name] = self.lam(n)
+                cap = relu_cap(module_of(self.gm, n))
+                if cap is not None:
+                    caps[n.name] = cap
             if k in ("relu", "output", "add"):
                 required = (self.lam(n) if k == "relu" else 1.0 if k == "output" else self.add_unit(n))
                 for p in tensor_inputs(n):
@@ -248,7 +252,7 @@ class _Planner:
                     if not torch.allclose(actual, torch.full_like(actual, required), rtol=1e-12, atol=0):
                         gains.append(Gain(p.name, n.name, actual / required))
         return NormalizationPlan(self.method, layers, {n.name: u for n, u in self.units.items()}, gains,
-                                 affines, neurons)
+                                 affines, neurons, caps)
 
 
 def plan_normalization(gm: fx.GraphModule, stats: CalibrationStats, method: str = "connection",

@@ -9,8 +9,7 @@ Three kinds, each a function returning the numbers it draws:
   shows the least-squares fit ``rate = slope · activation + intercept`` (ordinary least squares
   **with** intercept, over every neuron, zeros included) and the Pearson r; the through-origin
   slope is returned too (``slope_origin``). The numbers are also written as JSON next to the figure.
-* :func:`metric_vs_T` — a metric of ``sjunet evaluate`` results against the number of steps T
-  (log x), one line per SNN result, the ANN as a horizontal dashed line.
+* metric against T and against energy live in :mod:`sjunet.curves`.
 * :func:`histograms` — a grid of per-layer activation histograms from the calibration HDF5 with
   the percentile λ and the maximum marked.
 
@@ -23,7 +22,6 @@ known suffix —, ``.svg``, ``.pdf``); every file goes through :func:`sjunet.io.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -40,7 +38,7 @@ from torch import fx, nn  # noqa: E402
 
 from sjunet.io import atomic_path, write_json  # noqa: E402
 
-KINDS = ("activation-vs-rate", "metric-vs-T", "histograms")
+KINDS = ("activation-vs-rate", "metric-vs-T", "metric-vs-energy", "histograms")
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 _NORM_LABELS = {"layer": "layer-wise", "connection": "connection-wise"}
 
@@ -333,117 +331,6 @@ def activation_vs_rate(
     return fits
 
 
-# ------------------------------------------------------------------------------------ metric vs T
-def _load_result(r) -> tuple[dict, str | None]:
-    if isinstance(r, Mapping):
-        return dict(r), None
-    p = Path(r)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such results file (write one with `sjunet evaluate -o`)")
-    return json.loads(p.read_text()), p.stem
-
-
-def _label_of(res: dict, stem: str | None, i: int) -> str:
-    conv = (res.get("snn") or {}).get("conversion") or {}
-    if conv.get("norm"):
-        lab = _NORM_LABELS.get(conv["norm"], conv["norm"])
-        if conv.get("neuron"):
-            lab += f" ({str(conv['neuron']).upper()})"
-        return lab
-    return stem or f"result {i + 1}"
-
-
-def default_metrics(result: Mapping) -> list[str]:
-    """``f1_*`` keys (binary segmentation), else ``psnr`` (denoising), else ``miou`` (multi-class),
-    else the first numeric metric."""
-    per_t = result.get("T") or {}
-    keys: list[str] = []
-    for m in list(per_t.values()) + [result.get("ann") or {}]:
-        keys += [k for k, v in m.items() if isinstance(v, (int, float)) and k not in keys]
-    f1 = [k for k in keys if k.startswith("f1_")]
-    if f1:
-        return f1
-    for k in ("psnr", "miou"):
-        if k in keys:
-            return [k]
-    keys = [k for k in keys if k not in ("num_images",)]
-    if not keys:
-        raise ValueError("the result holds no numeric metric")
-    return keys[:1]
-
-
-def metric_vs_T(
-    results: Sequence,
-    metric: str | Sequence[str] | None = None,
-    output: str | os.PathLike = "metric_vs_T.png",
-    labels: Sequence[str] | None = None,
-    title: str | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Metric against T (log x) of ``sjunet evaluate`` results (paths or dicts), one line per SNN
-    result, the ANN as a horizontal dashed line. ``metric=None``: every ``f1_*`` metric for binary
-    segmentation, ``psnr`` for denoising, ``miou`` for multi-class (one panel per metric).
-
-    Returns ``{metric: {label: {"T": [...], "values": [...], "ann": value or None}}}``.
-    """
-    if isinstance(results, (str, os.PathLike, Mapping)):
-        results = [results]
-    loaded = [_load_result(r) for r in results]
-    if not loaded:
-        raise ValueError("give at least one result")
-    if labels is not None and len(labels) != len(loaded):
-        raise ValueError(f"{len(labels)} labels for {len(loaded)} results")
-    metrics = [metric] if isinstance(metric, str) else list(metric) if metric else default_metrics(loaded[0][0])
-    names = list(labels) if labels is not None else [_label_of(r, s, i) for i, (r, s) in enumerate(loaded)]
-    for i, n in enumerate(names):  # make labels unique
-        if names.count(n) > 1:
-            names[i] = f"{n} [{loaded[i][1] or i + 1}]"
-
-    out: dict[str, dict[str, Any]] = {}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False, layout="constrained")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, m in zip(axes[0], metrics):
-        out[m] = {}
-        anns = []
-        all_T: list[int] = []
-        for i, ((res, _), name) in enumerate(zip(loaded, names)):
-            per_t = res.get("T") or {}
-            pts = sorted((int(t), float(v[m])) for t, v in per_t.items() if m in v)
-            ann = (res.get("ann") or {}).get(m)
-            out[m][name] = {"T": [t for t, _ in pts], "values": [v for _, v in pts],
-                            "ann": float(ann) if ann is not None else None}
-            if ann is not None:
-                anns.append((name, float(ann), colors[i % len(colors)]))
-            if pts:
-                c = colors[i % len(colors)]
-                ax.plot([t for t, _ in pts], [v for _, v in pts], "o-", color=c, lw=1.6, ms=4, label=name)
-                all_T += [t for t, _ in pts]
-        if not any(v["values"] for v in out[m].values()) and not anns:
-            raise ValueError(f"metric {m!r} is in none of the results")
-        distinct = sorted({round(a, 6) for _, a, _ in anns})
-        if len(distinct) == 1:
-            ax.axhline(anns[0][1], color="k", ls="--", lw=1.2, label=f"ANN ({anns[0][1]:.4g})")
-        else:
-            for name, a, c in anns:
-                ax.axhline(a, color=c, ls="--", lw=1.0, label=f"ANN for {name} ({a:.4g})")
-        if all_T:
-            ax.set_xscale("log")
-            ts = sorted(set(all_T))
-            ax.set_xticks(ts)
-            ax.set_xticklabels([str(t) for t in ts])
-            ax.minorticks_off()
-        ax.set_xlabel("time steps T")
-        ax.set_ylabel(m)
-        ax.set_title(m, fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-        if len(loaded) > 3:  # many lines: the legend goes beside the panel, not over the curves
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        else:
-            ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(title or f"SNN {', '.join(metrics)} vs number of time steps T (dashed: ANN)", fontsize=11)
-    save_figure(fig, output)
-    return out
-
-
 # ------------------------------------------------------------------------------------- histograms
 def histograms(
     stats,
@@ -571,7 +458,8 @@ def plot(kind: str, **kwargs) -> Any:
       dataset="em", data="../shared/data", T=20, n_images=1, output="fig3.png")`` — the first
       ``n_images`` test images; column labels from each SNN's conversion options (norm, neuron).
       ``snns=`` (a dict of modules) and ``images=`` are accepted as in :func:`activation_vs_rate`.
-    * ``"metric-vs-T"``: :func:`metric_vs_T` (``results=[...]``).
+    * ``"metric-vs-T"``: :func:`sjunet.curves.metric_vs_T` (``results=[...]``).
+    * ``"metric-vs-energy"``: :func:`sjunet.curves.metric_vs_energy` (``frontiers=[...]``).
     * ``"histograms"``: :func:`histograms` (``stats=path``).
     """
     if kind == "activation-vs-rate":
@@ -581,11 +469,16 @@ def plot(kind: str, **kwargs) -> Any:
             raise ValueError("activation-vs-rate needs model= (ANN or checkpoint path) and snn= (SNN paths or modules)")
         return _activation_vs_rate_from_files(**kwargs)
     if kind == "metric-vs-T":
+        from sjunet.curves import metric_vs_T
+
         return metric_vs_T(**kwargs)
+    if kind == "metric-vs-energy":
+        from sjunet.curves import metric_vs_energy
+
+        return metric_vs_energy(**kwargs)
     if kind == "histograms":
         return histograms(**kwargs)
     raise ValueError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-__all__ = ["KINDS", "activation_rate_points", "activation_vs_rate", "default_metrics", "fit_line",
-           "histograms", "metric_vs_T", "plot", "save_figure"]
+__all__ = ["KINDS", "activation_rate_points", "activation_vs_rate", "fit_line", "histograms", "plot", "save_figure"]

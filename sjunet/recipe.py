@@ -182,7 +182,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
                            "neuron": targets.get(ls.relu) if ls.relu else None,
                            "after_cat": kinds.get(inputs[n]) == "cat", "parts": [asdict(p) for p in ls.parts]}
                        for n, ls in plan.layers.items()},
-            "neurons": {targets[r]: {"relu": r, "lambda": lam, "fallback": self.stats.nodes[r].fallback}
+            "neurons": {targets[r]: {"relu": r, "lambda": lam, "fallback": self.stats.nodes[r].fallback,
+                                     "cap": plan.caps.get(r)}
                         for r, lam in plan.neurons.items()},
             "gains": [{"source": g.source, "consumer": g.consumer, "min": float(g.gain.min()),
                        "max": float(g.gain.max())} for g in plan.gains],

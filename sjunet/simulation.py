@@ -46,11 +46,14 @@ def simulate(
     mode: str = "step",
     chunk: int = 4,
     post: bool = True,
+    on_checkpoint=None,
 ) -> dict[int, torch.Tensor]:
     """Run ``snn`` on image batch ``x`` ([B, C, H, W]) for max(T) steps.
 
     Returns ``{t: I_in^L(t) / t}`` for every requested ``t`` (one run serves them all), with the
     ANN's output-side ops (sigmoid, softmax; stripped at conversion) applied when ``post``.
+    ``on_checkpoint(t, x)`` is called when step ``t`` of the requested ones is reached (before the
+    state is reset): energy counting reads the neurons' counters there.
     """
     if chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk}")
@@ -75,6 +78,8 @@ def simulate(
                     acc = acc + y  # step by step, so both modes sum in the same order
                 t += c
         out[target] = acc / target
+        if on_checkpoint is not None:
+            on_checkpoint(target, x)
     functional.reset_net(snn)
     ops = getattr(snn, "sjunet_post", None) if post else None
     return {t: apply_post(ops, y) for t, y in out.items()} if ops else out
@@ -106,27 +111,30 @@ class FlowRecord:
     outputs: dict[str, torch.Tensor]
     gates: dict[str, torch.Tensor]
     inputs: dict[str, torch.Tensor] | None = None
+    spikes: dict[str, torch.Tensor] | None = None  # threshold spikes per neuron (only when count_spikes)
 
 
 @torch.no_grad()
-def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_inputs: bool = False) -> FlowRecord:
+def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_inputs: bool = False,
+                count_spikes: bool = False) -> FlowRecord:
     """Simulate T steps recording I_out and the gate [I_in > 0] of every neuron layer (the first
     step of spiking-flow fine-tuning, Algorithm 1; also the SNN side of activation-vs-rate plots).
 
     ``chunk=1`` runs SpikingJelly's single-step mode, so the simulation holds one step's
     activations (memory independent of T); larger chunks run multi-step chunks. I_in is turned
     into a boolean gate as soon as the simulation ends and then dropped, unless ``keep_inputs``.
-    Spikes are not counted here.
+    Spikes are counted only with ``count_spikes`` (spike-budget fine-tuning).
     """
     functional.reset_net(snn)
     neurons = {n: m for n, m in snn.named_modules() if is_neuron(m)}
-    set_recording(snn, True, spikes=False)
+    set_recording(snn, True, spikes=count_spikes)
     try:
         run_steps(snn, x, T, chunk)
         outs = {n: m.acc_output for n, m in neurons.items()}
         gates = {n: m.input_current() > 0 for n, m in neurons.items()}
         ins = {n: m.input_current() for n, m in neurons.items()} if keep_inputs else None
+        spikes = {n: m.spike_count for n, m in neurons.items()} if count_spikes else None
     finally:
         set_recording(snn, False)
         functional.reset_net(snn)  # frees membranes and the I_in accumulators
-    return FlowRecord(T, outs, gates, ins)
+    return FlowRecord(T, outs, gates, ins, spikes)

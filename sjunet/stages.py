@@ -169,8 +169,8 @@ class SpikingMaxPool2d(base.MemoryModule):
     tends to T × the ANN's max-pool as each input's rate converges (spec §11). The unit of the
     input passes through (max-pooling commutes with a positive per-channel scale).
 
-    For energy counting it is an event source: with ``record_spikes`` on, ``spike_count`` counts
-    its non-zero outputs (one graded event each) over the steps.
+    For energy counting it is an event source: with ``record_spikes`` on, ``spike_count`` and
+    ``event_count`` both count its non-zero outputs (one graded event each) over the steps.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -185,6 +185,7 @@ class SpikingMaxPool2d(base.MemoryModule):
         self.record_spikes = False
         self.register_memory("acc", 0.0)
         self.register_memory("spike_count", 0.0)
+        self.register_memory("event_count", 0.0)
 
     @classmethod
     def from_maxpool(cls, m: nn.MaxPool2d) -> "SpikingMaxPool2d":
@@ -211,6 +212,7 @@ class SpikingMaxPool2d(base.MemoryModule):
             n = (o != 0).to(o.dtype)
             n = n.sum(0) if steps_dim else n
             self.spike_count = n if isinstance(self.spike_count, float) else self.spike_count + n
+            self.event_count = self.spike_count
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.acc, float):  # first step: S_0 = 0, maxpool(0) = 0

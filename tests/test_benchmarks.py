@@ -7,15 +7,23 @@ import sjunet.benchmarks.common as common
 from sjunet.benchmarks.__main__ import BENCHMARKS, main
 
 
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """One results folder for every smoke benchmark: the paper tables' cached smoke ANNs and
+    statistics are trained once and reused, as the benchmarks reuse them on a real machine."""
+    return tmp_path_factory.mktemp("results")
+
+
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_smoke_profile(name, tmp_path, monkeypatch, capsys):
+def test_smoke_profile(name, results, monkeypatch, capsys):
+    tmp_path = results
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     main([name, "--profile", "smoke"])
     out = capsys.readouterr().out
     assert "|" in out  # a Markdown table was printed
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
-            "ablation": "ablation", "zoo": "zoo"}[name]
+            "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table

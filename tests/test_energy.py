@@ -9,7 +9,8 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from sjunet.calibration import calibrate
-from sjunet.energy import E_AC, E_MAC, ann_macs, conv_macs, count_energy, count_energy_on, energy_table, spike_counts
+from sjunet.energy import E_AC, E_MAC, ann_macs, conv_macs, count_energy, count_energy_on, spike_counts
+from sjunet.energy_report import energy_table
 from sjunet.fanout import _compose, fanout_maps, stage_reach
 from sjunet.simulation import record_flow
 from sjunet.models import UNet
@@ -102,7 +103,14 @@ def test_hand_count_spikes_sops_macs_energy(tiny):
     assert r2.energy_ann_J == 1200 * 2.0
     d = r2.to_dict()
     json.dumps(d)
-    assert set(d["conventions"]) == {"paper", "sop", "ann"} and d["sops_per_spike"] == pytest.approx(2940 / 384)
+    assert set(d["conventions"]) == {"paper", "sop", "neurobench", "ann"}
+    assert d["sops_per_spike"] == pytest.approx(2940 / 384)
+    # graded events: every relu1 neuron is non-zero every step (2 channels), relu2's channels 0 and 2;
+    # NeuroBench: one MAC per event per synapse reached, however many thresholds fired
+    assert l1.events == 32 * T and l1.synaptic_events == 2 * 300 * T and l1.nonzero == 1.0
+    assert l2.events == 32 * T and l2.synaptic_events == 32 * T and l2.nonzero == pytest.approx(2 / 3)
+    assert r.energy_neurobench_J == pytest.approx((288 + 632 * T) * 4.6e-12, rel=1e-12)
+    assert r.ratios["neurobench"] == pytest.approx(r.energy_neurobench_J / r.energy_ann_J)
     table = energy_table(r)
     assert "| relu1 | 32 | 144 |" in table and "paper convention" in table and "SOP convention" in table
 
@@ -357,3 +365,36 @@ def test_energy_on_a_dataset_pads_to_the_size_multiple():
     r2 = count_energy_on(snn, test, T=2, ann=unet, limit=1)
     assert r2.ann_macs == r.ann_macs
     assert json.loads(json.dumps(r.to_dict()))["ratios"]["sop"] == pytest.approx(r.ratios["sop"])
+
+
+def test_several_T_from_one_simulation_equal_separate_counts(skewed):
+    net, data, stats = skewed
+    snn = convert(net, stats)
+    many = count_energy(snn, net, data, [1, 3, 7], chunk=2)
+    for t in (1, 3, 7):
+        one = count_energy(snn, net, data, t, chunk=1)
+        assert many[t].spikes == one.spikes and many[t].sops == one.sops and many[t].events == one.events
+        assert many[t].energy_neurobench_J == pytest.approx(one.energy_neurobench_J)
+    assert many[1].spikes < many[3].spikes < many[7].spikes
+
+
+def test_frontier_metrics_and_energy_match_their_separate_runs():
+    from sjunet.data import get_dataset
+    from sjunet.energy import energy_frontier
+    from sjunet.energy_report import frontier_table
+    from sjunet.evaluation import evaluate_snn
+
+    opts = {"size": 32, "num_items": 4}
+    unet = UNet(in_channels=1, out_channels=2, base_width=4, depth=2).eval()
+    train = get_dataset("demo-seg", None, "train", **opts)
+    snn = convert(unet, calibrate(unet, [train[i][0].unsqueeze(0) for i in range(2)], progress=False))
+    test = get_dataset("demo-seg", None, "test", **opts)
+    f = energy_frontier(snn, test, [1, 2, 4], ann=unet, limit=2)
+    ev = evaluate_snn(snn, test, [1, 2, 4], reference=unet, limit=2, progress=False)
+    sep = count_energy_on(snn, test, [1, 2, 4], ann=unet, limit=2)
+    for t in (1, 2, 4):
+        assert f["T"][str(t)]["metrics"] == ev["T"][str(t)]
+        assert f["T"][str(t)]["energy"]["sops"] == pytest.approx(sep[t].sops)
+        assert f["T"][str(t)]["energy"]["ratios"]["sop"] == pytest.approx(sep[t].ratios["sop"])
+    assert f["ann"] == ev["ann"]
+    assert "NeuroBench" in frontier_table(f) and "| ANN |" in frontier_table(f)

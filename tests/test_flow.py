@@ -38,7 +38,7 @@ def test_gradients_equal_hand_derivation():
     snn = convert(net, stats)
     T = 6
     rec = record_flow(snn, x, T, keep_inputs=True)
-    out = flow_forward(snn, x, T)
+    out = flow_forward(snn, x, T) / T  # Î_in^L / T
     loss = ((out - target) ** 2).sum()
     loss.backward()
     # by hand (Algorithm 1): I_in1 = T (w1 x + b1), I_out1 measured, I_L = w2 I_out1 + T b2
@@ -84,7 +84,7 @@ def test_bptt_baseline_forward_matches_simulation_and_has_gradients():
     data = batches(2)
     snn = convert(net, calibrate(net, data, progress=False))
     x, T = data[0], 5
-    out = bptt_forward(snn, x, T)
+    out = bptt_forward(snn, x, T) / T
     assert torch.allclose(out.detach(), simulate(snn, x, T)[T], atol=1e-5)
     out.sum().backward()
     assert snn.get_submodule("conv3").weight.grad.abs().sum() > 0

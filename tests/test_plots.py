@@ -6,7 +6,8 @@ import torch
 
 from helpers import SkewedSkipNet, batches
 from sjunet.calibration import calibrate
-from sjunet.plots import activation_vs_rate, fit_line, histograms, metric_vs_T, plot
+from sjunet.curves import metric_vs_T
+from sjunet.plots import activation_vs_rate, fit_line, histograms, plot
 from sjunet.recipe import convert
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -209,9 +209,9 @@ def test_finetune_nan_keeps_the_input(tmp_path, converted, monkeypatch):
     calls = []
     flow_loss = sjunet.flow.flow_loss
 
-    def nan_on_second(task, output, target):
+    def nan_on_second(task, output, target, T):
         calls.append(1)
-        value = flow_loss(task, output, target)
+        value = flow_loss(task, output, target, T)
         return value * float("nan") if len(calls) == 2 else value
 
     monkeypatch.setattr(sjunet.flow, "flow_loss", nan_on_second)
@@ -219,3 +219,18 @@ def test_finetune_nan_keeps_the_input(tmp_path, converted, monkeypatch):
     r = _cli(["finetune", "--snn", str(converted), *DATA, "--T", "2", "--batch-size", "4", "-o", str(out)])
     assert r.exit_code != 0 and "diverged" in r.output and "holds the best so far (the input)" in r.output
     assert "->" not in r.output and out.exists()
+
+
+def test_finetune_auto_lr_and_distillation_record_their_choice(tmp_path, converted):
+    from sjunet.flow import LR_CANDIDATES
+    from sjunet.recipe import load_snn
+
+    out = tmp_path / "ft.safetensors"
+    text = _ok(["finetune", "--snn", str(converted), *DATA, "--T", "1", "--batch-size", "4", "--epochs", "1",
+                "--lr", "auto", "--loss", "both", "--layer-weight", "0.5", "--warmup", "2", "--grad-clip", "1.0",
+                "-o", str(out)])
+    rec = load_snn(out)[1]["finetune"]
+    assert rec["lr"] in LR_CANDIDATES and set(map(float, rec["lr_trials"])) == set(LR_CANDIDATES)
+    assert rec["options"]["loss"] == "both" and "fine-tuning" in text
+    r = _cli(["finetune", "--snn", str(converted), *DATA, "--T", "1", "--lr", "fast", "-o", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--lr" in r.output

@@ -22,15 +22,22 @@ BENCHMARKS = {
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("name", choices=sorted(BENCHMARKS))
-    ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu", "paper"])
     ap.add_argument("--model", default=None, help="ANN checkpoint (default: a random-weight U-Net)")
     ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="auto", help="auto: CUDA when available, else CPU")
     ap.add_argument("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation, zoo)")
     a = ap.parse_args(argv)
+    from sjunet.distributed import resolve_device
+
+    a.device = resolve_device(a.device)
     target = BENCHMARKS[a.name]
     mod_name, fn_name = target if isinstance(target, tuple) else (target, "run")
-    fn = getattr(importlib.import_module(mod_name, __package__), fn_name)
+    module = importlib.import_module(mod_name, __package__)
+    fn = getattr(module, fn_name)
+    profiles = getattr(module, "RECIPE_PROFILES" if fn_name == "recipe" else "PROFILES", {})
+    if profiles and a.profile not in profiles:
+        ap.error(f"{a.name} has no {a.profile!r} profile (it has {', '.join(profiles)})")
     kw = {"device": a.device} if "device" in fn.__code__.co_varnames else {}
     if a.dataset is not None:
         if "dataset" not in fn.__code__.co_varnames:

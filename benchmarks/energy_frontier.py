@@ -19,6 +19,8 @@ PROFILES = {
                   limit=2, val_limit=2, batch=4),
     "cpu": dict(datasets=["em", "drive", "bsd68"], ann_profile="cpu", T=[1, 2, 4, 8, 16, 50], ft_T=2, ft_minutes=3.0,
                 beta=0.5, limit=5, val_limit={"drive": 128, "*": 3}, batch=4),
+    "gpu": dict(datasets=["em", "drive", "bsd68"], ann_profile="gpu", T=[1, 2, 4, 8, 16, 50], ft_T=2, ft_minutes=3.0,
+                beta=0.5, limit=None, val_limit={"drive": 256, "*": 5}, batch=8),
     "paper": dict(datasets=["em", "drive", "bsd68"], ann_profile="paper", T=[1, 2, 4, 8, 16, 50], ft_T=2,
                   ft_minutes=10.0, beta=0.5, limit=None, val_limit=None, batch=8),
 }

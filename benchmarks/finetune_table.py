@@ -26,6 +26,8 @@ PROFILES = {
                   ft_epochs=1, batch=4, limit=2, val_limit=2),
     "cpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
                 ann_profile="cpu", ft_minutes=3.0, ft_epochs=50, batch=4, limit=5, val_limit={"drive": 128, "*": 3}),
+    "gpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
+                ann_profile="gpu", ft_minutes=2.0, ft_epochs=100, batch=8, limit=None, val_limit={"drive": 256, "*": 5}),
     "paper": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
                   ann_profile="paper", ft_minutes=10.0, ft_epochs=100, batch=8, limit=None, val_limit=None),
 }

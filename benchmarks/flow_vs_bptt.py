@@ -1,11 +1,13 @@
 """Spiking-flow fine-tuning vs BPTT: peak memory and seconds per iteration (issue: fine-tuning).
 
 Same converted network, same batch, for T in the profile's list. Each (method, T) runs in its
-own subprocess so every peak-memory figure is its own process's. Reported beside them: one ANN
+own subprocess so every peak-memory figure is its own process's: on the CPU the peak resident
+set above the process's state after set-up, on CUDA ``torch.cuda.max_memory_allocated`` above
+the memory allocated after set-up (times CUDA-synchronised). Reported beside them: one ANN
 training step (forward + backward + update) and the T-step no-grad simulation alone, so the
 flow trainer's cost can be read as a ratio of (simulation + ANN step).
 
-    python -m sjunet.benchmarks flow --profile cpu [--model runs/em/ann.pt --data ../shared/data]
+    python -m sjunet.benchmarks flow --profile cpu [--model runs/em/ann.pt --data ../shared/data] [--device cuda]
 """
 from __future__ import annotations
 
@@ -59,6 +61,9 @@ def worker(cfg: dict) -> dict:
     from sjunet.tasks import SegmentationTask
 
     ann, snn, x, y = _setup(cfg)
+    device = cfg.get("device", "cpu")
+    cuda = device.startswith("cuda")
+    ann, snn, x, y = ann.to(device), snn.to(device), x.to(device), y.to(device)
     task = SegmentationTask(ann.config.out_channels)
     method, T = cfg["method"], cfg.get("T", 0)
     if method == "ann":
@@ -78,32 +83,42 @@ def worker(cfg: dict) -> dict:
 
         def step():
             train_step(snn, opt, task, x, y, T, method=method)
-    base = rss_mb()
-    peak_before = peak_rss_mb()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+        peak_before = base
+    else:
+        base = rss_mb()
+        peak_before = peak_rss_mb()
     times = []
     for _ in range(cfg["iters"] + 1):
         t0 = time.perf_counter()
         step()
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = peak_rss_mb()
-    return {"method": method, "T": T, "seconds": sum(times[1:]) / len(times[1:]),
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    return {"method": method, "T": T, "seconds": sum(times[1:]) / len(times[1:]), "device": device,
+            "memory": "cuda max_memory_allocated" if cuda else "cpu peak rss",
             "peak_increase_mb": max(peak - base, 0.0), "baseline_mb": base,
             "setup_peak_above_baseline_mb": peak_before - base}
 
 
-def run(profile: str = "cpu", model: str | None = None, data: str | None = None) -> dict:
+def run(profile: str = "cpu", model: str | None = None, data: str | None = None, device: str = "cpu") -> dict:
     from .common import run_worker, write_results
 
     p = dict(PROFILES[profile])
     common = {k: p[k] for k in ("width", "depth", "size", "batch", "iters")}
-    common.update(model=model, data=data)
+    common.update(model=model, data=data, device=device)
     rows = [run_worker(__spec__.name, {**common, "method": "ann"})]
     for T in p["T"]:
         for method in ("sim", "flow", "bptt"):
             rows.append(run_worker(__spec__.name, {**common, "method": method, "T": T}))
     ann = rows[0]
     by = {(r["method"], r["T"]): r for r in rows}
-    lines = [f"Flow vs BPTT ({profile} profile; width {p['width']}, batch {p['batch']} of {p['size']}x{p['size']}; "
+    lines = [f"Flow vs BPTT ({profile} profile, device {device}, memory: {ann['memory']}; width {p['width']}, "
+             f"batch {p['batch']} of {p['size']}x{p['size']}; "
              f"ANN training step: +{ann['peak_increase_mb']:.0f} MB, {ann['seconds']:.3f} s)", "",
              "| T | flow MB | BPTT MB | flow/ANN mem | BPTT/flow mem | flow s/it | BPTT s/it | sim s | flow/(sim+ANN step) | BPTT/flow time |",
              "|---|---|---|---|---|---|---|---|---|---|"]

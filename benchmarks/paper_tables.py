@@ -39,6 +39,11 @@ PROFILES = {
                 epochs=200, ft_minutes=2.0, ft_epochs=10, limit=5, batch=8),
     "paper": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], width=64, depth=4, train_minutes=None, lr=1e-3,
                   epochs=200, ft_minutes=None, ft_epochs=100, limit=None, batch=8),
+    # one H100/H200 (--device cuda): width 64, each dataset ≤ ~10 GPU-minutes (6 ANN + 2 fine-tuning + evaluation);
+    # width-64 ANN training with warm-up, cosine decay and clipping (Adam 1e-3 alone collapsed at epoch 25)
+    "gpu": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], width=64, depth=4, train_minutes=6.0, lr=5e-4,
+                epochs=200, ft_minutes=2.0, ft_epochs=100, limit=None, batch=8, schedule="cosine", warmup=200,
+                grad_clip=1.0),
 }
 
 
@@ -54,7 +59,9 @@ def _ann(p: dict, name: str, data, device: str, profile: str) -> tuple[str, obje
     if not path.exists():
         train(TrainOptions(dataset=d["train"], data=data, output=str(path), epochs=p["epochs"], batch_size=p["batch"],
                            width=p["width"], depth=p["depth"], device=device, max_minutes=p["train_minutes"],
-                           optimizer="adam", lr=p["lr"], dataset_options=d["train_opts"]), progress=False, force=True)
+                           optimizer="adam", lr=p["lr"], dataset_options=d["train_opts"],
+                           schedule=p.get("schedule", "constant"), warmup=p.get("warmup", 0),
+                           grad_clip=p.get("grad_clip")), progress=False, force=True)
     return str(path), load_ann(path)[0]
 
 
@@ -257,7 +264,7 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
 #: Table 3 variants: (normalisation, neuron)
 ABLATION = [("layer", "if"), ("layer", "mt"), ("connection", "if"), ("connection", "mt")]
 #: long T of Table 3's rows without fine-tuning (the paper: 1000)
-LONG_T = {"smoke": 16, "cpu": 200, "paper": 1000}
+LONG_T = {"smoke": 16, "cpu": 200, "gpu": 1000, "paper": 1000}
 
 
 def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:

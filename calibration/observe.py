@@ -95,8 +95,11 @@ def calibrate(
     stages, joins, concatenation parts) are measured by magnitude |x|: their λ is a unit, never
     negative. Writes HDF5 to ``output`` when given.
     """
+    from sjunet.distributed import resolve_device
+
     if not 0 < p <= 100:
         raise ValueError(f"percentile p must be in (0, 100], got {p}")
+    device = resolve_device(device)
     data = list(data) if not hasattr(data, "__len__") else data
     n_batches = len(data) if max_batches is None else min(len(data), max_batches)
     if n_batches == 0:

@@ -150,6 +150,12 @@ def _run_loop(fn, *args, **kwargs):
         raise click.ClickException(str(e)) from e
 
 
+def _is_main() -> bool:
+    from sjunet.distributed import world
+
+    return world().main
+
+
 def _stop_note(s: dict) -> str:
     if s.get("stopped") in (None, "epochs"):
         return ""
@@ -174,13 +180,16 @@ def _stop_note(s: dict) -> str:
               help="down-sampling of sjunet's U-Net (the paper: avg)")
 @click.option("--arch", default=None, help="train another U-Net instead: package.module:factory")
 @click.option("--arch-kwargs", default=None, help="JSON keyword arguments of the --arch factory")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
+@click.option("--warmup", default=0, show_default=True, help="iterations of linear learning-rate warm-up")
+@click.option("--grad-clip", type=float, default=None, help="clip each step's gradient norm to this")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @_budget_options
 @opt_opt
 @_fail_cleanly
 def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth, batch_norm, up_relu, pool, arch,
-          arch_kwargs, seed, device, max_minutes, max_iters, val_every, resume, force, opt):
+          arch_kwargs, schedule, warmup, grad_clip, seed, device, max_minutes, max_iters, val_every, resume, force, opt):
     """Train the ANN U-Net; keeps the best checkpoint on the validation split."""
     from sjunet.models.external import parse_arch_kwargs
     from sjunet.training import TrainOptions, train as train_fn
@@ -189,10 +198,12 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
                         optimizer=optimizer, width=width, depth=depth, batch_norm=batch_norm, up_relu=up_relu,
                         pool=pool, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
                         max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
-                        dataset_options=_parse_options(opt))
+                        dataset_options=_parse_options(opt), schedule=schedule, warmup=warmup, grad_clip=grad_clip)
     s = _run_loop(train_fn, opts, resume=resume, force=force)
     best = s["best"]
-    click.echo(f"{_stop_note(s)}best: {best['at']} (score {best['score']:.4f}): {json.dumps(best['val'])}  -> {output}")
+    if _is_main():
+        click.echo(f"{_stop_note(s)}best: {best['at']} (score {best['score']:.4f}): {json.dumps(best['val'])}"
+                   f"  -> {output}")
 
 
 @main.command()
@@ -205,7 +216,7 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--max-batches", type=int, default=None, help="default: the whole split")
 @click.option("-o", "--output", default="runs/stats.h5", show_default=True, type=click.Path())
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @_force_option
 @opt_opt
 @_fail_cleanly
@@ -292,17 +303,20 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
 @click.option("--chunk", default=4, show_default=True)
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images")
 @click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @_force_option
 @opt_opt
 @_fail_cleanly
 def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, limit, output,
              device, force, opt):
-    """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN)."""
+    """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN); under torchrun the images
+    are split across the processes and the metrics merged."""
+    from sjunet import distributed
     from sjunet.data import get_dataset
     from sjunet.evaluation import check_compatible, check_options, evaluate as evaluate_fn
     from sjunet.io import file_fingerprint, provenance, write_json
 
+    device = distributed.device_for(device) if distributed.init(device).active else device
     T = _steps(T, more_t)
     check_options(T, chunk, limit)
     if snn is None and model is None and arch is None:
@@ -327,9 +341,10 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
                          "mode": mode, "chunk": chunk, "device": device}
     result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device))
     result["provenance"] = provenance()
-    if output is not None:
-        write_json(result, output)
-    click.echo(format_result(result))
+    if distributed.world().main:
+        if output is not None:
+            write_json(result, output)
+        click.echo(format_result(result))
 
 
 def _steps(T: tuple[str, ...], more: tuple[int, ...]) -> list[int]:
@@ -381,7 +396,7 @@ def format_result(r: dict) -> str:
               help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
 @click.option("--chunk", default=1, show_default=True, help="steps per multi-step chunk of the no-grad simulation (1: single-step mode, memory independent of T)")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @_budget_options
 @opt_opt
 @_fail_cleanly
@@ -403,6 +418,8 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
                            chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                            device=device, dataset_options=_parse_options(opt), **given)
     s = _run_loop(finetune_fn, opts, resume=resume, force=force)
+    if not _is_main():
+        return
     before, best = s["baseline"], s["best"]
     click.echo(f"{_stop_note(s)}before: {json.dumps(before['val'])}\nbest:   {json.dumps(best['val'])}")
     if s["improved"]:
@@ -521,7 +538,7 @@ def plot_histograms(stats, output, force):
 @click.option("--mode", type=click.Choice(["multi", "step"]), default="step", show_default=True)
 @click.option("--chunk", default=4, show_default=True)
 @click.option("-o", "--output", type=click.Path(), default=None, help="write the frontier as JSON")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @_force_option
 @opt_opt
 @_fail_cleanly
@@ -560,10 +577,10 @@ def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, more
 
 @main.command()
 @click.argument("name")
-@click.option("--profile", type=click.Choice(["smoke", "cpu", "paper"]), default="cpu", show_default=True)
+@click.option("--profile", type=click.Choice(["smoke", "cpu", "gpu", "paper"]), default="cpu", show_default=True)
 @click.option("--model", default=None, type=click.Path())
 @click.option("--data", default=None, type=click.Path())
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @click.option("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation)")
 def bench(name, profile, model, data, device, dataset):
     """Run a benchmark from benchmarks/ (same as `python -m sjunet.benchmarks NAME`)."""

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sjunet.data.patches import predict_by_patches
+from sjunet.distributed import merge_meter, resolve_device, shard
 from sjunet.simulation import simulate
 from sjunet.tasks import Task, task_for
 
@@ -98,8 +99,10 @@ def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "step", chunk: int = 4,
 
 
 def _items(dataset, limit: int | None):
+    """The first ``limit`` items as batches of one; under torchrun, this rank's share of them
+    (the metric accumulators are merged afterwards, :func:`sjunet.distributed.merge_meter`)."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    for i in range(n):
+    for i in shard(range(n)):
         x, y = dataset[i]
         yield x.unsqueeze(0), y.unsqueeze(0)
 
@@ -140,6 +143,7 @@ def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: 
     """Metrics of an ANN on ``dataset`` (whole images)."""
     task = task or task_for(dataset)
     check_options(limit=limit)
+    device = resolve_device(device)
     was_training = model.training
     model.eval()
     meter = task.new_meter()
@@ -150,6 +154,7 @@ def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: 
         out = predict(ann_fn(model), x, dataset, multiple)[None]
         meter.update(out.cpu(), task.meter_target(x.cpu(), y.cpu()))
     model.train(was_training)
+    merge_meter(meter)
     return meter.result()
 
 
@@ -166,6 +171,7 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
     is called at every requested step of every simulated input (:func:`sjunet.simulation.simulate`)."""
     task = task or task_for(dataset)
     check_options(T, chunk, limit)
+    device = resolve_device(device)
     multiple = multiple or size_multiple(snn)
     T = sorted(set(int(t) for t in T))
     meters = {t: task.new_meter() for t in T}
@@ -191,6 +197,8 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
         t_snn += time.perf_counter() - t0
         for t in T:
             meters[t].update(outs[t].cpu(), task.meter_target(x.cpu(), y), reference=ref)
+    for m in [*meters.values(), *([ann_meter] if ann_meter is not None else [])]:
+        merge_meter(m)
     result = {"T": {str(t): meters[t].result() for t in T},
               "timing": {"images": n, "snn_seconds_per_image": t_snn / max(n, 1), "max_T": max(T),
                          "snn_seconds_per_step": t_snn / max(n, 1) / max(T)}}

@@ -113,15 +113,31 @@ class FlowPass(fx.Interpreter):
         return super().call_module(target, args, kwargs)  # average pooling, concatenation (linear, no bias)
 
 
+class FlowModule(nn.Module):
+    """Step 2 as a module (so DistributedDataParallel can wrap it, spec §13): ``forward(x, record)``
+    runs :class:`FlowPass` over ``snn`` and returns ``(Î_in^L, {neuron: straight-through I_out^l})``."""
+
+    def __init__(self, snn: fx.GraphModule, keep_outputs: bool = False) -> None:
+        super().__init__()
+        self.snn = snn
+        self.keep_outputs = keep_outputs
+
+    def forward(self, x: torch.Tensor, record: FlowRecord):
+        functional.set_step_mode(self.snn, "s")
+        p = FlowPass(self.snn, record, keep_outputs=self.keep_outputs)
+        return p.run(x), p.outputs
+
+
 def flow_forward(snn: fx.GraphModule, x: torch.Tensor, T: int, chunk: int = 1, keep_outputs: bool = False,
-                 count_spikes: bool = False):
+                 count_spikes: bool = False, runner: nn.Module | None = None):
     """Steps 1–2: returns Î_in^L (accumulated over T steps) with the flow gradient attached; with
-    ``keep_outputs`` ``(Î_in^L, {neuron: straight-through I_out^l}, {neuron: spike counts or None})``."""
+    ``keep_outputs`` ``(Î_in^L, {neuron: straight-through I_out^l}, {neuron: spike counts or None})``.
+
+    The no-grad simulation runs on ``snn`` itself; the differentiable pass on ``runner`` (a
+    :class:`FlowModule` of ``snn``, or its DistributedDataParallel wrapper under torchrun)."""
     rec = record_flow(snn, x, T, chunk, count_spikes=count_spikes)
-    functional.set_step_mode(snn, "s")
-    p = FlowPass(snn, rec, keep_outputs=keep_outputs)
-    out = p.run(x)
-    return (out, p.outputs, rec.spikes) if keep_outputs else out
+    out, outputs = (runner or FlowModule(snn, keep_outputs))(x, rec)
+    return (out, outputs, rec.spikes) if keep_outputs else out
 
 
 def bptt_forward(snn: fx.GraphModule, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -221,8 +237,9 @@ class SopPenalty:
 
 def finetune_loss(snn, task: Task, x: torch.Tensor, y: torch.Tensor, T: int, method: str = "flow",
                   chunk: int = 1, teacher: Teacher | None = None, weights: LossWeights = LossWeights(),
-                  penalty: SopPenalty | None = None) -> torch.Tensor:
-    """Steps 1–3 on a batch: the output flow (or the BPTT output) and the weighted objective."""
+                  penalty: SopPenalty | None = None, runner: nn.Module | None = None) -> torch.Tensor:
+    """Steps 1–3 on a batch: the output flow (or the BPTT output) and the weighted objective
+    (``runner``: the differentiable pass's module, see :func:`flow_forward`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     if weights.needs_teacher and teacher is None:
@@ -232,7 +249,7 @@ def finetune_loss(snn, task: Task, x: torch.Tensor, y: torch.Tensor, T: int, met
     layered = (weights.layer > 0 or weights.energy > 0) and method == "flow"
     rates = spikes = None
     if method == "flow":
-        out = flow_forward(snn, x, T, chunk, keep_outputs=layered, count_spikes=weights.energy > 0)
+        out = flow_forward(snn, x, T, chunk, keep_outputs=layered, count_spikes=weights.energy > 0, runner=runner)
         if layered:
             out, rates, spikes = out
     else:
@@ -300,7 +317,6 @@ class FinetuneOptions:
     energy_penalty: float = 0.0
 
 
-SCHEDULES = ("cosine", "constant")
 
 def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "adam", candidates=LR_CANDIDATES,
                   iters: int = LR_TRIAL_ITERS, batch_size: int = 4, seed: int = 0, grad_clip: float | None = None,
@@ -362,8 +378,8 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     """
     from sjunet.evaluation import check_compatible, evaluate_snn
     from sjunet.io import SNN_KIND, file_fingerprint
-    from sjunet.loop import (LoopOptions, check_options, fit, make_optimizer, run_outputs, seed_everything,
-                             train_val_datasets)
+    from sjunet.loop import (SCHEDULES, LoopOptions, check_options, fit, make_optimizer, make_schedule, run_outputs,
+                             seed_everything, train_val_datasets)
     from sjunet.recipe import load_snn, save_snn, snn_size_multiple
     from sjunet.tasks import task_for
 
@@ -384,6 +400,11 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
                             train_mode=False, grad_clip=opts.grad_clip)
     if Path(opts.snn).resolve() == Path(opts.output).resolve():
         raise ValueError(f"the output {opts.output} is the input SNN: choose another -o")
+    from sjunet import distributed
+
+    w = distributed.init(opts.device)
+    opts = FinetuneOptions(**{**asdict(opts), "device": distributed.device_for(opts.device)})  # "auto" resolved
+    loop_opts.device = opts.device
     with run_outputs(opts.output, force=force, resume=resume, what="fine-tuned SNN") as (output, last):
         seed_everything(opts.seed)
         snn, rec = load_snn(opts.snn)
@@ -398,9 +419,13 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         params = [p for p in snn.parameters() if p.requires_grad]
         teacher = Teacher(snn).to(opts.device) if weights.needs_teacher else None
         penalty = SopPenalty(snn) if weights.energy else None
+        runner = FlowModule(snn, keep_outputs=weights.layer > 0 or weights.energy > 0)
+        if w.active and opts.method == "flow":  # only the differentiable pass goes through DDP
+            runner = torch.nn.parallel.DistributedDataParallel(runner)
 
         def step(x, y):
-            return finetune_loss(snn, task, x, y, opts.T, opts.method, opts.chunk, teacher, weights, penalty)
+            return finetune_loss(snn, task, x, y, opts.T, opts.method, opts.chunk, teacher, weights, penalty,
+                                 runner)
 
         def validate():
             r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=4, limit=opts.val_limit, multiple=multiple,
@@ -420,7 +445,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         total = opts.epochs * math.ceil(len(train_ds) / opts.batch_size)
         if opts.max_iters is not None:
             total = min(total, opts.max_iters)
-        sched = _schedule(optimizer, opts.schedule, total, opts.warmup, lr)
+        sched = make_schedule(optimizer, opts.schedule, total, opts.warmup, lr)
 
         baseline: dict = {}
 
@@ -455,23 +480,6 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     best, base = summary["best"], summary["baseline"]
     return {**summary, "output": str(output), "before": base["val"] if base else None,
             "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials}
-
-
-def _schedule(optimizer, schedule: str, total: int, warmup: int, lr: float):
-    """Per-iteration learning rate: a linear warm-up from lr/10 over ``warmup`` iterations, then
-    cosine decay to lr/100 over the rest of the run (``schedule="cosine"``) or constant."""
-    from torch.optim import lr_scheduler
-
-    if schedule == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=lr * 0.01)
-    elif warmup:
-        main = lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
-    else:
-        return None
-    if not warmup:
-        return main
-    ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
-    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def _cpu_copy(snn: nn.Module) -> nn.Module:

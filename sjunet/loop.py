@@ -158,6 +158,9 @@ def rng_preserved() -> Iterator[None]:
 
 # ------------------------------------------------------------------------------- shared helpers
 
+SCHEDULES = ("cosine", "constant")
+
+
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     name = name.lower()
     if name == "adam":
@@ -167,6 +170,23 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     raise ValueError(f"unknown optimizer {name!r}; choose adam, rmsprop or sgd")
+
+
+def make_schedule(optimizer, schedule: str, total: int, warmup: int, lr: float):
+    """Per-iteration learning rate (train and finetune): a linear warm-up from lr/10 over ``warmup`` iterations, then
+    cosine decay to lr/100 over the rest of the run (``schedule="cosine"``) or constant."""
+    from torch.optim import lr_scheduler
+
+    if schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=lr * 0.01)
+    elif warmup:
+        main = lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    else:
+        return None
+    if not warmup:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def format_metrics(d: dict) -> str:
@@ -216,8 +236,14 @@ def run_outputs(output: str | Path, force: bool = False, resume: bool = False,
     run (not ``resume``) removes a stale ``.last.pt`` at once, so a later ``--resume`` can never
     continue an older run into this run's output. ``resume`` needs the ``.last.pt`` file.
     """
+    from sjunet import distributed
+
     output = Path(output)
     last = last_path(output)
+    if not distributed.world().main:  # under torchrun only rank 0 guards and writes the outputs; if its
+        distributed.barrier()  # checks fail, torchrun ends the other ranks
+        yield output, last
+        return
     with output_guard(output, force=force, resume=resume, what=what) as out:
         if resume:
             if not last.is_file():
@@ -227,6 +253,7 @@ def run_outputs(output: str | Path, force: bool = False, resume: bool = False,
                 raise OutputExistsError(f"{last} exists (the state of an unfinished run): pass --resume to continue "
                                         "it or --force to start over (or choose another -o)")
             last.unlink()
+        distributed.barrier()
         yield out, last
 
 
@@ -290,12 +317,18 @@ def fit(
         (the position reached), ``minutes`` (this call), ``minutes_total`` (across resumes),
         ``resumed``.
     """
+    from sjunet import distributed
+
     identity = dict(identity or {})
     n = len(train_data)
     if n == 0:
         raise ValueError("the training split is empty")
     bs = options.batch_size
+    w = distributed.world()
+    if w.active and bs % w.size:
+        raise ValueError(f"--batch-size {bs} (the global batch) must be divisible by the {w.size} processes")
     per_epoch = math.ceil(n / bs)
+    show = options.progress and w.main
     model.to(options.device)
     gen = torch.Generator()
     gen.manual_seed(int(options.seed))
@@ -328,15 +361,18 @@ def fit(
                  "minutes": st["minutes_before"] + (time.monotonic() - t0) / 60}
         st["history"].append(entry)
         st["loss_sum"], st["loss_count"] = 0.0, 0
-        if options.progress:
+        if show:
             loss = f"loss {entry['loss']:.4f}  " if entry["loss"] is not None else ""
             tqdm.write(f"{where}: {loss}val {format_metrics(val)}  (score {score:.4f})")
         if st["best"] is None or score > st["best"]["score"]:
             st["best"] = entry
-            save_best(entry, list(st["history"]))
+            if w.main:
+                save_best(entry, list(st["history"]))
         return entry
 
     def save_last() -> None:
+        if not w.main:
+            return
         torch_save_atomic({
             "kind": kind, "loop_version": LOOP_VERSION,
             "state_dict": _state_dict(model), "optimizer": optimizer.state_dict(),
@@ -372,7 +408,7 @@ def fit(
         for k in ("epoch", "iteration", "step", "order", "history", "best", "baseline", "loss_sum", "loss_count"):
             st[k] = saved[k]
         st["minutes_before"] = float(saved.get("minutes", 0.0))
-        if options.progress:
+        if show:
             where = f"epoch {st['epoch'] + 1}" + (f", iteration {st['iteration']}/{per_epoch}" if st["iteration"] else "")
             tqdm.write(f"resuming at {where} (step {st['step']})")
     elif baseline:
@@ -389,19 +425,26 @@ def fit(
             st["order"] = torch.randperm(n, generator=gen)
         if hasattr(train_data, "set_epoch"):
             train_data.set_epoch(epoch)
-        # the order is ours; the loader's own generator only keeps it from drawing its base seed from the
-        # global torch RNG (which would make a resumed run draw differently from an uninterrupted one)
-        loader = DataLoader(train_data, batch_size=bs, sampler=st["order"][st["iteration"] * bs:].tolist(),
+        # the order is ours (the global batches; under torchrun each rank takes its share of each); the
+        # loader's own generator only keeps it from drawing its base seed from the global torch RNG
+        # (which would make a resumed run draw differently from an uninterrupted one)
+        rest = st["order"][st["iteration"] * bs:].tolist()
+        global_batches = [rest[i:i + bs] for i in range(0, len(rest), bs)]
+        sizes = [len(b) for b in global_batches]
+        loader = DataLoader(train_data, batch_sampler=[distributed.shard(b, w) for b in global_batches],
                             generator=torch.Generator().manual_seed(int(options.seed)))
         model.train(options.train_mode)
         bar = tqdm(total=per_epoch, initial=st["iteration"], desc=f"{options.desc} epoch {epoch + 1}/{options.epochs}",
-                   disable=not options.progress, leave=False)
+                   disable=not show, leave=False)
         recent: list[float] = []
         try:
-            for x, y in loader:
+            for k, (x, y) in enumerate(loader):
                 x, y = x.to(options.device), y.to(options.device)
                 loss = step(x, y)
                 value = float(loss.detach())
+                if w.active:  # the mean over the global batch, the same on every rank
+                    value = distributed.all_sum(value * x.shape[0]) / sizes[k]
+                    loss = loss * distributed.batch_weight(x.shape[0], sizes[k], w)
                 if not math.isfinite(value):
                     lr = optimizer.param_groups[0]["lr"]
                     raise DivergedError(
@@ -434,6 +477,8 @@ def fit(
                     stopped = "max_iters"
                 elif options.max_minutes is not None and (time.monotonic() - t0) / 60 >= options.max_minutes:
                     stopped = "max_minutes"
+                if options.max_minutes is not None and w.active:
+                    stopped = distributed.decide(stopped)  # rank 0's clock
                 due = (stopped is not None or (st["step"] % options.val_every == 0 if options.val_every
                                                else end_of_epoch))
                 if due:

@@ -5,10 +5,11 @@ simulation, spiking-flow fine-tuning, energy counting and plots use of a neuron 
 
 * flags ``record`` (accumulate the output flow) and ``record_spikes`` (count spikes), switched by
   :func:`set_recording`;
-* memories ``acc_output`` = I_out = Σ_t o(t) (paper Eq. 10), ``spike_count`` = Σ_t (threshold
-  crossings) and ``event_count`` = Σ_t [o(t) ≠ 0] (graded events: one message per non-zero
-  output, however many thresholds fired), reset by ``functional.reset_net``;
-  :meth:`SpikingNeuron.input_current` = I_in = Σ_t I(t) (paper Eq. 9);
+* :meth:`SpikingNeuron.output_flow` = I_out = Σ_t o(t) (paper Eq. 10),
+  :meth:`SpikingNeuron.input_current` = I_in = Σ_t I(t) (paper Eq. 9), and memories
+  ``spike_count`` = Σ_t (threshold crossings) and ``event_count`` = Σ_t [o(t) ≠ 0] (graded events:
+  one message per non-zero output, however many thresholds fired), reset by
+  ``functional.reset_net``;
 * ``quantum`` (the smallest non-zero output), ``max_output`` (the largest output of one step:
   a saturated neuron; capped ReLUs use it) and :meth:`spec`
   (constructor arguments as plain data, so an SNN file rebuilds it without code).
@@ -146,6 +147,9 @@ class SpikingNeuron(neuron.BaseNode):
     #: largest output of one step (normalised units)
     max_output: float = 1.0
 
+    def output_flow(self) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
     def input_current(self) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -166,10 +170,14 @@ class MultiThresholdNode(SpikingNeuron):
     SpikingJelly's ``ann2snn`` expects. Memories (reset by ``functional.reset_net``):
 
     * ``v`` — membrane potential, ``v_init`` after reset (default 0, as in the paper);
-    * ``acc_output`` — Σ_t o(t), the output flow I_out (paper Eq. 10);
-    * ``spike_count`` — Σ_t Σ_i s_i(t).
+    * ``acc_output`` — Σ_t o(t), the output flow I_out (paper Eq. 10), read by
+      :meth:`output_flow`. With a halving ladder every output is a whole number of quanta θ_N, so
+      the sum is kept as an integer count of quanta (int16, widened to int32 before it could
+      overflow): exact, and half the memory of a float32 accumulator (the spiking-flow trainer
+      holds one per neuron layer while it simulates);
+    * ``spike_count`` — Σ_t Σ_i s_i(t); ``event_count`` — Σ_t [o(t) ≠ 0].
 
-    ``acc_output`` is recorded only while ``record`` is True, ``spike_count`` only while
+    ``acc_output`` is recorded only while ``record`` is True, the counts only while
     ``record_spikes`` is True (``set_recording``); otherwise they stay ``0.0`` and cost nothing.
     The accumulated input current I_in = Σ_t I(t) (paper Eq. 9) needs no memory of its own: reset
     by subtraction gives V_T = V_0 + I_in − I_out, so :meth:`input_current` returns
@@ -192,6 +200,7 @@ class MultiThresholdNode(SpikingNeuron):
         self.register_memory("acc_output", 0.0)
         self.register_memory("spike_count", 0.0)
         self.register_memory("event_count", 0.0)
+        self._flow_steps = 0  # steps in acc_output (bounds its integer count)
 
     def extra_repr(self) -> str:
         return f"thresholds={self.thresholds}, v_init={self.v_init}, step_mode={self.step_mode}, record={self.record}"
@@ -211,15 +220,35 @@ class MultiThresholdNode(SpikingNeuron):
         v = super().materialize_states(inputs, states, step_mode)[0]
         return (v, *states[1:])
 
+    def output_flow(self) -> torch.Tensor:
+        """I_out = Σ_t o(t) since the last reset (needs ``record`` on)."""
+        acc = self.acc_output
+        if isinstance(acc, float):
+            raise RuntimeError("output_flow() needs a simulation with recording on (set_recording)")
+        return acc.to(self.v.dtype) * self.thresholds[-1] if not acc.is_floating_point() else acc
+
     def input_current(self) -> torch.Tensor:
         """I_in = Σ_t I(t) since the last reset, as V_T − V_0 + I_out (needs ``record`` on)."""
-        if isinstance(self.acc_output, float):
-            raise RuntimeError("input_current() needs a simulation with recording on (set_recording)")
-        return self.v - self.v_init + self.acc_output
+        return self.v - self.v_init + self.output_flow()
 
     @staticmethod
     def _accumulate(acc, value):
         return value if isinstance(acc, float) else acc + value
+
+    def _accumulate_flow(self, acc, o: torch.Tensor, steps: int = 1):
+        """Add ``o`` (summed over ``steps`` steps) to the output flow: whole quanta as integers with a
+        halving ladder (exact; int16, or int32 once the count could pass 32767), else floats."""
+        if not is_halving(self.thresholds):
+            return self._accumulate(acc, o)
+        q = torch.round(o / self.thresholds[-1])
+        self._flow_steps = (0 if isinstance(acc, float) else self._flow_steps) + steps
+        bound = ((1 << len(self.thresholds)) - 1) * self._flow_steps  # the largest count possible so far
+        dtype = torch.int16 if bound <= 32767 else torch.int32
+        if isinstance(acc, float):
+            return q.to(dtype)
+        if acc.dtype != dtype and dtype == torch.int32:
+            acc = acc.to(torch.int32)
+        return acc + q.to(acc.dtype)
 
     def _step(self, x, v):
         if self.surrogate_gradient and torch.is_grad_enabled():
@@ -232,7 +261,7 @@ class MultiThresholdNode(SpikingNeuron):
         v, acc_out, count, events = states
         o, v, n = self._step(x, v)
         if self.record:
-            acc_out = self._accumulate(acc_out, o)
+            acc_out = self._accumulate_flow(acc_out, o)
         if n is not None:
             count = self._accumulate(count, n)
             events = self._accumulate(events, (o != 0).to(o.dtype))
@@ -250,7 +279,7 @@ class MultiThresholdNode(SpikingNeuron):
                 n_sum = n if n_sum is None else n_sum + n
         out = torch.stack(steps)
         if self.record and x_seq.shape[0]:
-            acc_out = self._accumulate(acc_out, out.sum(0))
+            acc_out = self._accumulate_flow(acc_out, out.sum(0), steps=x_seq.shape[0])
         if n_sum is not None:
             count = self._accumulate(count, n_sum)
             events = self._accumulate(events, (out != 0).to(out.dtype).sum(0))

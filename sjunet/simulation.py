@@ -128,12 +128,19 @@ def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_in
     functional.reset_net(snn)
     neurons = {n: m for n, m in snn.named_modules() if is_neuron(m)}
     set_recording(snn, True, spikes=count_spikes)
+    outs, gates, ins, spikes = {}, {}, {} if keep_inputs else None, {} if count_spikes else None
     try:
         run_steps(snn, x, T, chunk)
-        outs = {n: m.acc_output for n, m in neurons.items()}
-        gates = {n: m.input_current() > 0 for n, m in neurons.items()}
-        ins = {n: m.input_current() for n, m in neurons.items()} if keep_inputs else None
-        spikes = {n: m.spike_count for n, m in neurons.items()} if count_spikes else None
+        for n, m in neurons.items():  # read each layer, then free its state at once (a lower peak)
+            outs[n] = m.output_flow()
+            i_in = m.input_current()
+            gates[n] = i_in > 0
+            if keep_inputs:
+                ins[n] = i_in
+            if count_spikes:
+                spikes[n] = m.spike_count
+            del i_in
+            m.reset()
     finally:
         set_recording(snn, False)
         functional.reset_net(snn)  # frees membranes and the I_in accumulators

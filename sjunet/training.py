@@ -14,13 +14,17 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+import torch
+
 from sjunet.io import ANN_KIND, model_fingerprint, provenance, torch_save_atomic
 from sjunet.loop import (
+    SCHEDULES,
     LoopOptions,
     TrainingError,
     check_options,
     fit,
     make_optimizer,
+    make_schedule,
     run_outputs,
     seed_everything,
     train_val_datasets,
@@ -55,18 +59,34 @@ class TrainOptions:
     val_every: int | None = None
     val_limit: int | None = None
     dataset_options: dict = field(default_factory=dict)
+    #: learning-rate schedule ("constant": the paper's; "cosine": decay to lr/100 over the run)
+    schedule: str = "constant"
+    #: iterations of linear warm-up from lr/10 (0: none)
+    warmup: int = 0
+    #: clip each step's gradient norm to this (None: off)
+    grad_clip: float | None = None
 
 
 def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool = True, force: bool = False,
           **kwargs) -> dict:
     """Train a U-Net; returns :func:`sjunet.loop.fit`'s summary plus ``output``, ``best_epoch`` and
     ``best_val``. Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score."""
+    from dataclasses import replace
+
+    from sjunet import distributed
+
     started = time.monotonic()
     opts = opts or TrainOptions(**kwargs)
+    w = distributed.init(opts.device)
+    opts = replace(opts, device=distributed.device_for(opts.device))  # "auto" resolved, a GPU per rank
     check_options(lr=opts.lr, width=opts.width, depth=opts.depth, val_limit=opts.val_limit)
+    if opts.schedule not in SCHEDULES:
+        raise ValueError(f"unknown --schedule {opts.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if opts.warmup < 0:
+        raise ValueError(f"--warmup must be a non-negative number of iterations, got {opts.warmup}")
     loop_opts = LoopOptions(epochs=opts.epochs, batch_size=opts.batch_size, seed=opts.seed,
                             max_minutes=opts.max_minutes, max_iters=opts.max_iters, val_every=opts.val_every,
-                            device=opts.device, progress=progress, desc="train")
+                            device=opts.device, progress=progress, desc="train", grad_clip=opts.grad_clip)
     with run_outputs(opts.output, force=force, resume=resume, what="model checkpoint") as (output, last):
         seed_everything(opts.seed)
         train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
@@ -85,9 +105,16 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         opt_name = opts.optimizer or opt_name
         lr = opts.lr if opts.lr is not None else default_lr
         optimizer = make_optimizer(opt_name, model.parameters(), lr)
+        total = opts.epochs * -(-len(train_ds) // opts.batch_size)
+        scheduler = make_schedule(optimizer, opts.schedule, min(total, opts.max_iters or total), opts.warmup, lr)
+
+        net = model
+        if w.active:  # DDP averages the gradients over the ranks (spec §13)
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[int(opts.device.split(":")[1])] if opts.device.startswith("cuda") else None)
 
         def step(x, y):
-            return task.loss(model(x), y)
+            return task.loss(net(x), y)
 
         def validate():
             from sjunet.evaluation import evaluate_model
@@ -117,8 +144,12 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
 
         identity = {"dataset": opts.dataset, "dataset_options": dict(opts.dataset_options),
                     "batch_size": opts.batch_size, "optimizer": opt_name, "lr": lr, "seed": opts.seed,
+                    "schedule": opts.schedule, "warmup": opts.warmup, "grad_clip": opts.grad_clip,
+                    "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the run
+                    "max_iters": opts.max_iters if opts.schedule == "cosine" else None,
                     "model_config": config.to_dict() if config is not None else arch}
-        summary = fit(model, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, last=last,
+        summary = fit(model, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, scheduler=scheduler,
+                      last=last,
                       kind=ANN_KIND + "-last", resume=resume, identity=identity, output=output,
                       started=started)
     best = summary["best"]

@@ -64,7 +64,7 @@ def test_layer_after_skip_rates(skewed):
         T = 400
         with torch.no_grad():
             snn(x.unsqueeze(0).expand(T, *x.shape))
-        rate = snn.get_submodule("relu3").acc_output / T * lam
+        rate = snn.get_submodule("relu3").output_flow() / T * lam
         errs[norm] = float((rate - ann_act["relu3"]).abs().mean())
         functional.reset_net(snn)
     assert errs["connection"] < 0.02 * float(ann_act["relu3"].mean())

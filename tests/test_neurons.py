@@ -41,7 +41,7 @@ def test_hand_worked_spike_train():
     assert outs == pytest.approx([3.75, 0.25, 1.25, 0.0])
     assert float(n.v) == pytest.approx(-0.45)
     assert float(n.input_current()) == pytest.approx(sum(xs))
-    assert float(n.acc_output) == pytest.approx(5.25)
+    assert float(n.output_flow()) == pytest.approx(5.25)
     assert float(n.spike_count) == 4 + 1 + 2
     functional.reset_net(n)
     assert n.v == 0.0 and n.acc_output == 0.0
@@ -75,7 +75,7 @@ def test_multi_step_equals_step_by_step_exactly():
     n = MultiThresholdNode(step_mode="m")
     set_recording(n, True)
     out_m = n(x)
-    state_m = (n.v.clone(), n.input_current().clone(), n.acc_output.clone(), n.spike_count.clone())
+    state_m = (n.v.clone(), n.input_current().clone(), n.output_flow().clone(), n.spike_count.clone())
     functional.reset_net(n)
     n.step_mode = "s"
     out_s = torch.stack([n(x[t]) for t in range(x.shape[0])])
@@ -83,7 +83,7 @@ def test_multi_step_equals_step_by_step_exactly():
     assert torch.equal(state_m[0], n.v)
     assert torch.allclose(state_m[1], n.input_current(), atol=1e-5)
     assert torch.allclose(state_m[1], x.sum(0), atol=1e-5)
-    assert torch.equal(state_m[2], n.acc_output) or torch.allclose(state_m[2], n.acc_output, atol=1e-5)
+    assert torch.equal(state_m[2], n.output_flow()) or torch.allclose(state_m[2], n.output_flow(), atol=1e-5)
     assert torch.equal(state_m[3], n.spike_count)
 
 
@@ -100,3 +100,19 @@ def test_theorem_3_1_halving_ladder_error():
     for other in [(0.6, 0.3, 0.1), (0.5, 0.3, 0.2), (0.4, 0.2, 0.1), (0.75, 0.5, 0.25)]:
         err = float((v - mt_step(v, torch.zeros_like(v), other)[0]).mean())
         assert err > halving * 1.05, other
+
+
+def test_output_flow_is_exact_integer_quanta_and_widens_before_overflow():
+    from sjunet.neurons import MultiThresholdNode
+
+    n = MultiThresholdNode((2.0, 1.0, 0.5, 0.25))
+    n.record = True
+    x = torch.full((3,), 3.9)  # saturates: 3.75 per step
+    for _ in range(2200):  # 15 quanta × 2200 steps > 32767: int16 would overflow
+        n(x)
+    assert n.acc_output.dtype == torch.int32
+    assert torch.equal(n.output_flow(), torch.full((3,), 3.75 * 2200))
+    m = MultiThresholdNode((1.0, 0.4))  # not halving: a float accumulator
+    m.record = True
+    m(torch.tensor([1.5]))
+    assert m.acc_output.is_floating_point() and float(m.output_flow()) == pytest.approx(1.4)

@@ -16,9 +16,9 @@ import json
 
 PROFILES = {
     "smoke": dict(datasets=["demo-seg"], ann_profile="smoke", T=[1, 2, 4], ft_T=2, ft_minutes=0.05, beta=1.0,
-                  limit=2, val_limit=2, batch=4),
+                  limit=2, val_limit=2, batch=4, trial_iters=2),
     "cpu": dict(datasets=["em", "drive", "bsd68"], ann_profile="cpu", T=[1, 2, 4, 8, 16, 50], ft_T=2, ft_minutes=3.0,
-                beta=0.5, limit=5, val_limit={"drive": 128, "*": 3}, batch=4),
+                beta=0.5, limit={"drive": 3, "*": 5}, val_limit={"drive": 128, "*": 3}, batch=4),
     "gpu": dict(datasets=["em", "drive", "bsd68"], ann_profile="gpu", T=[1, 2, 4, 8, 16, 50], ft_T=2, ft_minutes=3.0,
                 beta=0.5, limit=None, val_limit={"drive": 256, "*": 5}, batch=8),
     "paper": dict(datasets=["em", "drive", "bsd68"], ann_profile="paper", T=[1, 2, 4, 8, 16, 50], ft_T=2,
@@ -26,18 +26,18 @@ PROFILES = {
 }
 
 
-def _frontier(snn_path, test, ann, p: dict, cache_path, device: str) -> dict:
+def _frontier(snn_path, test, ann, p: dict, cache_path, device: str, limit) -> dict:
     from sjunet.energy import energy_frontier
     from sjunet.io import file_fingerprint, write_json
     from sjunet.recipe import load_snn
 
-    key = {"snn": file_fingerprint(snn_path), "T": p["T"], "limit": p["limit"]}
+    key = {"snn": file_fingerprint(snn_path), "T": p["T"], "limit": limit}
     if cache_path.exists():
         prev = json.loads(cache_path.read_text())
         if prev.get("key") == key:
             return prev
     snn, rec = load_snn(snn_path)
-    f = energy_frontier(snn, test, p["T"], ann=ann, limit=p["limit"], device=device)
+    f = energy_frontier(snn, test, p["T"], ann=ann, limit=limit, device=device)
     f["snn"] = {"path": str(snn_path), "conversion": (rec.get("conversion") or {}).get("options"),
                 "finetune": bool(rec.get("finetune"))}
     f["key"] = key
@@ -80,7 +80,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
         if not snn_path.exists() or snn.sjunet_conversion["ann_fingerprint"] != stats.model_fingerprint:
             save_snn(snn, snn_path)
         budget = {"batch": p["batch"], "val_limit": val_limit(p["val_limit"], name), "minutes": p["ft_minutes"],
-                  "epochs": 100}
+                  "epochs": 100, **({"trial_iters": p["trial_iters"]} if "trial_iters" in p else {})}
         T = p["ft_T"]
         variants = {"converted": snn_path}
         for label, extra in ((f"fine-tuned (T={T})", {}), (f"spike budget β={p['beta']:g} (T={T})",
@@ -89,15 +89,16 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
             if not path.exists():
                 _finetune(snn_path, path, d, data, T, device, budget, **extra)
             variants[label] = path
-        frontiers = {label: _frontier(path, test, ann, p, out / f"frontier_{path.stem}.json", device)
-                     for label, path in variants.items()}
+        frontiers = {label: _frontier(path, test, ann, p, out / f"frontier_{path.stem}.json", device,
+                                      val_limit(p["limit"], name)) for label, path in variants.items()}
         key = metric_key(next(iter(frontiers.values()))["ann"])
         fig = RESULTS / f"energy-{profile}-{name}.png"
         metric_vs_energy(list(frontiers.values()), metric=key, output=fig, labels=list(frontiers),
                          title=f"{name}: {key} against energy per image (star: the ANN)")
         figures[name] = str(fig)
         best = {label: best_point(f, key) for label, f in frontiers.items()}
-        lines = [f"## {name} ({key}; ANN {frontiers['converted']['ann'][key]:.4f}; {p['limit']} test images)", ""]
+        lines = [f"## {name} ({key}; ANN {frontiers['converted']['ann'][key]:.4f}; "
+                 f"{val_limit(p['limit'], name)} test images)", ""]
         for label, f in frontiers.items():
             lines += [f"### {label}", "", frontier_table(f, label=label, key=key), ""]
         lines += ["Cheapest point within 1 % of the ANN (SOP convention):", "",

@@ -23,9 +23,10 @@ from dataclasses import asdict
 
 PROFILES = {
     "smoke": dict(datasets=["demo-seg", "demo-denoise"], T=[1, 2], extra_T={}, ann_profile="smoke", ft_minutes=0.05,
-                  ft_epochs=1, batch=4, limit=2, val_limit=2),
+                  ft_epochs=1, batch=4, limit=2, val_limit=2, trial_iters=2),
     "cpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
-                ann_profile="cpu", ft_minutes=3.0, ft_epochs=50, batch=4, limit=5, val_limit={"drive": 128, "*": 3}),
+                ann_profile="cpu", ft_minutes=2.0, ft_epochs=50, batch=4, limit={"drive": 3, "*": 5},
+                val_limit={"drive": 128, "*": 3}),
     "gpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
                 ann_profile="gpu", ft_minutes=2.0, ft_epochs=100, batch=8, limit=None, val_limit={"drive": 256, "*": 5}),
     "paper": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
@@ -47,8 +48,9 @@ RECIPE_PROFILES = {
 
 
 def val_limit(setting, dataset: str):
-    """A profile's validation limit for ``dataset``: a number, or per dataset (``"*"``: the rest).
-    DRIVE validates on 48x48 patches, the others on whole images."""
+    """A profile's (validation or test) image limit for ``dataset``: a number, or per dataset
+    (``"*"``: the rest). DRIVE validates on 48x48 patches and tests whole images by overlapping
+    patches (about 1,300 per image), the others whole images."""
     return setting.get(dataset, setting.get("*")) if isinstance(setting, dict) else setting
 
 
@@ -59,7 +61,8 @@ def _finetune(snn_path, out, d: dict, data, T: int, device: str, budget: dict, *
     opts = FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(out), T=T,
                            batch_size=budget["batch"], device=device, val_limit=budget.get("val_limit"),
                            epochs=budget.get("epochs", 50), max_minutes=budget.get("minutes"),
-                           max_iters=budget.get("iters"), dataset_options=d["train_opts"], **recipe)
+                           max_iters=budget.get("iters"), dataset_options=d["train_opts"],
+                           **({"lr_trial_iters": budget["trial_iters"], **recipe} if "trial_iters" in budget else recipe))
     s = finetune(opts, progress=False, force=True)
     return {"minutes": (time.perf_counter() - t0) / 60, "improved": s["improved"], "kept": s["kept"],
             "lr": s["lr"], "lr_trials": s["lr_trials"], "steps": s["step"],
@@ -86,7 +89,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     rows: list[dict] = []
     for name in names:
         pa, _, d, ann, stats = _prepare(p["ann_profile"], name, data, device)
-        ev = {**_eval_options({**pa, "limit": p["limit"]}, ann, device)}
+        ev = _eval_options({**pa, "limit": val_limit(p["limit"], name)}, ann, device)
         test = get_dataset(d["test"], data, "test", **d["test_opts"])
         task = task_for(test)
         out = RESULTS / p["ann_profile"] / name / "finetune"
@@ -101,7 +104,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
             conv = evaluate_snn(snn, test, [T], task, **ev)
             ft = _finetune(path, out / f"ft_T{T}.safetensors", d, data, T, device,
                            {"batch": p["batch"], "val_limit": val_limit(p["val_limit"], name), "epochs": p["ft_epochs"],
-                            "minutes": p["ft_minutes"]})
+                            "minutes": p["ft_minutes"], **({"trial_iters": p["trial_iters"]} if "trial_iters" in p else {})})
             after = evaluate_snn(load_snn(out / f"ft_T{T}.safetensors")[0], test, [T], task, **ev)
             rows.append({"id": f"{name}@{T}", "dataset": name, "T": T, "ann_fingerprint": stats.model_fingerprint,
                          "ann": conv["ann"], "converted": conv["T"][str(T)], "finetuned": after["T"][str(T)], **ft})
@@ -115,8 +118,8 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
 def _table(rows: list[dict], p: dict, profile: str) -> str:
     from .common import ratio
 
-    lines = [f"Spiking-flow fine-tuning ({profile} profile; default recipe; budget {p['ft_minutes']} min per T; "
-             "cells: value (× ANN))", "",
+    lines = [f"Spiking-flow fine-tuning ({profile} profile; default recipe; budget {p['ft_minutes']} min per T, lr "
+             "auto included; test images {}; cells: value (× ANN))".format(p["limit"]), "",
              "| dataset | metric | T | ANN | converted | fine-tuned | improved on its input | lr | minutes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -32,7 +32,7 @@ ARCHITECTURES = {
 PROFILES = {
     "smoke": dict(dataset="demo-seg", data_options={"size": 32, "num_items": 8}, train_options={},
                   width=4, depth=3, epochs=8, train_minutes=None, T=[2, 4, 8], layer_T=4, ft_T=2, ft_epochs=1,
-                  ft_minutes=None, limit=2, batch=4, lr=5e-3, stock_T=[4, 8]),
+                  ft_minutes=None, limit=2, batch=4, lr=5e-3, stock_T=[4, 8], trial_iters=2),
     "cpu": dict(dataset="em", data_options={}, train_options={"crop": 128, "samples_per_epoch": 160},
                 width=16, depth=4, epochs=200, train_minutes=4.0, T=[5, 10, 20, 50], layer_T=20, ft_T=5,
                 ft_epochs=50, ft_minutes=2.0, limit=5, batch=4, lr=1e-3, stock_T=[20, 50]),
@@ -102,7 +102,8 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     ft_path = out / f"snn_ft_T{p['ft_T']}.safetensors"
     s = finetune(FinetuneOptions(snn=str(paths["connection"]), dataset=p["dataset"], data=data, output=str(ft_path),
                                  T=p["ft_T"], epochs=p["ft_epochs"], batch_size=p["batch"], max_minutes=p["ft_minutes"],
-                                 device=device, dataset_options={**p["data_options"], **p["train_options"]}),
+                                 device=device, dataset_options={**p["data_options"], **p["train_options"]},
+                                 lr_trial_iters=p.get("trial_iters", 20)),
                  progress=False, force=True)
     minutes["finetune"] = (time.perf_counter() - t1) / 60
     row["finetuned"] = evaluate_snn(load_snn(ft_path)[0], test, [p["ft_T"]], task, **ev)

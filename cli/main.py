@@ -316,7 +316,8 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
     from sjunet.evaluation import check_compatible, check_options, evaluate as evaluate_fn
     from sjunet.io import file_fingerprint, provenance, write_json
 
-    device = distributed.device_for(device) if distributed.init(device).active else device
+    distributed.init(device)
+    device = distributed.device_for(device)  # "auto" resolved, a GPU per rank under torchrun
     T = _steps(T, more_t)
     check_options(T, chunk, limit)
     if snn is None and model is None and arch is None:

@@ -224,6 +224,7 @@ def evaluate(
     at every T with pixel agreement against the ANN when both are given."""
     if model is None and snn is None:
         raise ValueError("give an ANN (model), a converted SNN (snn) or both")
+    device = resolve_device(device)
     task = task_for(dataset)
     result: dict = {"dataset": {"name": getattr(dataset, "name", None), **(dataset.describe()
                                                                             if hasattr(dataset, "describe") else {})}}

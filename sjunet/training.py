@@ -106,7 +106,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         lr = opts.lr if opts.lr is not None else default_lr
         optimizer = make_optimizer(opt_name, model.parameters(), lr)
         total = opts.epochs * -(-len(train_ds) // opts.batch_size)
-        scheduler = make_schedule(optimizer, opts.schedule, min(total, opts.max_iters or total), opts.warmup, lr)
+        scheduler = make_schedule(optimizer, opts.schedule, total, opts.warmup, lr)  # --max-iters is a budget
 
         net = model
         if w.active:  # DDP averages the gradients over the ranks (spec §13)
@@ -145,8 +145,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         identity = {"dataset": opts.dataset, "dataset_options": dict(opts.dataset_options),
                     "batch_size": opts.batch_size, "optimizer": opt_name, "lr": lr, "seed": opts.seed,
                     "schedule": opts.schedule, "warmup": opts.warmup, "grad_clip": opts.grad_clip,
-                    "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the run
-                    "max_iters": opts.max_iters if opts.schedule == "cosine" else None,
+                    "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the epochs
                     "model_config": config.to_dict() if config is not None else arch}
         summary = fit(model, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, scheduler=scheduler,
                       last=last,

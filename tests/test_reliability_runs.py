@@ -216,7 +216,7 @@ def test_finetune_nan_keeps_the_input(tmp_path, converted, monkeypatch):
 
     monkeypatch.setattr(sjunet.flow, "flow_loss", nan_on_second)
     out = tmp_path / "ft.pt"
-    r = _cli(["finetune", "--snn", str(converted), *DATA, "--T", "2", "--batch-size", "4", "-o", str(out)])
+    r = _cli(["finetune", "--snn", str(converted), *DATA, "--T", "2", "--batch-size", "4", "--lr", "1e-4", "-o", str(out)])
     assert r.exit_code != 0 and "diverged" in r.output and "holds the best so far (the input)" in r.output
     assert "->" not in r.output and out.exists()
 

@@ -115,19 +115,24 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     return {"table": table, "rows": rows, "path": str(path)}
 
 
-def _table(rows: list[dict], p: dict, profile: str) -> str:
+def _cells(r: dict) -> tuple[str, float, str, str]:
+    """A row's metric key, ANN value, and converted / fine-tuned cells ``value (× ANN)``."""
     from .common import ratio
 
+    k = _key(r["ann"])
+    a, c, f = r["ann"][k], r["converted"][k], r["finetuned"][k]
+    return k, a, f"{c:.4f} ({ratio(c, a):.3f})", f"{f:.4f} ({ratio(f, a):.3f})"
+
+
+def _table(rows: list[dict], p: dict, profile: str) -> str:
     lines = [f"Spiking-flow fine-tuning ({profile} profile; default recipe; budget {p['ft_minutes']} min per T, lr "
              "auto included; test images {}; cells: value (× ANN))".format(p["limit"]), "",
              "| dataset | metric | T | ANN | converted | fine-tuned | improved on its input | lr | minutes |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        k = _key(r["ann"])
-        a, c, f = r["ann"][k], r["converted"][k], r["finetuned"][k]
-        lines.append(f"| {r['dataset']} | {k} | {r['T']} | {a:.4f} | {c:.4f} ({ratio(c, a):.3f}) | "
-                     f"{f:.4f} ({ratio(f, a):.3f}) | {'yes' if r['improved'] else 'no (input kept)'} | "
-                     f"{r['lr']:g} | {r['minutes']:.1f} |")
+        k, a, conv, ft = _cells(r)
+        lines.append(f"| {r['dataset']} | {k} | {r['T']} | {a:.4f} | {conv} | {ft} | "
+                     f"{'yes' if r['improved'] else 'no (input kept)'} | {r['lr']:g} | {r['minutes']:.1f} |")
     return "\n".join(lines)
 
 
@@ -205,16 +210,12 @@ def recipe(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> 
 
 
 def _recipe_table(rows: list[dict], rp: dict) -> str:
-    from .common import ratio
-
     lines = [f"Fine-tuning recipe ablation on {rp['dataset']} at T = {rp['T']} ({rp['iters']} iterations each; "
              "validation = the score the loop keeps (input's → kept); test cells: value (× ANN))", "",
              "| width | objective | lr | chosen lr | val before → after | test converted | test fine-tuned | minutes |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        k = _key(r["ann"])
-        a, c, f = r["ann"][k], r["converted"][k], r["finetuned"][k]
+        _, _, conv, ft = _cells(r)
         lines.append(f"| {r['width']} | {r['loss']} | {r['lr_option']} | {r['lr']:g} | {r['val_before']:.4f} → "
-                     f"{r['val_after']:.4f} | {c:.4f} ({ratio(c, a):.3f}) | {f:.4f} ({ratio(f, a):.3f}) | "
-                     f"{r['minutes']:.1f} |")
+                     f"{r['val_after']:.4f} | {conv} | {ft} | {r['minutes']:.1f} |")
     return "\n".join(lines)

@@ -257,8 +257,10 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
 @_model_options
 @click.option("--stats", "-s", required=True, type=click.Path(), help="HDF5 from `sjunet calibrate`")
 @click.option("--norm", type=click.Choice(["connection", "layer"]), default="connection", show_default=True)
-@click.option("--neuron", type=click.Choice(["mt", "if"]), default="mt", show_default=True)
-@click.option("--thresholds", default=None, help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if)")
+@click.option("--neuron", type=click.Choice(["mt", "if", "ml", "rs"]), default="mt", show_default=True,
+              help="mt: multi-threshold; if: integrate-and-fire; ml, rs: the paper's peers (sjunet.peer_neurons)")
+@click.option("--thresholds", default=None,
+              help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if and rs, 3,2,1 for ml)")
 @click.option("--v-init", default="half", show_default=True,
               help="membrane potential after reset: half (θ_min/2, rounding), zero (the paper) or a number")
 @click.option("--task", type=click.Choice(["segmentation", "denoising"]), default=None,

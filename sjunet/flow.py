@@ -282,6 +282,8 @@ def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", c
 #: learning rates ``lr="auto"`` tries, and the iterations it gives each
 LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4)
 LR_TRIAL_ITERS = 20
+#: the share of a fine-tuning time budget (``max_minutes``) the ``lr="auto"`` trials may take
+LR_TRIAL_SHARE = 0.25
 
 
 @dataclass
@@ -324,11 +326,12 @@ class FinetuneOptions:
 
 def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "adam", candidates=LR_CANDIDATES,
                   iters: int = LR_TRIAL_ITERS, batch_size: int = 4, seed: int = 0, grad_clip: float | None = None,
-                  device: str = "cpu") -> tuple[float, dict[float, float]]:
+                  device: str = "cpu", max_seconds: float | None = None) -> tuple[float, dict[float, float]]:
     """Try each learning rate for ``iters`` iterations from the same weights and data, validate,
     and return ``(the best, {lr: validation score})``; the weights are restored afterwards, and
     the global random state is left as it was. A trial whose loss is not finite scores −inf.
-    Ties (within 1e-6) go to the smaller rate."""
+    Ties (within 1e-6) go to the smaller rate. With ``max_seconds`` each rate's training stops
+    after its equal share of that time (at least one iteration each)."""
     from torch.utils.data import DataLoader
 
     from sjunet.loop import make_optimizer, rng_preserved
@@ -342,9 +345,10 @@ def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "ad
             opt = make_optimizer(optimizer, params, lr)
             loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True,
                                 generator=torch.Generator().manual_seed(seed))
-            finite = True
+            finite, t0 = True, time.monotonic()
             for i, (x, y) in enumerate(loader):
-                if i >= iters:
+                if i >= iters or (i and max_seconds is not None
+                                  and time.monotonic() - t0 > max_seconds / len(candidates)):
                     break
                 loss = step(x.to(device), y.to(device))
                 if not torch.isfinite(loss.detach()):
@@ -438,10 +442,13 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
             return task.score(val), val
 
         lr, trials = opts.lr, None
-        if auto_lr:
+        if auto_lr and resume:  # the rate the interrupted run chose (its trials are not repeated)
+            lr = _resumed_lr(last)
+        elif auto_lr:  # the trials take at most a quarter of a time budget
             lr, trials = lr_range_test(snn, step, train_ds, validate, opts.optimizer, iters=opts.lr_trial_iters,
                                        batch_size=opts.batch_size, seed=opts.seed, grad_clip=opts.grad_clip,
-                                       device=opts.device)
+                                       device=opts.device, max_seconds=None if opts.max_minutes is None
+                                       else opts.max_minutes * 60 * LR_TRIAL_SHARE)
             if progress:
                 tqdm.write("learning rate trials (validation score): " + ", ".join(
                     f"{k:g}: {v:.4f}" for k, v in trials.items()) + f" -> {lr:g}")
@@ -481,6 +488,14 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     best, base = summary["best"], summary["baseline"]
     return {**summary, "output": str(output), "before": base["val"] if base else None,
             "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials}
+
+
+def _resumed_lr(last: Path) -> float:
+    """The learning rate an interrupted fine-tuning run chose (its optimiser's initial rate)."""
+    from sjunet.io import SNN_KIND, load_checkpoint
+
+    group = load_checkpoint(last, SNN_KIND + "-finetune-last")["optimizer"]["param_groups"][0]
+    return float(group.get("initial_lr", group["lr"]))
 
 
 def _cpu_copy(snn: nn.Module) -> nn.Module:

@@ -358,3 +358,8 @@ class StaticInputSynapse(base.MemoryModule):
         if self._cache is None or self._cache[0] is not key:
             self._cache = (key, compute())
         return self._cache[1]
+
+
+# The peer neurons (ML, RS) register themselves in NEURON_TYPES and FACTORIES; importing them here,
+# after everything they use is defined, makes the registration happen whenever neurons are used.
+from sjunet import peer_neurons as _peer_neurons  # noqa: E402,F401

@@ -189,10 +189,12 @@ def test_finetune_never_returns_worse_than_its_input(tmp_path, converted):
     assert r.exit_code != 0 and "--force" in r.output
 
 
-def test_finetune_resume_mid_epoch_equals_uninterrupted(tmp_path, converted):
-    """The fine-tuning loop is the same loop: cosine schedule, eval-mode SNN, stop after 3 of 4 iterations."""
+@pytest.mark.parametrize("lr", ["1e-3", "auto"])
+def test_finetune_resume_mid_epoch_equals_uninterrupted(tmp_path, converted, lr):
+    """The fine-tuning loop is the same loop: cosine schedule, eval-mode SNN, stop after 3 of 4 iterations;
+    with lr auto the resumed run keeps the rate the interrupted one chose (no new trials)."""
     args = ["finetune", "--snn", str(converted), *DATA, "--T", "2", "--epochs", "2", "--batch-size", "2",
-            "--lr", "1e-3", "--val-every", "3"]
+            "--lr", lr, "--val-every", "3"]
     _ok([*args, "-o", str(tmp_path / "whole.pt")])
     _ok([*args, "--max-iters", "3", "-o", str(tmp_path / "split.pt")])
     _ok([*args, "--resume", "-o", str(tmp_path / "split.pt")])

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "energy": ".energy_frontier",
     "ablation": (".paper_tables", "ablation"),
     "zoo": ".zoo",
+    "peers": ".peer_table",
 }
 
 

@@ -185,15 +185,43 @@ def _stop_note(s: dict) -> str:
 @click.option("--grad-clip", type=float, default=None, help="clip each step's gradient norm to this")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
+@click.option("--spiking", is_flag=True, help="train a Spiking-UNet directly (surrogate gradient through time; "
+                                               "-o is then an SNN file) instead of the ANN")
+@click.option("--neuron", type=click.Choice(["mt", "ml", "rs", "lif"]), default="mt", show_default=True,
+              help="with --spiking: the training-time neuron (mt: multi-threshold; ml: multi-level; rs: real spike; "
+                   "lif: Spiking-FCN's)")
+@click.option("--T", "T", type=int, default=4, show_default=True, help="with --spiking: time steps")
 @_budget_options
 @opt_opt
 @_fail_cleanly
 def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth, batch_norm, up_relu, pool, arch,
-          arch_kwargs, schedule, warmup, grad_clip, seed, device, max_minutes, max_iters, val_every, resume, force, opt):
-    """Train the ANN U-Net; keeps the best checkpoint on the validation split."""
+          arch_kwargs, schedule, warmup, grad_clip, seed, device, spiking, neuron, T, max_minutes, max_iters,
+          val_every, resume, force, opt):
+    """Train the ANN U-Net (or, with --spiking, a Spiking-UNet directly); keeps the best checkpoint on the
+    validation split."""
     from sjunet.models.external import parse_arch_kwargs
     from sjunet.training import TrainOptions, train as train_fn
 
+    if spiking:
+        from sjunet.direct import DirectOptions, train_spiking
+
+        if T < 1:
+            raise InputError(f"--T must be a positive number of time steps, got {T}")
+        if batch_norm or up_relu:
+            raise InputError("--batch-norm/--up-relu are ANN options; a directly trained Spiking-UNet has neither")
+        dopts = DirectOptions(dataset=dataset, data=data, output=output, neuron=neuron, T=T, epochs=epochs,
+                              batch_size=batch_size, lr=lr if lr is not None else 1e-3,
+                              optimizer=optimizer or "adam", width=width, depth=depth, pool=pool, arch=arch,
+                              arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
+                              max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
+                              grad_clip=grad_clip if grad_clip is not None else 1.0,
+                              dataset_options=_parse_options(opt))
+        s = _run_loop(train_spiking, dopts, resume=resume, force=force)
+        best = s["best"]
+        if _is_main():
+            click.echo(f"{_stop_note(s)}best: {best['at']} (score {best['score']:.4f}): {json.dumps(best['val'])}"
+                       f"  -> {output}")
+        return
     opts = TrainOptions(dataset=dataset, data=data, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, width=width, depth=depth, batch_norm=batch_norm, up_relu=up_relu,
                         pool=pool, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
@@ -511,6 +539,60 @@ def plot_metric_vs_energy(frontiers, metric, labels, output, force):
 
     _claim_output(output, force)
     plot_fn("metric-vs-energy", frontiers=list(frontiers), metric=metric, labels=list(labels) or None, output=output)
+    click.echo(f"-> {output}")
+
+
+@plot.command("predictions")
+@click.option("-m", "--model", "models", multiple=True, help="an ANN checkpoint, as LABEL=PATH or PATH (label U-Net)")
+@click.option("--snn", "snns", multiple=True, required=True,
+              help="an SNN file as LABEL=PATH[@T] (repeat; T defaults to --T)")
+@dataset_opt
+@data_opt
+@click.option("--split", default="test", show_default=True)
+@click.option("--image", "images", multiple=True, type=int, default=(0,), show_default=True,
+              help="test image index (repeat for several rows)")
+@click.option("--T", "T", type=int, default=10, show_default=True, help="time steps of SNNs given without @T")
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
+@click.option("-o", "--output", default="runs/predictions.png", show_default=True, type=click.Path())
+@_force_option
+@opt_opt
+@_fail_cleanly
+def plot_predictions(models, snns, dataset, data, split, images, T, device, output, force, opt):
+    """The paper's Figures 4/5: input, ground truth and each system's output for chosen images."""
+    from sjunet.data import get_dataset
+    from sjunet.io import load_ann
+    from sjunet.predictions import predictions, predictions_figure
+    from sjunet.recipe import load_snn
+    from sjunet.tasks import task_for
+
+    def split_label(spec: str, default: str) -> tuple[str, str]:
+        label, sep, path = spec.rpartition("=")
+        return (label, path) if sep and label else (default, spec)
+
+    plan = []
+    for spec in models:
+        label, path = split_label(spec, "U-Net")
+        plan.append((label, path, None))
+    for spec in snns:
+        label, path = split_label(spec, Path(spec).stem)
+        path, at, steps = path.rpartition("@") if "@" in path else (path, "", "")
+        try:
+            t = int(steps) if at else T
+        except ValueError as e:
+            raise InputError(f"--snn {spec}: the part after @ must be a number of time steps") from e
+        if t < 1:
+            raise InputError(f"--snn {spec}: T must be positive")
+        plan.append((label, path, t))
+    for label, path, _ in plan:
+        if not Path(path).is_file():
+            raise InputError(f"{label}: no such file {path}")
+    _claim_output(output, force)
+    ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    systems = {label: (load_ann(path)[0] if t is None else load_snn(path)[0], t) for label, path, t in plan}
+    rows = predictions(systems, ds, list(images), device=device)
+    predictions_figure(rows, task_for(ds), output, title=f"{dataset} ({split})")
+    for r in rows:
+        click.echo(f"image {r['index']}: " + "  ".join(f"{k} {v:.4f}" for k, v in r["scores"].items()))
     click.echo(f"-> {output}")
 
 

@@ -147,6 +147,17 @@ class SpikingNeuron(neuron.BaseNode):
     #: largest output of one step (normalised units)
     max_output: float = 1.0
 
+    def _init_interface(self) -> None:
+        """The interface's switches (all off) and memories ``acc_output``, ``spike_count``, ``event_count``."""
+        self.record = False
+        #: count spikes (``spike_count``) — for energy accounting; off by default (it costs memory)
+        self.record_spikes = False
+        #: when True and autograd is on, spikes go through ``self.surrogate_function`` (BPTT)
+        self.surrogate_gradient = False
+        self.register_memory("acc_output", 0.0)
+        self.register_memory("spike_count", 0.0)
+        self.register_memory("event_count", 0.0)
+
     def output_flow(self) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -192,14 +203,7 @@ class MultiThresholdNode(SpikingNeuron):
         self.v_init = float(v_init)
         self.set_reset_value("v", self.v_init)
         self.v = self.v_init
-        self.record = False
-        #: count spikes (``spike_count``) — for energy accounting; off by default (it costs memory)
-        self.record_spikes = False
-        #: when True and autograd is on, spikes go through ``self.surrogate_function`` (BPTT)
-        self.surrogate_gradient = False
-        self.register_memory("acc_output", 0.0)
-        self.register_memory("spike_count", 0.0)
-        self.register_memory("event_count", 0.0)
+        self._init_interface()
         self._flow_steps = 0  # steps in acc_output (bounds its integer count)
 
     def extra_repr(self) -> str:

@@ -128,13 +128,7 @@ class _PeerNode(SpikingNeuron):
     def __init__(self, step_mode: str) -> None:
         super().__init__(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.Rect(alpha=1.0),
                          step_mode=step_mode)
-        self.record = False
-        self.record_spikes = False
-        #: when True and autograd is on, spikes go through ``self.surrogate_function`` (BPTT)
-        self.surrogate_gradient = False
-        self.register_memory("acc_output", 0.0)
-        self.register_memory("spike_count", 0.0)
-        self.register_memory("event_count", 0.0)
+        self._init_interface()
         self.register_memory("acc_input", 0.0)
 
     def _v0(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface

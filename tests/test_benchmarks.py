@@ -23,11 +23,15 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     assert "|" in out  # a Markdown table was printed
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
-            "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe"}[name]
+            "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table
         assert (tmp_path / f"{stem}-smoke.png").stat().st_size > 1000
+    if name == "peers":  # every system in the table, and Figures 4/5 per dataset
+        text = md.read_text()
+        assert "demo-seg" in text and text.count("(") > 10
+        assert (tmp_path / "peers-smoke-demo-seg.png").stat().st_size > 1000
     payload = json.loads(js.read_text())
     assert "provenance" in payload and payload["provenance"]["versions"]["torch"]
     if name == "tables12":  # a second run resumes: every dataset's row is reused, nothing is evaluated again

@@ -1,0 +1,166 @@
+"""The paper's comparison systems, Tables 1/2 completed (issue: the paper's peers) and Figures 4/5.
+
+Per dataset, beside the U-Net (the paper tables' cached ANN of the profile):
+
+* **Spiking-FCN** (segmentation only) — :class:`sjunet.models.fcn.SpikingFCNNet` with LIF neurons,
+  trained directly (:func:`sjunet.direct.train_spiking`, ``neuron="lif"``);
+* **ML, RS, MT × DT** — the Spiking-UNet of the same width trained directly with each
+  reference's training-time neuron (:data:`sjunet.direct.DT_NEURONS`);
+* **ML, RS, MT × FT** — the ANN converted (connection-wise) with each neuron's converted form
+  (factories ``ml``, ``rs``, ``mt``), evaluated as converted and after spiking-flow fine-tuning.
+  RS's amplitudes are not trained by the flow pass (it passes the measured output on), so RS FT
+  trains the weights of an IF-equivalent network — stated, not hidden.
+
+Every system is evaluated at the profile's T on the same test images; per dataset the figure
+``peers-<profile>-<dataset>.png`` shows the first test images and every system's output
+(:func:`sjunet.predictions.predictions_figure`). Rows are cached per (dataset, system) with the
+ANN's fingerprint: an interrupted run resumes.
+
+    python -m sjunet.benchmarks peers --profile cpu --data ../shared/data [--dataset em,drive]
+"""
+from __future__ import annotations
+
+import time
+
+#: cpu: BPTT at the paper's T (10–50) does not fit a CPU budget: every dataset at T = 4 here
+PROFILES = {
+    "smoke": dict(datasets=["demo-seg"], ann_profile="smoke", T={"*": 2}, dt_minutes=0.05,
+                  ft_minutes=0.05, dt_epochs=1, limit=2, val_limit=2, batch=4, images=[0]),
+    "cpu": dict(datasets=["em", "drive", "camseq", "bsd68"], ann_profile="cpu", T={"*": 4}, dt_minutes=3.0,
+                ft_minutes=2.0, dt_epochs=100, limit={"drive": 3, "*": 5}, val_limit={"drive": 128, "*": 3},
+                batch=4, images=[0]),
+    "gpu": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], ann_profile="gpu",
+                T={"drive": 10, "em": 50, "camseq": 20, "bsd68": 10, "cbsd68": 20}, dt_minutes=8.0, ft_minutes=3.0,
+                dt_epochs=100, limit=None, val_limit={"drive": 256, "*": 5}, batch=8, images=[0, 1]),
+}
+#: the paper's Table 1/2 order
+SYSTEMS = ["Spiking-FCN DT", "ML DT", "ML FT", "RS DT", "RS FT", "MT DT", "MT FT"]
+
+
+def _pick(setting, name: str):
+    from .finetune_table import val_limit
+
+    return val_limit(setting, name)
+
+
+def _direct(p: dict, d: dict, name: str, data, device: str, neuron: str, T: int, width: int, depth: int,
+            out, fcn: bool):
+    from sjunet.direct import DirectOptions, train_spiking
+
+    kw = {}
+    if fcn:
+        from sjunet.data import get_dataset
+
+        ds = get_dataset(d["train"], data, "train", **d["train_opts"])
+        kw = dict(arch="sjunet.models.fcn:SpikingFCNNet",
+                  arch_kwargs={"in_channels": ds.in_channels, "out_channels": ds.num_classes, "width": width})
+    t0 = time.perf_counter()
+    s = train_spiking(DirectOptions(dataset=d["train"], data=data, output=str(out), neuron=neuron, T=T,
+                                    epochs=p["dt_epochs"], batch_size=p["batch"], width=width, depth=depth,
+                                    device=device, max_minutes=p["dt_minutes"], val_limit=_pick(p["val_limit"], name),
+                                    dataset_options=d["train_opts"], **kw), progress=False, force=True)
+    return {"minutes": (time.perf_counter() - t0) / 60, "steps": s["step"], "kept": s["kept"]}
+
+
+def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    from sjunet.data import get_dataset
+    from sjunet.evaluation import evaluate_snn
+    from sjunet.predictions import predictions, predictions_figure
+    from sjunet.recipe import convert, load_snn, save_snn
+    from sjunet.tasks import task_for
+
+    from .common import RESULTS, write_results
+    from .finetune_table import _finetune
+    from .paper_tables import PROFILES as ANN_PROFILES, _prepare, _previous_rows
+
+    p = PROFILES[profile]
+    names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]
+    previous = _previous_rows("peers", profile, p, key="id")
+    rows: list[dict] = []
+    figures: dict[str, str] = {}
+    for name in names:
+        pa, _, d, ann, stats = _prepare(p["ann_profile"], name, data, device)
+        width, depth = ANN_PROFILES[p["ann_profile"]]["width"], ANN_PROFILES[p["ann_profile"]]["depth"]
+        test = get_dataset(d["test"], data, "test", **d["test_opts"])
+        task = task_for(test)
+        T = _pick(p["T"], name)
+        limit = _pick(p["limit"], name)
+        out = RESULTS / p["ann_profile"] / name / "peers"
+        out.mkdir(parents=True, exist_ok=True)
+        ann_metrics = None
+        paths: dict[str, tuple] = {}
+        for system in SYSTEMS:
+            if system.startswith("Spiking-FCN") and task.kind != "segmentation":
+                continue
+            neuron, how = system.split()[0].lower(), system.split()[-1]
+            neuron = "lif" if neuron == "spiking-fcn" else neuron
+            path = out / f"{neuron}_{how.lower()}_T{T}.safetensors"
+            paths[system] = (path, T)
+            rid = f"{name}/{system}"
+            prev = previous.get(rid)
+            if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint and path.exists():
+                rows.append(prev)
+                continue
+            row = {"id": rid, "dataset": name, "system": system, "T": T, "ann_fingerprint": stats.model_fingerprint}
+            if how == "FT":
+                conv_path = out / f"{neuron}_converted.safetensors"
+                save_snn(convert(ann, stats, neuron=neuron), conv_path)
+                conv = evaluate_snn(load_snn(conv_path)[0], test, [T], task, reference=ann, limit=limit,
+                                    progress=False, device=device)
+                row["converted"] = conv["T"][str(T)]
+                ann_metrics = conv["ann"]
+                row.update(_finetune(conv_path, path, d, data, T, device,
+                                     {"batch": p["batch"], "val_limit": _pick(p["val_limit"], name),
+                                      "epochs": 50, "minutes": p["ft_minutes"],
+                                      **({"trial_iters": 2} if profile == "smoke" else {})}))
+                row.pop("options", None)
+            else:
+                row.update(_direct(p, d, name, data, device, neuron, T, width, depth, path, system.startswith("Sp")))
+            row["metrics"] = evaluate_snn(load_snn(path)[0], test, [T], task, limit=limit, progress=False,
+                                          device=device)["T"][str(T)]
+            rows.append(row)
+            write_results("peers", profile, _table(rows, p, profile), {"profile": profile, "settings": p,
+                                                                        "rows": rows})
+        if ann_metrics is None:
+            from sjunet.evaluation import evaluate_model
+
+            ann_metrics = evaluate_model(ann, test, task, device=device, limit=limit, progress=False)
+        for r in rows:
+            if r["dataset"] == name:
+                r["ann"] = ann_metrics
+        systems = {"U-Net": (ann, None), **{s: (load_snn(pth)[0], t) for s, (pth, t) in paths.items()}}
+        fig = RESULTS / f"peers-{profile}-{name}.png"
+        predictions_figure(predictions(systems, test, p["images"], device=device), task, fig,
+                           title=f"{name}: U-Net and the Spiking-UNet peers at T = {T} ({profile} profile)")
+        figures[name] = str(fig)
+    table = _table(rows, p, profile)
+    path = write_results("peers", profile, table, {"profile": profile, "settings": p, "rows": rows,
+                                                   "figures": figures})
+    return {"table": table, "rows": rows, "path": str(path), "figures": figures}
+
+
+def _table(rows: list[dict], p: dict, profile: str) -> str:
+    from .paper_tables import _metric_keys
+
+    lines = [f"Tables 1/2 with the paper's peers ({profile} profile; T per dataset {p['T']}; direct training "
+             f"≤ {p['dt_minutes']} min, fine-tuning ≤ {p['ft_minutes']} min; test images {p['limit']}; "
+             "cells: value (× U-Net))", "",
+             "| dataset | metric | U-Net | T | " + " | ".join(SYSTEMS) + " | ML/RS/MT converted (no FT) |",
+             "|---|---|---|---|" + "---|" * (len(SYSTEMS) + 1)]
+    by = {}
+    for r in rows:
+        by.setdefault(r["dataset"], {})[r["system"]] = r
+    for name, systems in by.items():
+        ann = next((r["ann"] for r in systems.values() if r.get("ann")), None)
+        if ann is None:
+            continue
+        for k in _metric_keys(ann):
+            cells = []
+            for s in SYSTEMS:
+                r = systems.get(s)
+                cells.append("—" if r is None else f"{r['metrics'][k]:.4f} ({r['metrics'][k] / ann[k]:.3f})")
+            conv = " / ".join(f"{systems[s]['converted'][k]:.4f}" if s in systems else "—"
+                              for s in ("ML FT", "RS FT", "MT FT"))
+            T = next(iter(systems.values()))["T"]
+            lines.append(f"| {name} | {k} | {ann[k]:.4f} | {T} | " + " | ".join(cells) + f" | {conv} |")
+    return "\n".join(lines)

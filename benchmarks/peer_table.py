@@ -140,6 +140,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
 
 
 def _table(rows: list[dict], p: dict, profile: str) -> str:
+    from .common import ratio
     from .paper_tables import _metric_keys
 
     lines = [f"Tables 1/2 with the paper's peers ({profile} profile; T per dataset {p['T']}; direct training "
@@ -158,7 +159,7 @@ def _table(rows: list[dict], p: dict, profile: str) -> str:
             cells = []
             for s in SYSTEMS:
                 r = systems.get(s)
-                cells.append("—" if r is None else f"{r['metrics'][k]:.4f} ({r['metrics'][k] / ann[k]:.3f})")
+                cells.append("—" if r is None else f"{r['metrics'][k]:.4f} ({ratio(r['metrics'][k], ann[k]):.3f})")
             conv = " / ".join(f"{systems[s]['converted'][k]:.4f}" if s in systems else "—"
                               for s in ("ML FT", "RS FT", "MT FT"))
             T = next(iter(systems.values()))["T"]

@@ -289,6 +289,8 @@ class RealSpikeNode(_PeerNode):
         if self.channels is None and isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape != self.amplitude.shape:
             self.amplitude.data = self.amplitude.data.new_empty(t.shape)
             self.channels = int(t.shape[0])
+        elif isinstance(t, torch.Tensor) and t.numel() == 1 and self.amplitude.numel() > 1:
+            state_dict[prefix + "amplitude"] = t.reshape(1).expand_as(self.amplitude).clone()  # one value: every channel
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def single_step_forward(self, x, *args, **kwargs):

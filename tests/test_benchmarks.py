@@ -29,8 +29,12 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table
         assert (tmp_path / f"{stem}-smoke.png").stat().st_size > 1000
     if name == "peers":  # every system in the table, and Figures 4/5 per dataset
-        text = md.read_text()
-        assert "demo-seg" in text and text.count("(") > 10
+        from sjunet.benchmarks.peer_table import SYSTEMS
+
+        rows = json.loads(js.read_text())["rows"]
+        assert sorted(r["system"] for r in rows) == sorted(SYSTEMS) and "demo-seg" in md.read_text()
+        assert all(0 <= r["metrics"]["accuracy"] <= 1 and r["metrics"]["num_images"] == 2 for r in rows)
+        assert all("converted" in r for r in rows if r["system"].endswith("FT"))
         assert (tmp_path / "peers-smoke-demo-seg.png").stat().st_size > 1000
     payload = json.loads(js.read_text())
     assert "provenance" in payload and payload["provenance"]["versions"]["torch"]

@@ -314,3 +314,18 @@ def test_convert_save_load_and_finetune_end_to_end(tmp_path, tiny_unet, name, cl
     assert ft.is_file() and r["output"] == str(ft)
     snn3, rec3 = load_snn(ft)
     assert rec3["finetune"] is not None and any(isinstance(m, cls) for m in snn3.modules())
+
+
+def test_real_spike_amplitudes_sized_after_a_state_was_saved_still_load_it():
+    """A state saved before the first input (one layer-wise amplitude) loads into a sized neuron:
+    the value goes to every channel (the lr trials restore such a snapshot after running)."""
+    from sjunet.peer_neurons import RealSpikeNode
+
+    n = RealSpikeNode()
+    start = {k: v.clone() for k, v in n.state_dict().items()}
+    n(torch.rand(2, 3, 4, 4))
+    assert n.amplitude.shape == (3,)
+    with torch.no_grad():
+        n.amplitude.mul_(2)
+    n.load_state_dict(start)
+    assert n.amplitude.shape == (3,) and torch.equal(n.amplitude.detach(), torch.ones(3))

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import time
 
+from .finetune_table import val_limit as _pick  # a profile setting per dataset ("*": the rest)
+
 #: cpu: BPTT at the paper's T (10–50) does not fit a CPU budget: every dataset at T = 4 here
 PROFILES = {
     "smoke": dict(datasets=["demo-seg"], ann_profile="smoke", T={"*": 2}, dt_minutes=0.05,
@@ -35,12 +37,6 @@ PROFILES = {
 }
 #: the paper's Table 1/2 order
 SYSTEMS = ["Spiking-FCN DT", "ML DT", "ML FT", "RS DT", "RS FT", "MT DT", "MT FT"]
-
-
-def _pick(setting, name: str):
-    from .finetune_table import val_limit
-
-    return val_limit(setting, name)
 
 
 def _direct(p: dict, d: dict, name: str, data, device: str, neuron: str, T: int, width: int, depth: int,

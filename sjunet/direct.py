@@ -27,6 +27,7 @@ fine-tuning's input (recorded by fingerprint), and a resumed run reuses it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -108,8 +109,6 @@ def initial_snn(opts: DirectOptions):
     model.eval()
     loader = DataLoader(train_ds, batch_size=opts.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(opts.seed))
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an untrained layer may be dead on a few batches: the fallback is fine
         stats = calibrate(model, loader, max_batches=opts.calib_batches, progress=False)
@@ -125,15 +124,13 @@ def train_spiking(opts: DirectOptions, resume: bool = False, progress: bool = Tr
     """Direct training (module docstring); returns :func:`sjunet.flow.finetune`'s summary plus
     ``init`` (the initial SNN's path)."""
     from sjunet.flow import FinetuneOptions, finetune
-    from sjunet.io import check_writable
+    from sjunet.io import OutputExistsError, check_writable
     from sjunet.recipe import save_snn
 
     start = init_path(opts.output)
     check_writable(opts.output)
     if not (resume and start.exists()):
         if start.exists() and not force:
-            from sjunet.io import OutputExistsError
-
             raise OutputExistsError(f"{start} exists (the initial SNN of an earlier run); --resume it or --force")
         save_snn(initial_snn(opts), start, sources={"direct_training": asdict(opts)})
     ft = FinetuneOptions(snn=str(start), dataset=opts.dataset, data=opts.data, output=opts.output, T=opts.T,

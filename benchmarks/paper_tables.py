@@ -2,7 +2,8 @@
 
 * ``tables12`` — Tables 1/2: per dataset, the ANN, the converted SNN (connection-wise, MT) at the
   paper's T and at half of it, the spiking-flow fine-tuned SNN at half T, and the peer — the same
-  ANN converted by SpikingJelly's stock ``RateCodingRecipe`` (IF, 99.9 %) — at the same T.
+  ANN converted by SpikingJelly's stock ``RateCodingRecipe`` (IF, 99.9 %) — at the same T; then the
+  paper's own comparison systems (``peers``: Spiking-FCN, ML/RS/MT × DT/FT) beside its figures.
 * ``ladders`` — Table 4: threshold ladders (IF with θ = 2, 1, 0.5; MT with 2–5 thresholds).
 * (Table 5, energy, is the frontier benchmark ``energy``: :mod:`sjunet.benchmarks.energy_frontier`.)
 
@@ -147,8 +148,11 @@ def _previous_rows(name: str, profile: str, settings: dict, key: str = "dataset"
     return {r[key]: r for r in prev.get("rows", [])}
 
 
-def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
-    """Tables 1/2 over the profile's datasets (or only ``dataset``, comma-separated for several).
+def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None,
+             peers: bool = True) -> dict:
+    """Tables 1/2 over the profile's datasets: ours (ANN, converted, fine-tuned, the stock converter)
+    and, with ``peers``, the paper's comparison systems (:mod:`sjunet.benchmarks.peer_table`: Spiking-FCN,
+    ML/RS/MT × DT/FT, with the paper's figures beside them) appended.
 
     Resumable: a dataset whose row from an earlier run of the same settings was made from the same
     ANN (fingerprint) is not run again; name it in ``dataset`` to force a rerun.
@@ -216,7 +220,15 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
                      "fingerprints": _fingerprints(ann, stats, snn=snn_path, finetuned=ft_path)})
         write_results("tables12", profile, table(), {"profile": profile, "settings": p, "rows": rows})
     text = table()
-    path = write_results("tables12", profile, text, {"profile": profile, "settings": p, "rows": rows})
+    payload = {"profile": profile, "settings": p, "rows": rows}
+    path = write_results("tables12", profile, text, payload)
+    from . import peer_table
+
+    if peers and profile in peer_table.PROFILES:  # the paper's comparison systems (resumable, cached rows)
+        pr = peer_table.run(profile, data=data, device=device)
+        text += "\n\n" + pr["table"]
+        path = write_results("tables12", profile, text, {**payload, "peers": {"path": pr["path"],
+                                                                              "figures": pr["figures"]}})
     return {"table": text, "rows": rows, "path": str(path)}
 
 

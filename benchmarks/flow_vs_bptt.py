@@ -2,8 +2,12 @@
 
 Same converted network, same batch, for T in the profile's list. Each (method, T) runs in its
 own subprocess so every peak-memory figure is its own process's: on the CPU the peak resident
-set above the process's state after set-up, on CUDA ``torch.cuda.max_memory_allocated`` above
-the memory allocated after set-up (times CUDA-synchronised). Reported beside them: one ANN
+set above the process's state after set-up (the peak window reset after set-up), on CUDA
+``torch.cuda.max_memory_allocated`` above the memory allocated after set-up (times
+CUDA-synchronised). On the CPU each run is repeated with the live-memory allocator
+(:func:`~sjunet.benchmarks.common.live_memory_allocator`): glibc's default keeps freed blocks in a
+fragmented heap, so default RSS overstates the live tensors — the live column is the CPU analogue
+of the CUDA figure, the default column what a user's process shows. Reported beside them: one ANN
 training step (forward + backward + update) and the T-step no-grad simulation alone, so the
 flow trainer's cost can be read as a ratio of (simulation + ANN step).
 
@@ -54,9 +58,11 @@ def _setup(cfg: dict):
 
 
 def worker(cfg: dict) -> dict:
+    from .common import live_memory_allocator, peak_rss_mb, reset_peak_rss, rss_mb
+
+    live = bool(cfg.get("live")) and live_memory_allocator()  # before torch allocates anything
     import torch
 
-    from .common import peak_rss_mb, rss_mb
     from sjunet.flow import record_flow, train_step
     from sjunet.tasks import SegmentationTask
 
@@ -91,6 +97,7 @@ def worker(cfg: dict) -> dict:
     else:
         base = rss_mb()
         peak_before = peak_rss_mb()
+        windowed = reset_peak_rss()
     times = []
     for _ in range(cfg["iters"] + 1):
         t0 = time.perf_counter()
@@ -100,7 +107,9 @@ def worker(cfg: dict) -> dict:
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
     return {"method": method, "T": T, "seconds": sum(times[1:]) / len(times[1:]), "device": device,
-            "memory": "cuda max_memory_allocated" if cuda else "cpu peak rss",
+            "memory": "cuda max_memory_allocated" if cuda else ("cpu peak rss (live: large blocks unmapped when freed)"
+                                                                if live else "cpu peak rss"),
+            "live": live or cuda, "peak_window": cuda or windowed,
             "peak_increase_mb": max(peak - base, 0.0), "baseline_mb": base,
             "setup_peak_above_baseline_mb": peak_before - base}
 
@@ -111,24 +120,41 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     p = dict(PROFILES[profile])
     common = {k: p[k] for k in ("width", "depth", "size", "batch", "iters")}
     common.update(model=model, data=data, device=device)
-    rows = [run_worker(__spec__.name, {**common, "method": "ann"})]
+    cuda = device.startswith("cuda")
+    # on the CPU every (method, T) also runs with the live-memory allocator: RSS then tracks live
+    # tensors as CUDA's max_memory_allocated does (its times are not used)
+    variants = [False] if cuda else [False, True]
+    rows = [run_worker(__spec__.name, {**common, "method": "ann", "live": v}) for v in variants]
     for T in p["T"]:
         for method in ("sim", "flow", "bptt"):
-            rows.append(run_worker(__spec__.name, {**common, "method": method, "T": T}))
-    ann = rows[0]
-    by = {(r["method"], r["T"]): r for r in rows}
-    lines = [f"Flow vs BPTT ({profile} profile, device {device}, memory: {ann['memory']}; width {p['width']}, "
-             f"batch {p['batch']} of {p['size']}x{p['size']}; "
-             f"ANN training step: +{ann['peak_increase_mb']:.0f} MB, {ann['seconds']:.3f} s)", "",
-             "| T | flow MB | BPTT MB | flow/ANN mem | BPTT/flow mem | flow s/it | BPTT s/it | sim s | flow/(sim+ANN step) | BPTT/flow time |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+            for v in variants if method != "bptt" else [False]:
+                rows.append(run_worker(__spec__.name, {**common, "method": method, "T": T, "live": v}))
+    by = {(r["method"], r["T"], bool(r.get("live")) and not cuda): r for r in rows}
+    ann, ann_live = by[("ann", 0, False)], by.get(("ann", 0, True))
+
+    def mb(r):
+        return r["peak_increase_mb"]
+
+    head = (f"Flow vs BPTT ({profile} profile, device {device}; width {p['width']}, batch {p['batch']} of "
+            f"{p['size']}x{p['size']}; memory: {ann['memory']}, peak above the state after set-up; "
+            f"ANN training step: +{mb(ann):.0f} MB, {ann['seconds']:.3f} s")
+    cols = "| T | flow MB | BPTT MB | flow/ANN mem | BPTT/flow mem |"
+    if ann_live is not None:
+        head += (f"; 'live': the same runs with large blocks unmapped when freed (glibc), so RSS tracks live "
+                 f"tensors as CUDA's max_memory_allocated does: ANN step +{mb(ann_live):.0f} MB")
+        cols += " sim MB live | flow MB live | flow/ANN mem live |"
+    lines = [head + ")", "", cols + " flow s/it | BPTT s/it | sim s | flow/(sim+ANN step) | BPTT/flow time |",
+             "|" + "---|" * (cols.count("|") - 1 + 5)]
     for T in p["T"]:
-        f, b, s = by[("flow", T)], by[("bptt", T)], by[("sim", T)]
-        lines.append(f"| {T} | {f['peak_increase_mb']:.0f} | {b['peak_increase_mb']:.0f} | "
-                     f"{f['peak_increase_mb'] / max(ann['peak_increase_mb'], 1):.2f} | "
-                     f"{b['peak_increase_mb'] / max(f['peak_increase_mb'], 1):.1f} | {f['seconds']:.3f} | {b['seconds']:.3f} | "
-                     f"{s['seconds']:.3f} | {f['seconds'] / (s['seconds'] + ann['seconds']):.2f} | "
-                     f"{b['seconds'] / f['seconds']:.1f} |")
+        f, b, s = by[("flow", T, False)], by[("bptt", T, False)], by[("sim", T, False)]
+        cells = [f"{T}", f"{mb(f):.0f}", f"{mb(b):.0f}", f"{mb(f) / max(mb(ann), 1):.2f}",
+                 f"{mb(b) / max(mb(f), 1):.1f}"]
+        if ann_live is not None:
+            fl, sl = by[("flow", T, True)], by[("sim", T, True)]
+            cells += [f"{mb(sl):.0f}", f"{mb(fl):.0f}", f"{mb(fl) / max(mb(ann_live), 1):.2f}"]
+        cells += [f"{f['seconds']:.3f}", f"{b['seconds']:.3f}", f"{s['seconds']:.3f}",
+                  f"{f['seconds'] / (s['seconds'] + ann['seconds']):.2f}", f"{b['seconds'] / f['seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     path = write_results("flow", profile, table, {"profile": profile, "settings": {**p, "model": model, "data": data},
                                                   "rows": rows})

@@ -48,3 +48,23 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
         main([name, "--profile", "smoke"])
         assert capsys.readouterr().out.split("\n-> ")[0] == out.split("\n-> ")[0]
 
+
+
+def test_peer_table_puts_the_papers_figures_and_orderings_beside_ours():
+    """The completed Tables 1/2 show the paper's row under ours (the metric it stands beside) and
+    both orderings; a system the paper has no figure for is a dash, not a number."""
+    from sjunet.benchmarks.peer_table import PAPER, SYSTEMS, _table, ordering
+
+    assert ordering({"a": 0.5, "b": 0.9, "c": 0.898, "d": None}) == "b ≈ c > a"
+    ann = {"f1_membrane": 0.70, "f1_interior": 0.90, "accuracy": 0.9}
+    vals = dict(zip(SYSTEMS, [0.10, 0.20, 0.60, 0.30, 0.65, 0.40, 0.69]))
+    rows = [{"dataset": "em", "system": s, "T": 4, "ann": ann, "converted": {"f1_membrane": 0.6, "f1_interior": 0.8},
+             "metrics": {"f1_membrane": v - 0.05, "f1_interior": v}} for s, v in vals.items() if s != "ML FT"]
+    table = _table(rows, {"T": {"*": 4}, "dt_minutes": 4.0, "ft_minutes": 2.0, "limit": 5}, "cpu")
+    paper_line = next(line for line in table.splitlines() if line.startswith("| em | paper: F1"))
+    assert f"{PAPER['em'][3]['U-Net']:.3f}" in paper_line and paper_line.count("—") == 2  # no Spiking-FCN; no converted
+    ours_line = next(line for line in table.splitlines() if line.startswith("| em | f1_interior"))
+    assert "| — |" in ours_line  # ML FT was not run
+    orders = [line for line in table.splitlines() if line.count("|") == 5 and line.startswith("| em |")]
+    assert orders == ["| em | f1_interior | MT FT > RS FT > MT DT > RS DT > ML DT > Spiking-FCN DT | "
+                      "MT FT > RS FT > MT DT ≈ ML DT > RS DT |"]

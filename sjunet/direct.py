@@ -89,23 +89,18 @@ def initial_snn(opts: DirectOptions):
 
     from sjunet.calibration import calibrate
     from sjunet.loop import seed_everything, train_val_datasets
-    from sjunet.models import UNet, UNetConfig
-    from sjunet.models.external import build_arch
     from sjunet.recipe import convert
     from sjunet.tasks import task_for, task_to_dict
+    from sjunet.training import build_network
 
     if opts.neuron not in DT_NEURONS:
         raise ValueError(f"unknown --neuron {opts.neuron!r} for direct training; choose one of {', '.join(DT_NEURONS)}")
     seed_everything(opts.seed)
     train_ds, _ = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
     task = task_for(train_ds)
-    out_channels = task.num_classes if task.kind == "segmentation" else train_ds.in_channels
-    if opts.arch is not None:
-        model, info = build_arch(opts.arch, opts.arch_kwargs), {"arch": {"factory": opts.arch,
-                                                                         "kwargs": dict(opts.arch_kwargs)}}
-    else:
-        config = UNetConfig(train_ds.in_channels, out_channels, opts.width, opts.depth, False, False, opts.pool)
-        model, info = UNet(config), {"sjunet_config": config.to_dict()}
+    model, config, arch = build_network(train_ds, task, opts.width, opts.depth, pool=opts.pool, arch=opts.arch,
+                                        arch_kwargs=opts.arch_kwargs)
+    info = {"arch": arch} if arch is not None else {"sjunet_config": config.to_dict()}
     model.eval()
     loader = DataLoader(train_ds, batch_size=opts.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(opts.seed))

@@ -67,6 +67,18 @@ class TrainOptions:
     grad_clip: float | None = None
 
 
+def build_network(train_ds, task, width: int = 16, depth: int = 4, batch_norm: bool = False, up_relu: bool = False,
+                  pool: str = "avg", arch: str | None = None, arch_kwargs: dict | None = None):
+    """The randomly initialised network ``train`` trains for ``train_ds``: ``--arch``'s factory, else
+    sjunet's U-Net sized to the data (segmentation: one output per class; denoising: the noise map).
+    Returns ``(model, UNetConfig or None, {"factory", "kwargs"} or None)``."""
+    if arch is not None:
+        return build_arch(arch, arch_kwargs), None, {"factory": arch, "kwargs": dict(arch_kwargs or {})}
+    out_channels = task.num_classes if task.kind == "segmentation" else train_ds.in_channels
+    config = UNetConfig(train_ds.in_channels, out_channels, width, depth, batch_norm, up_relu, pool)
+    return UNet(config), config, None
+
+
 def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool = True, force: bool = False,
           **kwargs) -> dict:
     """Train a U-Net; returns :func:`sjunet.loop.fit`'s summary plus ``output``, ``best_epoch`` and
@@ -91,16 +103,9 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         seed_everything(opts.seed)
         train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
         task = task_for(train_ds)
-        out_channels = task.num_classes if task.kind == "segmentation" else train_ds.in_channels
-        if opts.arch is not None:
-            config = None
-            model = build_arch(opts.arch, opts.arch_kwargs).to(opts.device)
-            arch = {"factory": opts.arch, "kwargs": dict(opts.arch_kwargs)}
-        else:
-            config = UNetConfig(train_ds.in_channels, out_channels, opts.width, opts.depth, opts.batch_norm,
-                                opts.up_relu, opts.pool)
-            model = UNet(config).to(opts.device)
-            arch = None
+        model, config, arch = build_network(train_ds, task, opts.width, opts.depth, opts.batch_norm, opts.up_relu,
+                                            opts.pool, opts.arch, opts.arch_kwargs)
+        model = model.to(opts.device)
         opt_name, default_lr = DEFAULT_OPTIMISER[task.kind]
         opt_name = opts.optimizer or opt_name
         lr = opts.lr if opts.lr is not None else default_lr

@@ -82,26 +82,80 @@ def _remove_stale_temps(path: Path) -> None:
                 p.unlink()
 
 
+#: errno values that mean "the disk (or quota) is full"
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class NoSpaceError(ArtifactError):
+    """A write failed because the file system (or a quota) is full; the previous file is unchanged."""
+
+
+def _no_space(path: Path, e: BaseException | None = None) -> NoSpaceError:
+    return NoSpaceError(f"{path}: no space left on the device while writing it — the previous file (if any) is "
+                        "unchanged and no temporary file was left; free some space (or choose another -o) and re-run")
+
+
+def _is_no_space(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in _NO_SPACE:
+        return True
+    text = str(e).lower()  # libraries that swallow errno (torch's zip writer, h5py, safetensors)
+    return any(s in text for s in ("no space left", "disk quota", "file too large"))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
-    On an exception the temporary file is removed and ``path`` is left untouched. The file gets
-    ``0666 & ~umask`` permissions; temporaries left by a killed process are removed first.
+    On an exception the temporary file is removed and ``path`` is left untouched; a full disk
+    becomes one :class:`NoSpaceError` line naming ``path``. The file gets ``0666 & ~umask``
+    permissions; temporaries left by a killed process are removed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if _is_no_space(e):
+            raise _no_space(path, e) from None
+        raise ArtifactError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, path)
+        except ArtifactError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a full disk reported by any writer
+            if _is_no_space(e):
+                raise _no_space(path, e) from None
+            raise
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            if tmp_path.exists() or tmp_path.is_symlink():
+                tmp_path.unlink()
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` atomically, flushed to the disk before the rename.
+
+    Every artifact is serialised in memory first and written here, so a full disk is one clean
+    :class:`NoSpaceError` (never a writer library's crash) and never damages the previous file.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
 
 
 def jsonable(obj: Any) -> Any:
@@ -131,35 +185,82 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented strict JSON atomically (non-finite numbers become ``null``)."""
-    text = dumps(obj) + "\n"
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
+    return write_bytes_atomic((dumps(obj) + "\n").encode(), path)
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`atomic_path` (``obj``: plain containers and tensors only)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    """``torch.save`` (to memory) + :func:`write_bytes_atomic` (``obj``: plain containers and tensors only)."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes_atomic(buf.getvalue(), path)
 
 
 # ------------------------------------------------------------------------------- output guards
 
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s directory; one line when a file stands where a directory must be."""
+    parent = path.parent
+    for p in [parent, *parent.parents]:
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                raise ArtifactError(f"cannot write {path}: {p} is a file, not a directory — choose another -o")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if _is_no_space(e):
+            raise _no_space(path, e) from None
+        raise ArtifactError(f"cannot create the directory {parent} for {path}: {e.strerror or e}") from None
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Check, before any long work, that ``path`` can be written (its directory can be created
     and holds a new file); raise :class:`ArtifactError` with one line saying what is wrong."""
+    text = os.fspath(path)
     path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"output {path} is a directory: give a file name")
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise ArtifactError(f"output {text} is a directory: give a file name (e.g. {path / 'out'}"
+                            f"{path.suffix or ''})")
+    _make_parent(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ArtifactError(f"cannot write the output {path}: {e.strerror or e} — choose another -o/--output") from e
+        if _is_no_space(e):
+            raise _no_space(path, e) from None
+        raise ArtifactError(f"cannot write the output {path}: {e.strerror or e} — choose another -o/--output") from None
     return path
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """``runs/ann.pt`` → ``runs/.ann.pt.lock``: the lock file of an output (kept between runs)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+def _open_lock(lock: Path) -> int:
+    """Open (create) ``lock`` without following a symlink; refuse anything but a private regular file."""
+    import stat
+
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ArtifactError(f"the lock file {lock} is a symbolic link; sjunet will not follow it — remove it "
+                                "and re-run") from None
+        if _is_no_space(e):
+            raise _no_space(lock, e) from None
+        raise ArtifactError(f"cannot open the lock file {lock}: {e.strerror or e}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise ArtifactError(f"the lock file {lock} is not a plain file of its own (a link or a device); remove it "
+                            "and re-run")
+    return fd
 
 
 @contextlib.contextmanager
@@ -169,8 +270,10 @@ def output_guard(path: str | os.PathLike, force: bool = False, resume: bool = Fa
 
     * an existing ``path`` is refused unless ``force`` (overwrite) or ``resume`` (continue it);
     * the directory must be writable (checked now, not after the work);
-    * a second run on the same output is refused while this one holds the lock
-      (``fcntl.flock`` on ``.<name>.lock`` beside it, released and removed at the end).
+    * a second run on the same output is refused while this one holds the lock: ``fcntl.flock``
+      on ``.<name>.lock`` beside it, opened with ``O_NOFOLLOW`` (a symlink planted there is
+      refused, never followed) and *kept* after the run, so two runs always lock the same inode
+      (removing it would let a third run lock a new file while the second still holds the old).
     """
     import fcntl
 
@@ -178,27 +281,23 @@ def output_guard(path: str | os.PathLike, force: bool = False, resume: bool = Fa
     if path.exists() and not (force or resume):
         raise OutputExistsError(f"{what} {path} exists: refusing to overwrite it; pass --force to replace it "
                                 "or --resume to continue that run (or choose another -o)")
-    lock_path = path.with_name(f".{path.name}.lock")
-    fh = open(lock_path, "a+")
+    lock = lock_path(path)
+    fd = _open_lock(lock)
     try:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             raise ArtifactError(f"{what} {path} is being written by another sjunet run ({holder}); "
                                 "wait for it or choose another -o") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
+        with contextlib.suppress(OSError):  # who holds it, for the message above; informational only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         yield path
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        fh.close()
+        os.close(fd)  # releases the flock
 
 
 # ------------------------------------------------------------------------------- fingerprints

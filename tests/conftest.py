@@ -14,3 +14,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (set SJUNET_DATA to the shared/data directory)")
     return SHARED_DATA
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the fuzz layer's size: cases generated per file reader in this run."""
+    import sys
+
+    fuzzing = sys.modules.get("fuzzing")  # imported by the fuzz tests as `from fuzzing import ...`
+    if fuzzing is None:
+        return
+    CASES = fuzzing.CASES
+    if CASES:
+        total = sum(CASES.values())
+        terminalreporter.write_line("fuzz layer: " + ", ".join(f"{k} {v}" for k, v in sorted(CASES.items()))
+                                    + f" — {total} hostile/malformed files, each refused in one line")

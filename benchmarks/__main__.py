@@ -28,6 +28,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
     ap.add_argument("--device", default="auto", help="auto: CUDA when available, else CPU")
     ap.add_argument("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation, zoo)")
+    ap.add_argument("--only", default=None, help="comma-separated subset of a benchmark's rows (zoo: architectures)")
     a = ap.parse_args(argv)
     from sjunet.distributed import resolve_device
 
@@ -44,6 +45,10 @@ def main(argv=None) -> None:
         if "dataset" not in fn.__code__.co_varnames:
             ap.error(f"{a.name} takes no --dataset (its profile fixes the data)")
         kw["dataset"] = a.dataset
+    if a.only is not None:
+        if "only" not in fn.__code__.co_varnames:
+            ap.error(f"{a.name} takes no --only")
+        kw["only"] = a.only
     r = fn(a.profile, model=a.model, data=a.data, **kw)
     print(r["table"])
     print(f"\n-> {r['path']}")

@@ -24,7 +24,7 @@ VARIANTS = [
 
 
 def _model(p: dict, model: str | None, out: Path, data: str | None):
-    from sjunet.io import load_ann
+    from sjunet.models.checkpoint import load_ann
     from sjunet.training import TrainOptions, train
 
     if model is None:

@@ -52,9 +52,11 @@ def best_point(frontier: dict, key: str, tolerance: float = 0.01) -> dict | None
           if v["metrics"][key] >= (1 - tolerance) * ann]
     if not ok:
         return None
-    ratio, t, v = min(ok, key=lambda r: r[0])
-    return {"T": int(t), "metric": v["metrics"][key], "vs_ann": v["metrics"][key] / ann,
-            "sop": ratio, "neurobench": v["energy"]["ratios"]["neurobench"], "paper": v["energy"]["ratios"]["paper"]}
+    sop, t, v = min(ok, key=lambda r: r[0])
+    from sjunet.benchmarks.common import ratio
+
+    return {"T": int(t), "metric": v["metrics"][key], "vs_ann": ratio(v["metrics"][key], ann),
+            "sop": sop, "neurobench": v["energy"]["ratios"]["neurobench"], "paper": v["energy"]["ratios"]["paper"]}
 
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:

@@ -138,7 +138,7 @@ def _table(rows: list[dict], p: dict, profile: str) -> str:
 
 def _width_ann(rp: dict, width: int, data, device: str, profile: str):
     """The recipe ablation's ANN of ``width`` on its dataset (cached) and its statistics."""
-    from sjunet.io import load_ann
+    from sjunet.models.checkpoint import load_ann
     from sjunet.training import TrainOptions, train
 
     from .common import RESULTS, cached_stats

@@ -36,7 +36,7 @@ def _setup(cfg: dict):
     torch.manual_seed(0)
     torch.set_num_threads(cfg.get("threads", 2))
     if cfg.get("model"):
-        from sjunet.io import load_ann
+        from sjunet.models.checkpoint import load_ann
 
         ann, _ = load_ann(cfg["model"])
     else:

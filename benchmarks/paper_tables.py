@@ -49,7 +49,7 @@ PROFILES = {
 
 
 def _ann(p: dict, name: str, data, device: str, profile: str) -> tuple[str, object]:
-    from sjunet.io import load_ann
+    from sjunet.models.checkpoint import load_ann
     from sjunet.training import TrainOptions, train
 
     from .common import RESULTS

@@ -23,7 +23,7 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     import torch
 
     from sjunet.calibration import calibrate
-    from sjunet.io import load_ann
+    from sjunet.models.checkpoint import load_ann
     from sjunet.models import UNet
     from sjunet.recipe import convert, convert_stock
     from sjunet.simulation import simulate

@@ -1,9 +1,15 @@
-"""The U-Nets people already have (spec §11): MONAI BasicUNet, MONAI UNet (residual units),
-segmentation_models_pytorch Unet(resnet18) and sjunet's own U-Net with MaxPool, each trained
+"""The U-Nets people already have (spec §11), defaults first: the PyTorch-UNet layout (shape-computed
+``F.pad`` before each ``cat``, bilinear up-sampling), MONAI ``BasicUNet`` with its defaults
+(LeakyReLU + InstanceNorm), nnU-Net's ``PlainConvUNet`` with its defaults (LeakyReLU +
+InstanceNorm), then MONAI BasicUNet and UNet (residual units) with BatchNorm/ReLU,
+segmentation_models_pytorch Unet(resnet18) and sjunet's own U-Net with MaxPool — each trained
 briefly, then calibrated → converted (connection- and layer-wise, MT) → evaluated at several T →
-fine-tuned at T = 5, beside SpikingJelly's stock ``RateCodingRecipe`` where it converts at all.
+fine-tuned, beside SpikingJelly's stock ``RateCodingRecipe`` where it converts at all. For models
+whose conversion approximates (instance/group norm with a fixed deviation), the *approximation
+gap* is the metric of the ANN the SNN implements (rebuilt from the SNN) beside the original ANN's.
+Every ratio (× ANN) is against the original ANN.
 
-    python -m sjunet.benchmarks zoo --profile smoke|cpu|paper [--data ../shared/data] [--device cuda]
+    python -m sjunet.benchmarks zoo --profile smoke|cpu|paper [--data ../shared/data] [--device cuda] [--only a,b]
 
 Every stage is cached per architecture under ``results/zoo-<profile>/<arch>/`` (ANN, statistics)
 and a finished architecture's row is reused when the settings and the ANN are unchanged, so an
@@ -15,8 +21,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-#: name -> (architecture factory or None for sjunet's U-Net, kwargs given the base width w)
+#: name -> (architecture factory or None for sjunet's U-Net, kwargs given the base width w); defaults first
 ARCHITECTURES = {
+    "pytorch-unet-bilinear": ("sjunet.models.zoo_nets:PadCatUNet", lambda w, d: dict(
+        n_channels=1, n_classes=2, bilinear=True, width=w, depth=d)),
+    "monai-BasicUNet-defaults": ("monai.networks.nets:BasicUNet", lambda w, d: dict(
+        spatial_dims=2, in_channels=1, out_channels=2, features=(w, w, 2 * w, 4 * w, 8 * w, w))),
+    "nnunet-PlainConvUNet-defaults": ("sjunet.models.nnunet:plain_conv_unet", lambda w, d: dict(
+        input_channels=1, num_classes=2, n_stages=d + 1, base_features=w)),
     "sjunet-maxpool": (None, lambda w, d: {}),
     "monai-BasicUNet": ("monai.networks.nets:BasicUNet", lambda w, d: dict(
         spatial_dims=2, in_channels=1, out_channels=2, act="relu", norm="batch",
@@ -32,10 +44,12 @@ ARCHITECTURES = {
 PROFILES = {
     "smoke": dict(dataset="demo-seg", data_options={"size": 32, "num_items": 8}, train_options={},
                   width=4, depth=3, epochs=8, train_minutes=None, T=[2, 4, 8], layer_T=4, ft_T=2, ft_epochs=1,
-                  ft_minutes=None, limit=2, batch=4, lr=5e-3, stock_T=[4, 8], trial_iters=2),
+                  ft_minutes=None, limit=2, batch=4, lr=5e-3, stock_T=[4, 8], trial_iters=2,
+                  archs=["pytorch-unet-bilinear", "monai-BasicUNet-defaults"],
+                  coverage=["sjunet-UNet", "monai-AttentionUnet"]),
     "cpu": dict(dataset="em", data_options={}, train_options={"crop": 128, "samples_per_epoch": 160},
-                width=16, depth=4, epochs=200, train_minutes=4.0, T=[5, 10, 20, 50], layer_T=20, ft_T=5,
-                ft_epochs=50, ft_minutes=2.0, limit=5, batch=4, lr=1e-3, stock_T=[20, 50]),
+                width=16, depth=4, epochs=200, train_minutes=4.0, T=[2, 4, 8, 16], layer_T=16, ft_T=4,
+                ft_epochs=50, ft_minutes=3.0, limit=5, batch=4, lr=1e-3, stock_T=[16, 64]),
     "gpu": dict(dataset="em", data_options={}, train_options={"crop": 256, "samples_per_epoch": 400},
                 width=64, depth=4, epochs=200, train_minutes=5.0, T=[5, 10, 20, 50], layer_T=20, ft_T=5,
                 ft_epochs=100, ft_minutes=2.0, limit=None, batch=8, lr=5e-4, stock_T=[20, 50]),
@@ -50,7 +64,7 @@ def _ann(name: str, p: dict, out: Path, data, device: str):
     import json
     from dataclasses import asdict
 
-    from sjunet.io import load_ann
+    from sjunet.models.checkpoint import load_ann
     from sjunet.training import TrainOptions, train
 
     factory, kwargs = ARCHITECTURES[name]
@@ -62,11 +76,11 @@ def _ann(name: str, p: dict, out: Path, data, device: str):
                         dataset_options={**p["data_options"], **p["train_options"]}, **arch)
     same = {k: v for k, v in json.loads(json.dumps(asdict(opts))).items() if k not in ("output", "device", "data")}
     if path.exists():
-        ann, ckpt = load_ann(path)
+        ann, ckpt = load_ann(path, trust_arch=factory)  # the benchmark chose the factory, not the file
         if {k: ckpt["options"].get(k) for k in same} == same:
             return ann, ckpt
     train(opts, progress=False, force=True)
-    return load_ann(path)
+    return load_ann(path, trust_arch=factory)
 
 
 def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
@@ -98,6 +112,13 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
         row["gains"] = len(snn.sjunet_conversion["gains"]) if norm == "connection" else row["gains"]
         row["spiking_maxpools"] = sum(v["type"] == "SpikingMaxPool2d" for v in snn.sjunet_graph["modules"].values())
     row["ann"] = row["connection"]["ann"]
+    approx = (load_snn(paths["connection"])[1].get("conversion") or {}).get("approximations") or []
+    row["approximations"] = approx
+    if approx:  # the ANN the SNN implements (fixed deviations), on the same test images
+        from sjunet.evaluation import evaluate_model
+
+        row["approx_ann"] = evaluate_model(_implemented_ann(load_snn(paths["connection"])[0]), test, task,
+                                           device=device, limit=p["limit"], progress=False)
     t1 = time.perf_counter()
     ft_path = out / f"snn_ft_T{p['ft_T']}.safetensors"
     s = finetune(FinetuneOptions(snn=str(paths["connection"]), dataset=p["dataset"], data=data, output=str(ft_path),
@@ -119,6 +140,25 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     return row
 
 
+def _implemented_ann(snn):
+    """The ANN an SNN implements (its graph with every neuron as its activation), as a module."""
+    import torch
+    from torch import nn
+
+    from sjunet.distill import Teacher
+
+    class ImplementedAnn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.teacher = Teacher(snn)
+
+        def forward(self, x):
+            with torch.no_grad():
+                return self.teacher(x)[0]
+
+    return ImplementedAnn()
+
+
 def _lines(row: dict, p: dict, key: str, agree: str) -> str:
     from .common import ratio
 
@@ -132,13 +172,16 @@ def _lines(row: dict, p: dict, key: str, agree: str) -> str:
         stock = "refused¹"
     else:
         stock = ", ".join(f"{row['stock']['T'][str(t)][key]:.4f} (T={t})" for t in p["stock_T"])
-    return (f"| {row['arch']} | {a:.4f} | " + " | ".join(cells) + f" | {lay:.4f} ({ratio(lay, a):.3f}) | "
+    gap = (f"{row['approx_ann'][key]:.4f} ({ratio(row['approx_ann'][key], a):.3f})" if row.get("approx_ann")
+           else "exact")
+    return (f"| {row['arch']} | {a:.4f} | {gap} | " + " | ".join(cells) + f" | {lay:.4f} ({ratio(lay, a):.3f}) | "
             f"{ft:.4f} ({ratio(ft, a):.3f}) | {stock} |")
 
 
-def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
-    """The zoo table on the profile's dataset (or ``dataset``)."""
-    from sjunet.io import load_ann
+def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None,
+        only: str | None = None) -> dict:
+    """The zoo table on the profile's dataset (or ``dataset``); ``only``: comma-separated names."""
+    from sjunet.models.checkpoint import load_ann
 
     from .common import RESULTS, write_results
     from .paper_tables import _previous_rows
@@ -148,19 +191,30 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
         p["dataset"] = dataset
     previous = _previous_rows("zoo", profile, p, key="arch")
     rows = []
-    for name in ARCHITECTURES:
+    names = p.get("archs") or list(ARCHITECTURES)
+    if only:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ARCHITECTURES]
+    if unknown:
+        raise ValueError(f"unknown zoo architecture(s) {unknown}; choose from {', '.join(ARCHITECTURES)}")
+    for name in names:
         out = RESULTS / f"zoo-{profile}" / name
         out.mkdir(parents=True, exist_ok=True)
         prev = previous.get(name)
-        if prev is not None and (out / "ann.pt").exists() and load_ann(out / "ann.pt")[1]["fingerprint"] == prev[
-                "ann_fingerprint"]:
+        if prev is not None and (out / "ann.pt").exists() and load_ann(
+                out / "ann.pt", trust_arch=ARCHITECTURES[name][0])[1]["fingerprint"] == prev["ann_fingerprint"]:
             rows.append(prev)
             continue
         rows.append(_row(name, p, out, data, device))
         write_results("zoo", profile, _table(rows, p), {"profile": profile, "settings": p, "rows": rows})
-    table = _table(rows, p)
-    path = write_results("zoo", profile, table, {"profile": profile, "settings": p, "rows": rows})
-    return {"table": table, "rows": rows, "path": str(path)}
+    from .zoo_coverage import coverage
+    from .zoo_coverage import table as coverage_table
+
+    probed = coverage(p.get("coverage"))  # every configuration: converts, or refused with its causes (seconds)
+    table = _table(rows, p) + "\n\nCoverage (canonical graph on a 64×64 input, untrained):\n\n" + coverage_table(probed)
+    path = write_results("zoo", profile, table, {"profile": profile, "settings": p, "rows": rows,
+                                                 "coverage": probed})
+    return {"table": table, "rows": rows, "coverage": probed, "path": str(path)}
 
 
 def _table(rows: list[dict], p: dict) -> str:
@@ -170,9 +224,10 @@ def _table(rows: list[dict], p: dict) -> str:
     agree = "agreement" if f1 else "psnr_vs_reference"
     lines = [f"Zoo on {p['dataset']} ({key}; cells: value (× ANN, pixel agreement with the ANN); width {p['width']}, "
              f"ANN {p['train_minutes']} min, fine-tuning {p['ft_minutes']} min at T = {p['ft_T']})", "",
-             "| architecture | ANN | " + " | ".join(f"conn. MT T={t}" for t in p["T"]) +
+             "| architecture | ANN | ANN the SNN implements (approximation gap) | " +
+             " | ".join(f"conn. MT T={t}" for t in p["T"]) +
              f" | layer MT T={p['layer_T']} | fine-tuned T={p['ft_T']} | stock RateCodingRecipe |",
-             "|---|---|" + "---|" * (len(p["T"]) + 3)]
+             "|---|---|---|" + "---|" * (len(p["T"]) + 3)]
     lines += [_lines(r, p, key, agree) for r in rows]
     notes = [f"{r['arch']}: {r['stock_error']}" for r in rows if r.get("stock_error")]
     if notes:

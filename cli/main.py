@@ -50,14 +50,68 @@ def _sigterm(signum, frame):  # a terminated run unwinds: temporaries removed, l
 def _parse_options(pairs: tuple[str, ...]) -> dict:
     out = {}
     for p in pairs:
-        if "=" not in p:
-            raise click.BadParameter(f"--opt takes KEY=VALUE, got {p!r}")
+        if "=" not in p or not p.split("=", 1)[0].strip():
+            raise InputError(f"--opt takes KEY=VALUE (e.g. --opt crop=128), got {p!r}")
         k, v = p.split("=", 1)
         try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+            out[k.strip()] = json.loads(v)
+        except (json.JSONDecodeError, RecursionError):
+            out[k.strip()] = v
     return out
+
+
+def _dataset_options(dataset: str, pairs: tuple[str, ...]) -> dict:
+    """``--opt`` pairs parsed and checked against dataset ``dataset``'s options (declared types and
+    ranges, strict booleans) before any work; one line for a bad one."""
+    from sjunet.data import check_dataset_options
+
+    options = _parse_options(pairs)
+    check_dataset_options(dataset, options)
+    return options
+
+
+#: time steps above which a command warns of the cost, and above which it refuses
+T_WARN, T_MAX = 1000, 100_000
+
+
+def _check_T(steps, flag: str = "--T") -> None:
+    """Refuse absurd numbers of time steps; warn (stderr, one line) of an expensive one. Each step
+    costs about one ANN pass per image."""
+    steps = [int(t) for t in steps]
+    if not steps or min(steps) < 1:
+        raise InputError(f"{flag} must be a positive number of time steps, got {steps}")
+    t = max(steps)
+    if t > T_MAX:
+        raise InputError(f"{flag} {t}: more than {T_MAX} time steps is refused (each step costs about one ANN pass "
+                         f"per image: {t} steps ≈ {t}× the ANN's time per image); use {flag} ≤ {T_MAX} (rates "
+                         "settle within a few hundred steps)")
+    if t > T_WARN:
+        click.echo(f"warning: T = {t} steps: about {t}× an ANN pass per image, so this will be slow; "
+                   f"use {flag} ≤ {T_WARN} unless you need more", err=True)
+
+
+def _check_fits(ds, net, padded: bool, what: str, multiple: int | None = None) -> None:
+    """Refuse, before the work, images of ``ds`` that cannot pass ``net`` (its size multiple)."""
+    from sjunet.data import check_fits
+    from sjunet.evaluation import size_multiple
+
+    if multiple is None:
+        try:
+            multiple = size_multiple(net, getattr(ds, "in_channels", None))
+        except Exception:  # noqa: BLE001 - unknown multiple: the library's own check applies
+            return
+    check_fits(ds, multiple, padded=padded, what=what)
+
+
+def _check_training_data(dataset: str, data, seed: int, options: dict, multiple: int, what: str) -> None:
+    """The training items (as they go in, unpadded) and the validation split fit a network of size
+    ``multiple`` (before the run starts)."""
+    from sjunet.data import check_fits
+    from sjunet.loop import train_val_datasets
+
+    train_ds, val_ds = train_val_datasets(dataset, data, seed, options)
+    check_fits(train_ds, multiple, padded=False, what=what)
+    check_fits(val_ds, multiple, padded=True, what=what)
 
 
 dataset_opt = click.option("--dataset", "-d", default="em", show_default=True,
@@ -87,7 +141,7 @@ def _force_option(fn):
 
 def _load_ann(model, arch, arch_kwargs, weights, required: bool = True):
     """The ANN of -m or --arch/--weights, or (None, None) when neither is given and not required."""
-    from sjunet.models.external import load_model
+    from sjunet.models.checkpoint import load_model
 
     if model is None and arch is None:
         if required:
@@ -133,7 +187,7 @@ def _budget_options(fn):
         click.option("--max-iters", type=int, default=None,
                      help="iteration budget, counted from the start of the run (any epoch size)"),
         click.option("--val-every", type=int, default=None, help="validate every N iterations (default: each epoch)"),
-        click.option("--resume", is_flag=True, help="continue from <output>.last.pt (bit-identical to an uninterrupted run)"),
+        click.option("--resume", is_flag=True, help="continue from <output>.last.pt, e.g. runs/ann.pt.last.pt (bit-identical to an uninterrupted run)"),
         click.option("--force", is_flag=True, help="replace an existing output (default: refuse it)"),
     ]):
         fn = option(fn)
@@ -199,14 +253,20 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
           val_every, resume, force, opt):
     """Train the ANN U-Net (or, with --spiking, a Spiking-UNet directly); keeps the best checkpoint on the
     validation split."""
+    from sjunet.io import check_writable
     from sjunet.models.external import parse_arch_kwargs
     from sjunet.training import TrainOptions, train as train_fn
 
+    dataset_options = _dataset_options(dataset, opt)
+    if spiking:
+        _check_T([T])
+    check_writable(output)
+    if arch is None and depth is not None and 0 < depth <= 16:
+        _check_training_data(dataset, data, seed, dataset_options, 2 ** depth,
+                             f"a depth-{depth} {'Spiking-' if spiking else ''}U-Net")
     if spiking:
         from sjunet.direct import DirectOptions, train_spiking
 
-        if T < 1:
-            raise InputError(f"--T must be a positive number of time steps, got {T}")
         if batch_norm or up_relu:
             raise InputError("--batch-norm/--up-relu are ANN options; a directly trained Spiking-UNet has neither")
         dopts = DirectOptions(dataset=dataset, data=data, output=output, neuron=neuron, T=T, epochs=epochs,
@@ -215,7 +275,7 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
                               arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
                               max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                               grad_clip=grad_clip if grad_clip is not None else 1.0,
-                              dataset_options=_parse_options(opt))
+                              dataset_options=dataset_options)
         s = _run_loop(train_spiking, dopts, resume=resume, force=force)
         best = s["best"]
         if _is_main():
@@ -226,7 +286,7 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
                         optimizer=optimizer, width=width, depth=depth, batch_norm=batch_norm, up_relu=up_relu,
                         pool=pool, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
                         max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
-                        dataset_options=_parse_options(opt), schedule=schedule, warmup=warmup, grad_clip=grad_clip)
+                        dataset_options=dataset_options, schedule=schedule, warmup=warmup, grad_clip=grad_clip)
     s = _run_loop(train_fn, opts, resume=resume, force=force)
     best = s["best"]
     if _is_main():
@@ -261,10 +321,12 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
 
     if batch_size < 1 or (max_batches is not None and max_batches < 1):
         raise InputError("--batch-size and --max-batches must be positive integers")
+    dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
     ann, info = _load_ann(model, arch, arch_kwargs, weights)
-    ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    ds = get_dataset(dataset, data, split, **dataset_options)
     check_compatible(ds, *_ann_channels(ann, info), info.task)
+    _check_fits(ds, ann, padded=False, what="the ANN")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dead layers are listed below
@@ -352,19 +414,24 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
     check_options(T, chunk, limit)
     if snn is None and model is None and arch is None:
         raise InputError("give --model/--arch (an ANN), --snn (a converted SNN) or both")
+    if snn is not None:
+        _check_T(T)
+    dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
     from sjunet.recipe import load_snn
 
     net, rec = load_snn(snn) if snn is not None else (None, None)
     ann, info = _load_ann(model, arch, arch_kwargs, weights, required=False)
-    ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    ds = get_dataset(dataset, data, split, **dataset_options)
     result: dict = {"split": split}
     if ann is not None:
         check_compatible(ds, *_ann_channels(ann, info), info.task, what="the ANN")
+        _check_fits(ds, ann, padded=True, what="the ANN")
         result["model"] = info.to_record()
     if net is not None:
         conv = rec.get("conversion") or {}
         check_compatible(ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"), what="the SNN")
+        _check_fits(ds, net, padded=True, what="the SNN")
         if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
             raise InputError(f"{snn} was converted from model {conv.get('ann_fingerprint')}, not from this ANN "
                              f"({info.fingerprint}); pixel agreement would be meaningless")
@@ -436,7 +503,11 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
              opt):
     """Fine-tune a converted SNN with spiking flow; the output is the best of the input and every validation."""
     from sjunet.flow import FinetuneOptions, finetune as finetune_fn
+    from sjunet.io import check_writable
 
+    _check_T([T])
+    dataset_options = _dataset_options(dataset, opt)
+    check_writable(output)
     if lr is not None and lr != "auto":
         try:
             lr = float(lr)
@@ -447,7 +518,12 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
     opts = FinetuneOptions(snn=snn, dataset=dataset, data=data, output=output, T=T, epochs=epochs,
                            batch_size=batch_size, optimizer=optimizer, schedule=schedule, method=method,
                            chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
-                           device=device, dataset_options=_parse_options(opt), **given)
+                           device=device, dataset_options=dataset_options, **given)
+    from sjunet.recipe import load_snn, snn_size_multiple
+
+    net, rec = load_snn(snn)
+    _check_training_data(dataset, data, seed, dataset_options, snn_size_multiple(net, rec), "the SNN")
+    del net
     s = _run_loop(finetune_fn, opts, resume=resume, force=force)
     if not _is_main():
         return
@@ -473,8 +549,15 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
 def demo(task, out, epochs, T, more_t):
     """The whole pipeline on built-in demo data (no download): train → calibrate → convert → evaluate."""
     from sjunet.demo import run_demo
+    from sjunet.io import check_writable
 
-    r = run_demo(task, out, epochs=epochs, T=_steps(T, more_t))
+    steps = _steps(T, more_t)
+    _check_T(steps)
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out} is a file, not a directory: give a directory for the demo's files "
+                         "(e.g. --out runs/demo)")
+    check_writable(Path(out) / task / "report.md")
+    r = run_demo(task, out, epochs=epochs, T=steps)
     click.echo(r["report"])
 
 
@@ -502,10 +585,12 @@ def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, styl
     """ANN activation vs SNN firing rate per neuron, with fitted slope and correlation."""
     from sjunet.plots import plot as plot_fn
 
+    _check_T([T])
+    dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
     r = plot_fn("activation-vs-rate", model=model, snn=list(snn), dataset=dataset, data=data, T=T,
                 n_images=n_images, layers=list(layers) or None, style=style, output=output,
-                dataset_options=_parse_options(opt))
+                dataset_options=dataset_options)
     for layer, per in r.items():
         click.echo(f"{layer}: " + "  ".join(f"{lab}: slope {v['slope']:.3f} r {v['r']:.3f}" for lab, v in per.items()))
     click.echo(f"-> {output}")
@@ -560,7 +645,7 @@ def plot_metric_vs_energy(frontiers, metric, labels, output, force):
 def plot_predictions(models, snns, dataset, data, split, images, T, device, output, force, opt):
     """The paper's Figures 4/5: input, ground truth and each system's output for chosen images."""
     from sjunet.data import get_dataset
-    from sjunet.io import load_ann
+    from sjunet.models.checkpoint import load_ann
     from sjunet.predictions import predictions, predictions_figure
     from sjunet.recipe import load_snn
     from sjunet.tasks import task_for
@@ -586,8 +671,10 @@ def plot_predictions(models, snns, dataset, data, split, images, T, device, outp
     for label, path, _ in plan:
         if not Path(path).is_file():
             raise InputError(f"{label}: no such file {path}")
+    _check_T([t for _, _, t in plan if t is not None] or [T])
+    dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
-    ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    ds = get_dataset(dataset, data, split, **dataset_options)
     systems = {label: (load_ann(path)[0] if t is None else load_snn(path)[0], t) for label, path, t in plan}
     rows = predictions(systems, ds, list(images), device=device)
     predictions_figure(rows, task_for(ds), output, title=f"{dataset} ({split})")
@@ -640,10 +727,12 @@ def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, more
 
     T = _steps(T, more_t)
     check_options(T, chunk, limit)
+    _check_T(T)
+    dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
     net, rec = load_snn(snn)
     ann, info = _load_ann(model, arch, arch_kwargs, weights, required=False)
-    ds = get_dataset(dataset, data, split, **_parse_options(opt))
+    ds = get_dataset(dataset, data, split, **dataset_options)
     conv = rec.get("conversion") or {}
     check_compatible(ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"), what="the SNN")
     if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
@@ -667,7 +756,8 @@ def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, more
 @click.option("--data", default=None, type=click.Path())
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @click.option("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation)")
-def bench(name, profile, model, data, device, dataset):
+@click.option("--only", default=None, help="comma-separated subset of the rows (zoo: architectures)")
+def bench(name, profile, model, data, device, dataset, only):
     """Run a benchmark from benchmarks/ (same as `python -m sjunet.benchmarks NAME`)."""
     from sjunet.benchmarks.__main__ import BENCHMARKS, main as bench_main
 
@@ -675,7 +765,8 @@ def bench(name, profile, model, data, device, dataset):
         raise click.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(sorted(BENCHMARKS))}",
                                  param_hint="NAME")
     args = [name, "--profile", profile, "--device", device] + (["--model", model] if model else []) + \
-        (["--data", data] if data else []) + (["--dataset", dataset] if dataset else [])
+        (["--data", data] if data else []) + (["--dataset", dataset] if dataset else []) + \
+        (["--only", only] if only else [])
     bench_main(args)
 
 

@@ -7,7 +7,9 @@
   ``.contiguous()``, ``.clone()``, ``.detach()``;
 * ReLU in every spelling (``F.relu``, ``torch.relu``, ``.relu()``, in-place variants,
   ``nn.ReLU(inplace=True)``, ``F.relu6``, ``F.hardtanh(x, 0, a)``) becomes a ``nn.ReLU`` or
-  ``nn.Hardtanh(0, a)`` module — one node the recipe can replace with a neuron;
+  ``nn.Hardtanh(0, a)`` module — one node the recipe can replace with a neuron; leaky ReLUs
+  (``F.leaky_relu``, ``nn.LeakyReLU(inplace=True)``, ``nn.RReLU`` in eval mode: slope
+  (lower + upper)/2) become ``nn.LeakyReLU(α)``, ``F.prelu`` with a stored weight a ``nn.PReLU``;
 * ``torch.add`` / ``+=`` / ``.add()`` become ``operator.add``; ``torch.concat`` becomes ``torch.cat``;
 * ``F.max_pool2d`` / ``F.avg_pool2d`` become ``nn.MaxPool2d`` / ``nn.AvgPool2d`` modules;
 * ``F.interpolate`` / ``nn.Upsample*`` become :class:`~sjunet.stages.Resample` (an interpolation to
@@ -15,8 +17,25 @@
   arithmetic is left in the graph); ``F.pad`` and padding modules become :class:`~sjunet.stages.Pad`;
 * output-side ops (sigmoid, softmax, log-softmax after the last layer) are stripped and returned,
   to be applied to the decoded output;
+* functional convolutions and batch norms with constant tensors (``F.conv2d(x, self.weight, …)``,
+  ``F.batch_norm(x, self.running_mean, …, training=False)``, as EfficientNet's "same"-padding convs and
+  timm's ``BatchNormAct2d`` write them) become ``nn.Conv2d`` / ``nn.ConvTranspose2d`` /
+  ``nn.BatchNorm2d`` modules holding those tensors;
+* ``nn.AdaptiveAvgPool2d``, ``F.adaptive_avg_pool2d`` and ``x.mean((2, 3), keepdim=True)`` become
+  :class:`~sjunet.stages.AdaptiveAvgPool` (sizes computed from shapes were made constants by the
+  tracer, on the example input);
+* instance / group / layer norm (``nn.InstanceNorm2d``, ``nn.GroupNorm``, ``nn.LayerNorm`` over
+  (C, H, W) with a per-channel-constant affine, ``F.instance_norm`` / ``F.group_norm`` /
+  ``F.layer_norm`` with constant weights) become :class:`~sjunet.stages.Center` →
+  :class:`~sjunet.stages.Normalize` → :class:`~sjunet.stages.ChannelAffine` (γ, β; absent without an
+  affine): still the exact ANN (per-sample deviation) until conversion fixes the deviation from
+  calibration (:mod:`sjunet.calibration.approximation`); an instance norm with running statistics
+  (eval mode) is a BatchNorm;
 * BatchNorm folds into the Conv2d / ConvTranspose2d before it (when that convolution feeds nothing
   else); any other BatchNorm becomes a per-channel :class:`~sjunet.stages.ChannelAffine` stage.
+
+A rewrite that meets something it cannot convert leaves the node as it is and adds a
+:class:`~sjunet.graph.Blocker` to the list it is given, so every blocker is reported at once.
 """
 from __future__ import annotations
 
@@ -28,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from sjunet.graph import SYNAPTIC_TYPES, UnsupportedGraphError, module_of
-from sjunet.stages import ChannelAffine, Pad, Resample
+from sjunet.graph import SYNAPTIC_TYPES, Blocker, UnsupportedGraphError, _target_name, _where, module_of
+from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample
 
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
                      nn.FeatureAlphaDropout)
@@ -37,6 +56,9 @@ _IDENTITY_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha
 _IDENTITY_METHODS = {"contiguous", "clone", "detach"}
 _RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_}
 _RELU_METHODS = {"relu", "relu_"}
+_LEAKY_FUNCTIONS = {F.leaky_relu, F.leaky_relu_, torch._C._nn.leaky_relu, torch._C._nn.leaky_relu_}
+_LEAKY_METHODS = {"leaky_relu", "leaky_relu_"}
+_PRELU_FUNCTIONS = {F.prelu, torch.prelu}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 _UPSAMPLE_MODULES = (nn.Upsample,)  # UpsamplingNearest2d / UpsamplingBilinear2d are subclasses
@@ -66,6 +88,7 @@ def _replace_with_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, a
     gm.add_submodule(path, module)
     with gm.graph.inserting_before(node):
         new = gm.graph.call_module(path, args)
+    new.stack_trace = node.stack_trace
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
@@ -85,6 +108,9 @@ def _unshare(gm: fx.GraphModule) -> None:
 
 def _remove_identities(gm: fx.GraphModule) -> None:
     for n in list(gm.graph.nodes):
+        if n.op == "call_function" and n.target is torch._assert and not n.users:  # decided while tracing
+            gm.graph.erase_node(n)
+            continue
         m = module_of(gm, n)
         ident = (isinstance(m, _IDENTITY_MODULES)
                  or (n.op == "call_function" and n.target in _IDENTITY_FUNCTIONS)
@@ -97,8 +123,19 @@ def _remove_identities(gm: fx.GraphModule) -> None:
 def _relus(gm: fx.GraphModule) -> None:
     for n in list(gm.graph.nodes):
         m = module_of(gm, n)
-        if type(m) is nn.ReLU and m.inplace:
-            gm.get_submodule(n.target).inplace = False
+        if type(m) in (nn.ReLU, nn.LeakyReLU) and m.inplace:
+            m.inplace = False
+        elif isinstance(m, nn.RReLU):  # eval mode: a leaky ReLU with the mean slope
+            _replace_with_module(gm, n, nn.LeakyReLU((float(m.lower) + float(m.upper)) / 2), (n.args[0],))
+        elif (n.op == "call_function" and n.target in _LEAKY_FUNCTIONS) or (
+                n.op == "call_method" and n.target in _LEAKY_METHODS):
+            _replace_with_module(gm, n, nn.LeakyReLU(float(_arg(n, 1, "negative_slope", 0.01))), (n.args[0],))
+        elif n.op == "call_function" and n.target in _PRELU_FUNCTIONS and isinstance(_arg(n, 1, "weight"), fx.Node) \
+                and _arg(n, 1, "weight").op == "get_attr":
+            w = _fetch(gm, _arg(n, 1, "weight"))
+            prelu = nn.PReLU(w.numel())
+            prelu.weight.data.copy_(w.detach().reshape(-1))
+            _replace_with_module(gm, n, prelu, (n.args[0],))
         elif isinstance(m, nn.Hardtanh) and m.inplace:
             m.inplace = False
         elif (n.op == "call_function" and n.target in _RELU_FUNCTIONS) or (
@@ -174,7 +211,114 @@ def _pool_module(n: fx.Node) -> nn.Module:
                         _arg(n, 6, "divisor_override"))
 
 
-def _resample_and_pad(gm: fx.GraphModule) -> None:
+def _block(blockers: list | None, n: fx.Node, label: str, detail: str) -> None:
+    """Note that ``n`` cannot be converted (raise when no list is kept)."""
+    if blockers is None:
+        raise UnsupportedGraphError(f"cannot convert node {n.name!r}{_where(n)}: {detail}")
+    blockers.append(Blocker(n.name, f"{n.op} {_target_name(n.target)}", _where(n), label, detail))
+
+
+def _fetch(gm: fx.GraphModule, a) -> torch.Tensor | None:
+    """The constant tensor of a ``get_attr`` node (None for None); raises KeyError otherwise."""
+    if a is None:
+        return None
+    if not (isinstance(a, fx.Node) and a.op == "get_attr"):
+        raise KeyError(a)
+    obj = gm
+    for part in a.target.split("."):
+        obj = getattr(obj, part)
+    return obj.detach()
+
+
+_CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
+_CONV_T_FUNCTIONS = {F.conv_transpose2d, torch.conv_transpose2d}
+_BN_FUNCTIONS = {F.batch_norm}
+
+
+def _functional_layers(gm: fx.GraphModule, blockers: list | None = None) -> None:
+    """``F.conv2d`` / ``F.conv_transpose2d`` / ``F.batch_norm`` with constant tensors → modules."""
+    for n in list(gm.graph.nodes):
+        if n.op != "call_function" or n.target not in (_CONV_FUNCTIONS | _CONV_T_FUNCTIONS | _BN_FUNCTIONS):
+            continue
+        try:
+            if n.target in _BN_FUNCTIONS:
+                mean, var = _fetch(gm, _arg(n, 1, "running_mean")), _fetch(gm, _arg(n, 2, "running_var"))
+                weight, bias = _fetch(gm, _arg(n, 3, "weight")), _fetch(gm, _arg(n, 4, "bias"))
+                training, eps = _arg(n, 5, "training", False), _arg(n, 7, "eps", 1e-5)
+                if training is not False or mean is None or var is None or isinstance(eps, fx.Node):
+                    _block(blockers, n, "batch statistics", "batch_norm normalizes with each batch's statistics "
+                           "(training=True or no running statistics), which fixed weights cannot do; use running "
+                           "statistics (eval mode, track_running_stats=True)")
+                    continue
+                bn = nn.BatchNorm2d(mean.numel(), eps=float(eps), affine=weight is not None or bias is not None)
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                if bn.affine:
+                    bn.weight.data.copy_(weight if weight is not None else torch.ones_like(mean))
+                    bn.bias.data.copy_(bias if bias is not None else torch.zeros_like(mean))
+                _replace_with_module(gm, n, bn.eval(), (n.args[0],))
+                continue
+            weight, bias = _fetch(gm, _arg(n, 1, "weight")), _fetch(gm, _arg(n, 2, "bias"))
+            transposed = n.target in _CONV_T_FUNCTIONS
+            stride, padding = _arg(n, 3, "stride", 1), _arg(n, 4, "padding", 0)
+            if transposed:
+                output_padding, groups, dilation = _arg(n, 5, "output_padding", 0), _arg(n, 6, "groups", 1), \
+                    _arg(n, 7, "dilation", 1)
+            else:
+                dilation, groups = _arg(n, 5, "dilation", 1), _arg(n, 6, "groups", 1)
+            if weight.dim() != 4 or any(isinstance(v, fx.Node) or (isinstance(v, (list, tuple)) and any(
+                    isinstance(u, fx.Node) for u in v)) for v in (stride, padding, dilation, groups)):
+                raise KeyError(n)
+            k = tuple(weight.shape[2:])
+            if transposed:
+                conv = nn.ConvTranspose2d(weight.shape[0], weight.shape[1] * groups, k, stride, padding,
+                                          output_padding, groups, bias is not None, dilation)
+            else:
+                conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], k, stride, padding, dilation, groups,
+                                 bias is not None)
+            with torch.no_grad():
+                conv.weight.copy_(weight)
+                if bias is not None:
+                    conv.bias.copy_(bias)
+            _replace_with_module(gm, n, conv.to(weight.dtype), (n.args[0],))
+        except KeyError:
+            _block(blockers, n, f"{_target_name(n.target)} with computed weights",
+                   f"{_target_name(n.target)} whose weights (or geometry) are computed rather than the model's "
+                   "constant tensors has no fixed synapses; use nn.Conv2d / nn.BatchNorm2d")
+
+
+_ADAPTIVE_AVG_FUNCTIONS = {F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d}
+
+
+def _spatial_mean(n: fx.Node) -> bool:
+    """``x.mean((2, 3), keepdim=True)`` / ``torch.mean(x, dim=[-2, -1], keepdim=True)``."""
+    if not ((n.op == "call_method" and n.target == "mean") or (n.op == "call_function" and n.target is torch.mean)):
+        return False
+    dims = _arg(n, 1, "dim")
+    keep = _arg(n, 2, "keepdim", False)
+    if not isinstance(dims, (list, tuple)) or keep is not True or n.kwargs.get("dtype") is not None:
+        return False
+    return sorted(int(d) % 4 for d in dims if isinstance(d, int)) == [2, 3] and len(dims) == 2
+
+
+def _adaptive_pools(gm: fx.GraphModule, blockers: list | None = None) -> None:
+    for n in list(gm.graph.nodes):
+        m = module_of(gm, n)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            _replace_with_module(gm, n, AdaptiveAvgPool(m.output_size), (n.args[0],))
+        elif n.op == "call_function" and n.target in _ADAPTIVE_AVG_FUNCTIONS:
+            size = _arg(n, 1, "output_size")
+            if isinstance(size, fx.Node) or (isinstance(size, (list, tuple)) and any(
+                    isinstance(v, fx.Node) for v in size)):
+                _block(blockers, n, "pool size from shapes", "adaptive pooling to a size computed from shapes "
+                       "sjunet could not evaluate; give the input shape or a constant size")
+                continue
+            _replace_with_module(gm, n, AdaptiveAvgPool(size), (n.args[0],))
+        elif _spatial_mean(n):
+            _replace_with_module(gm, n, AdaptiveAvgPool(1), (n.args[0],))
+
+
+def _resample_and_pad(gm: fx.GraphModule, blockers: list | None = None) -> None:
     for n in list(gm.graph.nodes):
         m = module_of(gm, n)
         if n.op == "call_function" and n.target in _POOL_FUNCTIONS:
@@ -195,16 +339,18 @@ def _resample_and_pad(gm: fx.GraphModule) -> None:
             if n.target is F.upsample_bilinear:
                 mode, align = "bilinear", True
             if _arg(n, 6, "antialias", False):
-                raise UnsupportedGraphError(f"cannot convert node {n.name!r}: interpolation with antialias=True")
+                _block(blockers, n, "antialias", "interpolation with antialias=True")
+                continue
             if mode not in Resample.MODES:
-                raise UnsupportedGraphError(
-                    f"cannot convert node {n.name!r}: interpolation mode {mode!r}; use nearest or bilinear")
+                _block(blockers, n, f"interpolation mode {mode!r}", f"interpolation mode {mode!r}; use nearest or "
+                       "bilinear")
+                continue
             ref = _size_reference(size) if size is not None else None
             if size is not None and ref is None and (isinstance(size, fx.Node) or any(
                     isinstance(s, fx.Node) for s in size)):
-                raise UnsupportedGraphError(
-                    f"cannot convert node {n.name!r}: its output size is computed from shapes in a way sjunet cannot "
-                    "follow; use scale_factor or size=t.shape[-2:] of another tensor t")
+                _block(blockers, n, "size from shapes", "its output size is computed from shapes in a way sjunet "
+                       "cannot follow; use scale_factor or size=t.shape[-2:] of another tensor t")
+                continue
             stage = Resample(mode, scale, None if ref is not None else size, align)
             _replace_with_module(gm, n, stage, (n.args[0], ref) if ref is not None else (n.args[0],))
         elif n.op == "call_function" and n.target in (F.pad, torch._C._nn.pad):
@@ -212,7 +358,9 @@ def _resample_and_pad(gm: fx.GraphModule) -> None:
             if mode == "constant" and value not in (None, 0, 0.0):
                 continue  # refused by check_supported
             if isinstance(pad, fx.Node) or any(isinstance(p, fx.Node) for p in pad):
-                raise UnsupportedGraphError(f"cannot convert node {n.name!r}: padding amounts computed from shapes")
+                _block(blockers, n, "padding from shapes", "padding amounts computed from shapes sjunet could not "
+                       "evaluate (give the calibration input shape)")
+                continue
             _replace_with_module(gm, n, Pad(pad, mode), (n.args[0],))
 
 
@@ -293,7 +441,7 @@ def fold_bn_into(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
             conv.bias.copy_(new_bias)
 
 
-def _batchnorm(gm: fx.GraphModule) -> None:
+def _batchnorm(gm: fx.GraphModule, blockers: list | None = None) -> None:
     for n in list(gm.graph.nodes):
         bn = module_of(gm, n)
         if not isinstance(bn, nn.BatchNorm2d):
@@ -308,18 +456,125 @@ def _batchnorm(gm: fx.GraphModule) -> None:
             else:
                 _replace_with_module(gm, n, ChannelAffine.of(*_bn_affine(bn)), (src,))
         except UnsupportedGraphError as e:
-            raise UnsupportedGraphError(f"node {n.name!r}: {e}") from None
+            if blockers is None:
+                raise UnsupportedGraphError(f"node {n.name!r}: {e}") from None
+            _block(blockers, n, "BatchNorm without running statistics", str(e).replace("cannot convert ", "", 1))
 
 
-def canonicalize(gm: fx.GraphModule) -> list[dict]:
-    """Rewrite ``gm`` in place (module docstring); returns the stripped output-side ops."""
+_NORM_FUNCTIONS = {F.instance_norm: "instance_norm", F.group_norm: "group_norm", F.layer_norm: "layer_norm"}
+
+
+def _norm_chain(gm: fx.GraphModule, n: fx.Node, kind: str, groups: int, eps: float, weight, bias) -> None:
+    """``Center(groups)`` → ``Normalize(groups, eps)`` → ``ChannelAffine(γ, β)`` (no affine when
+    neither is given) in place of the norm node ``n``."""
+    chain: list[tuple[str, nn.Module]] = [("center", Center(groups)), ("normalize", Normalize(groups, eps, kind))]
+    if weight is not None or bias is not None:
+        ref = weight if weight is not None else bias
+        scale = weight.detach().reshape(-1) if weight is not None else torch.ones(ref.numel(), dtype=ref.dtype)
+        chain.append(("affine", ChannelAffine.of(scale, None if bias is None else bias.detach().reshape(-1))))
+    x = n.args[0]
+    with gm.graph.inserting_before(n):
+        for suffix, m in chain:
+            path = _free_path(gm, f"{n.name}_{suffix}")
+            gm.add_submodule(path, m)
+            x = gm.graph.call_module(path, (x,))
+            x.stack_trace = n.stack_trace
+    n.replace_all_uses_with(x)
+    gm.graph.erase_node(n)
+
+
+def _per_channel(t: torch.Tensor | None, what: str) -> tuple[torch.Tensor | None, str | None]:
+    """A LayerNorm's (C, H, W) affine tensor as a per-channel [C] one, or why it is not one."""
+    if t is None:
+        return None, None
+    flat = t.detach().reshape(t.shape[0], -1)
+    if not bool(torch.all(flat == flat[:, :1])):
+        return None, (f"its {what} varies over positions (H, W): a per-position scale is no per-channel stage and "
+                      "depends on the input size; use GroupNorm(1, C) (the same normalization with a per-channel "
+                      "affine) and retrain, or remove the elementwise affine")
+    return flat[:, 0].clone(), None
+
+
+def _norms(gm: fx.GraphModule, blockers: list | None = None) -> None:
+    """Instance / group / layer norm → Center, Normalize, ChannelAffine (module docstring)."""
+    for n in list(gm.graph.nodes):
+        m = module_of(gm, n)
+        fn = _NORM_FUNCTIONS.get(n.target) if n.op == "call_function" else None
+        if not (isinstance(m, (nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)) or fn):
+            continue
+        label = type(m).__name__ if m is not None else fn
+        try:
+            if isinstance(m, nn.InstanceNorm2d) or fn == "instance_norm":
+                if m is not None:
+                    mean, var, weight, bias = m.running_mean, m.running_var, m.weight, m.bias
+                    per_sample, eps, channels = not m.track_running_stats, m.eps, m.num_features
+                else:
+                    mean, var = _fetch(gm, _arg(n, 1, "running_mean")), _fetch(gm, _arg(n, 2, "running_var"))
+                    weight, bias = _fetch(gm, _arg(n, 3, "weight")), _fetch(gm, _arg(n, 4, "bias"))
+                    per_sample, eps = _arg(n, 5, "use_input_stats", True), _arg(n, 7, "eps", 1e-5)
+                    channels = None
+                if not per_sample and mean is not None and var is not None:  # running statistics: a BatchNorm
+                    bn = nn.BatchNorm2d(mean.numel(), eps=float(eps), affine=weight is not None or bias is not None)
+                    bn.running_mean.copy_(mean.detach())
+                    bn.running_var.copy_(var.detach())
+                    if bn.affine:
+                        bn.weight.data.copy_(weight.detach() if weight is not None else torch.ones_like(mean))
+                        bn.bias.data.copy_(bias.detach() if bias is not None else torch.zeros_like(mean))
+                    _replace_with_module(gm, n, bn.eval(), (n.args[0],))
+                    continue
+                groups = channels if channels is not None else (weight if weight is not None else bias).numel() \
+                    if (weight is not None or bias is not None) else None
+                if groups is None:
+                    raise KeyError("instance_norm without weight: the channel count is unknown")
+                _norm_chain(gm, n, "instance_norm", int(groups), float(eps), weight, bias)
+            elif isinstance(m, nn.GroupNorm) or fn == "group_norm":
+                if m is not None:
+                    groups, eps, weight, bias = m.num_groups, m.eps, m.weight, m.bias
+                else:
+                    groups, eps = _arg(n, 1, "num_groups"), _arg(n, 4, "eps", 1e-5)
+                    weight, bias = _fetch(gm, _arg(n, 2, "weight")), _fetch(gm, _arg(n, 3, "bias"))
+                if not isinstance(groups, int) or isinstance(eps, fx.Node):
+                    raise KeyError("group_norm with computed arguments")
+                _norm_chain(gm, n, "group_norm", groups, float(eps), weight, bias)
+            else:
+                if m is not None:
+                    shape, eps, weight, bias = tuple(m.normalized_shape), m.eps, m.weight, m.bias
+                else:
+                    shape, eps = _arg(n, 1, "normalized_shape"), _arg(n, 4, "eps", 1e-5)
+                    weight, bias = _fetch(gm, _arg(n, 2, "weight")), _fetch(gm, _arg(n, 3, "bias"))
+                    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+                if len(shape) != 3 or not all(isinstance(v, int) for v in shape) or isinstance(eps, fx.Node):
+                    _block(blockers, n, label, f"{label} over the last {len(shape)} dimension(s) {list(shape)}: sjunet "
+                           "converts a layer norm over (C, H, W) of an image (GroupNorm(1, C)); normalizing over "
+                           "positions or channels alone (channels-last use) has no per-channel form — use GroupNorm "
+                           "and retrain")
+                    continue
+                w, why = _per_channel(weight, "weight")
+                b, why_b = _per_channel(bias, "bias")
+                if why or why_b:
+                    _block(blockers, n, label, f"{label}: {why or why_b}")
+                    continue
+                _norm_chain(gm, n, "layer_norm", 1, float(eps), w, b)
+        except KeyError:
+            _block(blockers, n, f"{label} with computed arguments",
+                   f"{label} whose weights, groups or eps are computed rather than the model's constants (or an "
+                   "instance_norm without weights, whose channel count is unknown) cannot be converted; use the "
+                   "nn module (nn.InstanceNorm2d / nn.GroupNorm)")
+
+
+def canonicalize(gm: fx.GraphModule, blockers: list | None = None) -> list[dict]:
+    """Rewrite ``gm`` in place (module docstring); returns the stripped output-side ops. Nodes it
+    cannot rewrite are added to ``blockers`` (without a list: raise at the first)."""
     _unshare(gm)
     _remove_identities(gm)
     _relus(gm)
     _adds_and_cats(gm)
-    _resample_and_pad(gm)
+    _functional_layers(gm, blockers)
+    _adaptive_pools(gm, blockers)
+    _resample_and_pad(gm, blockers)
     post = _strip_post(gm)
-    _batchnorm(gm)
+    _norms(gm, blockers)
+    _batchnorm(gm, blockers)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()

@@ -13,19 +13,130 @@ import matplotlib.pyplot as plt
 from sjunet.plots import _NORM_LABELS, save_figure
 
 
-def _load_result(r) -> tuple[dict, str | None]:
+#: the largest results file read (an `sjunet evaluate` / `energy` JSON is a few kB)
+MAX_RESULTS_BYTES = 64 * 1024 * 1024
+#: deepest nesting accepted in a results file (real ones nest 5 levels)
+MAX_RESULTS_DEPTH = 32
+
+_WRITE_WITH = {"results": "`sjunet evaluate -o FILE`", "frontier": "`sjunet energy --T 1 2 4 8 -o FILE`"}
+
+
+def _depth_ok(text: str) -> bool:
+    """Nesting of JSON ``text`` at most :data:`MAX_RESULTS_DEPTH` (counted outside strings), before parsing."""
+    depth, in_str, esc = 0, False, False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_RESULTS_DEPTH:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def _is_num(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _check_metrics(m: Any, where: str) -> None:
+    if not isinstance(m, dict):
+        raise ValueError(f"{where} is {type(m).__name__}, not an object of metrics")
+
+
+def check_results(obj: Any, kind: str = "results") -> dict:
+    """``obj`` has the structure of an ``sjunet evaluate`` result (``kind="results"``: an object with
+    ``T`` — step counts to metric objects — and/or ``ann``, a metric object) or an ``sjunet energy``
+    frontier (``kind="frontier"``: ``T`` maps step counts to objects with ``metrics`` and numeric
+    ``energy``); raises ``ValueError`` saying what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"it holds a JSON {type(obj).__name__ if obj is not None else 'null'}, not an object")
+    per_t = obj.get("T")
+    if per_t is None and kind == "results" and "ann" not in obj:
+        raise ValueError("no 'T' (per-T metrics) or 'ann' entry")
+    if kind == "frontier" and per_t is None:
+        raise ValueError("no 'T' entry (the per-T energy and metrics)")
+    if per_t is not None:
+        if not isinstance(per_t, dict) or (kind == "frontier" and not per_t):
+            raise ValueError("'T' is not an object of step counts")
+        for t, v in per_t.items():
+            if not t.isdigit() or not 0 < int(t) <= 10 ** 9:
+                raise ValueError(f"'T' has a key {t[:20]!r}, not a positive number of steps")
+            if kind == "results":
+                _check_metrics(v, f"T[{t}]")
+            else:
+                if not isinstance(v, dict) or not isinstance(v.get("energy"), dict) or not isinstance(v.get("metrics"), dict):
+                    raise ValueError(f"T[{t}] lacks its 'energy' and 'metrics' objects")
+                from sjunet.energy_report import CONVENTION_KEYS
+
+                for k in CONVENTION_KEYS.values():
+                    e = v["energy"].get(k)
+                    if e is None or not _is_num(e):
+                        raise ValueError(f"T[{t}].energy lacks the number {k}")
+    if obj.get("ann") is not None:
+        _check_metrics(obj["ann"], "ann")
+    for key in ("snn",):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            raise ValueError(f"'{key}' is not an object")
+    conv = (obj.get("snn") or {}).get("conversion")
+    if conv is not None and not isinstance(conv, dict):
+        raise ValueError("'snn.conversion' is not an object")
+    return obj
+
+
+def load_results(path: str | os.PathLike, kind: str = "results") -> dict:
+    """Read a results JSON file (``kind="results"``: ``sjunet evaluate -o``; ``"frontier"``:
+    ``sjunet energy -o``) and check its structure (:func:`check_results`). Anything else — not
+    UTF-8, not JSON, too large or too deeply nested, a list, missing entries — is one
+    :class:`sjunet.io.ArtifactError` line naming the file."""
+    from sjunet.io import ArtifactError
+
+    p = Path(path)
+    hint = f"write one with {_WRITE_WITH.get(kind, _WRITE_WITH['results'])}"
+    what = "an `sjunet energy` frontier" if kind == "frontier" else "an `sjunet evaluate` results file"
+    try:
+        if not p.is_file():
+            raise ArtifactError(f"{p}: no such results file ({hint})")
+        size = p.stat().st_size
+        if size > MAX_RESULTS_BYTES:
+            raise ArtifactError(f"{p}: {size} bytes is too large for {what}; {hint}")
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{p}: not {what} (not UTF-8 text); {hint}") from None
+    except OSError as e:
+        raise ArtifactError(f"{p}: cannot read it ({e.strerror or e})") from None
+    if not _depth_ok(text):
+        raise ArtifactError(f"{p}: not {what} (JSON nested deeper than {MAX_RESULTS_DEPTH} levels); {hint}")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        first = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise ArtifactError(f"{p}: not {what} (invalid JSON: {first}); {hint}") from None
+    try:
+        return check_results(obj, kind)
+    except (ValueError, AttributeError, TypeError) as e:
+        raise ArtifactError(f"{p}: not {what} ({' '.join(str(e).split())[:200]}); {hint}") from None
+
+
+def _load_result(r, kind: str = "results") -> tuple[dict, str | None]:
     if isinstance(r, Mapping):
-        return dict(r), None
+        return check_results(dict(r), kind), None
     p = Path(r)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such results file (write one with `sjunet evaluate -o`)")
-    return json.loads(p.read_text()), p.stem
+    return load_results(p, kind), p.stem
 
 
 def _label_of(res: dict, stem: str | None, i: int) -> str:
     conv = (res.get("snn") or {}).get("conversion") or {}
     if conv.get("norm"):
-        lab = _NORM_LABELS.get(conv["norm"], conv["norm"])
+        lab = _NORM_LABELS.get(str(conv["norm"]), str(conv["norm"]))
         if conv.get("neuron"):
             lab += f" ({str(conv['neuron']).upper()})"
         return lab
@@ -38,7 +149,7 @@ def default_metrics(result: Mapping) -> list[str]:
     per_t = result.get("T") or {}
     keys: list[str] = []
     for m in list(per_t.values()) + [result.get("ann") or {}]:
-        keys += [k for k, v in m.items() if isinstance(v, (int, float)) and k not in keys]
+        keys += [k for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys]
     f1 = [k for k in keys if k.startswith("f1_")]
     if f1:
         return f1
@@ -86,8 +197,9 @@ def metric_vs_T(
         all_T: list[int] = []
         for i, ((res, _), name) in enumerate(zip(loaded, names)):
             per_t = res.get("T") or {}
-            pts = sorted((int(t), float(v[m])) for t, v in per_t.items() if m in v)
+            pts = sorted((int(t), float(v[m])) for t, v in per_t.items() if _is_num(v.get(m)) and v.get(m) is not None)
             ann = (res.get("ann") or {}).get(m)
+            ann = ann if _is_num(ann) else None
             out[m][name] = {"T": [t for t, _ in pts], "values": [v for _, v in pts],
                             "ann": float(ann) if ann is not None else None}
             if ann is not None:
@@ -127,7 +239,8 @@ def metric_vs_T(
 def _frontier_label(f: dict, stem: str | None, i: int) -> str:
     snn = f.get("snn") or {}
     conv = snn.get("conversion") or {}
-    lab = _NORM_LABELS.get(conv.get("norm"), conv.get("norm") or stem or f"SNN {i + 1}")
+    norm = str(conv["norm"]) if conv.get("norm") else None
+    lab = _NORM_LABELS.get(norm, norm or stem or f"SNN {i + 1}") if norm else (stem or f"SNN {i + 1}")
     if conv.get("neuron"):
         lab += f" ({str(conv['neuron']).upper()})"
     if snn.get("finetune"):
@@ -147,17 +260,27 @@ def metric_vs_energy(
     ANN as a star. Returns ``{convention: {label: {"energy": [...], "metric": [...], "T": [...]}}}``."""
     from sjunet.energy_report import CONVENTION_KEYS, metric_key
 
-    loaded = [_load_result(f) for f in frontiers]
+    loaded = [_load_result(f, "frontier") for f in frontiers]
     if not loaded:
         raise ValueError("give at least one frontier (sjunet energy -o FILE)")
     if labels is not None and len(labels) != len(loaded):
         raise ValueError(f"{len(labels)} labels for {len(loaded)} frontiers")
     names = list(labels) if labels is not None else [_frontier_label(f, s, i) for i, (f, s) in enumerate(loaded)]
-    for f, _ in loaded:
+    for (f, stem), i in zip(loaded, range(len(loaded))):
         if "T" not in f or not all("energy" in v for v in f["T"].values()):
             raise ValueError("not an energy frontier (write one with `sjunet energy --T 1 2 4 8 -o FILE`)")
+        for t, v in f["T"].items():
+            lacking = [k for k in CONVENTION_KEYS.values() if not isinstance(v["energy"].get(k), (int, float))
+                       or isinstance(v["energy"].get(k), bool)]
+            if lacking:
+                raise ValueError(f"{stem or f'frontier {i + 1}'}: T={t} lacks the energy {', '.join(lacking)} "
+                                 "(write it with this sjunet's `sjunet energy -o FILE`)")
+
+    def numeric(d: Any) -> dict:
+        return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
     first = loaded[0][0]
-    metric = metric or metric_key(first.get("ann") or next(iter(first["T"].values()))["metrics"])
+    metric = metric or metric_key(numeric(first.get("ann")) or numeric(next(iter(first["T"].values()))["metrics"]))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     out: dict[str, dict[str, Any]] = {}
@@ -167,13 +290,13 @@ def metric_vs_energy(
         for i, ((f, _), name) in enumerate(zip(loaded, names)):
             ts = sorted(f["T"], key=int)
             e = [f["T"][t]["energy"][key] for t in ts]
-            m = [f["T"][t]["metrics"].get(metric, float("nan")) for t in ts]
+            m = [numeric(f["T"][t]["metrics"]).get(metric, float("nan")) for t in ts]
             out[conv][name] = {"energy": e, "metric": m, "T": [int(t) for t in ts]}
             c = colors[i % len(colors)]
             ax.plot(e, m, "o-", color=c, lw=1.5, ms=4, label=name)
             for t, x, y in zip(ts, e, m):
                 ax.annotate(f"T={t}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=c)
-            ann_m = (f.get("ann") or {}).get(metric)
+            ann_m = numeric(f.get("ann")).get(metric)
             ann_e = f["T"][ts[0]]["energy"].get("energy_ann_J")
             if ann_m is not None and ann_e and (round(ann_e, 18), round(ann_m, 6)) not in anns:
                 anns.add((round(ann_e, 18), round(ann_m, 6)))

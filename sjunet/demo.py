@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from sjunet.calibration import calibrate
 from sjunet.data import get_dataset
 from sjunet.evaluation import evaluate
-from sjunet.io import load_ann, provenance, write_json
+from sjunet.io import provenance, write_json
+from sjunet.models.checkpoint import load_ann
 from sjunet.recipe import convert, save_snn
 from sjunet.training import TrainOptions, train
 

@@ -42,7 +42,7 @@ class AnnPass(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
         if is_neuron(m):
-            a = torch.relu(args[0])
+            a = m.activation(args[0])  # ReLU, or the leaky ReLU / PReLU of a signed neuron
             if target in self.caps:
                 a = a.clamp(max=self.caps[target])
             self.acts[target] = a

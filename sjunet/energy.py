@@ -64,7 +64,8 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import fx, nn
 
-from sjunet.fanout import EnergyError, FanOut, _pair, analog_layers, fanout_maps, is_source, node_shapes, synaptic_module
+from sjunet.fanout import (EnergyError, FanOut, _pair, analog_layers, center_acs, fanout_maps, is_source, node_shapes,
+                           synaptic_module)
 from sjunet.graph import kind_of
 from sjunet.simulation import run_steps
 
@@ -257,6 +258,9 @@ class EnergyReport:
     events: float = 0.0
     synaptic_events: float = 0.0
     energy_neurobench_J: float = 0.0
+    #: accumulates of the norms' centring stages (2·C·H·W per step each, :func:`sjunet.fanout.center_acs`),
+    #: added at e_ac to every convention; 0 without instance/group/layer norms
+    stage_acs: float = 0.0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -270,6 +274,7 @@ class _Structure:
     fanout: dict[str, FanOut]
     first_macs: int
     ann_macs: int
+    center_acs: int = 0  # per step: norms' centring (fanout.center_acs)
 
 
 class EnergyTally:
@@ -281,13 +286,14 @@ class EnergyTally:
         self.cache = cache if cache is not None else {}
         self.acc: dict[str, dict[str, Any]] = {}
         self.images = 0
-        self.first = self.ann_total = 0.0
+        self.first = self.ann_total = self.center = 0.0
 
     def structure(self, shape: tuple[int, ...]) -> _Structure:
         if shape not in self.cache:
             shapes = node_shapes(self.snn, shape)
             self.cache[shape] = _Structure(fanout_maps(self.snn, shape, shapes), sum(analog_macs(self.snn, shapes).values()),
-                                           ann_macs(self.ann, shape) if self.ann is not None else graph_macs(self.snn, shapes))
+                                           ann_macs(self.ann, shape) if self.ann is not None else graph_macs(self.snn, shapes),
+                                           center_acs(self.snn, shapes))
         return self.cache[shape]
 
     def add(self, x_shape: Sequence[int], counts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -311,6 +317,7 @@ class EnergyTally:
         self.images += b
         self.first += b * st.first_macs
         self.ann_total += b * st.ann_macs
+        self.center += b * st.center_acs
 
     def report(self, T: int, e_mac: float = E_MAC, e_ac: float = E_AC) -> EnergyReport:
         n = self.images
@@ -324,14 +331,15 @@ class EnergyTally:
         spikes, sops = sum(x.spikes for x in layers), sum(x.sops for x in layers)
         events, syn_events = sum(x.events for x in layers), sum(x.synaptic_events for x in layers)
         first_macs, ann_m = self.first / n, self.ann_total / n
-        e_paper = first_macs * e_mac + spikes * e_ac
-        e_sop = first_macs * e_mac + sops * e_ac
-        e_nb = first_macs * e_mac + syn_events * e_mac
+        stage_acs = T * self.center / n  # norms' centring, dense, every step: in every convention
+        e_paper = first_macs * e_mac + spikes * e_ac + stage_acs * e_ac
+        e_sop = first_macs * e_mac + sops * e_ac + stage_acs * e_ac
+        e_nb = first_macs * e_mac + syn_events * e_mac + stage_acs * e_ac
         e_ann = ann_m * e_mac
         ratios = {"paper": e_paper / e_ann, "sop": e_sop / e_ann, "neurobench": e_nb / e_ann} if e_ann else {}
         return EnergyReport(T, n, layers, first_macs, ann_m, spikes, sops, e_paper, e_sop, e_ann, ratios, e_mac, e_ac,
                             first_layer_macs_every_step=T * first_macs, events=events, synaptic_events=syn_events,
-                            energy_neurobench_J=e_nb)
+                            energy_neurobench_J=e_nb, stage_acs=stage_acs)
 
 
 def count_energy(

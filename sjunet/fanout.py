@@ -47,9 +47,12 @@ at a *sink*: a neuron layer, a spiking max-pool, or the network output. Along th
 
 * a synaptic layer (Conv2d / ConvTranspose2d) mixes channels: the path now reaches C_out/groups
   channels per input channel, and its (composed) synapses are counted at the sink;
-* per-channel stages keep channels and compose positions: AvgPool2d, interpolation
+* per-channel stages keep channels and compose positions: AvgPool2d, adaptive / global average
+  pooling (:class:`~sjunet.stages.AdaptiveAvgPool`, its adaptive windows), interpolation
   (:class:`~sjunet.stages.Resample`, nearest or bilinear), padding (:class:`~sjunet.stages.Pad`,
-  any mode), a gain or affine stage (identity reach), a concatenation (routing), a residual add;
+  any mode), a gain or affine stage (identity reach), a norm's centring (identity reach for its
+  x term; its mean is a dense per-step cost, :func:`center_acs`), a concatenation (routing), a
+  residual add;
 * a path that reaches a sink through no synaptic layer is an identity edge (a shortcut into a
   residual join, with or without its gain): one synapse per spike (one accumulate into the
   membrane), per position reached;
@@ -68,7 +71,7 @@ from spikingjelly.activation_based import functional
 from torch import fx, nn
 
 from sjunet.graph import is_reference_use, kind_of, tensor_shapes
-from sjunet.stages import ChannelAffine, Pad, Resample, SpikingMaxPool2d
+from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Pad, Resample, SpikingMaxPool2d
 
 
 class EnergyError(ValueError):
@@ -158,13 +161,18 @@ def stage_reach(m: nn.Module, in_hw: tuple[int, int], out_hw: tuple[int, int],
     """Row and column reachability matrices (bool ``[H_in, H_out]``, ``[W_in, W_out]``) of one
     Conv2d / ConvTranspose2d / AvgPool2d / max-pool / interpolation / padding / per-channel
     stage; see the module docstring. ``by_reference``: an interpolation to another tensor's size."""
-    if isinstance(m, ChannelAffine):
+    if isinstance(m, (ChannelAffine, Center)):  # Center: its x term (the mean is counted by center_acs)
         return torch.eye(int(in_hw[0]), dtype=torch.bool), torch.eye(int(in_hw[1]), dtype=torch.bool)
     if isinstance(m, Resample):
         fn = _resample_fn(m, out_hw, by_reference)
         return _probe_reach(fn, int(in_hw[0]), 0), _probe_reach(fn, int(in_hw[1]), 1)
     if isinstance(m, Pad):
         fn = _pad_fn(m)
+        return _probe_reach(fn, int(in_hw[0]), 0), _probe_reach(fn, int(in_hw[1]), 1)
+    if isinstance(m, AdaptiveAvgPool):  # the adaptive windows, as AvgPool2d's: every input in its window
+
+        def fn(x, dim):
+            return F.adaptive_avg_pool2d(x, (int(out_hw[0]), 1) if dim == 0 else (1, int(out_hw[1])))
         return _probe_reach(fn, int(in_hw[0]), 0), _probe_reach(fn, int(in_hw[1]), 1)
     mats = []
     for dim in (0, 1):
@@ -270,7 +278,7 @@ def _walk(gm, node, rh, rw, channels: int | None, layer: str | None, shapes, fo:
         elif k in ("cat", "add", "shape"):
             if k != "shape":
                 _walk(gm, u, rh, rw, channels, layer, shapes, fo, origin)
-        elif k in ("affine", "pool", "resample", "pad", "maxpool", "synaptic"):
+        elif k in ("affine", "center", "pool", "resample", "pad", "maxpool", "synaptic"):
             m = gm.get_submodule(u.target)
             sh, sw = stage_reach(m, shapes[node.name][-2:], shapes[u.name][-2:], by_reference=len(u.args) > 1)
             if k == "synaptic":
@@ -301,3 +309,18 @@ def analog_layers(snn: fx.GraphModule) -> list[fx.Node]:
                 out.append(u)
             stack.append(u)
     return out
+
+
+def center_acs(snn: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Accumulates per image and time step of the norms' centring stages (:class:`~sjunet.stages.
+    Center`). A centring is not a synapse a spike reaches: it reduces its input currents to one mean
+    per group (one accumulate per element) and subtracts it from every element (one more), whatever
+    spiked — 2·C·H·W per step, dense, like the bias current it resembles. Its x term passes spikes
+    on as an identity (:func:`stage_reach`), so composing the mean into the next layer's synapses
+    (which would make every position reach every other) is not how it is counted."""
+    total = 0
+    for n in snn.graph.nodes:
+        if n.op == "call_module" and isinstance(snn.get_submodule(n.target), Center):
+            c, h, w = shapes[n.name][-3:]
+            total += 2 * int(c) * int(h) * int(w)
+    return total

@@ -8,7 +8,8 @@ One iteration on a batch (x, y):
    (:class:`FlowPass`): a synaptic layer maps the measured I_out of its sources to
    Î_in^l = W̃ I_out^(l−1) + T·b̃ (the first layer gets T·x); a neuron layer passes on a tensor
    whose value is the measured I_out^l and whose gradient with respect to Î_in^l is the gate
-   p^l = [I_in^l > 0] (straight-through, stored as booleans).
+   p^l = [I_in^l > 0] (straight-through, stored as booleans) — for a signed neuron (leaky ReLU,
+   PReLU) the leaky derivative, 1 where I_in^l > 0 and α elsewhere (α fixed).
 3. **Loss on the output flow** (:func:`flow_loss`): segmentation — cross-entropy with logits
    I_in^L / T (paper Eq. 11 writes I_in^L; dividing by T is a temperature T that keeps logits in
    the ANN's units so one learning rate serves every T); denoising — MAE between I_in^L / T and
@@ -44,7 +45,7 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from sjunet.distill import LOSSES, Teacher, distill_loss, layer_loss
-from sjunet.neurons import StaticInputSynapse, is_neuron
+from sjunet.neurons import SpikingNeuron, StaticInputSynapse, is_neuron
 from sjunet.simulation import FlowRecord, record_flow
 from sjunet.tasks import Task
 
@@ -66,17 +67,20 @@ def _affine_sum(m: nn.Module, inp: torch.Tensor, T: float) -> torch.Tensor:
 
 class _StraightThroughFlow(torch.autograd.Function):
     """Forward: the measured I_out (no copy). Backward: grad · p with p = [I_in > 0] kept as booleans,
-    so a neuron layer adds no float tensor to the autograd graph."""
+    so a neuron layer adds no float tensor to the autograd graph. ``slope`` (the neuron's
+    ``activation_gradient``) turns the gate into the ANN activation's derivative: the gate itself for
+    a ReLU, 1 / α for a leaky ReLU or PReLU (whose α stays fixed: it is a buffer, not a parameter)."""
 
     @staticmethod
-    def forward(ctx, i_hat, i_out, gate):
+    def forward(ctx, i_hat, i_out, gate, slope=None):
         ctx.save_for_backward(gate)
+        ctx.slope = slope
         return i_out.view_as(i_out)
 
     @staticmethod
     def backward(ctx, grad):
         (gate,) = ctx.saved_tensors
-        return grad * gate, None, None
+        return grad * (gate if ctx.slope is None else ctx.slope(gate)), None, None, None
 
 
 class FlowPass(fx.Interpreter):
@@ -103,7 +107,8 @@ class FlowPass(fx.Interpreter):
             i_hat = args[0]
             if self.keep_currents:
                 self.currents[target] = i_hat
-            out = _StraightThroughFlow.apply(i_hat, self.record.outputs[target], self.record.gates[target])
+            slope = None if type(m).activation_gradient is SpikingNeuron.activation_gradient else m.activation_gradient
+            out = _StraightThroughFlow.apply(i_hat, self.record.outputs[target], self.record.gates[target], slope)
             if self.keep_outputs:
                 self.outputs[target] = out
             return out

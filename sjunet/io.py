@@ -215,6 +215,10 @@ def _make_parent(path: Path) -> None:
         raise ArtifactError(f"cannot create the directory {parent} for {path}: {e.strerror or e}") from None
 
 
+#: an output directory with less free space than this is refused before the work starts
+MIN_FREE_BYTES = 64 * 1024
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Check, before any long work, that ``path`` can be written (its directory can be created
     and holds a new file); raise :class:`ArtifactError` with one line saying what is wrong."""
@@ -232,6 +236,14 @@ def check_writable(path: str | os.PathLike) -> Path:
         if _is_no_space(e):
             raise _no_space(path, e) from None
         raise ArtifactError(f"cannot write the output {path}: {e.strerror or e} — choose another -o/--output") from None
+    try:
+        st = os.statvfs(path.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    if free is not None and free < MIN_FREE_BYTES:
+        raise NoSpaceError(f"{path}: no space left on the device ({free // 1024} KiB free) — free some space or "
+                           "choose another -o; nothing was started")
     return path
 
 
@@ -424,40 +436,3 @@ def _is_safetensors(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 9 and head[8:9] == b"{"
-
-
-#: architecture factories a checkpoint may name without the user confirming them (``--arch``)
-TRUSTED_ARCHITECTURES = ("sjunet.", "monai.networks.nets:", "segmentation_models_pytorch:")
-
-
-def load_ann(path: str | os.PathLike, trust_arch: str | None = None) -> tuple[nn.Module, dict]:
-    """Load an ANN checkpoint written by :func:`sjunet.training.train`; returns ``(model, checkpoint)``.
-
-    The model's fingerprint is recomputed and compared with the stored one: a checkpoint whose
-    tensors changed after it was written (a bit flip, an edit) is refused. A checkpoint of an
-    ``--arch`` model names its factory: one outside :data:`TRUSTED_ARCHITECTURES` is called only
-    when the user names the same factory (``trust_arch``, the CLI's ``--arch``).
-    """
-    from sjunet.models import build_model
-    from sjunet.models.external import build_arch
-
-    ckpt = load_checkpoint(path, ANN_KIND)
-    arch = ckpt.get("arch")
-    if arch is not None:
-        factory = str(arch.get("factory"))
-        if not factory.startswith(TRUSTED_ARCHITECTURES) and factory != trust_arch:
-            raise ArtifactError(f"{path}: the checkpoint's architecture is {factory}, which sjunet does not build "
-                                f"unasked; pass --arch {factory} to trust it")
-    try:
-        model = build_arch(arch["factory"], arch.get("kwargs")) if arch is not None else build_model(ckpt["model_config"])
-        model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise ArtifactError(f"{path}: the checkpoint does not rebuild its model ({str(e).splitlines()[0]})") from None
-    model.eval()
-    stored = ckpt.get("fingerprint")
-    actual = model_fingerprint(model)
-    if stored is not None and stored != actual:
-        raise ArtifactError(f"{path}: integrity check failed — the weights hash to {actual}, the checkpoint "
-                            f"says {stored}; the file was altered or corrupted after it was written")
-    ckpt["fingerprint"] = actual
-    return model, ckpt

@@ -23,6 +23,9 @@ where a_c is the unit the layer *assumes* for its input channel c and u_l its ou
 The output unit u_l is the demand of the layer's only consumer, *folded* into its weights: λ of
 the ReLU it feeds, 1 for the output layer, the unit of the ``add`` it feeds (a residual join:
 each summand's terminal layer is folded with its own input units and the join's unit, spec §11).
+A norm's centring (:class:`~sjunet.stages.Center`) keeps its input's unit, made uniform within
+each group by a gain where it is not (:meth:`_Planner.center_unit`); its fixed deviation and affine
+are a per-channel affine stage, folded like a lone BatchNorm.
 Demands pass through per-channel stages that commute with a positive scale (AvgPool, MaxPool,
 interpolation, padding). A layer with several consumers, or none that demands, is a *linear
 stage*: it keeps its input's unit (b̃ = b / u_in) when that unit is uniform, else its own
@@ -199,6 +202,8 @@ class _Planner:
             u = torch.full((self.channels(n),), self.add_unit(n), dtype=torch.float64)
         elif k in PASS_KINDS:
             u = self.unit(n.args[0])
+        elif k == "center":
+            u = self.center_unit(n)
         elif k == "cat":
             u = torch.cat([self.unit(p) for p in cat_parts(n)])
         else:
@@ -220,6 +225,15 @@ class _Planner:
                 i = j + 1
             start += u.numel()
         return out
+
+    def center_unit(self, n: fx.Node) -> torch.Tensor:
+        """The unit of a :class:`~sjunet.stages.Center` stage: its input's, which must be uniform within
+        each group (the mean mixes the group's channels); where it is not (a concatenation of parts of
+        different units), the group's largest, reached by a gain on the edge into the stage."""
+        u = self.unit(n.args[0])
+        groups = module_of(self.gm, n).groups
+        g = u.view(groups, -1)
+        return g.max(1, keepdim=True).values.expand_as(g).reshape(-1).clone()
 
     def plan(self) -> NormalizationPlan:
         layers, gains, affines, neurons, caps = {}, [], {}, {}, {}
@@ -245,6 +259,10 @@ class _Planner:
                 cap = relu_cap(module_of(self.gm, n))
                 if cap is not None:
                     caps[n.name] = cap
+            if k == "center":  # a unit not uniform within a group: a gain before the centring
+                actual = self.unit(n.args[0])
+                if not torch.equal(actual, self.units[n]):
+                    gains.append(Gain(n.args[0].name, n.name, actual / self.units[n]))
             if k in ("relu", "output", "add"):
                 required = (self.lam(n) if k == "relu" else 1.0 if k == "output" else self.add_unit(n))
                 for p in tensor_inputs(n):

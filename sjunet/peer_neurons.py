@@ -54,7 +54,7 @@ import torch
 from spikingjelly.activation_based import surrogate
 from torch import fx, nn
 
-from sjunet.neurons import FACTORIES, NEURON_TYPES, NeuronFactory, SpikingNeuron, validate_ladder
+from sjunet.neurons import FACTORIES, NEURON_TYPES, NeuronFactory, SpikingNeuron, refuse_signed, validate_ladder
 
 RESETS = ("subtract", "zero")
 #: the reference MLF unit (langfengQ/MLF-DSResNet): K = 3, LIF τ = 0.25, hard reset, unit spikes
@@ -369,7 +369,13 @@ def ml_factory(thresholds: Sequence[float] = (3.0, 2.0, 1.0), v_init: float = 0.
     θ_k/θ_1 for level k (module docstring)."""
     th = tuple(reversed(validate_ladder(thresholds)))
     v0 = tuple(float(v_init) * t / th[0] for t in th)
-    return lambda relu_name: MultiLevelNode(th, v_init=v0)
+
+    def factory(relu_name: str, negative_slope=None) -> MultiLevelNode:
+        if negative_slope is not None:
+            refuse_signed("ML", relu_name)
+        return MultiLevelNode(th, v_init=v0)
+
+    return factory
 
 
 def rs_factory(thresholds: Sequence[float] = (1.0,), v_init: float = 0.0) -> NeuronFactory:
@@ -377,7 +383,13 @@ def rs_factory(thresholds: Sequence[float] = (1.0,), v_init: float = 0.0) -> Neu
     th = validate_ladder(thresholds)
     if len(th) != 1:
         raise ValueError(f"--neuron rs takes exactly one threshold, got {th}")
-    return lambda relu_name: RealSpikeNode(th[0], v_init=v_init)
+
+    def factory(relu_name: str, negative_slope=None) -> RealSpikeNode:
+        if negative_slope is not None:
+            refuse_signed("RS", relu_name)
+        return RealSpikeNode(th[0], v_init=v_init)
+
+    return factory
 
 
 NEURON_TYPES.update({"MultiLevelNode": MultiLevelNode, "RealSpikeNode": RealSpikeNode})

@@ -406,7 +406,8 @@ def _snn_label(record: dict, path: Path) -> str:
 def _activation_vs_rate_from_files(model, snn, dataset: str = "em", data=None, T: int = 20,
                                    n_images: int = 1, dataset_options: dict | None = None,
                                    labels: Sequence[str] | None = None, **kwargs) -> dict:
-    from sjunet.io import load_ann, model_fingerprint
+    from sjunet.io import model_fingerprint
+    from sjunet.models.checkpoint import load_ann
 
     if isinstance(model, (str, os.PathLike)):
         model, _ = load_ann(model)

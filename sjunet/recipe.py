@@ -12,7 +12,7 @@
 ``insert_observers``      nothing: statistics come from the calibration stage's HDF5
 ``calibrate``             turn the statistics into a :class:`~sjunet.normalization.NormalizationPlan`
 ``replace``               rescale weights; gains on identity edges; ReLU → neuron (from the neuron
-                          factory); MaxPool → :class:`~sjunet.stages.SpikingMaxPool2d`; first layers
+                          factory; LeakyReLU / PReLU → its signed neuron, :func:`build_neuron`); MaxPool → :class:`~sjunet.stages.SpikingMaxPool2d`; first layers
                           → :class:`~sjunet.neurons.StaticInputSynapse`; SpikingJelly step-mode
                           adaptation (multi-step layers)
 ``finalize``              eval mode; the conversion record and the graph record attached
@@ -36,13 +36,14 @@ from spikingjelly.activation_based.ann2snn.recipes.base import replace_submodule
 from torch import fx, nn
 
 from sjunet import snnfile
+from sjunet.calibration.approximation import GAP_MAX_RELATIVE_ERROR, GAP_MIN_AGREEMENT, gap_refusal
 from sjunet.calibration.store import CalibrationStats, read_stats
-from sjunet.graph import (Trace, canonical_graph, check_supported, kind_of, module_of, signature, size_multiple,
-                          stages_are_leaves, tensor_shapes)
+from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
+                          relu_slope, signature, size_multiple, stages_are_leaves, tensor_shapes)
 from sjunet.io import ArtifactError, model_fingerprint, provenance
 from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, validate_ladder
 from sjunet.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
-from sjunet.stages import ChannelAffine, SpikingMaxPool2d
+from sjunet.stages import ChannelAffine, Normalize, SpikingMaxPool2d
 
 NEURONS = tuple(FACTORIES)
 
@@ -97,8 +98,10 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
     """Neurons from a factory + layer-/connection-wise normalization from HDF5 statistics."""
 
     def __init__(self, stats: CalibrationStats, options: ConversionOptions | None = None,
-                 neuron_factory: NeuronFactory | None = None) -> None:
+                 neuron_factory: NeuronFactory | None = None, accept_gap: bool = False) -> None:
         super().__init__()
+        self.accept_gap = accept_gap
+        self.approximations: list[dict] = []
         self.stats = stats
         self.options = options or ConversionOptions()
         self.neuron_factory = neuron_factory
@@ -114,6 +117,9 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
     def before_trace(self, converter, ann: nn.Module) -> nn.Module:
         self.ann_fingerprint = model_fingerprint(ann)
         self.stats.check_model(self.ann_fingerprint)
+        why = gap_refusal(self.stats.approximation, self.accept_gap)
+        if why:
+            raise ApproximationGapError(f"cannot convert {type(ann).__name__}: {why}")
         shape = self.stats.data.get("input_shape")
         if not shape:
             raise ArtifactError("the statistics do not record the calibration input shape; re-run `sjunet calibrate`")
@@ -124,6 +130,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         if signature(fx_model) != signature(self.canonical.gm):
             raise RuntimeError("internal error: SpikingJelly's trace of the canonical graph names nodes differently")
         check_supported(fx_model)
+        self.approximations = fix_deviations(fx_model, self.stats)
         return fx_model
 
     def insert_observers(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
@@ -143,7 +150,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         for node in list(fx_model.graph.nodes):
             k = kind_of(fx_model, node)
             if k == "relu":
-                replace_submodule(fx_model, node.target, factory(node.name))
+                replace_submodule(fx_model, node.target, build_neuron(factory, node.name,
+                                                                      relu_slope(module_of(fx_model, node))))
             elif k == "maxpool":
                 replace_submodule(fx_model, node.target, SpikingMaxPool2d.from_maxpool(module_of(fx_model, node)))
             elif k == "synaptic" and node.args[0].op == "placeholder":
@@ -183,18 +191,97 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
                            "after_cat": kinds.get(inputs[n]) == "cat", "parts": [asdict(p) for p in ls.parts]}
                        for n, ls in plan.layers.items()},
             "neurons": {targets[r]: {"relu": r, "lambda": lam, "fallback": self.stats.nodes[r].fallback,
-                                     "cap": plan.caps.get(r)}
+                                     "cap": plan.caps.get(r), "negative_slope": _slope_record(gm, r)}
                         for r, lam in plan.neurons.items()},
             "gains": [{"source": g.source, "consumer": g.consumer, "min": float(g.gain.min()),
                        "max": float(g.gain.max())} for g in plan.gains],
             "dead_layers": sorted(self.stats.dead),
             "trace_decisions": self.canonical.decisions,
+            "specialised": self.canonical.specialised,
+            "size_rule": self.canonical.size_rule,
             "post": self.canonical.post,
             "input_channels": int(shape[1]),
             "output_channels": int(self.shapes[out.name][0]),
             "example_shape": list(shape),
             "size_multiple": size_multiple(self.shapes, tuple(shape[-2:])),
+            "approximations": self.approximations,
+            "approximation_gap": _gap_record(self.stats.approximation, self.accept_gap) if self.approximations else None,
         }
+
+
+class ApproximationGapError(ValueError):
+    """Fixing the deviations of the model's norms costs the ANN more than the refusal thresholds
+    (:func:`sjunet.calibration.approximation.gap_refusal`) and the gap was not accepted."""
+
+
+def fix_deviations(gm: fx.GraphModule, stats: CalibrationStats) -> list[dict]:
+    """Replace every :class:`~sjunet.stages.Normalize` node of ``gm`` (a norm's per-sample division)
+    by the fixed deviation σ̂ of the statistics: 1/σ̂ folded into the norm's affine when that is its
+    only user (node erased), else the node becomes a ``ChannelAffine(1/σ̂)`` (same name). Returns
+    the conversion record's ``approximations``; statistics without σ̂ for a norm are refused."""
+    out = []
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if not isinstance(m, Normalize):
+            continue
+        ts = stats.nodes.get(node.name)
+        if ts is None or ts.sigma is None:
+            raise ArtifactError(
+                f"the statistics carry no fixed deviation for norm node {node.name!r} ({m.kind}): they were written "
+                "before sjunet converted instance/group/layer norms, or not by `sjunet calibrate`; re-run it")
+        sigma = torch.as_tensor(ts.sigma, dtype=torch.float64).reshape(-1)
+        entry = {"node": node.name, "kind": m.kind, "groups": m.groups, "channels": int(sigma.numel()), "eps": m.eps,
+                 "sigma_min": float(sigma.min()), "sigma_max": float(sigma.max()), "folded_into": None}
+        users = list(node.users)
+        affine = module_of(gm, users[0]) if len(users) == 1 else None
+        if isinstance(affine, ChannelAffine) and affine.channels == sigma.numel():
+            affine.scale.data /= sigma.to(affine.scale.dtype)
+            entry["folded_into"] = users[0].name
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+        else:
+            replace_submodule(gm, node.target, ChannelAffine.of((1 / sigma).float()))
+        out.append(entry)
+    if out:
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+    return out
+
+
+def _gap_record(approximation: dict | None, accepted: bool) -> dict:
+    """The conversion record's ``approximation_gap``: calibration's measurement, the thresholds,
+    and whether it exceeded them (then it was accepted: otherwise there is no SNN)."""
+    a = approximation or {}
+    exceeds = gap_refusal(approximation) is not None
+    return {k: a.get(k) for k in ("relative_error", "worst_sample_relative_error", "agreement", "samples",
+                                  "held_out", "holdout")} | {
+        "thresholds": {"min_agreement": GAP_MIN_AGREEMENT, "max_relative_error": GAP_MAX_RELATIVE_ERROR},
+        "exceeds_thresholds": exceeds, "accepted": bool(accepted and exceeds)}
+
+
+def build_neuron(factory: NeuronFactory, relu_name: str, negative_slope=None) -> nn.Module:
+    """The neuron replacing relu node ``relu_name``: ``factory(relu_name)``, or for a leaky ReLU /
+    PReLU (``negative_slope`` α, a number or a per-channel tensor) ``factory(relu_name,
+    negative_slope=α)``; a factory that does not take the keyword is refused in one line."""
+    if negative_slope is None:
+        return factory(relu_name)
+    try:
+        return factory(relu_name, negative_slope=negative_slope)
+    except TypeError as e:
+        if "negative_slope" not in str(e):
+            raise
+        raise UnsupportedGraphError(
+            f"cannot convert node {relu_name!r}: it is a leaky ReLU / PReLU and the neuron factory "
+            f"{getattr(factory, '__name__', type(factory).__name__)} takes no negative_slope; give a factory "
+            "that builds a signed neuron (sjunet.neurons.mt_factory does)") from None
+
+
+def _slope_record(gm: fx.GraphModule, relu: str):
+    """α of relu node ``relu`` for the conversion record: None (ReLU), a number, or a list per channel."""
+    node = next(n for n in gm.graph.nodes if n.name == relu)
+    a = relu_slope(module_of(gm, node))
+    return a.tolist() if isinstance(a, torch.Tensor) else a
 
 
 def _insert_gains(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
@@ -225,14 +312,21 @@ def convert(
     v_init: str | float = "half",
     neuron_factory: NeuronFactory | None = None,
     model_info: dict | None = None,
+    accept_gap: bool = False,
 ) -> fx.GraphModule:
     """Convert ``model`` (any ``nn.Module`` the converter understands) into a Spiking-UNet with
     SpikingJelly's converter and our recipe.
 
     ``stats`` is a :class:`CalibrationStats` (``sjunet.calibrate(model, batches)``) or the path of
     an HDF5 file from ``sjunet calibrate``; statistics of another model are refused.
-    ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.SpikingNeuron`)
-    replaces the ``neuron`` name's factory. Returns a ``GraphModule`` in single-step mode; with
+    ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.SpikingNeuron`;
+    for leaky ReLU / PReLU nodes ``factory(relu_name, negative_slope=α)``) replaces the ``neuron``
+    name's factory. Instance / group / layer norms are converted with the fixed deviations σ̂ of
+    the statistics (:mod:`sjunet.calibration.approximation`); when the gap that costs the ANN
+    (measured by calibration) is too large — pixel agreement below 0.98 for segmentation outputs,
+    relative L2 error above 0.1 otherwise — the conversion is refused with
+    :class:`ApproximationGapError` unless ``accept_gap``; the record keeps the approximations and
+    the gap (``approximations``, ``approximation_gap``). Returns a ``GraphModule`` in single-step mode; with
     ``output``, saves it (atomically) with its provenance, see :func:`save_snn`.
     """
     stats_path = None
@@ -241,7 +335,8 @@ def convert(
         stats = read_stats(stats_path)
     options = ConversionOptions(norm, neuron, tuple(thresholds) if thresholds else None, v_init)
     with stages_are_leaves():
-        snn = ann2snn.Converter(SpikingUNetRecipe(stats, options, neuron_factory), device="cpu").convert(model)
+        snn = ann2snn.Converter(SpikingUNetRecipe(stats, options, neuron_factory, accept_gap),
+                                device="cpu").convert(model)
     if model_info is None:
         cfg = getattr(model, "config", None)
         model_info = {"sjunet_config": cfg.to_dict()} if hasattr(cfg, "to_dict") else {"class": type(model).__name__}
@@ -304,5 +399,5 @@ def snn_size_multiple(snn: nn.Module, record: dict | None = None, default: int =
     return int(conv.get("size_multiple") or default)
 
 
-__all__ = ["ConversionOptions", "NEURONS", "SpikingUNetRecipe", "convert", "convert_stock", "load_snn", "save_snn",
+__all__ = ["ApproximationGapError", "ConversionOptions", "NEURONS", "SpikingUNetRecipe", "convert", "convert_stock", "load_snn", "save_snn",
            "snn_record", "snn_size_multiple"]

@@ -61,6 +61,7 @@ def simulate(
         raise ValueError(f"unknown simulation mode {mode!r}; choose one of {MODES}")
     if x.dim() != 4:
         raise ValueError(f"expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+    check_input(snn, x)
     steps = _as_steps(T)
     functional.reset_net(snn)
     functional.set_step_mode(snn, "m" if mode == "multi" else "s")
@@ -83,6 +84,15 @@ def simulate(
     functional.reset_net(snn)
     ops = getattr(snn, "sjunet_post", None) if post else None
     return {t: apply_post(ops, y) for t, y in out.items()} if ops else out
+
+
+def check_input(snn: nn.Module, x: torch.Tensor) -> None:
+    """Refuse an input size the conversion's shape-specialised constants (padding, interpolation
+    and pooling sizes computed from shapes) do not hold for (its ``size_rule``)."""
+    from sjunet.graph import check_input_size
+
+    rule = (getattr(snn, "sjunet_conversion", None) or {}).get("size_rule")
+    check_input_size(rule, x.shape[-2:])
 
 
 def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:
@@ -125,6 +135,7 @@ def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_in
     into a boolean gate as soon as the simulation ends and then dropped, unless ``keep_inputs``.
     Spikes are counted only with ``count_spikes`` (spike-budget fine-tuning).
     """
+    check_input(snn, x)
     functional.reset_net(snn)
     neurons = {n: m for n, m in snn.named_modules() if is_neuron(m)}
     set_recording(snn, True, spikes=count_spikes)

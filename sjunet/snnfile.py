@@ -16,13 +16,23 @@ the key ``sjunet``:
   kwargs — information, never imported on load), ``task``, ``provenance``, ``finetune`` …;
 * ``content_sha256`` — a hash over the tensors and the rest of the record, verified on load:
   a flipped bit in a weight or a threshold is refused.
+
+The hash is unkeyed, so :func:`load` also checks the record itself as data before building anything
+(bounded JSON size and nesting, the node vocabulary, every module argument's type and range, and
+every parameter's shape against the file's tensors on the ``meta`` device); anything else is
+refused with one line naming the file.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import keyword
+import math
 import operator
 import os
+import re
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +43,15 @@ from spikingjelly.activation_based.ann2snn.recipes.step_mode_adapters import (
 )
 from torch import fx, nn
 
-from sjunet.io import SNN_KIND, ArtifactError, atomic_path, jsonable, tensor_digest
+from sjunet.io import SNN_KIND, ArtifactError, jsonable, tensor_digest, write_bytes_atomic
 from sjunet.neurons import NEURON_TYPES, StaticInputSynapse, is_neuron
-from sjunet.stages import ChannelAffine, Pad, Resample, SpikingMaxPool2d
+from sjunet.stages import MAX_GROUPS, AdaptiveAvgPool, Center, ChannelAffine, Pad, Resample, SpikingMaxPool2d
 
 FORMAT = "sjunet-snn/2"
 
 _FUNCTIONS = {"torch.cat": torch.cat, "operator.add": operator.add}
 _FUNCTION_NAMES = {v: k for k, v in _FUNCTIONS.items()}
-_STAGES = {c.__name__: c for c in (Resample, Pad, SpikingMaxPool2d)}
+_STAGES = {c.__name__: c for c in (Resample, Pad, SpikingMaxPool2d, AdaptiveAvgPool, Center)}
 
 
 def _plain(v):
@@ -78,23 +88,282 @@ def module_spec(m: nn.Module) -> dict:
     raise ArtifactError(f"cannot save a {type(m).__name__} module in an SNN file")
 
 
-def build_module(spec: dict) -> nn.Module:
-    """The module of a :func:`module_spec` (types from the fixed vocabulary only)."""
-    t, args = spec.get("type"), dict(spec.get("args") or {})
+# ------------------------------------------------------------------ what a record may ask for
+#
+# A record is data from the file; its hash is unkeyed, so a crafted record can carry a correct
+# ``content_sha256``. Everything below is checked as data, before any module, graph or tensor is
+# built: types (ints are ints, bools are bools), sane sizes, a node vocabulary, and the module
+# parameters' shapes against the tensors actually in the file (modules are first built on the
+# ``meta`` device, which allocates nothing).
+
+MAX_RECORD_CHARS = 64 * 2**20  #: the record's JSON text
+MAX_DEPTH = 64  #: nesting of the record's JSON (a real record: under 10)
+MAX_NODES = 10_000  #: graph nodes, and declared modules (a large U-Net: a few thousand)
+MAX_NAME = 256  #: characters of a node name or a module path
+MAX_CHANNELS = 65_536  #: channels of a convolution or a gain (neuron integers: at most 2^20)
+MAX_KERNEL = 64  #: kernel size, stride, dilation, output padding of a convolution or a pooling
+MAX_CONV_PADDING = 1024
+MAX_POOL_PADDING = 64
+MAX_PAD = 4096  #: each amount of a Pad stage (negative: cropping)
+MAX_SCALE = 64.0  #: a Resample's scale factor
+MAX_SIZE = 16_384  #: a Resample's output size, per side
+MAX_THRESHOLDS = 32  #: entries of a neuron's list argument (threshold ladder, v_init per level)
+MAX_CAT_PARTS = 1024
+MAX_PARAMS = 2**28  #: parameter elements of a graph built without the file's tensors to compare with
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_]+\Z")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_OPS = ("placeholder", "call_module", "call_function", "output")
+_NODE_KEYS = {"name", "op", "args", "kwargs", "target"}
+#: placeholder targets become the generated forward's argument name
+_BAD_ARG_NAMES = {"self", "torch", "operator", "getattr"}
+_BUILD_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, OverflowError,
+                 RecursionError, MemoryError, AssertionError, NotImplementedError)
+
+
+def _module_attributes() -> tuple[frozenset, frozenset]:
+    """Names a module path segment must not take: attributes of nn.Module (any level) and of
+    fx.GraphModule (top level), which setattr would clobber."""
+    plain = set(dir(nn.Module)) | set(vars(nn.Module()))
+    top = set(dir(fx.GraphModule)) | plain | set(vars(fx.GraphModule(nn.Module(), fx.Graph())))  # built from nothing
+    return frozenset(top), frozenset(plain)
+
+
+_TOP_RESERVED, _SUB_RESERVED = _module_attributes()
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 40, 40, 4, 3, 2
+
+
+def _short(v: Any) -> str:
+    """A short one-line rendering of a value from the file, for messages."""
+    return _REPR.repr(v)
+
+
+def _line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, shortened."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _int(v: Any, lo: int, hi: int, what: str) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise ArtifactError(f"{what} must be an integer in {lo}..{hi}, got {_short(v)}")
+    return v
+
+
+def _ints(v: Any, lo: int, hi: int, what: str, lengths: tuple[int, ...] = (2,)) -> int | tuple[int, ...]:
+    """An int, or a list of ints of one of ``lengths`` (as a tuple)."""
+    if isinstance(v, list):
+        if len(v) not in lengths:
+            raise ArtifactError(f"{what} must be an integer or a list of {' or '.join(map(str, lengths))} integers, "
+                                f"got {_short(v)}")
+        return tuple(_int(u, lo, hi, what) for u in v)
+    return _int(v, lo, hi, what)
+
+
+def _number(v: Any, what: str) -> float | int:
+    """A finite JSON number (not a bool)."""
+    if type(v) is int and abs(v) <= 2**53:
+        return v
+    if type(v) is float and math.isfinite(v):
+        return v
+    raise ArtifactError(f"{what} must be a finite number, got {_short(v)}")
+
+
+def _bool(v: Any, what: str) -> bool:
+    if type(v) is not bool:
+        raise ArtifactError(f"{what} must be true or false, got {_short(v)}")
+    return v
+
+
+def _choice(v: Any, options: tuple, what: str) -> Any:
+    if not isinstance(v, str) or v not in options:
+        raise ArtifactError(f"{what} must be one of {', '.join(map(repr, options))}, got {_short(v)}")
+    return v
+
+
+def _keys(args: Any, required: set[str], what: str) -> dict:
+    if not isinstance(args, dict):
+        raise ArtifactError(f"{what}: the arguments must be a JSON object, got {_short(args)}")
+    missing, extra = sorted(required - set(args)), sorted(set(args) - required)
+    if missing:
+        raise ArtifactError(f"{what}: argument {missing[0]!r} is missing")
+    if extra:
+        raise ArtifactError(f"{what}: unexpected argument {_short(extra[0])}")
+    return args
+
+
+_CONV_KEYS = {
+    "Conv2d": {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+               "padding_mode"},
+    "ConvTranspose2d": {"in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding",
+                        "groups", "bias", "dilation", "padding_mode"},
+}
+
+
+def _conv_args(t: str, args: Any, what: str) -> dict:
+    a = _keys(args, _CONV_KEYS[t], what)
+    out = {"in_channels": _int(a["in_channels"], 1, MAX_CHANNELS, f"{what}: in_channels"),
+           "out_channels": _int(a["out_channels"], 1, MAX_CHANNELS, f"{what}: out_channels"),
+           "groups": _int(a["groups"], 1, MAX_CHANNELS, f"{what}: groups"),
+           "kernel_size": _ints(a["kernel_size"], 1, MAX_KERNEL, f"{what}: kernel_size"),
+           "stride": _ints(a["stride"], 1, MAX_KERNEL, f"{what}: stride"),
+           "dilation": _ints(a["dilation"], 1, MAX_KERNEL, f"{what}: dilation"),
+           "bias": _bool(a["bias"], f"{what}: bias")}
+    if out["in_channels"] % out["groups"] or out["out_channels"] % out["groups"]:
+        raise ArtifactError(f"{what}: groups={out['groups']} does not divide the channels "
+                            f"({out['in_channels']} in, {out['out_channels']} out)")
+    if t == "Conv2d" and isinstance(a["padding"], str):
+        out["padding"] = _choice(a["padding"], ("same", "valid"), f"{what}: padding")
+    else:
+        out["padding"] = _ints(a["padding"], 0, MAX_CONV_PADDING, f"{what}: padding")
+    if t == "ConvTranspose2d":
+        out["output_padding"] = _ints(a["output_padding"], 0, MAX_KERNEL, f"{what}: output_padding")
+        out["padding_mode"] = _choice(a["padding_mode"], ("zeros",), f"{what}: padding_mode")
+    else:
+        out["padding_mode"] = _choice(a["padding_mode"], ("zeros", "reflect", "replicate", "circular"),
+                                      f"{what}: padding_mode")
+    return out
+
+
+def _pool_args(t: str, args: Any, what: str) -> dict:
+    extra = {"ceil_mode", "count_include_pad"} if t == "AvgPool2d" else {"ceil_mode", "dilation"}
+    a = _keys(args, {"kernel_size", "stride", "padding"} | extra, what)
+    out = {"kernel_size": _ints(a["kernel_size"], 1, MAX_KERNEL, f"{what}: kernel_size"),
+           "stride": None if a["stride"] is None else _ints(a["stride"], 1, MAX_KERNEL, f"{what}: stride"),
+           "padding": _ints(a["padding"], 0, MAX_POOL_PADDING, f"{what}: padding"),
+           "ceil_mode": _bool(a["ceil_mode"], f"{what}: ceil_mode")}
+    if t == "AvgPool2d":
+        out["count_include_pad"] = _bool(a["count_include_pad"], f"{what}: count_include_pad")
+    else:
+        out["dilation"] = _ints(a["dilation"], 1, MAX_KERNEL, f"{what}: dilation")
+    return out
+
+
+def _resample_args(args: Any, what: str) -> dict:
+    a = _keys(args, {"mode", "scale_factor", "size", "align_corners"}, what)
+    out = {"mode": _choice(a["mode"], Resample.MODES, f"{what}: mode"), "scale_factor": None, "size": None,
+           "align_corners": None if a["align_corners"] is None else _bool(a["align_corners"], f"{what}: align_corners")}
+    scale, size = a["scale_factor"], a["size"]
+    if scale is not None:
+        for s in (scale if isinstance(scale, list) and len(scale) in (1, 2) else [scale]):
+            if not 0 < _number(s, f"{what}: scale_factor") <= MAX_SCALE:
+                raise ArtifactError(f"{what}: scale_factor must be in (0, {MAX_SCALE:g}], got {_short(s)}")
+        out["scale_factor"] = scale
+    if size is not None:
+        out["size"] = _ints(size, 1, MAX_SIZE, f"{what}: size", (1, 2))
+    if scale is not None and size is not None:
+        raise ArtifactError(f"{what}: give scale_factor or size, not both")
+    return out
+
+
+def _pad_args(args: Any, what: str) -> dict:
+    a = _keys(args, {"pad", "mode"}, what)
+    pad = a["pad"]
+    if not isinstance(pad, list) or len(pad) not in (2, 4):
+        raise ArtifactError(f"{what}: pad must be a list of 2 or 4 integers, got {_short(pad)}")
+    return {"pad": [_int(p, -MAX_PAD, MAX_PAD, f"{what}: pad") for p in pad],
+            "mode": _choice(a["mode"], Pad.MODES, f"{what}: mode")}
+
+
+def _center_args(args: Any, what: str) -> dict:
+    """A norm's centring (:class:`~sjunet.stages.Center`): ``groups`` an integer in 1..65536."""
+    return {"groups": _int(_keys(args, {"groups"}, what)["groups"], 1, MAX_GROUPS, f"{what}: groups")}
+
+
+def _neuron_value(v: Any, default: Any, what: str) -> Any:
+    """A neuron argument, of the kind its default has: a bool, a short string, a finite number
+    (|int| <= 2^20) or a short list of numbers; None where the default is None."""
+    if isinstance(default, bool):
+        return _bool(v, what)
+    if isinstance(default, str):
+        if not isinstance(v, str) or len(v) > 64:
+            raise ArtifactError(f"{what} must be a short string, got {_short(v)}")
+        return v
+    if v is None and (default is None or default is inspect.Parameter.empty):
+        return v
+    if isinstance(v, list) and not isinstance(default, str):
+        if not 1 <= len(v) <= MAX_THRESHOLDS:
+            raise ArtifactError(f"{what} must be a list of 1..{MAX_THRESHOLDS} numbers, got {_short(v)}")
+        return [_number(u, what) for u in v]
+    if type(v) is int:
+        return _int(v, -(2**20), 2**20, what)
+    return _number(v, what)
+
+
+def _neuron_args(cls: type, args: Any, what: str) -> dict:
+    if not isinstance(args, dict):
+        raise ArtifactError(f"{what}: the arguments must be a JSON object, got {_short(args)}")
+    params = {k: p for k, p in inspect.signature(cls).parameters.items()
+              if k != "step_mode" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for k, v in args.items():
+        if k not in params:
+            raise ArtifactError(f"{what}: unexpected argument {_short(k)}")
+        _neuron_value(v, params[k].default, f"{what}: {k}")
+    return dict(args)
+
+
+def _check_module(spec: Any, what: str, nested: bool = False) -> tuple[str, dict]:
+    """``(type, constructor kwargs)`` of a module spec, every argument checked (see the limits above)."""
+    if not isinstance(spec, dict) or set(spec) != {"type", "args"}:
+        raise ArtifactError(f"{what}: a module must be an object with 'type' and 'args', got {_short(spec)}")
+    t, args = spec["type"], spec["args"]
+    if not isinstance(t, str):
+        raise ArtifactError(f"{what}: the module type must be a string, got {_short(t)}")
+    if t == "StaticInputSynapse" and not nested:
+        a = _keys(args, {"layer"}, what)
+        lt, largs = _check_module(a["layer"], f"{what} (its layer)", nested=True)
+        if lt not in _CONV_KEYS:
+            raise ArtifactError(f"{what}: a static input synapse wraps a Conv2d or ConvTranspose2d, not {lt!r}")
+        return t, {"layer": (lt, largs)}
+    if t in NEURON_TYPES and not nested:
+        return t, _neuron_args(NEURON_TYPES[t], args, what)
+    if t == "ChannelAffine" and not nested:
+        a = _keys(args, {"channels", "shift"}, what)
+        return t, {"channels": _int(a["channels"], 1, MAX_CHANNELS, f"{what}: channels"),
+                   "shift": _bool(a["shift"], f"{what}: shift")}
+    if t == "Resample" and not nested:
+        return t, _resample_args(args, what)
+    if t == "Center" and not nested:
+        return t, _center_args(args, what)
+    if t == "Pad" and not nested:
+        return t, _pad_args(args, what)
+    if t in ("SpikingMaxPool2d", "AvgPool2d") and not nested:
+        return t, _pool_args(t, args, what)
+    if t == "AdaptiveAvgPool" and not nested:
+        size = _keys(args, {"output_size"}, what)["output_size"]
+        if not isinstance(size, list) or len(size) != 2:
+            raise ArtifactError(f"{what}: output_size must be a list of 2 sizes, got {_short(size)}")
+        return t, {"output_size": [None if s is None else _int(s, 1, MAX_SIZE, f"{what}: output_size") for s in size]}
+    if t in _CONV_KEYS:
+        return t, _conv_args(t, args, what)
+    raise ArtifactError(f"{what}: unknown module type {_short(t)}")
+
+
+def _construct(t: str, args: dict) -> nn.Module:
     if t == "StaticInputSynapse":
-        return StaticInputSynapse(build_module(args["layer"]))
+        return StaticInputSynapse(_construct(*args["layer"]))
     if t in NEURON_TYPES:
         return NEURON_TYPES[t](**args)
     if t == "ChannelAffine":
         return ChannelAffine(**args)
     if t in _STAGES:
         return _STAGES[t](**args)
-    if t in ("Conv2d", "ConvTranspose2d", "AvgPool2d"):
-        for k in ("kernel_size", "stride", "padding", "dilation", "output_padding"):
-            if isinstance(args.get(k), list):
-                args[k] = tuple(args[k])
-        return getattr(nn, t)(**args)
-    raise ArtifactError(f"unknown module type {t!r} in the SNN file")
+    return getattr(nn, t)(**args)
+
+
+def build_module(spec: dict, what: str = "module") -> nn.Module:
+    """The module of a :func:`module_spec` (types from the fixed vocabulary only, every argument
+    checked before anything is built; a bad spec raises :class:`ArtifactError`)."""
+    t, args = _check_module(spec, what)
+    try:
+        return _construct(t, args)
+    except _BUILD_ERRORS as e:
+        raise ArtifactError(f"{what}: cannot build {t} ({type(e).__name__}: {_line(e)})") from None
 
 
 def _enc(a: Any) -> Any:
@@ -109,19 +378,6 @@ def _enc(a: Any) -> Any:
     if a is None or isinstance(a, (bool, int, float, str)):
         return a
     raise ArtifactError(f"cannot store argument {a!r} in an SNN file")
-
-
-def _dec(a: Any, env: dict[str, fx.Node]) -> Any:
-    if isinstance(a, list):
-        return [_dec(v, env) for v in a]
-    if isinstance(a, dict):
-        if "node" in a:
-            return env[a["node"]]
-        if "tuple" in a:
-            return tuple(_dec(v, env) for v in a["tuple"])
-        if "dict" in a:
-            return {k: _dec(v, env) for k, v in a["dict"].items()}
-    return a
 
 
 def graph_spec(gm: fx.GraphModule) -> dict:
@@ -144,31 +400,205 @@ def graph_spec(gm: fx.GraphModule) -> dict:
     return {"nodes": nodes, "modules": modules}
 
 
-def build_graph(spec: dict) -> fx.GraphModule:
-    """Rebuild the (pre-adaptation) GraphModule of a :func:`graph_spec`; no code from the file runs."""
+def _ref(a: Any, env: dict, what: str) -> str:
+    """The name of an earlier node that ``a`` (``{"node": name}``) refers to."""
+    if not (isinstance(a, dict) and set(a) == {"node"} and isinstance(a["node"], str)):
+        raise ArtifactError(f"{what}: expected a node reference, got {_short(a)}")
+    if a["node"] not in env:
+        raise ArtifactError(f"{what}: refers to an unknown (or later) node {_short(a['node'])}")
+    return a["node"]
+
+
+def _wrapped(a: Any, key: str, kind: type, what: str) -> Any:
+    if not (isinstance(a, dict) and set(a) == {key} and isinstance(a[key], kind)):
+        raise ArtifactError(f"{what} must be {{{key!r}: ...}}, got {_short(a)}")
+    return a[key]
+
+
+def _decode(a: Any, env: dict[str, fx.Node]) -> Any:
+    """An argument checked by :func:`_check_graph`: node references, tuples, lists and scalars."""
+    if isinstance(a, dict):
+        if "node" in a:
+            return env[a["node"]]
+        return tuple(_decode(v, env) for v in a["tuple"])
+    if isinstance(a, list):
+        return [_decode(v, env) for v in a]
+    return a
+
+
+def _check_path(p: Any, modules: dict) -> None:
+    if not isinstance(p, str) or not 0 < len(p) <= MAX_NAME:
+        raise ArtifactError(f"module path {_short(p)} is not a name of 1..{MAX_NAME} characters")
+    parts = p.split(".")
+    for i, seg in enumerate(parts):
+        if not _SEGMENT.match(seg) or seg in (_TOP_RESERVED if i == 0 else _SUB_RESERVED):
+            raise ArtifactError(f"module path {p!r}: {seg!r} is not an allowed module name")
+        if i < len(parts) - 1 and ".".join(parts[:i + 1]) in modules:
+            raise ArtifactError(f"module path {p!r} lies inside module {'.'.join(parts[:i + 1])!r}")
+
+
+def _check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
+    """Check the graph record as data: its nodes (vocabulary, references to earlier nodes only, one
+    input, one output) and modules (:func:`_check_module`). Returns the nodes and checked modules."""
+    if not isinstance(spec, dict) or set(spec) != {"nodes", "modules"}:
+        raise ArtifactError("the graph record must be an object with 'nodes' and 'modules'")
+    nodes, mspecs = spec["nodes"], spec["modules"]
+    if not isinstance(nodes, list) or not 2 <= len(nodes) <= MAX_NODES:
+        raise ArtifactError(f"the graph must list 2..{MAX_NODES} nodes, got "
+                            f"{f'{len(nodes)} nodes' if isinstance(nodes, list) else _short(nodes)}")
+    if not isinstance(mspecs, dict) or len(mspecs) > MAX_NODES:
+        raise ArtifactError(f"the graph's modules must be an object of at most {MAX_NODES} entries")
+    modules = {}
+    for p, ms in mspecs.items():
+        _check_path(p, mspecs)
+        modules[p] = _check_module(ms, f"module {p!r}")
+    env: dict[str, str] = {}  # node name -> op
+    called = set()
+    for i, e in enumerate(nodes):
+        what = f"graph node #{i}"
+        if not isinstance(e, dict) or set(e) != _NODE_KEYS:
+            raise ArtifactError(f"{what} must be an object with keys {', '.join(sorted(_NODE_KEYS))}")
+        name, op, target = e["name"], e["op"], e["target"]
+        if not isinstance(name, str) or len(name) > MAX_NAME or not _IDENT.match(name):
+            raise ArtifactError(f"{what}: the name {_short(name)} is not an identifier")
+        if name in env:
+            raise ArtifactError(f"{what}: duplicate node name {name!r}")
+        what = f"graph node {name!r}"
+        if op not in _OPS:
+            raise ArtifactError(f"{what}: op {_short(op)} is not allowed in an SNN file")
+        args = _wrapped(e["args"], "tuple", list, f"{what}: args")
+        kwargs = _wrapped(e["kwargs"], "dict", dict, f"{what}: kwargs")
+        if (op == "placeholder") != (i == 0) or (op == "output") != (i == len(nodes) - 1):
+            raise ArtifactError(f"{what}: the graph must be one input (first), computations, one output (last); "
+                                f"found {op!r} at position {i}")
+        if op == "placeholder":
+            if args or kwargs:
+                raise ArtifactError(f"{what}: the input node takes no arguments")
+            if (not isinstance(target, str) or len(target) > MAX_NAME or not _IDENT.match(target)
+                    or keyword.iskeyword(target) or target in _BAD_ARG_NAMES):
+                raise ArtifactError(f"{what}: the input name {_short(target)} is not an allowed identifier")
+        elif op == "output":
+            if target != "output" or kwargs or len(args) != 1:
+                raise ArtifactError(f"{what}: the output node must return one node")
+            _ref(args[0], env, what)
+        elif op == "call_module":
+            if not isinstance(target, str) or target not in modules:
+                raise ArtifactError(f"{what} calls an undeclared module {_short(target)}")
+            most = 2 if modules[target][0] == "Resample" else 1
+            if kwargs or not 1 <= len(args) <= most:
+                raise ArtifactError(f"{what}: module {target!r} ({modules[target][0]}) takes "
+                                    f"{'one or two node arguments' if most == 2 else 'one node argument'}")
+            for a in args:
+                _ref(a, env, what)
+            called.add(target)
+        elif target == "torch.cat":
+            _check_cat(args, kwargs, env, what)
+        elif target == "operator.add":
+            if kwargs or len(args) != 2:
+                raise ArtifactError(f"{what}: operator.add takes exactly two node arguments")
+            for a in args:
+                _ref(a, env, what)
+        else:
+            raise ArtifactError(f"{what} calls a function outside the vocabulary: {_short(target)}")
+        env[name] = op
+    unused = sorted(set(modules) - called)
+    if unused:
+        raise ArtifactError(f"module {unused[0]!r} is declared but no graph node calls it")
+    return nodes, modules
+
+
+def _check_cat(args: list, kwargs: dict, env: dict, what: str) -> None:
+    """``torch.cat(parts[, dim])``: parts a list (or tuple) of 1..MAX_CAT_PARTS node references,
+    dim an integer in -4..3 (the tensors are 4-D images; a converted U-Net joins along channels)."""
+    allowed = {"dim"} if args else {"tensors", "dim"}
+    if len(args) > 2 or set(kwargs) - allowed or (len(args) == 2 and "dim" in kwargs) or not (args or "tensors" in kwargs):
+        raise ArtifactError(f"{what}: torch.cat takes a list of nodes and a dim, got {len(args)} arguments and "
+                            f"keywords {sorted(map(str, kwargs))[:4]}")
+    parts = args[0] if args else kwargs["tensors"]
+    if isinstance(parts, dict) and set(parts) == {"tuple"}:
+        parts = parts["tuple"]
+    if not isinstance(parts, list) or not 1 <= len(parts) <= MAX_CAT_PARTS:
+        raise ArtifactError(f"{what}: torch.cat needs a list of 1..{MAX_CAT_PARTS} nodes, got {_short(parts)}")
+    for a in parts:
+        _ref(a, env, what)
+    dim = args[1] if len(args) == 2 else kwargs.get("dim", 0)
+    if type(dim) is not int or not -4 <= dim < 4:
+        raise ArtifactError(f"{what}: torch.cat dim must be an integer in -4..3 (4-D images), got {_short(dim)}")
+
+
+def _meta_check(modules: dict[str, tuple[str, dict]], shapes: dict[str, tuple[int, ...]] | None) -> None:
+    """Build every module on the meta device (nothing allocated) and check its parameters and
+    buffers: with ``shapes`` (the file's tensors) they must be exactly those names, with fitting
+    shapes; without, their total size is bounded by :data:`MAX_PARAMS`. Modules of the same spec
+    (and tensor shapes) are checked once."""
+    owned: dict[str, dict[str, tuple]] = {}
+    for key, shape in (shapes or {}).items():
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            p = ".".join(parts[:i])
+            if p in modules:
+                owned.setdefault(p, {})[".".join(parts[i:])] = shape
+                break
+        else:
+            raise ArtifactError(f"the file holds tensor {_short(key)}, which no module of the graph has")
+    checked: dict[str, int] = {}  # spec and shapes -> parameter elements
+    total = 0
+    for p, (t, args) in modules.items():
+        given = owned.get(p, {})
+        key = json.dumps([t, args, sorted(given.items())], sort_keys=True)
+        if key not in checked:
+            with torch.device("meta"):
+                m = _built(t, args, p)
+            expected = m.state_dict()
+            if shapes is not None:
+                missing, extra = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+                if missing:
+                    raise ArtifactError(f"module {p!r} ({t}) needs tensor '{p}.{missing[0]}', which the file lacks")
+                if extra:
+                    raise ArtifactError(f"the file holds tensor {_short(p + '.' + extra[0])}, which module {p!r} "
+                                        f"({t}) does not have")
+                try:
+                    m.load_state_dict({k: torch.empty(s, device="meta") for k, s in given.items()}, strict=True)
+                except _BUILD_ERRORS as e:
+                    raise ArtifactError(f"module {p!r}: the file's tensors do not fit it ({_line(e)})") from None
+            checked[key] = sum(v.numel() for v in expected.values())
+        total += checked[key]
+        if shapes is None and total > MAX_PARAMS:
+            raise ArtifactError(f"the graph asks for more than {MAX_PARAMS} parameter elements")
+
+
+def build_graph(spec: dict, tensors: dict[str, torch.Tensor] | None = None) -> fx.GraphModule:
+    """Rebuild the (pre-adaptation) GraphModule of a :func:`graph_spec`; no code from the file runs.
+
+    The record is checked as data first (:func:`_check_graph`); the modules are built on the meta
+    device and, with ``tensors`` (the file's), their parameters and buffers must be exactly those
+    tensors' names and shapes (without, their total size is bounded) — only then is anything
+    built for real (:func:`_meta_check`). Any problem raises one-line :class:`ArtifactError`.
+    """
     try:
-        modules = {path: build_module(ms) for path, ms in spec["modules"].items()}
+        nodes, modules = _check_graph(spec)
+        _meta_check(modules, None if tensors is None else {k: tuple(v.shape) for k, v in tensors.items()})
+        built = {p: _built(t, args, p) for p, (t, args) in modules.items()}
         g, env = fx.Graph(), {}
-        for e in spec["nodes"]:
-            op, args, kwargs = e["op"], tuple(_dec(e["args"], env)), _dec(e["kwargs"], env)
-            if op == "call_module" and e["target"] not in modules:
-                raise ArtifactError(f"node {e['name']!r} calls an undeclared module")
-            if op == "call_function":
-                if e["target"] not in _FUNCTIONS:
-                    raise ArtifactError(f"node {e['name']!r} calls a function outside the vocabulary: {e['target']!r}")
-                target = _FUNCTIONS[e["target"]]
-            elif op in ("placeholder", "output", "call_module"):
-                target = e["target"]
-            else:
-                raise ArtifactError(f"node {e['name']!r}: op {op!r} is not allowed in an SNN file")
-            node = g.create_node(op, target, args, kwargs, name=e["name"])
-            env[e["name"]] = node
+        for e in nodes:
+            op = e["op"]
+            target = _FUNCTIONS[e["target"]] if op == "call_function" else e["target"]
+            args = tuple(_decode(a, env) for a in e["args"]["tuple"])
+            kwargs = {k: _decode(v, env) for k, v in e["kwargs"]["dict"].items()}
+            env[e["name"]] = g.create_node(op, target, args, kwargs, name=e["name"])
         g.lint()
-        return fx.GraphModule(modules, g, "SpikingUNet")
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ArtifactError):
-            raise
-        raise ArtifactError(f"the SNN file's graph record is malformed ({type(e).__name__}: {e})") from None
+        return fx.GraphModule(built, g, "SpikingUNet")
+    except ArtifactError:
+        raise
+    except _BUILD_ERRORS as e:
+        raise ArtifactError(f"the SNN file's graph record is malformed ({type(e).__name__}: {_line(e)})") from None
+
+
+def _built(t: str, args: dict, path: str) -> nn.Module:
+    try:
+        return _construct(t, args)
+    except _BUILD_ERRORS as e:
+        raise ArtifactError(f"module {path!r}: cannot build {t} ({type(e).__name__}: {_line(e)})") from None
 
 
 def adapt(gm: fx.GraphModule) -> fx.GraphModule:
@@ -184,19 +614,73 @@ def _hash(tensors: dict[str, torch.Tensor], record: dict) -> str:
 
 
 def save(snn: nn.Module, path: str | os.PathLike, record: dict) -> Path:
-    """Write ``snn``'s tensors and ``record`` (needs ``record["graph"]``) atomically."""
-    from safetensors.torch import save_file
+    """Write ``snn``'s tensors and ``record`` (needs ``record["graph"]``) atomically (serialised in
+    memory, then :func:`sjunet.io.write_bytes_atomic`: a full disk is one line, never a crash)."""
+    from safetensors.torch import save as to_bytes
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in snn.state_dict().items()}
     record = jsonable({**record, "kind": SNN_KIND, "format": FORMAT})
     record["content_sha256"] = _hash(tensors, record)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"sjunet": json.dumps(record, allow_nan=False)})
-    return Path(path)
+    return write_bytes_atomic(to_bytes(tensors, metadata={"sjunet": json.dumps(record, allow_nan=False)}), path)
+
+
+def _finite_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):
+        raise ValueError(f"number {s[:20]} is out of range")
+    return v
+
+
+def _no_constant(s: str) -> Any:
+    raise ValueError(f"{s} is not a JSON number")
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return True
+        vals = o.values() if isinstance(o, dict) else o
+        stack.extend((v, d + 1) for v in vals if isinstance(v, (dict, list)))
+    return False
+
+
+def _parse_record(path: Path, text: Any) -> dict:
+    """The sjunet record: a JSON object of bounded size and nesting, finite numbers only."""
+    if not isinstance(text, str):
+        raise ArtifactError(f"{path}: the sjunet record is not text; the file is corrupt")
+    if len(text) > MAX_RECORD_CHARS:
+        raise ArtifactError(f"{path}: the sjunet record is {len(text)} characters long (at most {MAX_RECORD_CHARS}); "
+                            "not an SNN from `sjunet convert`")
+    try:
+        record = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+        deep = isinstance(record, (dict, list)) and _too_deep(record, MAX_DEPTH)
+    except RecursionError:
+        deep = True
+    except ValueError as e:  # JSONDecodeError, an integer of thousands of digits, NaN/Infinity
+        raise ArtifactError(f"{path}: the sjunet record is not valid JSON ({_line(e, 200)}); the file is corrupt") from None
+    if deep:
+        raise ArtifactError(f"{path}: the sjunet record is nested more than {MAX_DEPTH} levels deep; "
+                            "not an SNN from `sjunet convert`")
+    if not isinstance(record, dict):
+        raise ArtifactError(f"{path}: the sjunet record is a JSON {type(record).__name__ if record is not None else 'null'}, "
+                            "not an object; not an SNN from `sjunet convert`")
+    return record
+
+
+#: record fields that the loader (and :func:`sjunet.recipe.load_snn`) reads, with their types
+_FIELD_TYPES = {"conversion": (dict, type(None)), "post": (list, type(None)), "model": (dict, type(None)),
+                "task": (dict, str, type(None)), "finetune": (dict, type(None)), "provenance": (dict, type(None))}
 
 
 def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
-    """Read, verify and rebuild an SNN file; returns ``(snn, record)`` (single-step mode, eval)."""
+    """Read, verify and rebuild an SNN file; returns ``(snn, record)`` (single-step mode, eval).
+
+    A file that is not one, corrupt, changed after writing, or crafted (a record asking for more
+    than a real SNN could, in any way: see the limits above) is refused with one-line
+    :class:`ArtifactError` naming the file, before anything large is built.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -209,31 +693,44 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as e:
         try:  # say what it is instead, without running anything from it
             torch_load_data(path)
         except ArtifactError as inner:
-            raise ArtifactError(f"{inner} (expected an SNN file written by `sjunet convert`)") from None
-        raise ArtifactError(f"{path}: not an SNN file written by `sjunet convert` ({e})") from None
-    if "sjunet" not in meta:
+            raise ArtifactError(f"{_line(inner, 600)} (expected an SNN file written by `sjunet convert`)") from None
+        raise ArtifactError(f"{path}: not an SNN file written by `sjunet convert` ({_line(e)})") from None
+    if not isinstance(meta, dict) or "sjunet" not in meta:
         raise ArtifactError(f"{path}: a safetensors file without an sjunet record; not an SNN from `sjunet convert`")
-    try:
-        record = json.loads(meta["sjunet"])
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path}: the sjunet record is not valid JSON ({e}); the file is corrupt") from None
+    record = _parse_record(path, meta["sjunet"])
     if record.get("kind") != SNN_KIND:
-        raise ArtifactError(f"{path}: is a {record.get('kind')!r} file, expected an SNN written by `sjunet convert`")
+        raise ArtifactError(f"{path}: is a {_short(record.get('kind'))} file, expected an SNN written by `sjunet convert`")
     if record.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: SNN format {record.get('format')!r}, this sjunet reads {FORMAT}; "
+        raise ArtifactError(f"{path}: SNN format {_short(record.get('format'))}, this sjunet reads {FORMAT}; "
                             "regenerate it with `sjunet convert`")
-    if record.get("content_sha256") != _hash(tensors, record):
+    if not isinstance(record.get("content_sha256"), str) or not isinstance(record.get("graph"), dict):
+        raise ArtifactError(f"{path}: the sjunet record lacks its graph or content hash; the file is corrupt")
+    for key, types in _FIELD_TYPES.items():
+        if not isinstance(record.get(key), types):
+            raise ArtifactError(f"{path}: the record's {key!r} has type {type(record[key]).__name__}; the file is corrupt")
+    for name, t in tensors.items():
+        if not t.dtype.is_floating_point or t.dim() > 4:
+            raise ArtifactError(f"{path}: tensor {_short(name)} is {t.dim()}-D {t.dtype}; an SNN holds "
+                                "floating-point tensors of at most 4 dimensions")
+    try:
+        digest = _hash(tensors, record)
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ArtifactError(f"{path}: the sjunet record cannot be verified ({_line(e)}); the file is corrupt") from None
+    if record["content_sha256"] != digest:
         raise ArtifactError(f"{path}: integrity check failed — its tensors or record changed after it was written "
                             "(content hash mismatch); regenerate it with `sjunet convert`")
-    gm = build_graph(record["graph"])
+    try:
+        gm = build_graph(record["graph"], tensors)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {_line(e, 700)}") from None
     try:
         gm.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise ArtifactError(f"{path}: the tensors do not fit the graph ({str(e).splitlines()[0]})") from None
-    snn = adapt(gm)
+        snn = adapt(gm)
+    except _BUILD_ERRORS as e:
+        raise ArtifactError(f"{path}: the tensors do not fit the graph ({_line(e)})") from None
     snn.eval()
     return snn, record

@@ -16,6 +16,9 @@ accumulated over T steps, used by spiking-flow fine-tuning (:mod:`sjunet.flow`).
   it keeps the running input sums S_t = Σ_{τ≤t} x_τ (one state tensor) and emits
   o_t = maxpool(S_t) − maxpool(S_{t−1}) ≥ 0, so Σ_t o_t = maxpool(S_T). Its flow is the max-pool
   of the accumulated input; the gradient goes to the arg-max input, as in the ANN.
+* :class:`AdaptiveAvgPool` — ``nn.AdaptiveAvgPool2d`` / ``F.adaptive_avg_pool2d`` /
+  ``x.mean((2, 3), keepdim=True)`` (global average pooling of PSP / ASPP / SE branches): linear,
+  no bias, unit passes through, like ``AvgPool2d``.
 
 Every class has ``spec()`` (constructor arguments as plain data) so an SNN file rebuilds it
 without code from the file (:mod:`sjunet.snnfile`).
@@ -240,4 +243,132 @@ class SpikingMaxPool2d(base.MemoryModule):
         return self.pool(x)
 
 
-STAGE_TYPES = (Resample, Pad, ChannelAffine, SpikingMaxPool2d)
+class AdaptiveAvgPool(nn.Module, base.StepModule):
+    """Adaptive (global) average pooling of the last two dimensions to ``output_size`` (an int or
+    ``(h, w)``; ``None`` keeps that dimension): a linear stage, unit passes through (spec §11)."""
+
+    def __init__(self, output_size: int | Sequence[int | None] = 1, step_mode: str = "s") -> None:
+        super().__init__()
+        size = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size, output_size)
+        if len(size) != 2 or any(s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1)
+                                 for s in size):
+            raise ValueError(f"output_size must be a positive int or a pair of them (or None), got {output_size!r}")
+        self.output_size = size
+        self.step_mode = step_mode
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, step_mode={self.step_mode}"
+
+    def spec(self) -> dict:
+        return {"output_size": list(self.output_size)}
+
+    def _fn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _per_image(self._fn, x, self.step_mode)
+
+    def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+        return self._fn(x)
+
+
+NORM_KINDS = ("instance_norm", "group_norm", "layer_norm")
+MAX_GROUPS = 65_536
+
+
+def _check_groups(groups: Any) -> int:
+    if not isinstance(groups, int) or isinstance(groups, bool) or not 1 <= groups <= MAX_GROUPS:
+        raise ValueError(f"groups must be an integer in 1..{MAX_GROUPS}, got {groups!r}")
+    return groups
+
+
+def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``x`` ([N, C, H, W]) as [N, groups, C/groups · H · W]."""
+    if x.dim() < 2 or x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1] if x.dim() > 1 else '?'} channels do not split into {groups} groups")
+    return x.reshape(x.shape[0], groups, -1)
+
+
+class Center(nn.Module, base.StepModule):
+    """Subtract the per-sample mean over each group of channels and all positions (spec §11: the
+    linear half of instance / group / layer norm; ``groups`` = C for instance norm, 1 for layer
+    norm). Linear, no bias: on synaptic currents it runs per time step, and Σ_t of the centred
+    currents is the centred Σ_t — exact in the SNN. A per-channel unit passes through only when it
+    is uniform within each group (:mod:`sjunet.normalization` inserts a gain where it is not)."""
+
+    def __init__(self, groups: int = 1, step_mode: str = "s") -> None:
+        super().__init__()
+        self.groups = _check_groups(groups)
+        self.step_mode = step_mode
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, step_mode={self.step_mode}"
+
+    def spec(self) -> dict:
+        return {"groups": self.groups}
+
+    def _fn(self, x: torch.Tensor) -> torch.Tensor:
+        g = _grouped(x, self.groups)
+        return (g - g.mean(-1, keepdim=True)).reshape(x.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _per_image(self._fn, x, self.step_mode)
+
+    def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+        return self._fn(x)
+
+
+class Normalize(nn.Module, base.StepModule):
+    """The division of instance / group / layer norm, after :class:`Center`: by the per-sample
+    deviation σ_s = sqrt(var_s + eps) of each group (``sigma`` unset: the ANN itself, as in
+    calibration) or by a fixed per-channel deviation σ̂ (``fix(sigma)``: the ANN the SNN
+    implements, :func:`sjunet.calibration.approximation.fixed_deviation`). Only in the ANN's
+    canonical graph: conversion folds σ̂ into the :class:`ChannelAffine` after it, and an SNN file
+    has no such stage (a per-sample division has no spiking form)."""
+
+    def __init__(self, groups: int = 1, eps: float = 1e-5, kind: str = "group_norm", step_mode: str = "s") -> None:
+        super().__init__()
+        if kind not in NORM_KINDS:
+            raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
+        self.groups = _check_groups(groups)
+        self.eps = float(eps)
+        self.kind = kind
+        self.register_buffer("sigma", None)
+        self.step_mode = step_mode
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, eps={self.eps}, kind={self.kind}, fixed={self.sigma is not None}"
+
+    def fix(self, sigma: torch.Tensor | None) -> "Normalize":
+        """Divide by the fixed per-channel deviation ``sigma`` ([C]) from now on (None: per sample)."""
+        self.sigma = None if sigma is None else torch.as_tensor(sigma).detach().reshape(-1).clone()
+        return self
+
+    def deviation(self, x: torch.Tensor) -> torch.Tensor:
+        """σ_s per sample and group, [N, groups] (biased variance, as torch's norms)."""
+        return torch.sqrt(_grouped(x, self.groups).var(-1, unbiased=False) + self.eps)
+
+    def _fn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sigma is None:
+            return (_grouped(x, self.groups) / self.deviation(x).unsqueeze(-1)).reshape(x.shape)
+        return x / self.sigma.to(x.dtype).view(-1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _per_image(self._fn, x, self.step_mode)
+
+    def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+        if self.sigma is None:
+            raise ValueError("a per-sample normalization has no spiking form; fix its deviation (calibration) first")
+        return self._fn(x)
+
+
+STAGE_TYPES = (Resample, Pad, ChannelAffine, SpikingMaxPool2d, AdaptiveAvgPool, Center)

@@ -23,7 +23,7 @@ def _ok(args):
 def test_pipeline(run_dir):
     ann, stats, snn = run_dir / "ann.pt", run_dir / "stats.h5", run_dir / "snn.pt"
     _ok(["train", *DATA, "--epochs", "1", "--width", "4", "--depth", "2", "--batch-size", "4", "-o", str(ann)])
-    assert ann.exists() and (run_dir / "ann.last.pt").exists()
+    assert ann.exists() and (run_dir / "ann.pt.last.pt").exists()
     _ok(["train", *DATA, "--epochs", "2", "--width", "4", "--depth", "2", "--batch-size", "4", "-o", str(ann),
          "--resume"])
     _ok(["calibrate", "-m", str(ann), *DATA, "-o", str(stats)])

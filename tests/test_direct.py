@@ -37,7 +37,7 @@ def test_train_spiking_writes_a_trained_snn_with_its_training_time_neurons(tmp_p
         assert isinstance(neurons[0], RealSpikeNode) and neurons[0].decay == 0.25
     assert isinstance(neurons[0], (MultiLevelNode, RealSpikeNode)) == (neuron != "mt")
     # the surrogate gradient moved the weights (the last state, whatever validation kept)
-    last = load_checkpoint(tmp_path / "dt.last.pt")["state_dict"]
+    last = load_checkpoint(tmp_path / "dt.safetensors.last.pt")["state_dict"]
     start = dict(init.state_dict())
     assert any(not torch.equal(last[k], start[k]) for k in start if k in last and start[k].is_floating_point())
     assert rec["finetune"]["options"]["method"] == "bptt"

@@ -70,7 +70,7 @@ def test_crafted_files_never_run_code(pipeline, tmp_path):
     fails(["convert", "-m", evil, "--stats", stats, "-o", tmp_path / "x.safetensors"], "refused")
     fails(["energy", "--snn", snn, "-m", evil, *DATA, "--T", "2"], "refused")
     out = tmp_path / "ann2.pt"
-    torch.save({"payload": _Payload(marker)}, tmp_path / "ann2.last.pt")
+    torch.save({"payload": _Payload(marker)}, tmp_path / "ann2.pt.last.pt")
     out.write_bytes(ann.read_bytes())
     r = run(["train", *DATA, "--epochs", "2", "--width", "4", "--depth", "2", "-o", out, "--resume"], ok=False)
     assert r.exit_code != 0 and "refused" in r.output
@@ -145,7 +145,9 @@ def test_artifacts_have_normal_permissions_and_no_temporaries(pipeline):
     os.umask(old)
     for f in (ann, stats, snn):
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~old, f
-    assert not list(d.glob(".*.tmp")) and not list(d.glob(".*.lock"))
+    assert not list(d.glob(".*.tmp"))
+    for lock in d.glob(".*.lock"):  # lock files are kept (race-free locking), never symlinks
+        assert lock.is_file() and not lock.is_symlink() and lock.stat().st_size < 100
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed(pipeline, tmp_path):

@@ -6,7 +6,8 @@ import torch
 from click.testing import CliRunner
 
 from sjunet.cli.main import main
-from sjunet.io import load_ann, load_checkpoint, output_guard
+from sjunet.io import load_checkpoint, output_guard
+from sjunet.models.checkpoint import load_ann
 from sjunet.loop import DivergedError
 from sjunet.training import TrainOptions, train
 
@@ -40,10 +41,10 @@ def test_train_resume_mid_epoch_equals_uninterrupted(tmp_path):
     assert s["stopped"] == "epochs" and s["step"] == 8  # 8 items, batch 2: 4 iterations per epoch
     text = _ok(["train", *DATA, *NET, "--batch-size", "2", "--epochs", "2", "--max-iters", "6", "-o", str(split)])
     assert "--max-iters" in text and "-> " in text
-    state = load_checkpoint(tmp_path / "split.last.pt")
+    state = load_checkpoint(tmp_path / "split.pt.last.pt")
     assert (state["epoch"], state["iteration"], state["step"]) == (1, 2, 6)
     _ok(["train", *DATA, *NET, "--batch-size", "2", "--epochs", "2", "--resume", "-o", str(split)])
-    a, b = load_checkpoint(tmp_path / "whole.last.pt"), load_checkpoint(tmp_path / "split.last.pt")
+    a, b = load_checkpoint(tmp_path / "whole.pt.last.pt"), load_checkpoint(tmp_path / "split.pt.last.pt")
     assert b["step"] == 8
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for k in a["state_dict"]:
@@ -72,7 +73,7 @@ def test_nan_loss_is_an_error_and_writes_nothing(tmp_path):
         raise AssertionError("no DivergedError")
     except DivergedError as e:
         assert "lower --lr" in str(e) and "nothing was written" in str(e) and e.epoch == 0
-    assert not out.exists() and not (tmp_path / "nan.last.pt").exists()
+    assert not out.exists() and not (tmp_path / "nan.pt.last.pt").exists()
     r = _cli(["train", *DATA, *NET, "--batch-size", "4", "--lr", "1e6", "-o", str(out)])
     assert r.exit_code != 0, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("Error")]
@@ -109,7 +110,7 @@ def test_existing_output_refused_unless_force_and_locked_output_refused(tmp_path
     _ok(["train", *DATA, *NET, "--epochs", "1", "--seed", "2", "--force", "-o", str(out)])
     assert load_ann(out)[1]["options"]["seed"] == 2
     # an unfinished run's state is not clobbered either
-    (tmp_path / "b.last.pt").write_bytes(b"state of an unfinished run")
+    (tmp_path / "b.pt.last.pt").write_bytes(b"state of an unfinished run")
     r = _cli(["train", *DATA, *NET, "--epochs", "1", "-o", str(tmp_path / "b.pt")])
     assert r.exit_code != 0 and "--resume" in r.output
     # a second run on an output that another run holds is refused
@@ -141,13 +142,13 @@ def test_max_minutes_stops_after_one_iteration(tmp_path):
     assert "--max-minutes" in text
     model, ckpt = load_ann(out)
     assert ckpt["step"] == 1 and ckpt["at"] == "epoch 1, iteration 1/8"
-    state = load_checkpoint(tmp_path / "t.last.pt")
+    state = load_checkpoint(tmp_path / "t.pt.last.pt")
     assert (state["epoch"], state["iteration"], state["step"]) == (0, 1, 1)
     # and resuming it continues to the same weights as an uninterrupted run
     _ok(["train", *DATA, *NET, "--batch-size", "1", "--epochs", "1", "--resume", "-o", str(out)])
     whole = tmp_path / "w.pt"
     _ok(["train", *DATA, *NET, "--batch-size", "1", "--epochs", "1", "-o", str(whole)])
-    a, b = _state(tmp_path / "t.last.pt"), _state(tmp_path / "w.last.pt")
+    a, b = _state(tmp_path / "t.pt.last.pt"), _state(tmp_path / "w.pt.last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -198,7 +199,7 @@ def test_finetune_resume_mid_epoch_equals_uninterrupted(tmp_path, converted, lr)
     _ok([*args, "-o", str(tmp_path / "whole.pt")])
     _ok([*args, "--max-iters", "3", "-o", str(tmp_path / "split.pt")])
     _ok([*args, "--resume", "-o", str(tmp_path / "split.pt")])
-    a, b = load_checkpoint(tmp_path / "whole.last.pt"), load_checkpoint(tmp_path / "split.last.pt")
+    a, b = load_checkpoint(tmp_path / "whole.pt.last.pt"), load_checkpoint(tmp_path / "split.pt.last.pt")
     assert a["step"] == b["step"] == 8 and a["scheduler"]["last_epoch"] == 8
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k

@@ -20,6 +20,7 @@ from .common import DATA_ENV, DENOISING, IGNORE_INDEX, SEGMENTATION, DatasetErro
 from .demo import DemoDenoising, DemoSegmentation
 from .drive import DRIVEDataset
 from .em import EMDataset
+from .options import MAX_SIDE, check_fits, check_options, image_size, size_rule
 from .patches import predict_by_patches
 
 #: registry name → dataset class (constructor ``cls(root, split, **options)``)
@@ -59,21 +60,23 @@ def get_dataset(name: str, root: str | os.PathLike | None, split: str, **options
     ``root`` may be the dataset's own directory or the data directory holding it under
     :func:`default_root` (``None``: the directory named by ``$SJUNET_DATA``; ignored by the demo
     datasets). ``options`` are the keyword arguments of the dataset class (``seed``, ``crop``,
-    ``sigma``…). Unknown names, splits or options raise :class:`DatasetError`.
+    ``sigma``…), checked by their declared type and range (:mod:`sjunet.data.options`: ``flip=no``
+    is ``False``, ``crop=abc`` is refused). Unknown names, splits or options raise :class:`DatasetError`.
     """
     cls = _lookup(name)
-    accepted = [
-        p.name for p in inspect.signature(cls.__init__).parameters.values() if p.kind is p.KEYWORD_ONLY
-    ]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise DatasetError(f"{name}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}")
-    return cls(root, split, **options)
+    return cls(root, split, **check_options(cls, options))
+
+
+def check_dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check ``--opt`` options of dataset ``name`` (:func:`sjunet.data.options.check_options`) without
+    building it: one :class:`DatasetError` line for an unknown dataset or option or a bad value."""
+    return check_options(_lookup(name), options)
 
 
 __all__ = [
     "DATASETS", "TASK_OF", "DATA_ENV", "IGNORE_INDEX", "SEGMENTATION", "DENOISING",
     "DatasetError", "SJDataset", "default_root", "get_dataset", "splits_of", "predict_by_patches",
+    "check_dataset_options", "check_fits", "image_size", "size_rule", "MAX_SIDE",
     "EMDataset", "DRIVEDataset", "CamSeqDataset", "BSDTrainDataset", "Set12", "BSD68", "CBSD68",
     "DemoSegmentation", "DemoDenoising",
 ]  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sjunet.io import ArtifactError, model_fingerprint, torch_load_data
+from sjunet.io import ArtifactError, torch_load_data
 
 
 @dataclass
@@ -49,9 +49,11 @@ def parse_arch_kwargs(text: str | dict | None) -> dict:
     return value
 
 
-def build_arch(spec: str, kwargs: dict | None = None) -> nn.Module:
-    """``build_arch("monai.networks.nets:BasicUNet", {"spatial_dims": 2, ...})``: import the module,
-    call the factory with the keyword arguments, check it returns an ``nn.Module``."""
+def resolve_arch(spec: str):
+    """The factory the user named with ``--arch package.module:factory`` (imported, not called).
+
+    Only ever called with a string the user typed (``--arch``), or with a checkpoint's factory
+    string that equals it exactly (:func:`sjunet.models.checkpoint.load_ann`): a file never names code to run."""
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise ValueError(f"--arch takes package.module:factory (e.g. monai.networks.nets:BasicUNet), got {spec!r}")
     mod_name, attr = spec.split(":")
@@ -66,6 +68,13 @@ def build_arch(spec: str, kwargs: dict | None = None) -> nn.Module:
             raise ValueError(f"--arch {spec}: {mod_name} has no {attr}")
     if not callable(factory):
         raise ValueError(f"--arch {spec}: {attr} is not callable")
+    return factory
+
+
+def build_arch(spec: str, kwargs: dict | None = None) -> nn.Module:
+    """``build_arch("monai.networks.nets:BasicUNet", {"spatial_dims": 2, ...})``: import the module,
+    call the factory with the keyword arguments, check it returns an ``nn.Module``."""
+    factory = resolve_arch(spec)
     try:
         model = factory(**(kwargs or {}))
     except TypeError as e:
@@ -99,40 +108,3 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             msg = " ".join(str(e).split())
             raise ArtifactError(f"{path}: the weights do not fit --arch ({msg[:300]})") from None
     return model
-
-
-def load_model(path: str | Path | None = None, arch: str | None = None, arch_kwargs: dict | str | None = None,
-               weights: str | Path | None = None) -> tuple[nn.Module, ModelInfo]:
-    """The ANN of ``sjunet`` CLI verbs: an sjunet checkpoint (``path``), or ``arch`` (+ kwargs) with
-    ``weights`` (a state_dict file). Returns ``(model in eval mode, info)``."""
-    from sjunet.io import file_fingerprint, load_ann
-
-    if arch is not None and path is not None:
-        if weights is not None:
-            raise ValueError("give -m/--model (an sjunet checkpoint) or --arch with --weights, not both")
-        model, ckpt = load_ann(path, trust_arch=arch)  # --arch confirms the checkpoint's own factory
-        return model, _info(path, ckpt)
-    if arch is not None:
-        kwargs = parse_arch_kwargs(arch_kwargs)
-        model = build_arch(arch, kwargs)
-        source = {"arch": arch, "arch_kwargs": kwargs}
-        if weights is not None:
-            load_weights(model, weights)
-            source.update(weights=str(weights), weights_file=file_fingerprint(weights))
-        model.eval()
-        return model, ModelInfo(source, model_fingerprint(model))
-    if weights is not None:
-        raise ValueError("--weights needs --arch (the architecture to load the state_dict into)")
-    if path is None:
-        raise ValueError("give -m/--model (an sjunet checkpoint) or --arch with --weights")
-    model, ckpt = load_ann(path)
-    return model, _info(path, ckpt)
-
-
-def _info(path, ckpt: dict) -> ModelInfo:
-    from sjunet.io import file_fingerprint
-
-    source = {"path": str(path), "file": file_fingerprint(path)}
-    if ckpt.get("arch"):
-        source.update(arch=ckpt["arch"]["factory"], arch_kwargs=ckpt["arch"].get("kwargs"))
-    return ModelInfo(source, ckpt["fingerprint"], ckpt.get("task"), ckpt.get("model_config"), ckpt)

@@ -20,6 +20,11 @@ import torch
 from torch import nn
 
 
+#: sanity limits of a config (a checkpoint's record is checked against them before building)
+MAX_DEPTH = 10
+MAX_CHANNELS = 1 << 16
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Architecture options of :class:`UNet` (saved in every checkpoint)."""
@@ -34,8 +39,19 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "base_width", "depth"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"UNetConfig.{name} must be an integer, got {v!r}")
+            if v < 1:
+                raise ValueError(f"UNetConfig.{name} must be >= 1, got {v}")
+        for name in ("batch_norm", "up_relu"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"UNetConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.depth > MAX_DEPTH:
+            raise ValueError(f"UNetConfig.depth must be <= {MAX_DEPTH}, got {self.depth}")
+        if max(self.in_channels, self.out_channels) > MAX_CHANNELS or self.base_width * 2**self.depth > MAX_CHANNELS:
+            raise ValueError(f"UNetConfig: at most {MAX_CHANNELS} channels per layer (in_channels, out_channels, "
+                             f"base_width × 2**depth = {self.base_width * 2**self.depth})")
         if self.pool not in ("avg", "max"):
             raise ValueError(f"UNetConfig.pool must be 'avg' or 'max', got {self.pool!r}")
 

@@ -1,0 +1,68 @@
+"""nnU-Net's U-Nets (package ``dynamic_network_architectures``) from plain, JSON-able arguments.
+
+nnU-Net builds ``PlainConvUNet`` / ``ResidualEncoderUNet`` from classes (``conv_op=nn.Conv2d``,
+``norm_op=nn.InstanceNorm2d``, ``nonlin=nn.LeakyReLU``), which neither ``--arch-kwargs`` nor a
+checkpoint record can hold. These factories take names instead and fill in nnU-Net's defaults
+(its ``get_network_from_plans``: InstanceNorm with ``eps=1e-5, affine=True``, LeakyReLU with
+``negative_slope=0.01, inplace=True``, ``conv_bias=True``, no dropout, no deep supervision), so
+
+    sjunet train --arch sjunet.models.nnunet:plain_conv_unet --arch-kwargs '{"input_channels": 1, "num_classes": 2}'
+
+trains the network nnU-Net would, and a checkpoint rebuilds it without naming any code.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_NORM = {
+    "instance": {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d},
+    "batch": {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d},
+}
+_NONLIN = {"leakyrelu": nn.LeakyReLU, "relu": nn.ReLU}
+
+
+def _common(spatial_dims: int, norm: str | None, nonlin: str):
+    if spatial_dims not in _CONV:
+        raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+    if norm is not None and norm not in _NORM:
+        raise ValueError(f"norm must be one of {sorted(_NORM)} or null, got {norm!r}")
+    if nonlin not in _NONLIN:
+        raise ValueError(f"nonlin must be one of {sorted(_NONLIN)}, got {nonlin!r}")
+    norm_op = _NORM[norm][spatial_dims] if norm else None
+    norm_kwargs = {"eps": 1e-5, "affine": True} if norm else None
+    nonlin_kwargs = {"negative_slope": 1e-2, "inplace": True} if nonlin == "leakyrelu" else {"inplace": True}
+    return dict(conv_op=_CONV[spatial_dims], norm_op=norm_op, norm_op_kwargs=norm_kwargs, dropout_op=None,
+                dropout_op_kwargs=None, nonlin=_NONLIN[nonlin], nonlin_kwargs=nonlin_kwargs)
+
+
+def _stages(n_stages: int, base: int, max_features: int, spatial_dims: int):
+    features = [min(base * 2 ** i, max_features) for i in range(n_stages)]
+    strides = [1] + [2] * (n_stages - 1)
+    return features, [3] * n_stages, strides
+
+
+def plain_conv_unet(input_channels: int = 1, num_classes: int = 2, n_stages: int = 5, base_features: int = 32,
+                    max_features: int = 512, spatial_dims: int = 2, norm: str | None = "instance",
+                    nonlin: str = "leakyrelu", n_conv_per_stage: int = 2) -> nn.Module:
+    """nnU-Net's ``PlainConvUNet`` with its default layers (module docstring)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    features, kernels, strides = _stages(n_stages, base_features, max_features, spatial_dims)
+    return PlainConvUNet(input_channels, n_stages, features, kernel_sizes=kernels, strides=strides,
+                         n_conv_per_stage=n_conv_per_stage, num_classes=num_classes,
+                         n_conv_per_stage_decoder=n_conv_per_stage, conv_bias=True, deep_supervision=False,
+                         **_common(spatial_dims, norm, nonlin))
+
+
+def residual_encoder_unet(input_channels: int = 1, num_classes: int = 2, n_stages: int = 5, base_features: int = 32,
+                          max_features: int = 512, spatial_dims: int = 2, norm: str | None = "instance",
+                          nonlin: str = "leakyrelu", n_blocks: int = 2) -> nn.Module:
+    """nnU-Net's ``ResidualEncoderUNet`` (the ResEnc presets) with its default layers."""
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    features, kernels, strides = _stages(n_stages, base_features, max_features, spatial_dims)
+    return ResidualEncoderUNet(input_channels, n_stages, features, kernel_sizes=kernels, strides=strides,
+                               n_blocks_per_stage=n_blocks, num_classes=num_classes,
+                               n_conv_per_stage_decoder=1, conv_bias=True, deep_supervision=False,
+                               **_common(spatial_dims, norm, nonlin))

@@ -104,7 +104,7 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     row: dict = {"arch": name, "ann_fingerprint": ckpt["fingerprint"], "params": sum(x.numel() for x in ann.parameters())}
     paths = {}
     for norm in ("connection", "layer"):
-        snn = convert(ann, stats, norm=norm, neuron="mt")
+        snn = convert(ann, stats, norm=norm, neuron="mt", accept_gap=True)  # the gap is a column of the table
         snn.sjunet_task = ckpt.get("task")
         paths[norm] = save_snn(snn, out / f"snn_{norm}.safetensors", {"model": str(out / "ann.pt")})
         T = p["T"] if norm == "connection" else [p["layer_T"]]

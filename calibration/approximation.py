@@ -8,10 +8,11 @@ divide by a per-sample σ_s, so conversion divides by a fixed per-channel σ̂ f
 set (:func:`fixed_deviation`) and folds 1/σ̂ into the affine. Calibration records the fit's sums
 (:class:`DeviationStats`) at every norm during its first pass over the *exact* ANN, then measures
 what fixing the deviations costs the ANN itself (:func:`measure_gap`): the exact ANN against the
-ANN with fixed deviations (:func:`approximated_graph`) on held-out calibration samples — every
-:data:`HOLDOUT_EVERY`-th sample (global index i with i % 5 == 4) is held out of the fit used for
-that measurement (the stored σ̂ is fit on all samples); with fewer than 5 samples nothing can be
-held out and the gap is measured in-sample (recorded as ``held_out: false``).
+ANN with fixed deviations (:func:`approximated_graph`) on held-out calibration samples: 5-fold
+cross-validation (sample i in fold i % 5), each sample's output approximated with σ̂ fit on the
+other folds, so every sample is held out once at the cost of one forward pass
+(:func:`cross_validated_outputs`); the stored σ̂ is fit on all samples. With a single calibration
+sample the gap is in-sample (``held_out: false``).
 
 Refusal (:func:`gap_refusal`): a segmentation-like output (several channels: argmax; or one
 channel followed by a sigmoid: the 0.5 threshold) is refused when the pixel agreement with the
@@ -32,7 +33,7 @@ from sjunet.stages import Normalize
 
 GAP_MIN_AGREEMENT = 0.98  #: refuse a segmentation output whose argmax agrees on fewer pixels
 GAP_MAX_RELATIVE_ERROR = 0.1  #: refuse any other output whose relative L2 error is larger
-HOLDOUT_EVERY = 5  #: sample i is held out of the gap's fit when i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+FOLDS = 5  #: cross-validation folds of the gap (sample i is in fold i % FOLDS)
 
 
 def fixed_deviation(weighted_inverse: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -155,21 +156,17 @@ def _labels(y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure_gap(exact: fx.GraphModule, approx: fx.GraphModule, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                post: Iterable[dict] = ()) -> dict:
-    """The exact ANN against the ANN with fixed deviations on ``batches`` of ``(x, held)`` (``held``:
-    a boolean mask of the samples to compare): relative L2 error of the output over all compared
-    samples (and of the worst sample), and for segmentation-like outputs the pixel agreement."""
+def measure_gap(outputs: Iterable[tuple[torch.Tensor, torch.Tensor]], post: Iterable[dict] = ()) -> dict:
+    """The exact ANN's outputs against the approximated ANN's, ``(y, ŷ)`` per batch: relative L2
+    error ‖y − ŷ‖/‖y‖ over all samples (and of the worst sample), and for segmentation-like outputs
+    (:func:`segmentation_like`) the fraction of pixels whose label agrees."""
     post = list(post)
     num = den = 0.0
     worst = 0.0
     agree = pixels = samples = 0
     seg = None
-    for x, held in batches:
-        if not bool(held.any()):
-            continue
-        x = x[held]
-        y, z = exact(x).double(), approx(x).double()
+    for y, z in outputs:
+        y, z = y.double(), z.double()
         if seg is None:
             seg = segmentation_like(y.shape[1], post)
         d = (y - z).pow(2).flatten(1).sum(1)
@@ -177,7 +174,7 @@ def measure_gap(exact: fx.GraphModule, approx: fx.GraphModule, batches: Iterable
         num, den = num + float(d.sum()), den + float(r.sum())
         if bool((r > 0).any()):
             worst = max(worst, float((d[r > 0] / r[r > 0]).sqrt().max()))
-        samples += int(x.shape[0])
+        samples += int(y.shape[0])
         if seg:
             agree += int((_labels(y) == _labels(z)).sum())
             pixels += _labels(y).numel()
@@ -185,6 +182,34 @@ def measure_gap(exact: fx.GraphModule, approx: fx.GraphModule, batches: Iterable
         raise ValueError("no samples to measure the approximation gap on")
     return {"relative_error": math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else None),
             "worst_sample_relative_error": worst, "agreement": agree / pixels if seg else None, "samples": samples}
+
+
+@torch.no_grad()
+def cross_validated_outputs(gm: fx.GraphModule, folds: dict[str, list[DeviationStats]], batches: Iterable[torch.Tensor],
+                            ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``(exact output, approximated output)`` per batch, each sample i approximated with the σ̂ fit
+    on the calibration samples of the other folds (fold = i % FOLDS; ``folds``: per norm node, the
+    :class:`DeviationStats` of each fold) — every sample is held out once, at the cost of one pass.
+    With a single sample there is nothing to hold out: σ̂ is fit on it (in-sample)."""
+    names = list(folds)
+    whole = {k: sum(folds[k][1:], folds[k][0]) for k in names}
+    n_folds = len(folds[names[0]])
+    used = [f for f in range(n_folds) if folds[names[0]][f].samples > 0]
+    sig = {f: {k: (sum((folds[k][g] for g in used if g != f), DeviationStats(folds[k][f].module))
+                   if len(used) > 1 else whole[k]).sigma() for k in names} for f in used}
+    approx = approximated_graph(gm, sig[used[0]])
+    modules = norm_nodes(approx)
+    start = 0
+    for x in batches:
+        y = gm(x)
+        z = torch.empty_like(y)
+        fold = torch.arange(start, start + x.shape[0], device=x.device) % n_folds
+        for f in fold.unique().tolist():
+            for k, m in modules.items():
+                m.fix(sig[f][k].to(y.dtype).to(y.device))
+            z[fold == f] = approx(x[fold == f])
+        start += x.shape[0]
+        yield y, z
 
 
 def gap_refusal(approximation: dict | None, accept_gap: bool = False) -> str | None:
@@ -200,13 +225,21 @@ def gap_refusal(approximation: dict | None, accept_gap: bool = False) -> str | N
     if agreement is not None:
         if agreement < GAP_MIN_AGREEMENT:
             return (f"approximation gap too large: {what} change {100 * (1 - agreement):.2f}% of the output pixels "
-                    f"(agreement {agreement:.4f} < {GAP_MIN_AGREEMENT}; relative error {rel:.3g}) on "
-                    f"{approximation.get('samples')} calibration samples; {remedy}")
+                    f"(agreement {agreement:.4f} < {GAP_MIN_AGREEMENT}; relative error "
+                    f"{rel if rel is None else f'{rel:.3g}'}) on "
+                    f"{_samples(approximation)}; {remedy}")
         return None
     if rel is None or not rel <= GAP_MAX_RELATIVE_ERROR:
+        if rel is None:
+            return f"approximation gap not measured: {what}; re-run `sjunet calibrate` to measure it, or {remedy}"
         return (f"approximation gap too large: {what} give the ANN a relative output error of {rel:.3g} "
-                f"(> {GAP_MAX_RELATIVE_ERROR}) on {approximation.get('samples')} calibration samples; {remedy}")
+                f"(> {GAP_MAX_RELATIVE_ERROR}) on {_samples(approximation)}; {remedy}")
     return None
+
+
+def _samples(a: dict) -> str:
+    n = a.get("samples")
+    return f"{n} {'held-out ' if a.get('held_out') else ''}calibration sample{'s' if n != 1 else ''}"
 
 
 def gap_line(approximation: dict | None) -> str | None:
@@ -215,7 +248,7 @@ def gap_line(approximation: dict | None) -> str | None:
         return None
     n = len(approximation["nodes"])
     agreement = approximation.get("agreement")
-    where = ("held-out" if approximation.get("held_out") else "in-sample") + f" {approximation.get('samples')} samples"
+    where = _samples(approximation) + ("" if approximation.get("held_out") else ", in-sample")
     text = f"approximation gap ({n} norm{'s' if n != 1 else ''} with fixed deviations, {where}): relative error " \
            f"{approximation.get('relative_error'):.3g}"
     if agreement is not None:

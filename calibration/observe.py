@@ -9,8 +9,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from sjunet.calibration.approximation import (HOLDOUT_EVERY, DeviationStats, approximated_graph,
-                                                measure_gap, norm_nodes)
+from sjunet.calibration.approximation import FOLDS, DeviationStats, cross_validated_outputs, measure_gap, norm_nodes
 from sjunet.calibration.percentile import StreamingPercentile
 from sjunet.calibration.store import CalibrationStats, TensorStats, write_stats
 from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope, tensor_shapes
@@ -111,7 +110,10 @@ def calibrate(
     node (``fallback``, ``raw_percentile``) and, for ReLUs, warned about. Signed tensors (linear
     stages, joins, concatenation parts) are measured by magnitude |x|: their λ is a unit, never
     negative. A leaky ReLU / PReLU (role ``relu`` like every neuron layer) is measured on |its
-    input| (:func:`signed_relus`). Writes HDF5 to ``output`` when given.
+    input| (:func:`signed_relus`). Instance / group / layer norms: pass 1 also fits each norm's
+    fixed deviation σ̂ (stored per node as ``sigma``), and one more forward measures the gap that
+    costs the ANN, cross-validated (``approximation``; :mod:`.approximation`). Writes HDF5 to
+    ``output`` when given.
     """
     from sjunet.distributed import resolve_device
 
@@ -137,16 +139,15 @@ def calibrate(
         feeds.setdefault(src, []).append(name)
     norms = norm_nodes(gm)  # instance/group/layer norms: σ̂ fit during pass 1 (calibration.approximation)
     norm_of = {n.args[0].name: n.name for n in gm.graph.nodes if n.name in norms}
-    fit = {k: DeviationStats(m) for k, m in norms.items()}
-    held = {k: DeviationStats(m) for k, m in norms.items()}
+    folds = {k: [DeviationStats(m) for _ in range(FOLDS)] for k, m in norms.items()}  # sample i: fold i % FOLDS
     offset = [0]  # index of the batch's first sample (pass 1)
     input_shape = None
     for pass_no, method in ((1, "observe_range"), (2, "observe_hist")):
         def cb(name, out, method=method):
             if pass_no == 1 and name in norm_of:
-                h = _held_out(offset[0], out.shape[0], out.device)
-                fit[norm_of[name]].add(out[~h])
-                held[norm_of[name]].add(out[h])
+                fold = torch.arange(offset[0], offset[0] + out.shape[0], device=out.device) % FOLDS
+                for f, d in enumerate(folds[norm_of[name]]):
+                    d.add(out[fold == f])
             if name in est and name not in signed:
                 getattr(est[name], method)(out)
             for leaky in feeds.get(name, ()):
@@ -175,7 +176,7 @@ def calibrate(
     if dead:
         warnings.warn(f"{len(dead)} tensor(s) never or almost never fire on the calibration data (dead layers: "
                       f"zero in the ANN and the SNN alike); fallback scales used: {'; '.join(dead)}", stacklevel=2)
-    approximation = _approximation(gm, tr.post, norms, fit, held, data, n_batches, device, stats) if norms else None
+    approximation = _approximation(gm, tr.post, norms, folds, data, n_batches, device, stats) if norms else None
     shapes = tensor_shapes(gm.cpu(), input_shape)
     prov = provenance()
     result = CalibrationStats(
@@ -192,38 +193,23 @@ def calibrate(
     return result
 
 
-def _held_out(offset: int, n: int, device) -> torch.Tensor:
-    """Which of samples offset..offset+n-1 are held out of the gap's fit (every HOLDOUT_EVERY-th)."""
-    return torch.arange(offset, offset + n, device=device) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-
-
-def _approximation(gm: fx.GraphModule, post: list, norms: dict, fit: dict, held: dict, data, n_batches: int,
-                   device, stats: dict) -> dict:
-    """Store σ̂ (fit on every calibration sample) with each norm node, then measure the gap on the
-    held-out samples with σ̂ fit on the others (in-sample when fewer than HOLDOUT_EVERY samples):
-    one more forward of the exact and the approximated ANN (:mod:`sjunet.calibration.approximation`)."""
-    whole = {k: fit[k] + held[k] for k in norms}
+def _approximation(gm: fx.GraphModule, post: list, norms: dict, folds: dict, data, n_batches: int, device,
+                   stats: dict) -> dict:
+    """Store σ̂ (fit on every calibration sample) with each norm node, then measure the gap by
+    cross-validation: one more forward of the exact and the approximated ANN, each sample with σ̂
+    fit on the other folds (:func:`sjunet.calibration.approximation.cross_validated_outputs`)."""
+    whole = {k: sum(folds[k][1:], folds[k][0]) for k in norms}
     for k, d in whole.items():
         stats[k].sigma = d.sigma().numpy()
-    held_out = all(h.samples > 0 for h in held.values()) and all(f.samples > 0 for f in fit.values())
-    approx = approximated_graph(gm, {k: (fit[k] if held_out else whole[k]).sigma() for k in norms})
-
-    def pairs():
-        it, start = _batches_of(data), 0
-        for _ in range(n_batches):
-            x = next(it).to(device)
-            mask = _held_out(start, x.shape[0], x.device) if held_out else torch.ones(
-                x.shape[0], dtype=torch.bool, device=x.device)
-            start += x.shape[0]
-            yield x, mask
-
-    gap = measure_gap(gm, approx, pairs(), post)
+    held_out = sum(d.samples > 0 for d in next(iter(folds.values()))) > 1
+    batches = (x.to(device) for _, x in zip(range(n_batches), _batches_of(data)))
+    gap = measure_gap(cross_validated_outputs(gm, folds, batches), post)
     return {"nodes": [{"node": k, "kind": m.kind, "groups": m.groups, "channels": int(whole[k].sigma().numel()),
                        "eps": m.eps, "spread": whole[k].spread()} for k, m in norms.items()],
             **gap, "held_out": held_out,
-            "holdout": (f"every {HOLDOUT_EVERY}th calibration sample (index % {HOLDOUT_EVERY} == {HOLDOUT_EVERY - 1}) "
-                        "held out; sigma for this measurement fit on the others" if held_out
-                        else f"in-sample: fewer than {HOLDOUT_EVERY} calibration samples")}
+            "holdout": (f"{FOLDS}-fold cross-validation over the calibration samples (sample i in fold i % {FOLDS}): "
+                        "each output compared under sigma fit on the other folds" if held_out
+                        else "in-sample: a single calibration sample")}
 
 
 def _output_name(gm: fx.GraphModule) -> str:

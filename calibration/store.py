@@ -3,10 +3,13 @@
 One group per recorded tensor, named by its FX node, under ``/nodes``; attributes
 ``percentile`` (λ), ``p``, ``max``, ``min``, ``mean``, ``count``, ``channels``, ``role``,
 ``error_bound``, ``fallback`` ("" | "max" | "one": a dead layer's fallback λ, spec §4) and
-``raw_percentile``, datasets ``histogram`` and ``bin_edges`` (fletcher32-checksummed). File
+``raw_percentile``, datasets ``histogram`` and ``bin_edges`` (fletcher32-checksummed) and, for a
+norm's division node (role ``norm``) only, ``sigma``: its fixed deviation σ̂ per channel. File
 attributes: ``model_fingerprint`` (hash of architecture and weights), ``data`` (JSON description
 of the calibration data), ``options``, ``versions``, ``graph`` (JSON), ``created``, ``node_order``
-(JSON list) and ``content_sha256``: a hash over every attribute and dataset above, verified on
+(JSON list), with instance/group/layer norms only ``approximation`` (JSON: the norms, and the gap
+fixing their deviations costs the ANN — :mod:`.approximation`; files without norms are written as
+before, byte for byte) and ``content_sha256``: a hash over every attribute and dataset above, verified on
 read, so a flipped bit in a stored λ is refused rather than converted. Serialised in memory
 and written with :func:`sjunet.io.write_bytes_atomic` (temp file + rename), so a full disk is one
 :class:`~sjunet.io.NoSpaceError` line and never damages the previous file.
@@ -23,6 +26,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import os
 import re
 import warnings
@@ -187,7 +191,8 @@ def write_stats(stats: CalibrationStats, path: str | os.PathLike) -> Path:
     node_attrs = {name: {k: _attr(getattr(s, k) if not (k == "raw_percentile" and s.raw_percentile is None)
                                   else s.percentile) for k in _NODE_ATTRS} for name, s in stats.nodes.items()}
     arrays = {name: (np.asarray(s.histogram), np.asarray(s.bin_edges))
-              + ((np.asarray(s.sigma, dtype=np.float64),) if s.sigma is not None else ()) for name, s in stats.nodes.items()}
+              + ((np.asarray(s.sigma, dtype=np.float64),) if s.sigma is not None else ())
+              for name, s in stats.nodes.items()}
     digest = _content_hash(file_attrs, node_attrs, arrays)
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
@@ -351,7 +356,8 @@ def _check_approximation(a: dict) -> dict:
     seen = set()
     for e in nodes:
         if not isinstance(e, dict) or set(e) != _APPROX_NODE_KEYS:
-            raise _Refused(f"approximation.nodes holds {_show(e)}, expected objects with keys {sorted(_APPROX_NODE_KEYS)}")
+            raise _Refused(f"approximation.nodes holds {_show(e)}, expected objects with keys "
+                           f"{sorted(_APPROX_NODE_KEYS)}")
         if not isinstance(e["node"], str) or not _NAME.fullmatch(e["node"]) or e["node"] in seen:
             raise _Refused(f"approximation.nodes names {_show(e['node'])}, not a (new) FX node name")
         seen.add(e["node"])
@@ -392,6 +398,56 @@ def _check_sigmas(arrays: dict[str, tuple], approximation: dict | None) -> None:
             raise _Refused(f"node {name!r}: 'sigma' holds a value that is not a positive finite deviation")
 
 
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_GCOL = b"GCOL\x01"
+
+
+def _sizeof_lengths(mm: mmap.mmap, file_size: int) -> int | None:
+    """The superblock's "size of lengths" (at byte 0, 512, 1024, 2048, … as libhdf5 looks for it)."""
+    off = 0
+    while off + 16 <= file_size:
+        if mm[off:off + 8] == _HDF5_SIGNATURE:
+            n = mm[off + 14] if mm[off + 8] in (0, 1) else mm[off + 10]
+            return n if n in (2, 4, 8, 16, 32) else None
+        off = 512 if off == 0 else off * 2
+    return None
+
+
+def _check_global_heaps(path: Path, file_size: int) -> None:
+    """Refuse a corrupt HDF5 global heap before libhdf5 sees it.
+
+    String attributes live in global heap collections ("GCOL"). libhdf5 walks a collection's
+    objects when it loads one (``H5HG__cache_heap_deserialize``) and loops forever on a free-space
+    object of size 0 — one flipped bit, in native code nothing can interrupt — and records an object
+    that overruns its collection (later copied out of bounds). So every collection signature in the
+    file is walked the same way first: objects must tile it exactly, at most 65 537 of them, and all
+    walks together at most one object per 16 bytes of file (collections do not overlap)."""
+    if file_size < 32:
+        return
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        size_len = _sizeof_lengths(mm, file_size)
+        if size_len is None:
+            return  # not an HDF5 file libhdf5 can open: it refuses it itself
+        hdr = (8 + size_len + 7) // 8 * 8  # collection header and object header, 8-aligned
+        budget = file_size // 16 + 65_537
+        o = mm.find(_GCOL)
+        while o >= 0:
+            size = int.from_bytes(mm[o + 8:o + 8 + size_len], "little") if o + 8 + size_len <= file_size else 0
+            if hdr <= size <= file_size - o:  # else libhdf5 refuses to load it (past the end / too small)
+                p, end, n = o + hdr, o + size, 0
+                while p < end and p + hdr <= end:
+                    idx = int.from_bytes(mm[p:p + 2], "little")
+                    obj = int.from_bytes(mm[p + 8:p + 8 + size_len], "little")
+                    need = hdr + (obj + 7) // 8 * 8 if idx else obj
+                    if need == 0 or need > end - p:
+                        raise _Refused(f"corrupt HDF5 global heap at byte {o} (object {idx} of {obj} bytes "
+                                       f"does not fit its collection)")
+                    p, n, budget = p + need, n + 1, budget - 1
+                    if n > 65_537 or budget < 0:
+                        raise _Refused(f"corrupt HDF5 global heap at byte {o} (too many objects)")
+            o = mm.find(_GCOL, o + 1)
+
+
 def read_stats(path: str | os.PathLike) -> CalibrationStats:
     """Read statistics written by :func:`write_stats`; a wrong, foreign, old, altered or crafted
     file is refused with one :class:`~sjunet.io.ArtifactError` line naming it.
@@ -401,8 +457,10 @@ def read_stats(path: str | os.PathLike) -> CalibrationStats:
     :data:`MAX_BINS` bins, ``len(bin_edges) == len(histogram) + 1``, only deflate/shuffle/fletcher32
     filters, bounded chunks, no external storage) is checked first, and all of them together may
     declare at most :data:`MAX_DECLARED_BYTES` and :data:`MAX_EXPANSION` times the file's size.
-    That bounds what decompression can allocate before the hash is compared. Attributes are
-    checked for type and shape before they are read, strings are bounded (:data:`MAX_STRING`),
+    That bounds what decompression can allocate before the hash is compared. Global heaps (where
+    string attributes live) are walked before libhdf5 loads them (:func:`_check_global_heaps`: a
+    corrupt one hangs it). Attributes are checked for type and shape before they are read, strings
+    are bounded (:data:`MAX_STRING`),
     JSON nesting too, and the node count (:data:`MAX_NODES`); links must be stored (hard) links.
     The hash is unkeyed, so none of these checks relies on it.
     """
@@ -411,6 +469,12 @@ def read_stats(path: str | os.PathLike) -> CalibrationStats:
         raise ArtifactError(f"{path}: no such statistics file (make one with `sjunet calibrate`)")
     try:
         file_size = path.stat().st_size
+        _check_global_heaps(path, file_size)
+    except _Refused as e:
+        raise ArtifactError(f"{path}: refused, not a valid statistics file — {e}; re-run `sjunet calibrate`") from None
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: cannot read it ({_oneline(e)})") from None
+    try:
         f = h5py.File(path, "r")
     except Exception as e:  # noqa: BLE001 - OSError for a non-HDF5 file, anything for a crafted one
         raise ArtifactError(f"{path}: not an HDF5 file ({_oneline(e)})") from None

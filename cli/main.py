@@ -340,6 +340,11 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
     for name, v in stats.dead.items():
         click.echo(f"dead layer {name} ({v.role}): p{v.p:g} = {v.raw_percentile:.3g}, max = {v.max:.3g} — it never "
                    f"(or almost never) fires on this data; λ = {v.percentile:.3g} ({v.fallback} fallback)")
+    from sjunet.calibration.approximation import gap_line, gap_refusal
+
+    if gap_line(stats.approximation):
+        click.echo(gap_line(stats.approximation) + (" — above the conversion threshold: `sjunet convert` will need "
+                                                     "--accept-gap" if gap_refusal(stats.approximation) else ""))
     click.echo(f"-> {output}")
 
 
@@ -355,10 +360,13 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
               help="membrane potential after reset: half (θ_min/2, rounding), zero (the paper) or a number")
 @click.option("--task", type=click.Choice(["segmentation", "denoising"]), default=None,
               help="what the --arch model does (recorded in the SNN; sjunet checkpoints know it)")
+@click.option("--accept-gap", is_flag=True,
+              help="convert even when the instance/group/layer norms' fixed deviations cost the ANN more than the "
+                   "thresholds (pixel agreement < 0.98, or relative error > 0.1); `sjunet finetune` recovers most of it")
 @click.option("-o", "--output", default="runs/snn.safetensors", show_default=True, type=click.Path())
 @_force_option
 @_fail_cleanly
-def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, v_init, task, output, force):
+def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, v_init, task, accept_gap, output, force):
     """Convert the ANN into a Spiking-UNet with SpikingJelly's converter and the sjunet recipe."""
     from sjunet.recipe import ConversionOptions, convert as convert_fn
 
@@ -370,7 +378,7 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     _claim_output(output, force)
     ann, info = _load_ann(model, arch, arch_kwargs, weights)
     snn = convert_fn(ann, stats, norm=norm, neuron=neuron, thresholds=ladder, v_init=v_init,
-                     model_info=info.to_record())
+                     model_info=info.to_record(), accept_gap=accept_gap)
     snn.sjunet_task = info.task or ({"kind": task} if task else None)
     from sjunet.recipe import save_snn
 
@@ -378,6 +386,12 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     conv = snn.sjunet_conversion
     click.echo(f"converted ({norm}-wise, {neuron}): {len(conv['neurons'])} neuron layers, {len(conv['gains'])} gains, "
                f"{len(conv['dead_layers'])} dead-layer fallbacks -> {output}")
+    if conv.get("approximations"):
+        from sjunet.calibration.approximation import gap_line
+
+        gap = conv["approximation_gap"]
+        click.echo(gap_line({**gap, "nodes": conv["approximations"]})
+                   + (" — above the thresholds, accepted (--accept-gap)" if gap.get("accepted") else ""))
 
 
 @main.command()

@@ -461,7 +461,8 @@ def _batchnorm(gm: fx.GraphModule, blockers: list | None = None) -> None:
             _block(blockers, n, "BatchNorm without running statistics", str(e).replace("cannot convert ", "", 1))
 
 
-_NORM_FUNCTIONS = {F.instance_norm: "instance_norm", F.group_norm: "group_norm", F.layer_norm: "layer_norm"}
+_NORM_FUNCTIONS = {F.instance_norm: "instance_norm", F.group_norm: "group_norm", F.layer_norm: "layer_norm",
+                   torch.group_norm: "group_norm", torch.layer_norm: "layer_norm"}  # same argument order
 
 
 def _norm_chain(gm: fx.GraphModule, n: fx.Node, kind: str, groups: int, eps: float, weight, bias) -> None:

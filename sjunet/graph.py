@@ -47,15 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from sjunet.errors import UnsupportedGraphError  # re-exported: sjunet.graph.UnsupportedGraphError
 from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample, SpikingMaxPool2d
 
 SYNAPTIC_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 PASS_KINDS = ("pool", "maxpool", "resample", "pad")  # per-channel, unit passes through
-
-
-class UnsupportedGraphError(ValueError):
-    """The ANN contains an operation that has no faithful spiking counterpart here."""
 
 
 # ----------------------------------------------------------------------------------- tracing
@@ -548,9 +545,12 @@ _REMEDY = {
     "Tanh": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
     "Sigmoid": "only at the output can a sigmoid be applied to the decoded result; inside the network retrain with nn.ReLU",
     "Softmax": "only at the output can a softmax be applied to the decoded result",
-    "InstanceNorm2d": "its statistics depend on each input, so it cannot be folded into fixed weights; use BatchNorm2d and retrain",
-    "GroupNorm": "its statistics depend on each input, so it cannot be folded into fixed weights; use BatchNorm2d and retrain",
-    "LayerNorm": "its statistics depend on each input, so it cannot be folded into fixed weights; use BatchNorm2d and retrain",
+    "InstanceNorm2d": "sjunet converts instance/group/layer norm written as nn.InstanceNorm2d, nn.GroupNorm, "
+                      "nn.LayerNorm over (C, H, W), or F.instance_norm / F.group_norm / F.layer_norm with the "
+                      "model's own weights (a centring plus a deviation fixed from calibration); write it so",
+    "GroupNorm": "it is converted as nn.GroupNorm / F.group_norm with the model's own weights; write it so",
+    "LayerNorm": "it is converted over (C, H, W) with a per-channel affine (nn.LayerNorm, F.layer_norm); "
+                 "write it so, or use GroupNorm(1, C)",
     "LocalResponseNorm": "it divides by input-dependent values; remove it and retrain",
     "MultiheadAttention": "attention multiplies activations with each other, which rates cannot do; use a convolutional U-Net",
     "Linear": "fully connected layers are not supported in this U-Net converter; use a 1x1 Conv2d",

@@ -549,7 +549,7 @@ NeuronFactory = Callable[..., nn.Module]
 
 def refuse_signed(neuron: str, relu_name: str) -> None:
     """Raise the one-line refusal of a leaky ReLU / PReLU node by a neuron with no signed form."""
-    from sjunet.graph import UnsupportedGraphError
+    from sjunet.errors import UnsupportedGraphError
 
     raise UnsupportedGraphError(
         f"cannot convert node {relu_name!r}: a leaky ReLU / PReLU needs a signed neuron, and {neuron} neurons have "

@@ -20,7 +20,12 @@ accumulated over T steps, used by spiking-flow fine-tuning (:mod:`sjunet.flow`).
   ``x.mean((2, 3), keepdim=True)`` (global average pooling of PSP / ASPP / SE branches): linear,
   no bias, unit passes through, like ``AvgPool2d``.
 
-Every class has ``spec()`` (constructor arguments as plain data) so an SNN file rebuilds it
+* :class:`Center` — the mean subtraction of instance / group / layer norm (per sample, over a
+  group's channels and all positions): linear, no bias, exact per time step (spec §11).
+* :class:`Normalize` — the norm's division, per sample in the ANN (calibration), by a fixed σ̂
+  once set; never in an SNN: conversion folds 1/σ̂ into the affine after it.
+
+Every class but :class:`Normalize` has ``spec()`` (constructor arguments as plain data) so an SNN file rebuilds it
 without code from the file (:mod:`sjunet.snnfile`).
 """
 from __future__ import annotations

@@ -457,6 +457,35 @@ def test_regression_3gb_declared_gzip_dataset_refused_fast(base, names):
         assert "histogram" in str(err) and "bins" in str(err)
 
 
+def _heap_objects(raw: bytes) -> list[tuple[int, int, int]]:
+    """``(offset, index, size)`` of the objects of the file's first global heap collection."""
+    o = raw.index(b"GCOL\x01")
+    size = int.from_bytes(raw[o + 8:o + 16], "little")
+    p, out = o + 16, []
+    while p + 16 <= o + size:
+        idx, n = int.from_bytes(raw[p:p + 2], "little"), int.from_bytes(raw[p + 8:p + 16], "little")
+        out.append((p, idx, n))
+        p += 16 + (n + 7) // 8 * 8 if idx else n
+    return out
+
+
+@pytest.mark.parametrize("case", ["free-space-size-0", "object-overruns"])
+def test_regression_corrupt_global_heap_refused_not_hung(base, case):
+    """Found by the byte-flip fuzzer: a flipped bit that zeroes the size of a global heap's free
+    space made libhdf5 loop forever (native code: no timeout can stop it)."""
+    raw = bytearray(base.read_bytes())
+    objs = _heap_objects(bytes(raw))
+    if case == "free-space-size-0":
+        p = next(p for p, idx, n in objs if idx == 0)
+        raw[p + 8:p + 16] = (0).to_bytes(8, "little")
+    else:
+        p = next(p for p, idx, n in objs if idx > 0)
+        raw[p + 8:p + 16] = (1 << 40).to_bytes(8, "little")
+    with variant(base) as path:
+        path.write_bytes(bytes(raw))
+        assert "global heap" in str(refused(path))
+
+
 def test_regression_count_inf(base, names):
     with variant(base) as path:
         set_attr(path, f"nodes/{names[0]}", "count", math.inf)

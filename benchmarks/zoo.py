@@ -146,11 +146,14 @@ def _implemented_ann(snn):
     from torch import nn
 
     from sjunet.distill import Teacher
+    from sjunet.evaluation import size_multiple
 
     class ImplementedAnn(nn.Module):
         def __init__(self):
             super().__init__()
             self.teacher = Teacher(snn)
+            self.net = self.teacher.net  # registered, so .to(device) moves it
+            self.size_multiple = size_multiple(snn)
 
         def forward(self, x):
             with torch.no_grad():

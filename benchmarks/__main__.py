@@ -17,6 +17,7 @@ BENCHMARKS = {
     "ablation": (".paper_tables", "ablation"),
     "zoo": ".zoo",
     "peers": ".peer_table",
+    "calibration": ".calibration_cost",
 }
 
 

@@ -1,4 +1,4 @@
-"""Observing the ANN for calibration (spec §4): which tensors, the two passes, dead layers."""
+"""Observing the ANN for calibration (spec §4): which tensors, the one pass, dead layers."""
 from __future__ import annotations
 
 import warnings
@@ -10,9 +10,9 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from sjunet.calibration.approximation import FOLDS, DeviationStats, cross_validated_outputs, measure_gap, norm_nodes
-from sjunet.calibration.percentile import StreamingPercentile
+from sjunet.calibration.percentile import COARSE_BINS, DEFAULT_BUDGET, Budget, StreamingPercentile, top_capacity
 from sjunet.calibration.store import CalibrationStats, TensorStats, write_stats
-from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope, tensor_shapes
+from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope
 from sjunet.io import model_fingerprint, provenance
 
 
@@ -100,17 +100,25 @@ def calibrate(
     data_description: dict | None = None,
     device: str = "cpu",
     progress: bool = True,
+    max_buffer: int = DEFAULT_BUDGET,
 ) -> CalibrationStats:
     """Record whole-set activation statistics of ``model`` over ``data`` (spec §4).
 
     ``model``: any ``nn.Module`` the converter understands (sjunet's U-Net, MONAI, smp…).
-    ``data`` yields input batches (or ``(x, y)`` pairs). Two passes over it: ranges, then
-    histograms (percentile error ≤ one bin width of 1/nbins of the range). A tensor whose λ is
-    0 or not finite (a dead layer) gets the fallback of :func:`dead_layer_fallback`, recorded per
-    node (``fallback``, ``raw_percentile``) and, for ReLUs, warned about. Signed tensors (linear
+    ``data`` yields input batches (or ``(x, y)`` pairs). **One pass** over it: every recorded
+    tensor's p-th percentile (nearest rank, numpy's ``method="inverted_cdf"``) is found *exactly*
+    from a buffer of its largest values (:mod:`.percentile`: M = floor((1 − p/100)·N) + 2 values,
+    N = batches × the tensor's size in the first batch), with min, max, mean, count and a coarse
+    histogram in the same pass. Two cases take a second pass over the data, for the tensors
+    concerned only: a batch larger than the first broke the bound N where it mattered (the buffer
+    is sized again from the exact count: still exact), or the buffers would exceed ``max_buffer``
+    values together (huge sets, small p: those tensors fall back to a ``nbins``-bin histogram,
+    error ≤ one bin width, recorded per node as ``error_bound``). A tensor whose λ is 0 or not
+    finite (a dead layer) gets the fallback of :func:`dead_layer_fallback`, recorded per node
+    (``fallback``, ``raw_percentile``) and, for ReLUs, warned about. Signed tensors (linear
     stages, joins, concatenation parts) are measured by magnitude |x|: their λ is a unit, never
     negative. A leaky ReLU / PReLU (role ``relu`` like every neuron layer) is measured on |its
-    input| (:func:`signed_relus`). Instance / group / layer norms: pass 1 also fits each norm's
+    input| (:func:`signed_relus`). Instance / group / layer norms: the pass also fits each norm's
     fixed deviation σ̂ (stored per node as ``sigma``), and one more forward measures the gap that
     costs the ANN, cross-validated (``approximation``; :mod:`.approximation`). Writes HDF5 to
     ``output`` when given.
@@ -131,35 +139,50 @@ def calibrate(
     gm = tr.gm.to(device)
     nodes = recorded_nodes(gm)
     signed = signed_relus(gm)
-    est = {r.name: StreamingPercentile(nbins, positive_only,
+    budget = Budget(max_buffer)
+    est = {r.name: StreamingPercentile(p, n_batches, positive_only, nbins=nbins, budget=budget,
                                        magnitude=r.role not in ("input", "relu") or r.name in signed)
            for r in nodes}
-    feeds: dict[str, list[str]] = {}  # a leaky node's λ is measured on its input (signed_relus)
-    for name, src in signed.items():
-        feeds.setdefault(src, []).append(name)
-    norms = norm_nodes(gm)  # instance/group/layer norms: σ̂ fit during pass 1 (calibration.approximation)
+    # which estimators each node's output feeds: its own, and a leaky node's is its input (signed_relus)
+    targets: dict[str, list[str]] = {}
+    for r in nodes:
+        targets.setdefault(signed.get(r.name, r.name), []).append(r.name)
+    norms = norm_nodes(gm)  # instance/group/layer norms: σ̂ fit in the same pass (calibration.approximation)
     norm_of = {n.args[0].name: n.name for n in gm.graph.nodes if n.name in norms}
     folds = {k: [DeviationStats(m) for _ in range(FOLDS)] for k, m in norms.items()}  # sample i: fold i % FOLDS
-    offset = [0]  # index of the batch's first sample (pass 1)
-    input_shape = None
-    for pass_no, method in ((1, "observe_range"), (2, "observe_hist")):
-        def cb(name, out, method=method):
-            if pass_no == 1 and name in norm_of:
-                fold = torch.arange(offset[0], offset[0] + out.shape[0], device=out.device) % FOLDS
-                for f, d in enumerate(folds[norm_of[name]]):
-                    d.add(out[fold == f])
-            if name in est and name not in signed:
-                getattr(est[name], method)(out)
-            for leaky in feeds.get(name, ()):
-                getattr(est[leaky], method)(out)
-        rec = Recorder(gm, cb)
-        it = _batches_of(data)
-        with torch.no_grad():
-            for _ in tqdm(range(n_batches), desc=f"calibrate pass {pass_no}/2", disable=not progress):
-                x = next(it).to(device)
-                input_shape = list(x.shape)
-                rec.run(x)
-                offset[0] += x.shape[0]
+    out_name = _output_name(gm)
+    seen = {"offset": 0, "input_shape": None, "output_shape": None}
+
+    def observe(name, out):
+        if name in norm_of:
+            fold = torch.arange(seen["offset"], seen["offset"] + out.shape[0], device=out.device) % FOLDS
+            for f, d in enumerate(folds[norm_of[name]]):
+                d.add(out[fold == f])
+        for t in targets.get(name, ()):
+            est[t].observe(out)
+        if name == out_name and isinstance(out, torch.Tensor):
+            seen["output_shape"] = list(out.shape[1:])
+
+    _run(gm, observe, data, n_batches, device, seen, "calibrate" if progress else None)
+
+    # the second pass, only where the one pass could not give the exact percentile
+    redo: dict[str, StreamingPercentile] = {}
+    for name, e in est.items():
+        if not e.exact():
+            if e.capacity and budget.take(top_capacity(p, e.seen)):  # the bound N failed: size it exactly
+                redo[name] = StreamingPercentile(p, positive_only=positive_only, nbins=nbins,
+                                                 magnitude=e.magnitude, capacity=top_capacity(p, e.seen))
+            else:
+                redo[name] = e  # the histogram fallback: observe_hist
+    if redo:
+        def second(name, out):
+            for t in targets.get(name, ()):
+                if t in redo:
+                    r = redo[t]
+                    r.observe(out) if r is not est[t] else r.observe_hist(out)
+        _run(gm, second, data, n_batches, device, {"offset": 0}, "calibrate, pass 2" if progress else None)
+        est.update(redo)
+
     stats = {}
     dead = []
     for r in nodes:
@@ -168,29 +191,46 @@ def calibrate(
         lam, fallback = (raw, None) if r.role == "input" else dead_layer_fallback(raw, e.max)
         if fallback and r.role == "relu":
             dead.append(f"{r.name} ({r.role}: p{p:g} = {raw:.3g}, max = {e.max:.3g} -> λ = {lam:.3g})")
-        counts, edges = e.coarse_histogram() if e.hist is not None else (torch.zeros(0).numpy(), torch.zeros(1).numpy())
+        counts, edges = e.coarse_histogram()
         stats[r.name] = TensorStats(
             name=r.name, role=r.role, percentile=lam, p=p, max=e.max, min=e.min, mean=e.mean,
-            count=e.count, channels=int(e.channels or 0), error_bound=e.error_bound() if e.count else 0.0,
+            count=e.count, channels=int(e.channels or 0), error_bound=e.error_bound(p) if e.count else 0.0,
             histogram=counts, bin_edges=edges, fallback=fallback, raw_percentile=raw)
     if dead:
         warnings.warn(f"{len(dead)} tensor(s) never or almost never fire on the calibration data (dead layers: "
                       f"zero in the ANN and the SNN alike); fallback scales used: {'; '.join(dead)}", stacklevel=2)
     approximation = _approximation(gm, tr.post, norms, folds, data, n_batches, device, stats) if norms else None
-    shapes = tensor_shapes(gm.cpu(), input_shape)
+    gm.cpu()
+    exact = all(t.error_bound == 0 for t in stats.values())
     prov = provenance()
     result = CalibrationStats(
         nodes=stats, model_fingerprint=model_fingerprint(model), p=p,
-        data={**(data_description or {}), "batches": n_batches, "input_shape": input_shape},
+        data={**(data_description or {}), "batches": n_batches, "input_shape": seen["input_shape"]},
         options={"p": p, "positive_only": positive_only, "nbins": nbins, "estimator":
-                 "two-pass histogram, nearest-rank, |error| <= (max-min(0,min))/nbins",
+                 "one pass, exact nearest-rank (numpy inverted_cdf): the floor((1-p/100)*N)+2 largest values kept "
+                 "per tensor, error 0" + ("" if exact else
+                 "; over the buffer budget: two-pass histogram, |error| <= (max-min(0,min))/nbins (error_bound)"),
+                 "histogram": f"coarse, for plots: at most {COARSE_BINS} bins of width 2^e, merged as the range grows",
                  "dead_layer_fallback": "lambda = max if max > 0 else 1"},
         versions=prov["versions"], created=prov["created"],
-        graph={"nodes": len(gm.graph.nodes), "output_shape": list(shapes.get(_output_name(gm), ()))},
+        graph={"nodes": len(gm.graph.nodes), "output_shape": seen["output_shape"] or []},
         approximation=approximation)
     if output is not None:
         write_stats(result, output)
     return result
+
+
+def _run(gm: fx.GraphModule, callback, data, n_batches: int, device, seen: dict, desc: str | None) -> None:
+    """One forward pass of ``gm`` over the first ``n_batches`` batches, every node's output handed to
+    ``callback(name, value)``; keeps the sample offset and the last input shape in ``seen``."""
+    rec = Recorder(gm, callback)
+    it = _batches_of(data)
+    with torch.no_grad():
+        for _ in tqdm(range(n_batches), desc=desc, disable=desc is None):
+            x = next(it).to(device)
+            seen["input_shape"] = list(x.shape)
+            rec.run(x)
+            seen["offset"] += x.shape[0]
 
 
 def _approximation(gm: fx.GraphModule, post: list, norms: dict, folds: dict, data, n_batches: int, device,

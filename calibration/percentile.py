@@ -1,16 +1,36 @@
-"""Whole-set percentile estimation in two streaming passes (spec §4).
+"""Whole-set percentile estimation in one streaming pass, exact (spec §4).
 
-Pass 1 (:meth:`StreamingPercentile.observe_range`) accumulates min, max, sum and count.
-Pass 2 (:meth:`StreamingPercentile.observe_hist`) counts values into ``nbins`` equal bins over
-``[min(0, min), max]`` with exact integer counts (``torch.bincount``).
+The percentile is the nearest-rank order statistic x_(k) of the n values seen, k = ceil(p/100 · n)
+(numpy's ``np.percentile(values, p, method="inverted_cdf")``). :class:`StreamingPercentile` finds it
+**exactly** in one pass, keeping the ``capacity`` largest values seen so far.
 
-The percentile is the nearest-rank order statistic x_(k), k = ceil(p/100 · n) (numpy's
-``method='inverted_cdf'``). The estimate interpolates linearly inside the bin holding x_(k), so
+Why a small buffer suffices. x_(k) is the m-th *largest* value, m = n − k + 1. Since
+k = ceil(q·n) ≥ q·n (q = p/100), m ≤ (1 − q)·n + 1: for p = 99.9 a thousandth of the data. For
+every n' ≤ N, m(n') ≤ (1 − q)·N + 1 < floor((1 − q)·N) + 2 =: M (:func:`top_capacity`; the + 2
+also absorbs rounding of (1 − q)·N), so a buffer of M values serves any count up to an upper
+bound N known up front — :func:`sjunet.calibration.calibrate` takes N = (number of batches) ×
+(the node's numel in the first batch) and checks the bound afterwards (:meth:`exact`).
 
-    |λ̂ − x_(k)| ≤ bin width = (max − min(0, min)) / nbins            (the stated error bound)
+Invariant (proof by induction over batches): after each batch the buffer holds, as a multiset of
+*values*, the top-min(M, seen) values of everything seen. Empty at the start. A batch B arrives
+with buffer T = top-M(S) of the values S seen before. (i) top-M(S ∪ B) = top-M(T ∪ B): a value of
+S outside T has M values of S at least as large in T, so it is not needed among the top M of
+S ∪ B (up to ties, which leave the multiset of values unchanged). (ii) When T is full with
+smallest value t, a value v ≤ t of B is not needed either: T already holds M values ≥ v. So the
+update keeps top-M(T ∪ B[B > t]) — one comparison over the batch, then a ``topk`` over the few
+survivors and the buffer. At the end, if m ≤ M (or nothing was ever dropped: n ≤ M) the m-th
+largest value of the buffer *is* x_(k): the estimate has error 0 (:meth:`error_bound`).
 
-which :meth:`StreamingPercentile.error_bound` returns and the tests check against numpy on the
-concatenated data. With the default 2^16 bins that is 1.5e-5 of the range.
+When the bound N fails (a later batch larger than the first) :meth:`exact` says whether x_(k)
+is still held (m ≤ M); where not, ``calibrate`` observes that tensor again in a second pass with
+M from its exact count — exact again. A buffer larger than what :class:`Budget` allows (huge
+calibration sets, or small p: M ≈ (1 − q)·n) gets capacity 0: that tensor then needs the second
+pass :meth:`StreamingPercentile.observe_hist`, the earlier estimator — ``nbins`` equal bins over
+[min(0, min), max], exact integer counts, linear interpolation in the bin of x_(k), error ≤ one
+bin width. :meth:`exact` is False then, and :meth:`error_bound` returns that bin width.
+
+The same pass keeps min, max, the sum (float64) and count, and a coarse histogram for plots
+(:class:`CoarseHistogram`).
 """
 from __future__ import annotations
 
@@ -19,49 +39,206 @@ import math
 import numpy as np
 import torch
 
-_CHUNK = 1 << 22
+_CHUNK = 1 << 22  # values per histogram call: float32 counts stay exact (< 2^24)
+#: default total number of buffered values of one calibration (all nodes together): 256 MiB of float32
+DEFAULT_BUDGET = 1 << 26
+#: bins of the coarse histogram stored for plots (at most)
+COARSE_BINS = 256
+
+
+def top_capacity(p: float, n: int) -> int:
+    """M: a buffer size holding the m-th largest value, m = n' − ceil(p/100·n') + 1, for every
+    count n' ≤ ``n`` (see the module docstring); never more than ``n``."""
+    n = int(n)
+    return min(n, math.floor((1.0 - p / 100.0) * n) + 2) if n > 0 else 0
+
+
+def nearest_rank(p: float, n: int) -> int:
+    """k = ceil(p/100 · n) (at least 1): the 1-based rank of the nearest-rank percentile."""
+    return max(1, math.ceil(p / 100.0 * n))
+
+
+class Budget:
+    """Values the top buffers of one calibration may hold together; a node whose buffer does not
+    fit falls back to the two-pass histogram (it asks once, at its first batch)."""
+
+    def __init__(self, values: int = DEFAULT_BUDGET) -> None:
+        self.left = int(values)
+
+    def take(self, n: int) -> bool:
+        if n <= self.left:
+            self.left -= n
+            return True
+        return False
+
+
+class CoarseHistogram:
+    """A histogram of at most ``bins`` bins for plots, in one pass over data whose range grows.
+
+    Bins are [i·w, (i+1)·w) for integers i, w = 2^e, covering [min(0, min), max(0, max)]. When the
+    range outgrows ``bins`` bins, e increases and bin pairs merge (bin i -> i >> d): bins of width
+    2^(e+d) are unions of bins of width 2^e, so the merge is exact and the result does not depend on
+    where the range grew. Counts total exactly the values observed; a value within float32
+    rounding of a bin edge may be counted in the neighbouring bin (``torch.histc``). Plots only.
+    """
+
+    def __init__(self, bins: int = COARSE_BINS) -> None:
+        if bins < 2:
+            raise ValueError(f"bins must be >= 2, got {bins}")
+        self.bins = int(bins)
+        self.e: int | None = None  # bin width 2^e, once the range is not just {0}
+        self.a = 0  # index of the first bin
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.lo = 0.0
+        self.hi = 0.0
+        self.zeros = 0  # values observed while every value was 0 (no width chosen yet)
+
+    def _nbins(self, e: int) -> int:
+        return math.floor(math.ldexp(self.hi, -e)) + 1 - math.floor(math.ldexp(self.lo, -e))
+
+    def add(self, v: torch.Tensor, vmin: float, vmax: float) -> None:
+        """Count the values of the flat float tensor ``v`` whose min and max are ``vmin``/``vmax``."""
+        self.lo, self.hi = min(self.lo, vmin), max(self.hi, vmax)
+        if self.hi <= self.lo:  # only zeros so far
+            self.zeros += v.numel()
+            return
+        e = math.ceil(math.log2((self.hi - self.lo) / self.bins)) if self.e is None else self.e
+        while self._nbins(e) > self.bins:
+            e += 1
+        w = math.ldexp(1.0, e)
+        a = math.floor(math.ldexp(self.lo, -e))
+        nb = self._nbins(e)
+        self._rebin(e, a, nb)
+        lo, hi = a * w, (a + nb) * w
+        for start in range(0, v.numel(), _CHUNK):
+            c = torch.histc(v[start:start + _CHUNK], bins=nb, min=lo, max=hi)
+            self.counts += c.to(torch.int64).cpu().numpy()
+        if self.zeros:
+            self.counts[-a] += self.zeros  # bin [0, w)
+            self.zeros = 0
+
+    def _rebin(self, e: int, a: int, nb: int) -> None:
+        new = np.zeros(nb, dtype=np.int64)
+        if self.e is not None and len(self.counts):
+            idx = (np.arange(self.a, self.a + len(self.counts)) >> (e - self.e)) - a
+            np.add.at(new, idx, self.counts)
+        self.e, self.a, self.counts = e, a, new
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(counts, edges)``: at most ``bins`` counts and one more edge (one bin [0, 1) while every
+        value was 0; none when nothing was observed)."""
+        if self.e is None:
+            if not self.zeros:
+                return np.zeros(0, dtype=np.int64), np.zeros(1)
+            return np.array([self.zeros], dtype=np.int64), np.array([0.0, 1.0])
+        edges = (self.a + np.arange(len(self.counts) + 1)) * math.ldexp(1.0, self.e)
+        return self.counts.copy(), edges
 
 
 class StreamingPercentile:
-    """Two-pass whole-set percentile, min/max/mean/count and a histogram of one tensor stream."""
+    """Whole-set nearest-rank percentile (exact, one pass), min/max/mean/count and a coarse
+    histogram of one tensor stream (see the module docstring).
 
-    def __init__(self, nbins: int = 1 << 16, positive_only: bool = False, magnitude: bool = False) -> None:
+    ``p``: the percentile the buffer is sized for. ``batches``: how many batches will be observed;
+    the buffer is sized at the first batch for ``batches`` × its size values (an upper bound the
+    calibration checks: :meth:`exact`); None keeps every value (exact for any p; tests, small data).
+    ``budget``: a shared :class:`Budget` (None: unlimited). ``nbins``: bins of the fallback
+    histogram (:meth:`observe_hist`). ``positive_only``: only values > 0 count. ``magnitude``:
+    observe |x| (the scale of a signed tensor: a linear stage, a residual join). ``capacity``:
+    the buffer size itself (instead of one from ``batches``), e.g. :func:`top_capacity` of a
+    count known from an earlier pass.
+    """
+
+    def __init__(self, p: float = 99.9, batches: int | None = None, positive_only: bool = False,
+                 magnitude: bool = False, nbins: int = 1 << 16, budget: Budget | None = None,
+                 coarse_bins: int = COARSE_BINS, capacity: int | None = None) -> None:
+        if not 0 < p <= 100:
+            raise ValueError(f"percentile p must be in (0, 100], got {p}")
         if nbins < 2:
             raise ValueError(f"nbins must be >= 2, got {nbins}")
+        self.p = float(p)
+        self.batches = batches
         self.nbins = int(nbins)
         self.positive_only = positive_only
-        #: take |x| (the scale of a signed tensor: a linear stage, a residual join)
         self.magnitude = magnitude
-        self.count = 0
+        self.budget = budget
+        self.count = 0  # values counted (after positive_only)
+        self.seen = 0  # elements observed (before positive_only): what the buffer bound is about
         self.total = 0.0
         self.min = math.inf
         self.max = -math.inf
         self.channels: int | None = None
-        self.hist: np.ndarray | None = None
+        self._fixed = capacity
+        self.capacity: int | None = None  # decided at the first batch; 0: histogram fallback, -1: unbounded
+        self.dropped = False  # whether a value ever left (or never entered) a full buffer
+        self._top: torch.Tensor | None = None
+        self._thr: float | None = None  # the smallest buffered value, once the buffer is full
+        self.coarse = CoarseHistogram(coarse_bins)
+        self.hist: np.ndarray | None = None  # fallback histogram (observe_hist)
 
-    # -- pass 1 ---------------------------------------------------------------------------
+    # -- the one pass ---------------------------------------------------------------------
     def _values(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().reshape(-1)
+        v = x.detach().reshape(-1)
+        if v.dtype != torch.float32 and v.dtype != torch.float64:
+            v = v.float()
         if self.magnitude:
-            x = x.abs()
+            v = v.abs()
         if self.positive_only:
-            x = x[x > 0]
-        return x.float()
+            v = v[v > 0]
+        return v
 
-    def observe_range(self, x: torch.Tensor) -> None:
+    def observe(self, x: torch.Tensor) -> None:
+        """One batch: count, sum, min, max, the coarse histogram and the top buffer."""
         if x.dim() >= 2:
             self.channels = int(x.shape[1])
+        numel = x.numel()
+        if self.capacity is None:
+            self.capacity = self._capacity(numel)
+        self.seen += numel
         v = self._values(x)
         if v.numel() == 0:
             return
-        if not torch.isfinite(v).all():
+        s = float(v.sum(dtype=torch.float64))
+        if not math.isfinite(s):  # float32 values cannot overflow a float64 sum: a NaN or inf is there
             raise ValueError("non-finite activation values (NaN/inf) while calibrating")
+        lo, hi = torch.aminmax(v)
+        lo, hi = float(lo), float(hi)
         self.count += v.numel()
-        self.total += float(v.double().sum())
-        self.min = min(self.min, float(v.min()))
-        self.max = max(self.max, float(v.max()))
+        self.total += s
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.coarse.add(v, lo, hi)
+        if self.capacity:
+            self._keep_top(v, hi)
 
-    # -- pass 2 ---------------------------------------------------------------------------
+    observe_range = observe  # the first of the two passes of the histogram estimator
+
+    def _capacity(self, numel: int) -> int:
+        if self._fixed is None and self.batches is None:
+            return -1  # unbounded
+        cap = top_capacity(self.p, self.batches * numel) if self._fixed is None else int(self._fixed)
+        if self.budget is not None and not self.budget.take(cap):
+            return 0
+        return cap
+
+    def _keep_top(self, v: torch.Tensor, vmax: float) -> None:
+        cap = self.capacity
+        if self._thr is not None:  # full: only values above its smallest can enter (invariant (ii))
+            if vmax <= self._thr:
+                self.dropped = True
+                return
+            v = v[v > self._thr]
+            self.dropped = True
+        merged = v if self._top is None else torch.cat([self._top, v])
+        if 0 < cap < merged.numel():  # invariant (i): the top M of the buffer and the batch
+            merged = merged.topk(cap, sorted=False).values
+            self.dropped = True
+        elif merged is v:
+            merged = v.clone()  # v may be a view of the activation
+        self._top = merged
+        if merged.numel() == cap:
+            self._thr = float(merged.min())
+
+    # -- the fallback's second pass -------------------------------------------------------
     @property
     def lo(self) -> float:
         return min(0.0, self.min)
@@ -75,6 +252,8 @@ class StreamingPercentile:
         return (self.hi - self.lo) / self.nbins
 
     def observe_hist(self, x: torch.Tensor) -> None:
+        """Second pass of the histogram fallback (only where :meth:`exact` is False): counts into
+        ``nbins`` equal bins over [min(0, min), max] from the first pass."""
         if self.count == 0:
             return
         if self.hist is None:
@@ -90,15 +269,31 @@ class StreamingPercentile:
     def mean(self) -> float:
         return self.total / self.count if self.count else float("nan")
 
-    def percentile(self, p: float) -> float:
-        """The p-th percentile (nearest rank), within :meth:`error_bound` of the exact value."""
+    def exact(self, p: float | None = None) -> bool:
+        """Whether the buffer holds the p-th percentile (default: the ``p`` it was sized for):
+        nothing was dropped, or the rank from the top m = n − k + 1 is within the buffer."""
+        p = self.p if p is None else p
+        if self.count == 0:
+            return True
+        if not self.capacity or self._top is None:
+            return False
+        return not self.dropped or self.count - nearest_rank(p, self.count) + 1 <= self._top.numel()
+
+    def percentile(self, p: float | None = None) -> float:
+        """The p-th percentile, nearest rank: exact where :meth:`exact`, else from the fallback
+        histogram within :meth:`error_bound`."""
+        p = self.p if p is None else p
         if self.count == 0:
             return float("nan")
+        if self.exact(p):
+            m = self.count - nearest_rank(p, self.count) + 1  # x_(k) is the m-th largest
+            return float(self._top.topk(m).values[-1])
         if self.hist is None:
-            raise RuntimeError("percentile() needs the histogram pass (observe_hist) first")
+            raise RuntimeError("the top buffer does not hold this percentile: it needs the histogram pass "
+                               "(observe_hist) first")
         if int(self.hist.sum()) != self.count:
-            raise RuntimeError("the histogram pass saw different data than the range pass")
-        k = max(1, math.ceil(p / 100.0 * self.count))  # 1-based rank of x_(k)
+            raise RuntimeError("the histogram pass saw different data than the first pass")
+        k = nearest_rank(p, self.count)
         cum = np.cumsum(self.hist)
         b = int(np.searchsorted(cum, k))  # first bin whose cumulative count reaches k
         before = int(cum[b - 1]) if b > 0 else 0
@@ -106,15 +301,11 @@ class StreamingPercentile:
         est = self.lo + (b + frac) * self.bin_width
         return float(min(max(est, self.min), self.max))  # the exact value lies in [min, max]
 
-    def error_bound(self) -> float:
-        """Upper bound of |estimate − exact nearest-rank percentile|: one bin width."""
-        return self.bin_width
+    def error_bound(self, p: float | None = None) -> float:
+        """Upper bound of |estimate − exact nearest-rank percentile|: 0 where :meth:`exact`, else
+        one bin width of the fallback histogram."""
+        return 0.0 if self.exact(p) else self.bin_width
 
-    def coarse_histogram(self, bins: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Histogram for plots: ``bins`` counts (fine bins summed) and their ``bins+1`` edges."""
-        assert self.hist is not None
-        factor = max(1, self.nbins // bins)
-        n = self.nbins // factor
-        counts = self.hist[: n * factor].reshape(n, factor).sum(1)
-        edges = self.lo + np.arange(n + 1) * factor * self.bin_width
-        return counts, edges
+    def coarse_histogram(self) -> tuple[np.ndarray, np.ndarray]:
+        """Histogram for plots: ``(counts, edges)`` (:class:`CoarseHistogram`)."""
+        return self.coarse.result()

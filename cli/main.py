@@ -126,13 +126,31 @@ model_opts = [
     click.option("--arch", default=None, help="your own U-Net: package.module:factory, e.g. monai.networks.nets:BasicUNet"),
     click.option("--arch-kwargs", default=None, help="JSON keyword arguments of the --arch factory"),
     click.option("--weights", type=click.Path(), default=None, help="state_dict file of the --arch model (weights only)"),
+    click.option("--random-weights", is_flag=True,
+                 help="with --arch and no --weights: use the randomly initialised model on purpose (benchmarks)"),
 ]
+
+#: the one-line refusal of --arch without --weights (a random model converts and evaluates "fine")
+ARCH_NEEDS_WEIGHTS = ("--arch needs --weights (a state_dict file): without it the model has random weights "
+                      "(pass --random-weights to use them on purpose, e.g. for benchmarks)")
 
 
 def _model_options(fn):
+    """-m/--arch/--arch-kwargs/--weights/--random-weights; refuses --arch without --weights (one line)
+    unless --random-weights, before anything else runs. The command itself never sees ``random_weights``."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, random_weights=False, **k):
+        if k.get("arch") is not None and k.get("weights") is None and k.get("model") is None and not random_weights:
+            raise InputError(ARCH_NEEDS_WEIGHTS)
+        if random_weights and (k.get("arch") is None or k.get("weights") is not None or k.get("model") is not None):
+            raise InputError("--random-weights goes with --arch alone (no --weights, no -m)")
+        return fn(*a, **k)
+
     for option in reversed(model_opts):
-        fn = option(fn)
-    return fn
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def _force_option(fn):
@@ -183,9 +201,12 @@ def _budget_options(fn):
     """--max-minutes, --max-iters, --val-every, --resume and --force (shared by train and finetune)."""
     for option in reversed([
         click.option("--max-minutes", type=float, default=None,
-                     help="time budget: stop at the first iteration past it, validate and save (--resume continues)"),
+                     help="time budget of the training (and of finetune's lr-auto trials, at most a quarter of it); "
+                          "loading the data and validating the input are not counted: stop at the first iteration "
+                          "past it, validate and save (--resume continues)"),
         click.option("--max-iters", type=int, default=None,
-                     help="iteration budget, counted from the start of the run (any epoch size)"),
+                     help="iteration budget, counted from the start of the run (any epoch size); finetune's lr-auto "
+                          "trials count against it (at most a quarter; skipped when too small)"),
         click.option("--val-every", type=int, default=None, help="validate every N iterations (default: each epoch)"),
         click.option("--resume", is_flag=True, help="continue from <output>.last.pt, e.g. runs/ann.pt.last.pt (bit-identical to an uninterrupted run)"),
         click.option("--force", is_flag=True, help="replace an existing output (default: refuse it)"),
@@ -211,10 +232,27 @@ def _is_main() -> bool:
 
 
 def _stop_note(s: dict) -> str:
-    if s.get("stopped") in (None, "epochs"):
-        return ""
-    flag = {"max_iters": "--max-iters", "max_minutes": "--max-minutes"}[s["stopped"]]
-    return f"stopped by {flag} at step {s['step']} (--resume continues)\n"
+    """Why the run stopped and where its time went (two lines), e.g. ``stopped: --epochs 10 reached after
+    30 iterations (before --max-iters 100)``."""
+    lines = [s["stopped_message"]] if s.get("stopped_message") else []
+    t = s.get("timing") or {}
+    if t:
+        parts = [("set-up", "setup"), ("validation of the input", "baseline_validation"), ("lr trials", "lr_trials"),
+                 ("training", "training")]
+        lines.append("time: " + ", ".join(f"{name} {t[k]:.2f} min" for name, k in parts
+                                          if k in t and (k != "baseline_validation" or s.get("baseline")))
+                     + " (--max-minutes and --max-iters count lr trials and training only)")
+    return "".join(line + "\n" for line in lines)
+
+
+def _headline(s: dict, entry: dict) -> str:
+    return f"validation {s.get('metric', 'score')} {entry['score']:.4f}"
+
+
+class_weights_opt = click.option(
+    "--class-weights", default="auto", show_default=True,
+    help="segmentation loss weights: auto (inverse class frequency of the training labels when a binary task's "
+         "foreground is under 20% of the pixels, else none), none, or w1,w2 (one per class); training only")
 
 
 @main.command()
@@ -245,19 +283,23 @@ def _stop_note(s: dict) -> str:
               help="with --spiking: the training-time neuron (mt: multi-threshold; ml: multi-level; rs: real spike; "
                    "lif: Spiking-FCN's)")
 @click.option("--T", "T", type=int, default=4, show_default=True, help="with --spiking: time steps")
+@class_weights_opt
 @_budget_options
 @opt_opt
 @_fail_cleanly
 def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth, batch_norm, up_relu, pool, arch,
-          arch_kwargs, schedule, warmup, grad_clip, seed, device, spiking, neuron, T, max_minutes, max_iters,
-          val_every, resume, force, opt):
+          arch_kwargs, schedule, warmup, grad_clip, seed, device, spiking, neuron, T, class_weights, max_minutes,
+          max_iters, val_every, resume, force, opt):
     """Train the ANN U-Net (or, with --spiking, a Spiking-UNet directly); keeps the best checkpoint on the
     validation split."""
     from sjunet.io import check_writable
     from sjunet.models.external import parse_arch_kwargs
     from sjunet.training import TrainOptions, train as train_fn
 
+    from sjunet.tasks import parse_class_weights
+
     dataset_options = _dataset_options(dataset, opt)
+    parse_class_weights(class_weights)
     if spiking:
         _check_T([T])
     check_writable(output)
@@ -275,22 +317,23 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
                               arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
                               max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                               grad_clip=grad_clip if grad_clip is not None else 1.0,
-                              dataset_options=dataset_options)
+                              dataset_options=dataset_options, class_weights=class_weights)
         s = _run_loop(train_spiking, dopts, resume=resume, force=force)
         best = s["best"]
         if _is_main():
-            click.echo(f"{_stop_note(s)}best: {best['at']} (score {best['score']:.4f}): {json.dumps(best['val'])}"
+            click.echo(f"{_stop_note(s)}best: {best['at']} ({_headline(s, best)}): {json.dumps(best['val'])}"
                        f"  -> {output}")
         return
     opts = TrainOptions(dataset=dataset, data=data, output=output, epochs=epochs, batch_size=batch_size, lr=lr,
                         optimizer=optimizer, width=width, depth=depth, batch_norm=batch_norm, up_relu=up_relu,
                         pool=pool, arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), seed=seed, device=device,
                         max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
-                        dataset_options=dataset_options, schedule=schedule, warmup=warmup, grad_clip=grad_clip)
+                        dataset_options=dataset_options, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
+                        class_weights=class_weights)
     s = _run_loop(train_fn, opts, resume=resume, force=force)
     best = s["best"]
     if _is_main():
-        click.echo(f"{_stop_note(s)}best: {best['at']} (score {best['score']:.4f}): {json.dumps(best['val'])}"
+        click.echo(f"{_stop_note(s)}best: {best['at']} ({_headline(s, best)}): {json.dumps(best['val'])}"
                    f"  -> {output}")
 
 
@@ -408,55 +451,82 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
                    "chunks of --chunk steps; try it on a GPU)")
 @click.option("--chunk", default=4, show_default=True)
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images")
+@click.option("--protocol", type=click.Choice(["whole", "tiled", "patch"]), default="whole", show_default=True,
+              help="whole: each image padded to the size rule and run once (tiled only when over the memory budget); "
+                   "tiled: always in tiles; patch: the paper's overlapping windows, averaged (--patch, --stride)")
+@click.option("--patch", type=int, default=None, help="--protocol patch: window side (default: the dataset's, DRIVE 48)")
+@click.option("--stride", type=int, default=None, help="--protocol patch: window step, 1..--patch (default: the dataset's, DRIVE 16)")
+@click.option("--tile", type=int, default=None, help="tile core side in pixels (default: from the memory budget)")
+@click.option("--tile-overlap", type=int, default=None,
+              help="margin of a tile in pixels, rounded up to the size rule (default 32; the receptive field's radius "
+                   "makes tiles equal whole images)")
+@click.option("--max-pixels", type=int, default=None,
+              help="input pixels per network call above which an image is tiled (default: 2^26 activation elements, "
+                   "or a quarter of a GPU's free memory, over the network's largest activation (+ an SNN's state) "
+                   "per pixel)")
+@click.option("--pad", type=click.Choice(["reflect", "zero"]), default=None,
+              help="padding up to the size rule (default: reflect; zero for --protocol patch)")
 @click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @_force_option
 @opt_opt
 @_fail_cleanly
-def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, limit, output,
-             device, force, opt):
-    """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN); under torchrun the images
-    are split across the processes and the metrics merged."""
+def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, limit, protocol,
+             patch, stride, tile, tile_overlap, max_pixels, pad, output, device, force, opt):
+    """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN) on whole images (or tiles, or
+    the paper's patches: --protocol); under torchrun the images are split across the processes and the
+    metrics merged."""
     from sjunet import distributed
     from sjunet.data import get_dataset
-    from sjunet.evaluation import check_compatible, check_options, evaluate as evaluate_fn
+    from sjunet.evaluation import (check_compatible, check_options, check_protocol, evaluate as evaluate_fn,
+                                   make_protocol, size_multiple)
     from sjunet.io import file_fingerprint, provenance, write_json
 
     distributed.init(device)
     device = distributed.device_for(device)  # "auto" resolved, a GPU per rank under torchrun
     T = _steps(T, more_t)
     check_options(T, chunk, limit)
+    window = dict(tile=tile, overlap=tile_overlap, max_pixels=max_pixels, patch=patch, stride=stride, pad=pad)
+    defaults = type("Defaults", (), {"eval_patch": (patch or 48, min(16, patch or 48)), "name": dataset})
+    make_protocol(protocol, defaults, **window)  # the options alone, before any work
     if snn is None and model is None and arch is None:
         raise InputError("give --model/--arch (an ANN), --snn (a converted SNN) or both")
     if snn is not None:
         _check_T(T)
     dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
-    from sjunet.recipe import load_snn
+    from sjunet.recipe import load_snn, snn_size_multiple
 
     net, rec = load_snn(snn) if snn is not None else (None, None)
     ann, info = _load_ann(model, arch, arch_kwargs, weights, required=False)
     ds = get_dataset(dataset, data, split, **dataset_options)
+    proto = make_protocol(protocol, ds, **window)  # --patch/--stride default to the dataset's eval_patch
     result: dict = {"split": split}
     if ann is not None:
         check_compatible(ds, *_ann_channels(ann, info), info.task, what="the ANN")
-        _check_fits(ds, ann, padded=True, what="the ANN")
+        if proto.name == "patch":  # whole images and tiles are padded to the size rule: any size passes
+            try:
+                multiple = size_multiple(ann, ds.in_channels)
+            except Exception:  # noqa: BLE001 - unknown multiple: the evaluation's own check applies
+                multiple = 1
+            check_protocol(proto, multiple)
         result["model"] = info.to_record()
     if net is not None:
         conv = rec.get("conversion") or {}
         check_compatible(ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"), what="the SNN")
-        _check_fits(ds, net, padded=True, what="the SNN")
+        check_protocol(proto, snn_size_multiple(net, rec))
         if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
             raise InputError(f"{snn} was converted from model {conv.get('ann_fingerprint')}, not from this ANN "
                              f"({info.fingerprint}); pixel agreement would be meaningless")
         result["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
                          "mode": mode, "chunk": chunk, "device": device}
-    result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device))
+    result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device, protocol=proto))
     result["provenance"] = provenance()
     if distributed.world().main:
         if output is not None:
             write_json(result, output)
         click.echo(format_result(result))
+        click.echo("protocol: " + json.dumps(result["protocol"]))
 
 
 def _steps(T: tuple[str, ...], more: tuple[int, ...]) -> list[int]:
@@ -509,18 +579,21 @@ def format_result(r: dict) -> str:
 @click.option("--chunk", default=1, show_default=True, help="steps per multi-step chunk of the no-grad simulation (1: single-step mode, memory independent of T)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
+@class_weights_opt
 @_budget_options
 @opt_opt
 @_fail_cleanly
 def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, schedule, loss, layer_weight, warmup,
-             grad_clip, energy_penalty, method, chunk, seed, device, max_minutes, max_iters, val_every, resume, force,
-             opt):
+             grad_clip, energy_penalty, method, chunk, seed, device, class_weights, max_minutes, max_iters, val_every,
+             resume, force, opt):
     """Fine-tune a converted SNN with spiking flow; the output is the best of the input and every validation."""
     from sjunet.flow import FinetuneOptions, finetune as finetune_fn
     from sjunet.io import check_writable
+    from sjunet.tasks import parse_class_weights
 
     _check_T([T])
     dataset_options = _dataset_options(dataset, opt)
+    parse_class_weights(class_weights)
     check_writable(output)
     if lr is not None and lr != "auto":
         try:
@@ -532,7 +605,7 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
     opts = FinetuneOptions(snn=snn, dataset=dataset, data=data, output=output, T=T, epochs=epochs,
                            batch_size=batch_size, optimizer=optimizer, schedule=schedule, method=method,
                            chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
-                           device=device, dataset_options=dataset_options, **given)
+                           device=device, dataset_options=dataset_options, class_weights=class_weights, **given)
     from sjunet.recipe import load_snn, snn_size_multiple
 
     net, rec = load_snn(snn)
@@ -542,13 +615,14 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
     if not _is_main():
         return
     before, best = s["baseline"], s["best"]
+    metric = s.get("metric", "score")
     click.echo(f"{_stop_note(s)}before: {json.dumps(before['val'])}\nbest:   {json.dumps(best['val'])}")
     if s["improved"]:
-        click.echo(f"fine-tuning improved on the converted SNN: validation score {before['score']:.4f} -> "
+        click.echo(f"fine-tuning improved on the converted SNN: validation {metric} {before['score']:.4f} -> "
                    f"{best['score']:.4f} (+{s['improvement']:.4f}) at {best['at']}  -> {output}")
     else:
         tried = [h["score"] for h in s["history"] if h["at"] != "input"]
-        seen = f"best fine-tuned validation score {max(tried):.4f}" if tried else "no fine-tuned model was validated"
+        seen = f"best fine-tuned validation {metric} {max(tried):.4f}" if tried else "no fine-tuned model was validated"
         click.echo(f"fine-tuning did not improve on the converted SNN ({seen} vs {before['score']:.4f} before); "
                    f"the output is the input SNN  -> {output}")
 
@@ -559,20 +633,34 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
 @click.option("--epochs", default=None, type=int, help="default: 30 (seg) / 15 (denoise)")
 @click.option("--T", "T", multiple=True, default=("5,10,20",), show_default=True)
 @click.argument("more_t", nargs=-1, type=int, metavar="")
+@click.option("--opt", multiple=True, help="demo data option KEY=VALUE, e.g. --opt size=32 --opt num_items=8 (quick)")
 @_fail_cleanly
-def demo(task, out, epochs, T, more_t):
-    """The whole pipeline on built-in demo data (no download): train → calibrate → convert → evaluate."""
+def demo(task, out, epochs, T, more_t, opt):
+    """The whole pipeline on built-in demo data (no download): train → calibrate → convert → evaluate →
+    a figure of the predictions; prints the results, where every output went and what the words mean."""
     from sjunet.demo import run_demo
     from sjunet.io import check_writable
 
+    from sjunet.demo import DEMOS
+
     steps = _steps(T, more_t)
     _check_T(steps)
+    dataset_options = _dataset_options(DEMOS[task]["dataset"], opt)
     if Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out} is a file, not a directory: give a directory for the demo's files "
                          "(e.g. --out runs/demo)")
     check_writable(Path(out) / task / "report.md")
-    r = run_demo(task, out, epochs=epochs, T=steps)
+    click.echo(f"demo {task}: training a small U-Net, calibrating, converting and simulating; everything goes to "
+               f"{Path(out) / task}/")
+    r = run_demo(task, out, epochs=epochs, T=steps, dataset_options=dataset_options)
     click.echo(r["report"])
+    click.echo("\noutputs:")
+    width = max(len(k) for k in r["outputs"])
+    for what, path in r["outputs"].items():
+        click.echo(f"  {what:<{width}}  {path}")
+    click.echo("\nlegend:")
+    for line in r["legend"]:
+        click.echo(f"  {line}")
 
 
 @main.group()

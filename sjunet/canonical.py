@@ -11,6 +11,7 @@
   (``F.leaky_relu``, ``nn.LeakyReLU(inplace=True)``, ``nn.RReLU`` in eval mode: slope
   (lower + upper)/2) become ``nn.LeakyReLU(α)``, ``F.prelu`` with a stored weight a ``nn.PReLU``;
 * ``torch.add`` / ``+=`` / ``.add()`` become ``operator.add``; ``torch.concat`` becomes ``torch.cat``;
+  ``torch.stack([a, b, …]).sum(0)`` (smp's FPN merge) becomes ``a + b + …``;
 * ``F.max_pool2d`` / ``F.avg_pool2d`` become ``nn.MaxPool2d`` / ``nn.AvgPool2d`` modules;
 * ``F.interpolate`` / ``nn.Upsample*`` become :class:`~sjunet.stages.Resample` (an interpolation to
   another tensor's size, ``size=t.shape[-2:]``, takes ``t`` as a reference input, so no shape
@@ -160,6 +161,31 @@ def _adds_and_cats(gm: fx.GraphModule) -> None:
             gm.graph.erase_node(n)
         elif n.op == "call_function" and n.target in (torch.concat, torch.concatenate):
             n.target = torch.cat
+
+
+def _stack_sums(gm: fx.GraphModule) -> None:
+    """``torch.stack([a, b, …]).sum(dim=0)`` (smp's FPN merge) → ``a + b + …``: the same sum, as
+    joins the converter understands (each ``add`` gets its own per-connection units)."""
+    for n in list(gm.graph.nodes):
+        if not (n.op == "call_function" and n.target is torch.stack and len(n.users) == 1):
+            continue
+        parts, dim = _arg(n, 0, "tensors"), _arg(n, 1, "dim", 0)
+        user = next(iter(n.users))
+        is_sum = ((user.op == "call_method" and user.target == "sum") or
+                  (user.op == "call_function" and user.target is torch.sum))
+        if not (is_sum and isinstance(parts, (list, tuple)) and len(parts) >= 2 and dim == 0
+                and all(isinstance(p, fx.Node) for p in parts)):
+            continue
+        sum_dim = _arg(user, 1, "dim", None)
+        if sum_dim not in (0, (0,), [0]) or _arg(user, 2, "keepdim", False) or user.kwargs.get("dtype"):
+            continue
+        with gm.graph.inserting_before(user):
+            acc = parts[0]
+            for p in parts[1:]:
+                acc = gm.graph.call_function(operator.add, (acc, p))
+        user.replace_all_uses_with(acc)
+        gm.graph.erase_node(user)
+        gm.graph.erase_node(n)
 
 
 def _shape_source(node) -> tuple[fx.Node, tuple[int, ...]] | None:
@@ -570,6 +596,7 @@ def canonicalize(gm: fx.GraphModule, blockers: list | None = None) -> list[dict]
     _remove_identities(gm)
     _relus(gm)
     _adds_and_cats(gm)
+    _stack_sums(gm)
     _functional_layers(gm, blockers)
     _adaptive_pools(gm, blockers)
     _resample_and_pad(gm, blockers)

@@ -1,7 +1,9 @@
 """``sjunet demo``: the whole pipeline on built-in data, no download (a few minutes on 2 CPU cores).
 
 train (demo data) → evaluate ANN → calibrate (99.9 %, whole training split) → convert
-(connection-wise and layer-wise, MT neurons) → evaluate the SNNs at several T with agreement.
+(connection-wise and layer-wise, MT neurons) → evaluate the SNNs at several T with agreement →
+a figure of the predictions (input, label, ANN, each SNN at the largest T) → a report, every
+output path, and :data:`LEGEND` (what the report's words mean).
 """
 from __future__ import annotations
 
@@ -24,10 +26,26 @@ DEMOS = {
 }
 
 
+#: what the words of the demo's report mean (printed after it)
+LEGEND = (
+    ("MT: the multi-threshold neuron (the paper's: it fires graded spikes of 2, 1, 0.5 or 0.25 × its layer's scale "
+     "in one step)"),
+    "T: time steps the SNN is simulated for (more steps: closer to the ANN, more spikes)",
+    ("connection-wise / layer-wise: how each layer's weights are normalised by the recorded activation scales "
+     "(per connection, i.e. per input of a join, or one scale per layer)"),
+    "agreement: the fraction of pixels where the SNN's class equals the ANN's",
+    "psnr_vs_reference: the PSNR (dB) of the SNN's output against the ANN's output (higher: closer to the ANN)",
+    "f1_<class>, miou, accuracy, psnr, ssim: metrics against the ground truth on the demo's test split",
+)
+
+
 def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | None = None,
-             T: Sequence[int] = (5, 10, 20), progress: bool = True) -> dict:
+             T: Sequence[int] = (5, 10, 20), progress: bool = True, images: int = 3,
+             dataset_options: dict | None = None) -> dict:
     """Run the demo pipeline; every artifact lands under ``out/<task>`` (replaced by each run: the
-    demo owns that directory). Returns results and a report."""
+    demo owns that directory); ``dataset_options`` go to the demo data set (e.g. ``size``, ``num_items``
+    for a quick run). Returns ``results``, ``report``, ``out``, ``outputs`` (what → path,
+    every file written) and ``legend``."""
     if task not in DEMOS:
         raise ValueError(f"unknown demo task {task!r}; choose one of {', '.join(DEMOS)}")
     cfg = dict(DEMOS[task])
@@ -35,12 +53,13 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
         cfg["epochs"] = epochs
     out = Path(out) / task
     ann_path, stats_path = out / "ann.pt", out / "stats.h5"
-    train(TrainOptions(output=str(ann_path), **cfg), progress=progress, force=True)
+    opts = dict(dataset_options or {})
+    train(TrainOptions(output=str(ann_path), dataset_options=opts, **cfg), progress=progress, force=True)
     ann, ckpt = load_ann(ann_path)
-    ds = get_dataset(cfg["dataset"], None, "train", seed=0)
+    ds = get_dataset(cfg["dataset"], None, "train", seed=0, **opts)
     stats = calibrate(ann, DataLoader(ds, batch_size=16), output=stats_path, progress=progress,
                       data_description={"dataset": cfg["dataset"], "split": "train", **ds.describe()})
-    test = get_dataset(cfg["dataset"], None, "test", seed=0)
+    test = get_dataset(cfg["dataset"], None, "test", seed=0, **opts)
     results: dict = {}
     lines = [f"demo {task}: {cfg['dataset']}, U-Net width {cfg['width']} depth {cfg['depth']}, {cfg['epochs']} epochs", ""]
     for norm in ("connection", "layer"):
@@ -51,11 +70,33 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
         write_json({**r, "provenance": provenance()}, out / f"eval_{norm}.json")
         results[norm] = r
     lines += _table(results)
+    figure = out / "predictions.png"
+    _figure(ann, {norm: out / f"snn_{norm}.safetensors" for norm in results}, test, max(T), figure, images,
+            f"demo {task}: {cfg['dataset']} test images")
     report = "\n".join(lines)
-    (out / "report.md").write_text(report + "\n")
+    (out / "report.md").write_text(report + "\n\n" + "\n".join(f"* {line}" for line in LEGEND) + "\n")
     write_json({k: {kk: vv for kk, vv in v.items() if kk in ("ann", "T", "timing")} for k, v in results.items()},
                out / "summary.json")
-    return {"results": results, "report": report, "out": str(out)}
+    outputs = {"ANN checkpoint": ann_path, "calibration statistics": stats_path,
+               **{f"SNN, {norm}-wise": out / f"snn_{norm}.safetensors" for norm in results},
+               **{f"metrics, {norm}-wise (JSON)": out / f"eval_{norm}.json" for norm in results},
+               f"figure: input, label, ANN, SNNs at T={max(T)}": figure,
+               "report (this table + legend)": out / "report.md", "summary (JSON)": out / "summary.json"}
+    return {"results": results, "report": report, "out": str(out), "legend": list(LEGEND),
+            "outputs": {k: str(v) for k, v in outputs.items()}}
+
+
+def _figure(ann, snn_paths: dict, test, T: int, output: Path, images: int, title: str) -> Path:
+    """Figures 4/5 for the demo (:mod:`sjunet.predictions`): the first ``images`` test images."""
+    from sjunet.predictions import predictions, predictions_figure
+    from sjunet.recipe import load_snn
+    from sjunet.tasks import task_for
+
+    systems = {"ANN": (ann, None)}
+    for norm, path in snn_paths.items():
+        systems[f"SNN {norm}-wise T={T}"] = (load_snn(path)[0], T)
+    rows = predictions(systems, test, list(range(min(images, len(test)))))
+    return predictions_figure(rows, task_for(test), output, title=title)
 
 
 def _table(results: dict) -> list[str]:

@@ -74,6 +74,8 @@ class DirectOptions:
     val_limit: int | None = None
     grad_clip: float | None = 1.0
     dataset_options: dict = field(default_factory=dict)
+    #: segmentation loss weights: "auto", "none" or "w1,w2" (:func:`sjunet.tasks.resolve_class_weights`)
+    class_weights: str = "auto"
 
 
 def init_path(output: str | Path) -> Path:
@@ -132,6 +134,7 @@ def train_spiking(opts: DirectOptions, resume: bool = False, progress: bool = Tr
                          epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
                          schedule="cosine", method="bptt", seed=opts.seed, max_minutes=opts.max_minutes,
                          max_iters=opts.max_iters, val_every=opts.val_every, val_limit=opts.val_limit,
-                         device=opts.device, dataset_options=dict(opts.dataset_options), grad_clip=opts.grad_clip)
+                         device=opts.device, dataset_options=dict(opts.dataset_options), grad_clip=opts.grad_clip,
+                         class_weights=opts.class_weights)
     summary = finetune(ft, resume=resume, progress=progress, force=force)
     return {**summary, "init": str(start)}

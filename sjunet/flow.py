@@ -287,8 +287,31 @@ def train_step(snn, optimizer, task: Task, x, y, T: int, method: str = "flow", c
 #: learning rates ``lr="auto"`` tries, and the iterations it gives each
 LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4)
 LR_TRIAL_ITERS = 20
-#: the share of a fine-tuning time budget (``max_minutes``) the ``lr="auto"`` trials may take
+#: the share of a fine-tuning budget (``max_minutes``, ``max_iters``) the ``lr="auto"`` trials may take
 LR_TRIAL_SHARE = 0.25
+#: fewer trial iterations per rate than this and the trials are skipped (``--max-iters`` too small)
+LR_TRIAL_MIN = 2
+#: the rate ``lr="auto"`` uses when the trials are skipped
+LR_FALLBACK = 1e-4
+
+
+def plan_lr_trials(max_iters: int | None, iters: int = LR_TRIAL_ITERS,
+                   candidates=LR_CANDIDATES) -> tuple[int, str]:
+    """Iterations per rate of the ``lr="auto"`` trials under an iteration budget, and why when it is
+    fewer than ``iters``: the trials take at most :data:`LR_TRIAL_SHARE` of ``max_iters`` (split over
+    the rates; they count against it), and are skipped (0) when that leaves fewer than
+    :data:`LR_TRIAL_MIN` per rate — then the rate is :data:`LR_FALLBACK`."""
+    if max_iters is None:
+        return iters, ""
+    per = min(iters, int(max_iters * LR_TRIAL_SHARE) // len(candidates))
+    if per < LR_TRIAL_MIN:
+        return 0, (f"--max-iters {max_iters} is too small for the learning-rate trials (a quarter of it, "
+                   f"{int(max_iters * LR_TRIAL_SHARE)}, leaves under {LR_TRIAL_MIN} iterations for each of "
+                   f"{len(candidates)} rates): trials skipped, lr {LR_FALLBACK:g}")
+    if per < iters:
+        return per, (f"{per} iterations per rate (a quarter of --max-iters {max_iters}, counted against it; "
+                     f"{iters} without a budget)")
+    return per, ""
 
 
 @dataclass
@@ -326,17 +349,21 @@ class FinetuneOptions:
     lr_trial_iters: int = LR_TRIAL_ITERS
     #: β of the spike budget: adds β × (SOP-convention energy / ANN energy) to the loss (0: off)
     energy_penalty: float = 0.0
+    #: weights of the segmentation loss: "auto", "none" or "w1,w2" (:func:`sjunet.tasks.resolve_class_weights`)
+    class_weights: str = "auto"
 
 
 
 def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "adam", candidates=LR_CANDIDATES,
                   iters: int = LR_TRIAL_ITERS, batch_size: int = 4, seed: int = 0, grad_clip: float | None = None,
-                  device: str = "cpu", max_seconds: float | None = None) -> tuple[float, dict[float, float]]:
+                  device: str = "cpu", max_seconds: float | None = None,
+                  progress: bool = False) -> tuple[float, dict[float, float]]:
     """Try each learning rate for ``iters`` iterations from the same weights and data, validate,
     and return ``(the best, {lr: validation score})``; the weights are restored afterwards, and
     the global random state is left as it was. A trial whose loss is not finite scores −inf.
     Ties (within 1e-6) go to the smaller rate. With ``max_seconds`` each rate's training stops
-    after its equal share of that time (at least one iteration each)."""
+    after its equal share of that time (at least one iteration each). ``progress`` shows a bar
+    over all the trial iterations."""
     from torch.utils.data import DataLoader
 
     from sjunet.loop import make_optimizer, rng_preserved
@@ -344,8 +371,10 @@ def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "ad
     start = {k: v.detach().clone() for k, v in snn.state_dict().items()}
     params = [p for p in snn.parameters() if p.requires_grad]
     scores: dict[float, float] = {}
+    bar = tqdm(total=iters * len(candidates), desc="lr trials", disable=not progress, leave=False)
     with rng_preserved():
         for lr in candidates:
+            bar.set_postfix(lr=f"{lr:g}")
             snn.load_state_dict(start)
             opt = make_optimizer(optimizer, params, lr)
             loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True,
@@ -364,7 +393,9 @@ def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "ad
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
+                bar.update(1)
             scores[lr] = validate()[0] if finite else -math.inf
+    bar.close()
     snn.load_state_dict(start)
     top = max(scores.values())
     best = min(lr for lr, v in scores.items() if v >= top - 1e-6)
@@ -387,14 +418,20 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     is always written and is the best of {the input SNN, every validation}. Returns the loop's
     summary plus ``output``, ``before`` (the input's metrics), ``best`` (``at``, ``epoch``,
     ``iteration``, ``val``, ``score``), ``kept`` (``"input"`` or where the best was) and
-    ``improved``. Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score.
+    ``improved``, ``metric`` (the selection metric's name: ``f1_vessel``…), ``stopped_message``,
+    ``timing`` (minutes of ``setup``, ``lr_trials``, ``baseline_validation``, ``training``) and
+    ``class_weights``. Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score.
+
+    Budgets: ``max_minutes`` and ``max_iters`` bound the optimisation — the ``lr="auto"`` trials
+    (at most a quarter of either, :func:`plan_lr_trials`) and the training iterations together;
+    loading the data and validating the input SNN are not counted (they are timed and reported).
     """
     from sjunet.evaluation import check_compatible, evaluate_snn
     from sjunet.io import SNN_KIND, file_fingerprint
     from sjunet.loop import (SCHEDULES, LoopOptions, check_options, fit, make_optimizer, make_schedule, run_outputs,
                              seed_everything, train_val_datasets)
     from sjunet.recipe import load_snn, save_snn, snn_size_multiple
-    from sjunet.tasks import task_for
+    from sjunet.tasks import describe_weights, parse_class_weights, resolve_class_weights, task_for
 
     started = time.monotonic()
     opts = opts or FinetuneOptions(**kwargs)
@@ -405,6 +442,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     auto_lr = opts.lr == "auto"
     check_options(lr=None if auto_lr else opts.lr, T=opts.T, chunk=opts.chunk, val_limit=opts.val_limit)
     weights = LossWeights.of(opts.loss, opts.layer_weight, opts.energy_penalty)
+    parse_class_weights(opts.class_weights)
     if opts.warmup < 0:
         raise ValueError(f"--warmup must be a non-negative number of iterations, got {opts.warmup}")
     loop_opts = LoopOptions(epochs=opts.epochs, batch_size=opts.batch_size, seed=opts.seed,
@@ -418,7 +456,14 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     w = distributed.init(opts.device)
     opts = FinetuneOptions(**{**asdict(opts), "device": distributed.device_for(opts.device)})  # "auto" resolved
     loop_opts.device = opts.device
+    show = progress and w.main
+
+    def say(message: str) -> None:
+        if show:
+            tqdm.write(message)
+
     with run_outputs(opts.output, force=force, resume=resume, what="fine-tuned SNN") as (output, last):
+        say(f"finetune: loading {opts.snn} and reading {opts.dataset} (loading and preprocessing the images)…")
         seed_everything(opts.seed)
         snn, rec = load_snn(opts.snn)
         snn.to(opts.device)
@@ -428,6 +473,12 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         check_compatible(train_ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"),
                          what="the SNN")
         task = task_for(train_ds)
+        class_weights, weights_record = resolve_class_weights(opts.class_weights, task, train_ds)
+        if class_weights is not None:
+            task.class_weights = class_weights
+        loop_opts.metric = task.metric
+        say(f"finetune: {len(train_ds)} training items, {len(val_ds)} validation items; the output is the best on "
+            f"validation {task.metric} of the input SNN and every validation; {describe_weights(weights_record, task)}")
         multiple = snn_size_multiple(snn, rec)
         params = [p for p in snn.parameters() if p.requires_grad]
         teacher = Teacher(snn).to(opts.device) if weights.needs_teacher else None
@@ -447,16 +498,29 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
             return task.score(val), val
 
         lr, trials = opts.lr, None
+        per_rate, why = plan_lr_trials(opts.max_iters, opts.lr_trial_iters) if auto_lr else (0, "")
+        trial_minutes = 0.0
         if auto_lr and resume:  # the rate the interrupted run chose (its trials are not repeated)
             lr = _resumed_lr(last)
-        elif auto_lr:  # the trials take at most a quarter of a time budget
-            lr, trials = lr_range_test(snn, step, train_ds, validate, opts.optimizer, iters=opts.lr_trial_iters,
+        elif auto_lr and per_rate == 0:
+            lr = LR_FALLBACK
+            say(f"--lr auto: {why}")
+        elif auto_lr:  # the trials take at most a quarter of each budget, and count against it
+            say(f"--lr auto: trying {len(LR_CANDIDATES)} learning rates ({', '.join(f'{c:g}' for c in LR_CANDIDATES)}), "
+                f"{per_rate} iterations each" + (f" — {why}" if why else "")
+                + (f", at most {opts.max_minutes * LR_TRIAL_SHARE:.2f} min of training (a quarter of --max-minutes)"
+                   if opts.max_minutes is not None else "")
+                + f", each then validated on {task.metric}…")
+            t_trials = time.monotonic()
+            lr, trials = lr_range_test(snn, step, train_ds, validate, opts.optimizer, iters=per_rate,
                                        batch_size=opts.batch_size, seed=opts.seed, grad_clip=opts.grad_clip,
                                        device=opts.device, max_seconds=None if opts.max_minutes is None
-                                       else opts.max_minutes * 60 * LR_TRIAL_SHARE)
-            if progress:
-                tqdm.write("learning rate trials (validation score): " + ", ".join(
-                    f"{k:g}: {v:.4f}" for k, v in trials.items()) + f" -> {lr:g}")
+                                       else opts.max_minutes * 60 * LR_TRIAL_SHARE, progress=show)
+            trial_minutes = (time.monotonic() - t_trials) / 60
+            say(f"learning-rate trials (validation {task.metric}): " + ", ".join(
+                f"{k:g}: {v:.4f}" for k, v in trials.items()) + f" -> {lr:g}  ({trial_minutes:.2f} min)")
+        loop_opts.reserved_iters = per_rate * len(LR_CANDIDATES)  # the same plan on --resume: one budget
+        loop_opts.reserved_minutes = trial_minutes
         optimizer = make_optimizer(opts.optimizer, params, lr)
         total = opts.epochs * math.ceil(len(train_ds) / opts.batch_size)  # --max-iters is a budget, not the length
         sched = make_schedule(optimizer, opts.schedule, total, opts.warmup, lr)
@@ -473,7 +537,8 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
                 "val": entry["val"], "score": entry["score"],
                 "input_val": baseline["val"], "input_score": baseline["score"],
                 "improvement": entry["score"] - baseline["score"],
-                "options": asdict(opts), "lr": lr, "lr_trials": trials,
+                "options": asdict(opts), "lr": lr, "lr_trials": trials, "metric": task.metric,
+                "class_weights": weights_record,
                 "source_snn_fingerprint": source_fingerprint, "history": history,
             }
             on_cpu = all(t.device.type == "cpu" for t in snn.state_dict().values())
@@ -485,14 +550,19 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
                     "batch_size": opts.batch_size, "optimizer": opts.optimizer, "lr": opts.lr,
                     "schedule": opts.schedule, "seed": opts.seed, "loss": opts.loss, "layer_weight": opts.layer_weight,
                     "warmup": opts.warmup, "grad_clip": opts.grad_clip, "energy_penalty": opts.energy_penalty,
-                    "epochs": opts.epochs if opts.schedule == "cosine" else None}  # the cosine spans the epochs
+                    "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the epochs
+                    "class_weights": list(class_weights) if class_weights is not None else None}
         summary = fit(snn, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, scheduler=sched,
                       last=last, kind=SNN_KIND + "-finetune-last", resume=resume, baseline=True,
                       identity=identity, output=output, started=started)
         functional.reset_net(snn)
     best, base = summary["best"], summary["baseline"]
+    timing = dict(summary["timing"])
+    timing["setup"] = max(0.0, timing["setup"] - trial_minutes)
+    timing["lr_trials"] = trial_minutes
     return {**summary, "output": str(output), "before": base["val"] if base else None,
-            "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials}
+            "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials, "lr_trial_iters": per_rate,
+            "timing": timing, "class_weights": weights_record}
 
 
 def _resumed_lr(last: Path) -> float:

@@ -19,9 +19,15 @@ loss of a batch (the *step*) and in what they save.
   handed to ``save_best`` (which writes atomically). With ``baseline=True`` (fine-tuning) the
   model is validated before the first step and that score is the bar: the output is always
   written and is the best of {input, every validation}; the summary says which and by how much.
-* **Budgets.** ``max_minutes`` is checked after every iteration (stop at the first iteration
-  past it, validate, save); ``max_iters`` counts steps from the start of the run, independent of
-  the epoch size; ``val_every`` validates every N steps instead of after each epoch.
+* **Budgets.** They bound the *training*: ``max_minutes`` counts from the first training step
+  (set-up — loading, preprocessing — and the baseline validation are not counted; they are
+  timed and reported in the summary's ``timing``), and is checked after every iteration (stop at
+  the first iteration past it, validate, save); ``max_iters`` counts steps from the start of the
+  run, independent of the epoch size. Work a caller did for the run before the loop (the
+  ``lr auto`` trials of fine-tuning) is charged to the same budgets through
+  ``reserved_iters`` / ``reserved_minutes``. ``val_every`` validates every N steps instead of
+  after each epoch. The summary says why the run stopped (``stopped``, ``stopped_message``:
+  "stopped: --epochs 10 reached after 30 iterations (before --max-iters 100)").
 * **Non-finite numbers stop the run.** A non-finite loss raises :class:`DivergedError` before
   the update (the weights in memory and on disk are the last good ones); so does a non-finite
   validation score. The message says where and what was (or was not) written.
@@ -103,6 +109,11 @@ class LoopOptions:
     train_mode: bool = True
     #: clip the gradient norm of each step to this (None: no clipping)
     grad_clip: float | None = None
+    #: iterations / minutes of the budgets already spent on the run's behalf before the loop (lr trials)
+    reserved_iters: int = 0
+    reserved_minutes: float = 0.0
+    #: the name of the selection metric, for messages ("f1_vessel"; :attr:`sjunet.tasks.SegmentationTask.metric`)
+    metric: str = "score"
 
     def __post_init__(self) -> None:
         check_options(epochs=self.epochs, batch_size=self.batch_size, max_minutes=self.max_minutes,
@@ -259,6 +270,33 @@ def run_outputs(output: str | Path, force: bool = False, resume: bool = False,
 
 # ------------------------------------------------------------------------------- the loop
 
+def stop_message(stopped: str | None, options: LoopOptions, step: int, epoch: int, iteration: int,
+                 per_epoch: int, training_minutes: float) -> str:
+    """Why a run stopped, for people: ``"stopped: --epochs 10 reached after 30 iterations (before
+    --max-iters 100)"``, ``"stopped: --max-iters 100 reached at epoch 4, iteration 2/8 (before --epochs
+    10; --resume continues)"``. ``step`` counts training iterations (the ``lr auto`` trials' are in
+    ``options.reserved_iters``)."""
+    if stopped is None:
+        return ""
+    trials = f" + {options.reserved_iters} of lr trials" if options.reserved_iters else ""
+    where = f"epoch {epoch + 1}, iteration {iteration}/{per_epoch}" if iteration else f"the end of epoch {epoch}"
+    if stopped == "epochs":
+        before = []
+        if options.max_iters is not None:
+            before.append(f"--max-iters {options.max_iters}")
+        if options.max_minutes is not None:
+            before.append(f"--max-minutes {options.max_minutes:g}")
+        return (f"stopped: --epochs {options.epochs} reached after {step} iteration{'s' if step != 1 else ''}{trials}"
+                + (f" (before {' and '.join(before)})" if before else ""))
+    if stopped == "max_iters":
+        return (f"stopped: --max-iters {options.max_iters} reached ({step} training iterations{trials}) at {where} "
+                f"(before --epochs {options.epochs}; --resume continues)")
+    spent = training_minutes + options.reserved_minutes
+    return (f"stopped: --max-minutes {options.max_minutes:g} reached after {step} iterations{trials} "
+            f"({spent:.2f} min of lr trials and training) at {where} (before --epochs {options.epochs}; "
+            "--resume continues)")
+
+
 def _label(epoch: int, iteration: int, per_epoch: int) -> str:
     """Where a validation happened, for people: ``epoch 2`` or ``epoch 2, iteration 3/8``."""
     if iteration == per_epoch:
@@ -306,16 +344,18 @@ def fit(
         identity: options whose change would change the result; a resume with different values
             is refused.
         output: the output path, for messages only.
-        started: ``time.monotonic()`` when the run began (default: now); ``max_minutes`` counts
-            from it, so loading data and building the model count towards the budget.
+        started: ``time.monotonic()`` when the run began (default: now), for the set-up time
+            reported in ``timing``; ``max_minutes`` counts from the first training step.
 
     Returns:
         ``history`` (one entry per validation), ``best`` (the best entry, or ``None``),
         ``baseline`` (the ``"input"`` entry or ``None``), ``improved`` (the best beats the bar),
         ``improvement`` (best score − baseline score, when there is a baseline), ``stopped``
-        (``"epochs"``, ``"max_iters"`` or ``"max_minutes"``), ``epoch``/``iteration``/``step``
-        (the position reached), ``minutes`` (this call), ``minutes_total`` (across resumes),
-        ``resumed``.
+        (``"epochs"``, ``"max_iters"`` or ``"max_minutes"``), ``stopped_message`` (the sentence),
+        ``epoch``/``iteration``/``step`` (the position reached), ``minutes`` (this call),
+        ``minutes_total`` (across resumes), ``timing`` (minutes of ``setup``,
+        ``baseline_validation`` and ``training`` in this call), ``metric`` (the name of the
+        score), ``resumed``.
     """
     from sjunet import distributed
 
@@ -332,7 +372,10 @@ def fit(
     model.to(options.device)
     gen = torch.Generator()
     gen.manual_seed(int(options.seed))
-    t0 = time.monotonic() if started is None else started
+    t_fit = time.monotonic()
+    t0 = t_fit if started is None else started
+    t_train = t_fit  # the budget clock: reset when the training loop starts
+    metric = options.metric
     st: dict[str, Any] = {"epoch": 0, "iteration": 0, "step": 0, "order": None, "history": [], "best": None,
                           "baseline": None, "loss_sum": 0.0, "loss_count": 0, "minutes_before": 0.0}
     what_out = str(output) if output is not None else "the output"
@@ -363,7 +406,7 @@ def fit(
         st["loss_sum"], st["loss_count"] = 0.0, 0
         if show:
             loss = f"loss {entry['loss']:.4f}  " if entry["loss"] is not None else ""
-            tqdm.write(f"{where}: {loss}val {format_metrics(val)}  (score {score:.4f})")
+            tqdm.write(f"{where}: {loss}val {format_metrics(val)}  (selection: {metric} {score:.4f})")
         if st["best"] is None or score > st["best"]["score"]:
             st["best"] = entry
             if w.main:
@@ -396,12 +439,22 @@ def fit(
             where = f"epoch {st['epoch'] + 1}" + (f", iteration {st['iteration']}/{per_epoch}" if st["iteration"] else "")
             tqdm.write(f"resuming at {where} (step {st['step']})")
     elif baseline:
+        if show:
+            tqdm.write(f"validating the input before any step (its {metric} is the bar to beat)…")
         st["baseline"] = run_validation(0, 0, at="input")
+    t_train = time.monotonic()
+    timing = {"setup": (t_fit - t0) / 60, "baseline_validation": (t_train - t_fit) / 60}
+
+    def used_iters() -> int:
+        return st["step"] + options.reserved_iters
+
+    def used_minutes() -> float:
+        return (time.monotonic() - t_train) / 60 + options.reserved_minutes
 
     stopped = None
     if st["epoch"] >= options.epochs:
         stopped = "epochs"
-    elif options.max_iters is not None and st["step"] >= options.max_iters:
+    elif options.max_iters is not None and used_iters() >= options.max_iters:
         stopped = "max_iters"
     while stopped is None:
         epoch = st["epoch"]
@@ -457,9 +510,9 @@ def fit(
                     st["epoch"], st["iteration"], st["order"] = epoch + 1, 0, None
                 if end_of_epoch and st["epoch"] >= options.epochs:
                     stopped = "epochs"
-                elif options.max_iters is not None and st["step"] >= options.max_iters:
+                elif options.max_iters is not None and used_iters() >= options.max_iters:
                     stopped = "max_iters"
-                elif options.max_minutes is not None and (time.monotonic() - t0) / 60 >= options.max_minutes:
+                elif options.max_minutes is not None and used_minutes() >= options.max_minutes:
                     stopped = "max_minutes"
                 if options.max_minutes is not None and w.active:
                     stopped = distributed.decide(stopped)  # rank 0's clock
@@ -475,6 +528,8 @@ def fit(
         finally:
             bar.close()
     best, base = st["best"], st["baseline"]
+    timing["training"] = (time.monotonic() - t_train) / 60
+    message = stop_message(stopped, options, st["step"], st["epoch"], st["iteration"], per_epoch, timing["training"])
     return {
         "history": st["history"],
         "best": best,
@@ -482,6 +537,9 @@ def fit(
         "improved": best is not None and (base is None or best["score"] > base["score"]),
         "improvement": best["score"] - base["score"] if best is not None and base is not None else None,
         "stopped": stopped,
+        "stopped_message": message,
+        "metric": metric,
+        "timing": timing,
         "epoch": st["epoch"], "iteration": st["iteration"], "step": st["step"],
         "minutes": (time.monotonic() - t0) / 60,
         "minutes_total": st["minutes_before"] + (time.monotonic() - t0) / 60,

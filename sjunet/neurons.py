@@ -423,7 +423,23 @@ def signed_mt_step_surrogate(x: torch.Tensor, v: torch.Tensor, charge, threshold
     return o, v - m, new
 
 
-class SignedMultiThresholdNode(MultiThresholdNode):
+class AdvancedByStep:
+    """SpikingJelly's functional forwards of a neuron defined by one ``_advance(x, states) -> (o,
+    states)`` step: multi-step mode runs the same per-step arithmetic, so both modes agree exactly."""
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        o, states = self._advance(inputs[0], states)
+        return (o,), states
+
+    def multi_step_functional_forward(self, inputs, states, **kwargs):
+        outs = []
+        for x in inputs[0]:  # the same per-step arithmetic as single-step: identical results
+            o, states = self._advance(x, states)
+            outs.append(o)
+        return (torch.stack(outs),), states
+
+
+class SignedMultiThresholdNode(AdvancedByStep, MultiThresholdNode):
     """The signed MT neuron (:func:`signed_mt_step`): replaces a ``LeakyReLU(α)`` or a ``PReLU``.
 
     One population, no weight duplication: the positive half is the MT neuron; below zero the
@@ -524,16 +540,6 @@ class SignedMultiThresholdNode(MultiThresholdNode):
             events = self._accumulate(events, (o != 0).to(o.dtype))
         return o, (v, acc_out, count, events, charge)
 
-    def single_step_functional_forward(self, inputs, states, **kwargs):
-        o, states = self._advance(inputs[0], states)
-        return (o,), states
-
-    def multi_step_functional_forward(self, inputs, states, **kwargs):
-        outs = []
-        for x in inputs[0]:  # the same per-step arithmetic as single-step: identical results
-            o, states = self._advance(x, states)
-            outs.append(o)
-        return (torch.stack(outs),), states
 
 
 #: neuron classes an SNN file may name (rebuilt from their ``spec()``)

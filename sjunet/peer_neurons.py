@@ -54,7 +54,7 @@ import torch
 from spikingjelly.activation_based import surrogate
 from torch import fx, nn
 
-from sjunet.neurons import FACTORIES, NEURON_TYPES, NeuronFactory, SpikingNeuron, refuse_signed, validate_ladder
+from sjunet.neurons import FACTORIES, AdvancedByStep, NEURON_TYPES, NeuronFactory, SpikingNeuron, refuse_signed, validate_ladder
 
 RESETS = ("subtract", "zero")
 #: the reference MLF unit (langfengQ/MLF-DSResNet): K = 3, LIF τ = 0.25, hard reset, unit spikes
@@ -121,7 +121,7 @@ def _acc(acc, value: torch.Tensor):
     return value.clone() if isinstance(acc, float) else acc + value
 
 
-class _PeerNode(SpikingNeuron):
+class _PeerNode(AdvancedByStep, SpikingNeuron):
     """Shared bookkeeping of the peers: memories ``v``, ``acc_output`` (Σ o), ``spike_count``
     (Σ spikes), ``event_count`` (Σ [o ≠ 0]), ``acc_input`` (Σ x); recording as in MT."""
 
@@ -172,16 +172,6 @@ class _PeerNode(SpikingNeuron):
             count, events = _acc(count, n), _acc(events, (n != 0).to(n.dtype))
         return o, (v, acc_out, count, events, acc_in)
 
-    def single_step_functional_forward(self, inputs, states, **kwargs):
-        o, states = self._advance(inputs[0], states)
-        return (o,), states
-
-    def multi_step_functional_forward(self, inputs, states, **kwargs):
-        outs = []
-        for x in inputs[0]:  # the same per-step arithmetic as single-step: identical results
-            o, states = self._advance(x, states)
-            outs.append(o)
-        return (torch.stack(outs),), states
 
 
 class MultiLevelNode(_PeerNode):

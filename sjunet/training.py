@@ -7,7 +7,12 @@ denoising (both overridable). The loop is :func:`sjunet.loop.fit`: it validates 
 every ``val_every`` steps) and keeps the best checkpoint, written atomically with its model
 config, task, data description, options, fingerprint and provenance. ``<output>.last.pt`` holds
 everything ``--resume`` needs to continue bit-identically; ``max_minutes`` / ``max_iters`` stop a
-run at any iteration. An existing output is refused unless ``force`` or ``resume``.
+run at any iteration (both count training only: set-up and validation before the first step are
+timed and reported, not charged). Checkpoints are selected on the dataset's headline metric
+(:attr:`sjunet.tasks.SegmentationTask.metric`: ``f1_vessel``, ``f1_membrane``, ``miou``, ``psnr``).
+Segmentation's cross-entropy takes ``class_weights`` (``"auto"``: inverse class frequency when a
+binary task's foreground is under 20 % of the training pixels, :func:`sjunet.tasks.resolve_class_weights`),
+recorded in the checkpoint's options. An existing output is refused unless ``force`` or ``resume``.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from sjunet.loop import (
 )
 from sjunet.models import UNet, UNetConfig
 from sjunet.models.external import build_arch
-from sjunet.tasks import task_for, task_to_dict
+from sjunet.tasks import describe_weights, parse_class_weights, resolve_class_weights, task_for, task_to_dict
 
 DEFAULT_OPTIMISER = {"segmentation": ("rmsprop", 1e-3), "denoising": ("adam", 1e-5)}
 
@@ -65,6 +70,19 @@ class TrainOptions:
     warmup: int = 0
     #: clip each step's gradient norm to this (None: off)
     grad_clip: float | None = None
+    #: segmentation loss weights: "auto" (inverse class frequency when a binary task's foreground is under
+    #: 20 % of the training pixels), "none", or "w1,w2,…" (:func:`sjunet.tasks.resolve_class_weights`)
+    class_weights: str = "auto"
+
+
+def say(progress: bool, message: str) -> None:
+    """A progress line (stdout, beside the progress bars) when ``progress`` and on the main process."""
+    from tqdm.auto import tqdm
+
+    from sjunet import distributed
+
+    if progress and distributed.world().main:
+        tqdm.write(message)
 
 
 def build_network(train_ds, task, width: int = 16, depth: int = 4, batch_norm: bool = False, up_relu: bool = False,
@@ -92,6 +110,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
     w = distributed.init(opts.device)
     opts = replace(opts, device=distributed.device_for(opts.device))  # "auto" resolved, a GPU per rank
     check_options(lr=opts.lr, width=opts.width, depth=opts.depth, val_limit=opts.val_limit)
+    parse_class_weights(opts.class_weights)
     if opts.schedule not in SCHEDULES:
         raise ValueError(f"unknown --schedule {opts.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if opts.warmup < 0:
@@ -100,9 +119,17 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
                             max_minutes=opts.max_minutes, max_iters=opts.max_iters, val_every=opts.val_every,
                             device=opts.device, progress=progress, desc="train", grad_clip=opts.grad_clip)
     with run_outputs(opts.output, force=force, resume=resume, what="model checkpoint") as (output, last):
+        say(progress, f"train: reading {opts.dataset} (loading and preprocessing the images)…")
         seed_everything(opts.seed)
         train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
         task = task_for(train_ds)
+        weights, weights_record = resolve_class_weights(opts.class_weights, task, train_ds)
+        task.class_weights = weights
+        loop_opts.metric = task.metric
+        say(progress, f"train: {len(train_ds)} training items, {len(val_ds)} validation items; checkpoints are "
+                      f"selected on validation {task.metric}; {describe_weights(weights_record, task)}"
+                      + (f"; set-up took {(time.monotonic() - started) / 60:.2f} min (not counted by the budgets)"
+                         if opts.max_minutes is not None else ""))
         model, config, arch = build_network(train_ds, task, opts.width, opts.depth, opts.batch_norm, opts.up_relu,
                                             opts.pool, opts.arch, opts.arch_kwargs)
         model = model.to(opts.device)
@@ -136,7 +163,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
                 "fingerprint": model_fingerprint(model),
                 "task": task_to_dict(task),
                 "dataset": {"name": opts.dataset, **train_ds.describe()},
-                "options": {**asdict(opts), "optimizer": opt_name, "lr": lr},
+                "options": {**asdict(opts), "optimizer": opt_name, "lr": lr, "class_weights": weights_record},
                 "epoch": entry["epoch"],
                 "iteration": entry["iteration"],
                 "step": entry["step"],
@@ -151,7 +178,8 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
                     "batch_size": opts.batch_size, "optimizer": opt_name, "lr": lr, "seed": opts.seed,
                     "schedule": opts.schedule, "warmup": opts.warmup, "grad_clip": opts.grad_clip,
                     "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the epochs
-                    "model_config": config.to_dict() if config is not None else arch}
+                    "model_config": config.to_dict() if config is not None else arch,
+                    "class_weights": list(weights) if weights is not None else None}
         summary = fit(model, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, scheduler=scheduler,
                       last=last,
                       kind=ANN_KIND + "-last", resume=resume, identity=identity, output=output,
@@ -159,4 +187,5 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
     best = summary["best"]
     if best is None:
         raise TrainingError(f"no validation score was measured, so nothing was written to {output}")
-    return {**summary, "output": str(output), "best_epoch": best["epoch"], "best_val": best["val"]}
+    return {**summary, "output": str(output), "best_epoch": best["epoch"], "best_val": best["val"],
+            "class_weights": weights_record}

@@ -39,3 +39,24 @@ class SkewedSkipNet(nn.Module):
 def batches(n=4, b=2, c=1, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(b, c, size, size, generator=g) for _ in range(n)]
+
+
+def init_random(net, seed: int = 0, bn_bias: float = 0.0):
+    """Deterministic random weights that make every ReLU fire sometimes: He-scaled convolutions with
+    small positive biases, BatchNorm with varied statistics (``bn_bias`` shifts its bias)."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.weight.data = torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5
+            if m.bias is not None:
+                m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.05 + 0.05
+        elif isinstance(m, nn.BatchNorm2d):
+            m.running_mean.data = torch.randn(m.num_features, generator=g) * 0.1
+            m.running_var.data = torch.rand(m.num_features, generator=g) + 0.5
+            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1 + bn_bias
+    return net
+

@@ -23,7 +23,8 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     assert "|" in out  # a Markdown table was printed
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
-            "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers"}[name]
+            "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers",
+            "calibration": "calibration"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table

@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import init_random
 import torch.nn.functional as F
 from torch import nn
 
@@ -18,18 +19,7 @@ T_STEPS = [8, 64, 512]
 
 
 def _init(net: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            m.weight.data = torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5
-            if m.bias is not None:
-                m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.05 + 0.05
-        elif isinstance(m, nn.BatchNorm2d):
-            m.running_mean.data = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_var.data = torch.rand(m.num_features, generator=g) + 0.5
-            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
-    return net.eval()
+    return init_random(net, seed, bn_bias=0.0)
 
 
 def _data(n=3, b=2, c=1, size=16, seed=0):

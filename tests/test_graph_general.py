@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import init_random
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import nn
@@ -21,18 +22,7 @@ from sjunet.stages import AdaptiveAvgPool
 
 
 def _init(net: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            m.weight.data = torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5
-            if m.bias is not None:
-                m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.05 + 0.05
-        elif isinstance(m, nn.BatchNorm2d):
-            m.running_mean.data = torch.randn(m.num_features, generator=g) * 0.1
-            m.running_var.data = torch.rand(m.num_features, generator=g) + 0.5
-            m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
-            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1 + 0.05
-    return net.eval()
+    return init_random(net, seed, bn_bias=0.05)
 
 
 def _data(n=2, b=2, c=1, size=16, seed=0):
@@ -256,3 +246,29 @@ def test_zoo_coverage_probe_on_three_configs():
     assert all("\n" not in b for b in att["blockers"])
     text = table(rows)
     assert "converted 2 / 3 (refused: 1" in text and "| monai-AttentionUnet |" in text
+
+
+class _StackSumNet(nn.Module):
+    """smp FPN's merge: ``torch.stack([...]).sum(dim=0)`` of three branches, then a ReLU head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.branches = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1) for _ in range(3))
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        merged = torch.stack([torch.relu(b(x)) for b in self.branches]).sum(dim=0)
+        return self.head(torch.relu(merged))
+
+
+def test_stack_sum_merge_becomes_joins_exact_in_the_limit():
+    net = _init(_StackSumNet(), seed=4)
+    tr = canonical_graph(net, (1, 1, 16, 16))
+    assert sum(kind_of(tr.gm, n) == "add" for n in tr.gm.graph.nodes) == 2
+    assert not any(n.op == "call_function" and n.target is torch.stack for n in tr.gm.graph.nodes)
+    x = _data(1, size=16)[0]
+    assert torch.allclose(tr.gm(x), net(x), atol=1e-5)
+    err, _ = _errors(net, _data(2, size=16))
+    assert err[256] < err[16] and err[256] < 0.05, err

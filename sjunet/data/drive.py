@@ -27,7 +27,11 @@ Splits: ``train`` = the 20 training images (the first 18 with ``holdout_val=True
 ``patch`` x ``patch`` crops whose centre lies inside the FOV, item ``i`` from image ``i % n``;
 ``val`` = the last ``val_images`` (2) training images, patches drawn from a generator seeded by
 ``(seed, index)`` only, so the same every epoch; ``test`` = the 20 test images, whole
-(``x [1, 584, 565]``), to be evaluated with :func:`sjunet.data.patches.predict_by_patches`.
+(``x [1, 584, 565]``), evaluated whole by default (padded to the network's size multiple, run
+once: :mod:`sjunet.evaluation`); the paper's protocol, 48x48 windows every 16 pixels with the
+overlaps averaged (:func:`sjunet.data.patches.predict_by_patches`), is ``--protocol patch``
+(:attr:`DRIVEDataset.eval_patch`). Preprocessing is per image, so a whole image and its patches
+see the same input values.
 """
 from __future__ import annotations
 
@@ -93,8 +97,9 @@ class DRIVEDataset(SJDataset):
     in_channels = 1
     num_classes = 2
     VAL_SAMPLES = 256
-    #: whole test images are evaluated as overlapping ``patch`` x ``patch`` windows with this
-    #: stride, overlaps averaged (:func:`sjunet.evaluation.predict` reads it)
+    #: the paper's patch protocol (``--protocol patch``): ``patch`` x ``patch`` windows with this
+    #: stride, overlaps averaged; the defaults of ``--patch`` / ``--stride``
+    #: (:func:`sjunet.evaluation.make_protocol`). Evaluation is whole-image by default.
     eval_patch: tuple[int, int] | None = (48, 16)
 
     def __init__(

@@ -60,6 +60,8 @@ class EMDataset(SJDataset):
     task = SEGMENTATION
     DEFAULT_ROOT = "ISBI2012-EM"
     CLASS_NAMES = ("membrane", "interior")
+    #: the class the tables report (its F1 selects checkpoints: :attr:`sjunet.tasks.SegmentationTask.metric`)
+    FOREGROUND = "membrane"
     in_channels = 1
     num_classes = 2
 

@@ -1,5 +1,7 @@
-"""Whole-image prediction from overlapping patches (DRIVE test evaluation, as in the paper's
-official code: 48x48 patches, stride 16, overlapping outputs averaged)."""
+"""Whole-image prediction from overlapping patches: the paper's DRIVE protocol (its official
+code: 48x48 patches, stride 16, overlapping outputs averaged), ``sjunet evaluate --protocol patch``.
+The default evaluation runs whole images instead (:mod:`sjunet.evaluation`): each pixel of a
+48/16 grid is computed about 9 times here."""
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +33,7 @@ def predict_by_patches(
     batch_size: int = 64,
     pad_mode: str = "constant",
     no_grad: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Run ``fn`` on overlapping ``patch`` x ``patch`` windows of ``image`` and recompose.
 
@@ -43,13 +46,16 @@ def predict_by_patches(
         pad_mode: how the image is padded at the bottom/right so windows tile it exactly
             (``"constant"`` = zeros, as the official code; or ``"reflect"`` / ``"replicate"``).
         no_grad: run ``fn`` under :func:`torch.no_grad`.
+        on_batch: called after every call of ``fn`` with the number of windows it took (progress).
 
     Returns:
         ``[K, H, W]`` (or ``[B, K, H, W]``): each pixel the mean of ``fn``'s outputs over the windows
         containing it, cropped back to ``H x W``; on ``image``'s device, in ``fn``'s output dtype.
     """
+    if patch < 1:
+        raise ValueError(f"the patch side must be a positive number of pixels, got {patch}")
     if not 0 < stride <= patch:
-        raise ValueError(f"need 0 < stride <= patch, got stride={stride}, patch={patch}")
+        raise ValueError(f"the stride must be between 1 and the patch side ({patch}) pixels, got {stride}")
     single = image.dim() == 3
     batch = image.unsqueeze(0) if single else image
     if batch.dim() != 4:
@@ -77,6 +83,8 @@ def predict_by_patches(
                 total = outputs.new_zeros(b, outputs.shape[1], hp, wp)
             for out, (i, y, x) in zip(outputs, chunk):
                 total[i, :, y : y + patch, x : x + patch] += out
+            if on_batch is not None:
+                on_batch(len(chunk))
     assert total is not None
     result = (total / count.to(total.dtype))[:, :, :h, :w]
     return result[0] if single else result

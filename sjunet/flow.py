@@ -519,7 +519,8 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
             trial_minutes = (time.monotonic() - t_trials) / 60
             say(f"learning-rate trials (validation {task.metric}): " + ", ".join(
                 f"{k:g}: {v:.4f}" for k, v in trials.items()) + f" -> {lr:g}  ({trial_minutes:.2f} min)")
-        loop_opts.reserved_iters = per_rate * len(LR_CANDIDATES)  # the same plan on --resume: one budget
+        if auto_lr and (not resume or opts.max_iters is not None):  # the same plan on --resume: one budget
+            loop_opts.reserved_iters = per_rate * len(LR_CANDIDATES)
         loop_opts.reserved_minutes = trial_minutes
         optimizer = make_optimizer(opts.optimizer, params, lr)
         total = opts.epochs * math.ceil(len(train_ds) / opts.batch_size)  # --max-iters is a budget, not the length

@@ -45,7 +45,7 @@ PROFILES = {
     "smoke": dict(dataset="demo-seg", data_options={"size": 32, "num_items": 8}, train_options={},
                   width=4, depth=3, epochs=8, train_minutes=None, T=[2, 4, 8], layer_T=4, ft_T=2, ft_epochs=1,
                   ft_minutes=None, limit=2, batch=4, lr=5e-3, stock_T=[4, 8], trial_iters=2,
-                  archs=["pytorch-unet-bilinear", "monai-BasicUNet-defaults"],
+                  archs=["monai-BasicUNet-defaults"],  # LeakyReLU + InstanceNorm: the approximation path
                   coverage=["sjunet-UNet", "monai-AttentionUnet"]),
     "cpu": dict(dataset="em", data_options={}, train_options={"crop": 128, "samples_per_epoch": 160},
                 width=16, depth=4, epochs=200, train_minutes=4.0, T=[2, 4, 8, 16], layer_T=16, ft_T=4,

@@ -58,5 +58,5 @@ def init_random(net, seed: int = 0, bn_bias: float = 0.0):
             m.running_var.data = torch.rand(m.num_features, generator=g) + 0.5
             m.weight.data = torch.rand(m.num_features, generator=g) + 0.5
             m.bias.data = torch.randn(m.num_features, generator=g) * 0.1 + bn_bias
-    return net
+    return net.eval()
 

@@ -77,7 +77,7 @@ def test_two_processes_finetune_like_one_on_the_whole_batch(tmp_path, converted)
               "--lr", "1e-3", "--seed", "1"]
     _one([*common, "-o", tmp_path / "one.safetensors"])
     _torchrun([*common, "-o", tmp_path / "two.safetensors"], tmp_path)
-    a, b = _state(tmp_path / "one.pt.last.pt"), _state(tmp_path / "two.pt.last.pt")
+    a, b = _state(tmp_path / "one.safetensors.last.pt"), _state(tmp_path / "two.safetensors.last.pt")
     for k in a["state_dict"]:
         assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-5, rtol=1e-4), k
 

@@ -12,8 +12,6 @@ issue 20: calibrate ≤ 2.5×). Timings only; nothing here is asserted.
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 PROFILES = {
     "smoke": dict(batches=4, batch=2, size=32, width=4, depth=2, reps=2),
@@ -78,17 +76,9 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
             stock_note = f"stock converter: does not convert this model ({type(e).__name__}: {str(e)[:120]})"
     else:
         stock_note = "stock converter: not timed (it runs on the CPU only)"
-    times = {k: [] for k in runs}
-    for f in runs.values():  # warm-up, untimed
-        f()
-        sync()
-    for _ in range(p["reps"]):
-        for k, f in runs.items():
-            t0 = time.perf_counter()
-            f()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    from .common import interleaved_medians
+
+    med, times = interleaved_medians(runs, p["reps"], sync)
     ann_s = next(iter(med.values()))
     lines = [(f"Calibration cost ({profile} profile, device {device}, {what}, {len(xs)} batches of {xs[0].shape[0]}, "
               f"model {model or 'random-weight U-Net'}, medians of {p['reps']} interleaved repetitions, "

@@ -135,3 +135,24 @@ def hard_key(ann_metrics: dict, keys: list[str]) -> str:
     membrane for EM, vessel for DRIVE), else the first key (PSNR)."""
     f1 = [k for k in keys if k.startswith("f1_")]
     return min(f1, key=lambda k: ann_metrics[k]) if f1 else keys[0]
+
+
+def interleaved_medians(runs: dict, reps: int, sync=lambda: None) -> tuple[dict[str, float], dict[str, list]]:
+    """Median seconds of each callable in ``runs`` over ``reps`` interleaved repetitions (one
+    untimed warm-up each first; ``sync`` waits for the device), so load drifts hit all alike;
+    returns ``(medians, every time)``."""
+    import statistics
+    import time
+
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for f in runs.values():
+        f()
+        sync()
+    for _ in range(reps):
+        for k, f in runs.items():
+            t0 = time.perf_counter()
+            f()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}, times
+

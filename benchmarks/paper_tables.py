@@ -260,7 +260,7 @@ def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", da
     lines = [f"Table 4: threshold ladders on {name} ({profile} profile; connection-wise, v0 = θ_min/2; {k})", "",
              "| ladder | " + " | ".join(f"T={t}" for t in Ts) + " | agreement at T=" + str(Ts[-1]) + " |",
              "|---|" + "---|" * (len(Ts) + 1),
-             f"| ANN | " + " | ".join(f"{a[k]:.4f}" for _ in Ts) + " | — |"]
+             "| ANN | " + " | ".join(f"{a[k]:.4f}" for _ in Ts) + " | — |"]
     for label, r in res.items():
         agree = r["T"][str(Ts[-1])].get("agreement", r["T"][str(Ts[-1])].get("psnr_vs_reference", float("nan")))
         lines.append(f"| {label} | " + " | ".join(f"{r['T'][str(t)][k]:.4f} ({ratio(r['T'][str(t)][k], a[k]):.3f})"

@@ -9,8 +9,6 @@ step in ANN forwards.
 """
 from __future__ import annotations
 
-import statistics
-import time
 
 PROFILES = {
     "smoke": dict(T=4, reps=2, size=32, width=4, depth=2),
@@ -55,18 +53,10 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
         f"sjunet SNN, single-step, T={T}": lambda: simulate(snn, x, T, mode="step"),
         f"stock RateCodingRecipe SNN, multi-step chunk 4, T={T}": lambda: simulate(peer, x, T, mode="multi", chunk=4),
     }
-    times = {k: [] for k in runs}
+    from .common import interleaved_medians
+
     with torch.no_grad():
-        for f in runs.values():
-            f()
-            sync()
-        for _ in range(p["reps"]):
-            for k, f in runs.items():
-                t0 = time.perf_counter()
-                f()
-                sync()
-                times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+        med, times = interleaved_medians(runs, p["reps"], sync)
     ann_s = med["ANN forward"]
     lines = [f"Step cost ({profile} profile, device {device}, input {tuple(x.shape)}, medians of {p['reps']} "
              f"interleaved repetitions, {torch.get_num_threads()} threads)", "",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 SIZE = 64

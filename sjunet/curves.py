@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 
-from sjunet.plots import _NORM_LABELS, save_figure
+from sjunet.figures import NORM_LABELS as _NORM_LABELS, save_figure
 
 
 #: the largest results file read (an `sjunet evaluate` / `energy` JSON is a few kB)

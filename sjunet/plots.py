@@ -36,29 +36,11 @@ import torch  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from torch import fx, nn  # noqa: E402
 
-from sjunet.io import atomic_path, write_json  # noqa: E402
+from sjunet.figures import NORM_LABELS, save_figure  # noqa: E402,F401  (save_figure re-exported)
+from sjunet.io import write_json  # noqa: E402
 
 KINDS = ("activation-vs-rate", "metric-vs-T", "metric-vs-energy", "histograms")
-_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
-_NORM_LABELS = {"layer": "layer-wise", "connection": "connection-wise"}
-
-
-# --------------------------------------------------------------------------------------------- io
-def _format_of(path: Path) -> str:
-    return _FORMATS.get(path.suffix.lower(), "png")
-
-
-def save_figure(fig, output: str | os.PathLike, dpi: int = 150) -> Path:
-    """Save ``fig`` atomically to ``output`` (format from the suffix: png/svg/pdf; png otherwise)
-    and close it."""
-    output = Path(output)
-    try:
-        with atomic_path(output) as tmp:
-            # the temp file's suffix is '.tmp': give the format explicitly
-            fig.savefig(tmp, format=_format_of(output), dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return output
+_NORM_LABELS = NORM_LABELS
 
 
 def _tight(fig, title_inches: float = 0.7) -> None:

@@ -42,27 +42,27 @@ def _stages(n_stages: int, base: int, max_features: int, spatial_dims: int):
     return features, [3] * n_stages, strides
 
 
+def _build(cls_name: str, input_channels: int, num_classes: int, n_stages: int, base_features: int,
+           max_features: int, spatial_dims: int, norm: str | None, nonlin: str, **specific) -> nn.Module:
+    from dynamic_network_architectures.architectures import unet
+
+    features, kernels, strides = _stages(n_stages, base_features, max_features, spatial_dims)
+    return getattr(unet, cls_name)(input_channels, n_stages, features, kernel_sizes=kernels, strides=strides,
+                                   num_classes=num_classes, conv_bias=True, deep_supervision=False,
+                                   **specific, **_common(spatial_dims, norm, nonlin))
+
+
 def plain_conv_unet(input_channels: int = 1, num_classes: int = 2, n_stages: int = 5, base_features: int = 32,
                     max_features: int = 512, spatial_dims: int = 2, norm: str | None = "instance",
                     nonlin: str = "leakyrelu", n_conv_per_stage: int = 2) -> nn.Module:
     """nnU-Net's ``PlainConvUNet`` with its default layers (module docstring)."""
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
-
-    features, kernels, strides = _stages(n_stages, base_features, max_features, spatial_dims)
-    return PlainConvUNet(input_channels, n_stages, features, kernel_sizes=kernels, strides=strides,
-                         n_conv_per_stage=n_conv_per_stage, num_classes=num_classes,
-                         n_conv_per_stage_decoder=n_conv_per_stage, conv_bias=True, deep_supervision=False,
-                         **_common(spatial_dims, norm, nonlin))
+    return _build("PlainConvUNet", input_channels, num_classes, n_stages, base_features, max_features, spatial_dims,
+                  norm, nonlin, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage)
 
 
 def residual_encoder_unet(input_channels: int = 1, num_classes: int = 2, n_stages: int = 5, base_features: int = 32,
                           max_features: int = 512, spatial_dims: int = 2, norm: str | None = "instance",
                           nonlin: str = "leakyrelu", n_blocks: int = 2) -> nn.Module:
     """nnU-Net's ``ResidualEncoderUNet`` (the ResEnc presets) with its default layers."""
-    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
-
-    features, kernels, strides = _stages(n_stages, base_features, max_features, spatial_dims)
-    return ResidualEncoderUNet(input_channels, n_stages, features, kernel_sizes=kernels, strides=strides,
-                               n_blocks_per_stage=n_blocks, num_classes=num_classes,
-                               n_conv_per_stage_decoder=1, conv_bias=True, deep_supervision=False,
-                               **_common(spatial_dims, norm, nonlin))
+    return _build("ResidualEncoderUNet", input_channels, num_classes, n_stages, base_features, max_features,
+                  spatial_dims, norm, nonlin, n_blocks_per_stage=n_blocks, n_conv_per_stage_decoder=1)

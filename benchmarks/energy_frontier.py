@@ -18,9 +18,9 @@ PROFILES = {
     "smoke": dict(datasets=["demo-seg"], ann_profile="smoke", T=[1, 2, 4], ft_T=2, ft_minutes=0.05, beta=1.0,
                   limit=2, val_limit=2, batch=4, trial_iters=2),
     "cpu": dict(datasets=["em", "drive", "bsd68"], ann_profile="cpu", T=[1, 2, 4, 8, 16, 50], ft_T=2, ft_minutes=3.0,
-                beta=0.5, limit={"drive": 3, "*": 5}, val_limit={"drive": 128, "*": 3}, batch=4),
+                beta=0.5, limit={"drive": 3, "*": 5}, val_limit=None, batch=4),
     "gpu": dict(datasets=["em", "drive", "bsd68"], ann_profile="gpu", T=[1, 2, 4, 8, 16, 50], ft_T=2, ft_minutes=3.0,
-                beta=0.5, limit=None, val_limit={"drive": 256, "*": 5}, batch=8),
+                beta=0.5, limit=None, val_limit=None, batch=8),
     "paper": dict(datasets=["em", "drive", "bsd68"], ann_profile="paper", T=[1, 2, 4, 8, 16, 50], ft_T=2,
                   ft_minutes=10.0, beta=0.5, limit=None, val_limit=None, batch=8),
 }

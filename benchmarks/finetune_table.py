@@ -25,10 +25,9 @@ PROFILES = {
     "smoke": dict(datasets=["demo-seg", "demo-denoise"], T=[1, 2], extra_T={}, ann_profile="smoke", ft_minutes=0.05,
                   ft_epochs=1, batch=4, limit=2, val_limit=2, trial_iters=2),
     "cpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
-                ann_profile="cpu", ft_minutes=2.0, ft_epochs=50, batch=4, limit={"drive": 3, "*": 5},
-                val_limit={"drive": 128, "*": 3}),
+                ann_profile="cpu", ft_minutes=2.0, ft_epochs=50, batch=4, limit=None, val_limit=None),
     "gpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
-                ann_profile="gpu", ft_minutes=2.0, ft_epochs=100, batch=8, limit=None, val_limit={"drive": 256, "*": 5}),
+                ann_profile="gpu", ft_minutes=2.0, ft_epochs=100, batch=8, limit=None, val_limit=None),
     "paper": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
                   ann_profile="paper", ft_minutes=10.0, ft_epochs=100, batch=8, limit=None, val_limit=None),
 }
@@ -37,7 +36,7 @@ PROFILES = {
 RECIPE_PROFILES = {
     "smoke": dict(dataset="demo-seg", T=2, iters=6, val_limit=2, ann_profile="smoke", ann_minutes=0.3, trial_iters=2,
                   arms=[dict(width=8, losses=["label", "both"], lrs=[1e-4, "auto"], limit=2)]),
-    "cpu": dict(dataset="drive", T=4, iters=150, val_limit=128, ann_profile="cpu", ann_minutes=12.0, trial_iters=20,
+    "cpu": dict(dataset="drive", T=4, iters=150, val_limit=None, ann_profile="cpu", ann_minutes=12.0, trial_iters=20,
                 arms=[dict(width=16, losses=["label", "distill", "both"], lrs=[1e-5, 1e-4, 1e-3, "auto"], limit=3),
                       dict(width=64, losses=["label", "both"], lrs=[1e-5, 1e-4, "auto"], limit=1)]),
     "paper": dict(dataset="drive", T=4, iters=600, val_limit=None, ann_profile="paper", ann_minutes=30.0,
@@ -49,8 +48,7 @@ RECIPE_PROFILES = {
 
 def val_limit(setting, dataset: str):
     """A profile's (validation or test) image limit for ``dataset``: a number, or per dataset
-    (``"*"``: the rest). DRIVE validates on 48x48 patches and tests whole images by overlapping
-    patches (about 1,300 per image), the others whole images."""
+    (``"*"``: the rest); None: every image. Validation and test are whole images on every data set."""
     return setting.get(dataset, setting.get("*")) if isinstance(setting, dict) else setting
 
 
@@ -69,9 +67,9 @@ def _finetune(snn_path, out, d: dict, data, T: int, device: str, budget: dict, *
             "val_before": s["baseline"]["score"], "val_after": s["best"]["score"], "options": asdict(opts)}
 
 
-def _key(ann_metrics: dict) -> str:
-    f1 = [k for k in ann_metrics if k.startswith("f1_")]
-    return min(f1, key=lambda k: ann_metrics[k]) if f1 else ("miou" if "miou" in ann_metrics else "psnr")
+def _key(r: dict) -> str:
+    """A row's headline metric (the one fine-tuning selects on: :attr:`sjunet.tasks.SegmentationTask.metric`)."""
+    return r["metric"]
 
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
@@ -96,7 +94,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
         out.mkdir(parents=True, exist_ok=True)
         for T in p["T"] + p["extra_T"].get(name, []):
             prev = previous.get((name, T))
-            if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint:
+            if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint and "metric" in prev:
                 rows.append(prev)
                 continue
             snn = convert(ann, stats)
@@ -107,6 +105,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
                             "minutes": p["ft_minutes"], **({"trial_iters": p["trial_iters"]} if "trial_iters" in p else {})})
             after = evaluate_snn(load_snn(out / f"ft_T{T}.safetensors")[0], test, [T], task, **ev)
             rows.append({"id": f"{name}@{T}", "dataset": name, "T": T, "ann_fingerprint": stats.model_fingerprint,
+                         "metric": task.metric, "test_images": len(test) if ev["limit"] is None else ev["limit"],
                          "ann": conv["ann"], "converted": conv["T"][str(T)], "finetuned": after["T"][str(T)], **ft})
             write_results("finetune", profile, _table(rows, p, profile), {"profile": profile, "settings": p,
                                                                            "rows": rows})
@@ -116,23 +115,29 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
 
 
 def _cells(r: dict) -> tuple[str, float, str, str]:
-    """A row's metric key, ANN value, and converted / fine-tuned cells ``value (× ANN)``."""
+    """A row's metric key, ANN value, and converted / fine-tuned test cells ``value (× ANN)``."""
     from .common import ratio
 
-    k = _key(r["ann"])
+    k = _key(r)
     a, c, f = r["ann"][k], r["converted"][k], r["finetuned"][k]
     return k, a, f"{c:.4f} ({ratio(c, a):.3f})", f"{f:.4f} ({ratio(f, a):.3f})"
 
 
 def _table(rows: list[dict], p: dict, profile: str) -> str:
     lines = [f"Spiking-flow fine-tuning ({profile} profile; default recipe; budget {p['ft_minutes']} min per T, lr "
-             "auto included; test images {}; cells: value (× ANN))".format(p["limit"]), "",
-             "| dataset | metric | T | ANN | converted | fine-tuned | improved on its input | lr | minutes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "auto included; whole images; cells: value (× ANN)). The checkpoint is chosen on validation (its "
+             "before → after on the left); test is reported, never used to choose.", "",
+             "| dataset | metric | T | validation: input → kept | ANN (test) | converted (test) | fine-tuned (test) | "
+             "test change | kept | lr | steps | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         k, a, conv, ft = _cells(r)
-        lines.append(f"| {r['dataset']} | {k} | {r['T']} | {a:.4f} | {conv} | {ft} | "
-                     f"{'yes' if r['improved'] else 'no (input kept)'} | {r['lr']:g} | {r['minutes']:.1f} |")
+        delta = r["finetuned"][k] - r["converted"][k]
+        lines.append(f"| {r['dataset']} | {k} | {r['T']} | {r['val_before']:.4f} → {r['val_after']:.4f} | {a:.4f} | "
+                     f"{conv} | {ft} | {delta:+.4f} | {'fine-tuned' if r['improved'] else 'input'} | {r['lr']:g} | "
+                     f"{r['steps']} | {r['minutes']:.1f} |")
+    n = {r["dataset"]: r.get("test_images") for r in rows}
+    lines += ["", "Test images: " + ", ".join(f"{d} {v if v is not None else 'all'}" for d, v in n.items())]
     return "\n".join(lines)
 
 
@@ -191,7 +196,7 @@ def recipe(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> 
             for lr in arm["lrs"]:
                 rid = f"w{width}-{loss}-{lr}"
                 prev = previous.get(rid)
-                if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint:
+                if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint and "metric" in prev:
                     rows.append(prev)
                     continue
                 ft_path = out / f"ft_{loss}_{lr}.safetensors"
@@ -200,7 +205,7 @@ def recipe(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> 
                                lr=lr, loss=loss, lr_trial_iters=rp.get("trial_iters", 20))
                 after = evaluate_snn(load_snn(ft_path)[0], test, [T], task, **ev)
                 rows.append({"id": rid, "width": width, "loss": loss, "lr_option": lr, "T": T,
-                             "ann_fingerprint": stats.model_fingerprint, "ann": conv["ann"],
+                             "ann_fingerprint": stats.model_fingerprint, "metric": task.metric, "ann": conv["ann"],
                              "converted": conv["T"][str(T)], "finetuned": after["T"][str(T)], **ft})
                 write_results("ftrecipe", profile, _recipe_table(rows, rp), {"profile": profile, "settings": rp,
                                                                                "rows": rows})

@@ -30,16 +30,16 @@ PROFILES = {
     "smoke": dict(datasets=["demo-seg"], ann_profile="smoke", T={"*": 2}, dt_minutes=0.05,
                   ft_minutes=0.05, dt_epochs=1, limit=2, val_limit=2, batch=4, images=[0]),
     "cpu": dict(datasets=["em", "drive", "camseq", "bsd68"], ann_profile="cpu", T={"*": 4}, dt_minutes=4.0,
-                ft_minutes=2.0, dt_epochs=100, limit={"drive": 3, "*": 5}, val_limit={"drive": 128, "*": 3},
+                ft_minutes=2.0, dt_epochs=100, limit={"drive": 3, "*": 5}, val_limit=None,
                 batch=4, images=[0]),
     # the paper's settings (§4.2: T 10/50/20/10/20, 100 epochs of direct training and of fine-tuning), no budget
     "paper": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], ann_profile="paper",
                   T={"drive": 10, "em": 50, "camseq": 20, "bsd68": 10, "cbsd68": 20}, dt_minutes=None,
-                  ft_minutes=None, dt_epochs=100, ft_epochs=100, limit=None, val_limit={"drive": 256, "*": 5}, batch=8,
+                  ft_minutes=None, dt_epochs=100, ft_epochs=100, limit=None, val_limit=None, batch=8,
                   images=[0, 1]),
     "gpu": dict(datasets=["drive", "em", "camseq", "bsd68", "cbsd68"], ann_profile="gpu",
                 T={"drive": 10, "em": 50, "camseq": 20, "bsd68": 10, "cbsd68": 20}, dt_minutes=8.0, ft_minutes=3.0,
-                dt_epochs=100, limit=None, val_limit={"drive": 256, "*": 5}, batch=8, images=[0, 1]),
+                dt_epochs=100, limit=None, val_limit=None, batch=8, images=[0, 1]),
 }
 #: the paper's Table 1/2 order
 SYSTEMS = ["Spiking-FCN DT", "ML DT", "ML FT", "RS DT", "RS FT", "MT DT", "MT FT"]

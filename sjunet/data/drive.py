@@ -25,8 +25,9 @@ Preprocessing (:func:`preprocess`), following the official Spiking-UNet / retina
 
 Splits: ``train`` = the 20 training images (the first 18 with ``holdout_val=True``) as random
 ``patch`` x ``patch`` crops whose centre lies inside the FOV, item ``i`` from image ``i % n``;
-``val`` = the last ``val_images`` (2) training images, patches drawn from a generator seeded by
-``(seed, index)`` only, so the same every epoch; ``test`` = the 20 test images, whole
+``val`` = the last ``val_images`` (2) training images, whole and FOV-masked like the test images
+(checkpoints are chosen on the same kind of input the test reports: one code path for both);
+``test`` = the 20 test images, whole
 (``x [1, 584, 565]``), evaluated whole by default (padded to the network's size multiple, run
 once: :mod:`sjunet.evaluation`); the paper's protocol, 48x48 windows every 16 pixels with the
 overlaps averaged (:func:`sjunet.data.patches.predict_by_patches`), is ``--protocol patch``
@@ -96,7 +97,6 @@ class DRIVEDataset(SJDataset):
     CLASS_NAMES = ("background", "vessel")
     in_channels = 1
     num_classes = 2
-    VAL_SAMPLES = 256
     #: the paper's patch protocol (``--protocol patch``): ``patch`` x ``patch`` windows with this
     #: stride, overlaps averaged; the defaults of ``--patch`` / ``--stride``
     #: (:func:`sjunet.evaluation.make_protocol`). Evaluation is whole-image by default.
@@ -118,9 +118,9 @@ class DRIVEDataset(SJDataset):
         """
         Args:
             root: the DRIVE directory (``training/``, ``test/``) or a data directory holding ``DRIVE``.
-            split: ``train`` (random patches), ``val`` (fixed patches), ``test`` (whole images).
-            patch: side of the square training / validation patches.
-            samples_per_epoch: patches per epoch (default 2000 for train, 256 for val).
+            split: ``train`` (random patches), ``val`` and ``test`` (whole images).
+            patch: side of the square training patches.
+            samples_per_epoch: training patches per epoch (default 2000).
             holdout_val: exclude the validation images from ``train``.
             val_images: number of trailing training images used for ``val``.
             flip: random horizontal / vertical flips of training patches (off: the paper uses none).
@@ -153,13 +153,12 @@ class DRIVEDataset(SJDataset):
         self.patch = int(patch)
         self.flip = bool(flip)
         self.cache = bool(cache)
-        if split == "test":
+        if split != "train":  # validation and test: whole images
             self.length = len(triples)
         else:
-            default = 2000 if split == "train" else self.VAL_SAMPLES
-            self.length = int(samples_per_epoch or default)
+            self.length = int(samples_per_epoch or 2000)
         self.options = {
-            "patch": self.patch if split != "test" else None,
+            "patch": self.patch if split == "train" else None,
             "samples_per_epoch": self.length,
             "holdout_val": bool(holdout_val),
             "val_images": val_images,
@@ -197,7 +196,7 @@ class DRIVEDataset(SJDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        if self.split == "test":
+        if self.split != "train":
             image, label, _ = self.load(index)
             return segmentation_item(image, label)
         image, label, centres = self.load(index % len(self.triples))

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "zoo": ".zoo",
     "peers": ".peer_table",
     "calibration": ".calibration_cost",
+    "protocol": ".protocol_cost",
 }
 
 

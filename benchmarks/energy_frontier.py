@@ -93,7 +93,8 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
             variants[label] = path
         frontiers = {label: _frontier(path, test, ann, p, out / f"frontier_{path.stem}.json", device,
                                       val_limit(p["limit"], name)) for label, path in variants.items()}
-        key = metric_key(next(iter(frontiers.values()))["ann"])
+        first = next(iter(frontiers.values()))
+        key = metric_key(first["ann"], first)
         fig = RESULTS / f"energy-{profile}-{name}.png"
         metric_vs_energy(list(frontiers.values()), metric=key, output=fig, labels=list(frontiers),
                          title=f"{name}: {key} against energy per image (star: the ANN)")

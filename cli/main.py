@@ -104,14 +104,11 @@ def _check_fits(ds, net, padded: bool, what: str, multiple: int | None = None) -
 
 
 def _check_training_data(dataset: str, data, seed: int, options: dict, multiple: int, what: str) -> None:
-    """The training items (as they go in, unpadded) and the validation split fit a network of size
-    ``multiple`` (before the run starts)."""
-    from sjunet.data import check_fits
-    from sjunet.loop import train_val_datasets
+    """The training items (as they go in, unpadded) fit a network of size ``multiple`` (before the
+    run starts; validation images are padded, so any size passes)."""
+    from sjunet.data import check_fits, get_dataset
 
-    train_ds, val_ds = train_val_datasets(dataset, data, seed, options)
-    check_fits(train_ds, multiple, padded=False, what=what)
-    check_fits(val_ds, multiple, padded=True, what=what)
+    check_fits(get_dataset(dataset, data, "train", seed=seed, **options), multiple, padded=False, what=what)
 
 
 dataset_opt = click.option("--dataset", "-d", default="em", show_default=True,
@@ -606,11 +603,6 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
                            batch_size=batch_size, optimizer=optimizer, schedule=schedule, method=method,
                            chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                            device=device, dataset_options=dataset_options, class_weights=class_weights, **given)
-    from sjunet.recipe import load_snn, snn_size_multiple
-
-    net, rec = load_snn(snn)
-    _check_training_data(dataset, data, seed, dataset_options, snn_size_multiple(net, rec), "the SNN")
-    del net
     s = _run_loop(finetune_fn, opts, resume=resume, force=force)
     if not _is_main():
         return

@@ -280,7 +280,8 @@ def metric_vs_energy(
         return {k: v for k, v in (d or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     first = loaded[0][0]
-    metric = metric or metric_key(numeric(first.get("ann")) or numeric(next(iter(first["T"].values()))["metrics"]))
+    metric = metric or metric_key(numeric(first.get("ann")) or numeric(next(iter(first["T"].values()))["metrics"]),
+                                  first)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     out: dict[str, dict[str, Any]] = {}

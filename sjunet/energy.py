@@ -377,11 +377,13 @@ def energy_frontier(snn: fx.GraphModule, dataset, T: Sequence[int], ann: nn.Modu
                     limit: int | None = None, mode: str = "step", chunk: int = 4, multiple: int | None = None,
                     progress: bool = False, device: str = "cpu") -> dict:
     """Metric and energy at every T from one simulation of each evaluated input: the evaluation's
-    own (:func:`sjunet.evaluation.evaluate_snn`: whole padded images, or the patches of datasets
-    evaluated by patches — then the energy is that of producing the evaluated prediction, and the
-    ANN's MACs are counted over the same patches). Returns ``{"T": {t: {"metrics", "energy"}},
-    "ann": ANN metrics (when ``ann``), "timing"}``."""
+    own (:func:`sjunet.evaluation.evaluate_snn`: whole images by default, padded to the size rule,
+    tiled only where memory needs it; under ``--protocol patch`` the energy is that of producing
+    the evaluated prediction, and the ANN's MACs are counted over the same windows). Returns
+    ``{"T": {t: {"metrics", "energy"}}, "ann": ANN metrics (when ``ann``), "metric": the data set's
+    headline metric, "protocol", "timing"}``."""
     from sjunet.evaluation import evaluate_snn
+    from sjunet.tasks import task_for
 
     steps = sorted({int(t) for t in T})
     cache: dict = {}
@@ -393,7 +395,7 @@ def energy_frontier(snn: fx.GraphModule, dataset, T: Sequence[int], ann: nn.Modu
         r = evaluate_snn(snn, dataset, steps, reference=ann, mode=mode, chunk=chunk, limit=limit, multiple=multiple,
                          progress=progress, device=device, on_checkpoint=hook)
     out = {"T": {str(t): {"metrics": r["T"][str(t)], "energy": tallies[t].report(t).to_dict()} for t in steps},
-           "timing": r["timing"]}
+           "metric": task_for(dataset).metric, "protocol": r["protocol"], "timing": r["timing"]}
     if "ann" in r:
         out["ann"] = r["ann"]
     return out

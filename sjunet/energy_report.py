@@ -45,8 +45,12 @@ def energy_table(report: EnergyReport) -> str:
     return "\n".join(lines)
 
 
-def metric_key(metrics: dict) -> str:
-    """The metric a frontier is drawn for: the hard class's F1 (binary), mIoU, else PSNR."""
+def metric_key(metrics: dict, frontier: dict | None = None) -> str:
+    """The metric a frontier is drawn for: the data set's headline metric the frontier records
+    (:attr:`sjunet.tasks.SegmentationTask.metric`); for records without one, the hard class's F1
+    (binary), mIoU, else PSNR."""
+    if frontier is not None and frontier.get("metric") in metrics:
+        return frontier["metric"]
     f1 = [k for k in metrics if k.startswith("f1_")]
     if f1:
         return min(f1, key=lambda k: metrics[k])
@@ -57,7 +61,7 @@ def frontier_table(frontier: dict, label: str = "SNN", key: str | None = None) -
     """Metric and energy (× ANN, three conventions) at every T of :func:`sjunet.energy.energy_frontier`."""
     per_t = frontier["T"]
     first = next(iter(per_t.values()))
-    key = key or metric_key(frontier.get("ann") or first["metrics"])
+    key = key or metric_key(frontier.get("ann") or first["metrics"], frontier)
     ann = (frontier.get("ann") or {}).get(key)
     lines = [f"| model | T | {key} | × ANN | spikes/img | SOPs/img | paper E × ANN | SOP E × ANN | "
              "NeuroBench E × ANN |", "|---|---|---|---|---|---|---|---|---|"]

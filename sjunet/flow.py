@@ -427,6 +427,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     loading the data and validating the input SNN are not counted (they are timed and reported).
     """
     from sjunet.evaluation import check_compatible, evaluate_snn
+    from sjunet.data import check_fits
     from sjunet.io import SNN_KIND, file_fingerprint
     from sjunet.loop import (SCHEDULES, LoopOptions, check_options, fit, make_optimizer, make_schedule, run_outputs,
                              seed_everything, train_val_datasets)
@@ -480,6 +481,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         say(f"finetune: {len(train_ds)} training items, {len(val_ds)} validation items; the output is the best on "
             f"validation {task.metric} of the input SNN and every validation; {describe_weights(weights_record, task)}")
         multiple = snn_size_multiple(snn, rec)
+        check_fits(train_ds, multiple, padded=False, what="the SNN")  # before any long work
         params = [p for p in snn.parameters() if p.requires_grad]
         teacher = Teacher(snn).to(opts.device) if weights.needs_teacher else None
         penalty = SopPenalty(snn) if weights.energy else None

@@ -24,7 +24,7 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
             "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers",
-            "calibration": "calibration"}[name]
+            "calibration": "calibration", "protocol": "protocol"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table
@@ -38,6 +38,10 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
         assert all("converted" in r for r in rows if r["system"].endswith("FT"))
         assert (tmp_path / "peers-smoke-demo-seg.png").stat().st_size > 1000
     payload = json.loads(js.read_text())
+    if name == "protocol":  # the same images whole and by patches: the same ANN on each, so comparable
+        runs = payload["runs"]
+        assert {r["protocol"]["protocol"] for r in runs.values()} == {"whole", "patch"}
+        assert all(r["timing"]["step_cost_vs_ann"] > 0 for r in runs.values())
     assert "provenance" in payload and payload["provenance"]["versions"]["torch"]
     if name == "tables12":  # a second run resumes: every dataset's row is reused, nothing is evaluated again
         import sjunet.evaluation
@@ -66,6 +70,10 @@ def test_peer_table_puts_the_papers_figures_and_orderings_beside_ours():
     assert f"{PAPER['em'][3]['U-Net']:.3f}" in paper_line and paper_line.count("—") == 2  # no Spiking-FCN; no converted
     ours_line = next(line for line in table.splitlines() if line.startswith("| em | f1_interior"))
     assert "| — |" in ours_line  # ML FT was not run
+    # direct training below half the U-Net is marked, with its budget; fine-tuned systems never are
+    cells = dict(zip(SYSTEMS, [c.strip() for c in ours_line.split("|")[5:5 + len(SYSTEMS)]]))
+    assert [s for s, c in cells.items() if "under-trained" in c] == ["Spiking-FCN DT", "ML DT", "RS DT", "MT DT"]
+    assert any(line.startswith("‡ em MT DT: 0.444 × the U-Net on f1_interior") for line in table.splitlines())
     orders = [line for line in table.splitlines() if line.count("|") == 5 and line.startswith("| em |")]
     assert orders == ["| em | f1_interior | MT FT > RS FT > MT DT > RS DT > ML DT > Spiking-FCN DT | "
                       "MT FT > RS FT > MT DT ≈ ML DT > RS DT |"]

@@ -176,23 +176,17 @@ def check_fits(dataset, multiple: int, *, padded: bool, what: str = "this U-Net"
     input sides must be multiples of ``multiple``.
 
     ``padded=False`` (training, calibration: batches go in as they are): every side must be a
-    multiple of ``multiple`` (so at least ``multiple``). ``padded=True`` (evaluation: whole images are
-    padded up to the multiple, :func:`sjunet.evaluation.predict`): any size passes, except datasets
-    evaluated in fixed windows (``eval_patch``, DRIVE), whose window must itself pass.
+    multiple of ``multiple`` (so at least ``multiple``). ``padded=True`` (evaluation and validation:
+    whole images are padded up to the multiple, :mod:`sjunet.evaluation`): any size passes — the
+    windows of ``--protocol patch`` are checked where that protocol is chosen
+    (:func:`sjunet.evaluation.check_protocol`).
     """
     multiple = int(multiple)
-    if multiple <= 1:
+    if multiple <= 1 or padded:
         return
     name = getattr(dataset, "name", type(dataset).__name__)
-    patching = getattr(dataset, "eval_patch", None)
-    if padded:
-        if not patching:
-            return
-        h = w = int(patching[0])
-        kind = f"{name}'s evaluation windows of {h}×{w}"
-    else:
-        h, w = image_size(dataset)
-        kind = f"images of {h}×{w} ({name}, {getattr(dataset, 'split', '')} split)".replace(", )", ")")
+    h, w = image_size(dataset)
+    kind = f"images of {h}×{w} ({name}, {getattr(dataset, 'split', '')} split)".replace(", )", ")")
     if h % multiple or w % multiple:
         hint = ("pass --opt patch=… (a multiple of {m})" if "patch" in _keyword_parameters(type(dataset))
                 else "pass --opt crop=… (a multiple of {m})" if "crop" in _keyword_parameters(type(dataset))

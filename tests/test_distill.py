@@ -146,6 +146,10 @@ def test_lr_range_test_picks_the_best_rate_and_honours_its_time_share():
 
     best, scores = lr_range_test(net, step, data, validate, optimizer="sgd", candidates=(1e-3, 1e-1), iters=10)
     assert best == 1e-1 and scores[1e-1] > scores[1e-3] and float(net.weight) == 0.0 and len(calls) == 20
+    # no trial beats the input's score: the trials saw only the first dip, so the recipe's rate is used
+    best, again = lr_range_test(net, step, data, validate, optimizer="sgd", candidates=(1e-3, 1e-1), iters=10,
+                                baseline=max(scores.values()) + 0.01, fallback=3e-2)
+    assert best == 3e-2 and again == scores
 
     def slow_step(x, y):
         time.sleep(0.05)

@@ -66,8 +66,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     from sjunet.recipe import convert, save_snn
 
     from .common import RESULTS, write_results
-    from .finetune_table import _finetune, val_limit
-    from .paper_tables import _prepare
+    from .tables_common import _finetune, _prepare, val_limit
 
     p = PROFILES[profile]
     names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]

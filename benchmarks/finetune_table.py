@@ -18,8 +18,7 @@ run resumes where it stopped.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
+from .tables_common import _finetune, val_limit
 
 PROFILES = {
     "smoke": dict(datasets=["demo-seg", "demo-denoise"], T=[1, 2], extra_T={}, ann_profile="smoke", ft_minutes=0.05,
@@ -46,27 +45,6 @@ RECIPE_PROFILES = {
 }
 
 
-def val_limit(setting, dataset: str):
-    """A profile's (validation or test) image limit for ``dataset``: a number, or per dataset
-    (``"*"``: the rest); None: every image. Validation and test are whole images on every data set."""
-    return setting.get(dataset, setting.get("*")) if isinstance(setting, dict) else setting
-
-
-def _finetune(snn_path, out, d: dict, data, T: int, device: str, budget: dict, **recipe) -> dict:
-    from sjunet.flow import FinetuneOptions, finetune
-
-    t0 = time.perf_counter()
-    opts = FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(out), T=T,
-                           batch_size=budget["batch"], device=device, val_limit=budget.get("val_limit"),
-                           epochs=budget.get("epochs", 50), max_minutes=budget.get("minutes"),
-                           max_iters=budget.get("iters"), dataset_options=d["train_opts"],
-                           **({"lr_trial_iters": budget["trial_iters"], **recipe} if "trial_iters" in budget else recipe))
-    s = finetune(opts, progress=False, force=True)
-    return {"minutes": (time.perf_counter() - t0) / 60, "improved": s["improved"], "kept": s["kept"],
-            "lr": s["lr"], "lr_trials": s["lr_trials"], "steps": s["step"],
-            "val_before": s["baseline"]["score"], "val_after": s["best"]["score"], "options": asdict(opts)}
-
-
 def _key(r: dict) -> str:
     """A row's headline metric (the one fine-tuning selects on: :attr:`sjunet.tasks.SegmentationTask.metric`)."""
     return r["metric"]
@@ -79,7 +57,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     from sjunet.tasks import task_for
 
     from .common import RESULTS, write_results
-    from .paper_tables import _eval_options, _prepare, _previous_rows
+    from .tables_common import _eval_options, _prepare, _previous_rows
 
     p = PROFILES[profile]
     names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]
@@ -147,11 +125,11 @@ def _width_ann(rp: dict, width: int, data, device: str, profile: str):
     from sjunet.training import TrainOptions, train
 
     from .common import RESULTS, cached_stats
-    from .paper_tables import DATASETS, PROFILES as ANN_PROFILES
+    from .tables_common import DATASETS, PROFILES as ANN_PROFILES
 
     d = DATASETS[rp["dataset"]]
     if width == ANN_PROFILES[rp["ann_profile"]]["width"]:  # the paper tables' ANN of this dataset
-        from .paper_tables import _prepare
+        from .tables_common import _prepare
 
         _, name, d, ann, stats = _prepare(rp["ann_profile"], rp["dataset"], data, device)
         out = RESULTS / rp["ann_profile"] / name / "ftrecipe"
@@ -177,7 +155,7 @@ def recipe(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> 
     from sjunet.tasks import task_for
 
     from .common import write_results
-    from .paper_tables import _previous_rows
+    from .tables_common import _previous_rows
 
     rp = RECIPE_PROFILES[profile]
     previous = _previous_rows("ftrecipe", profile, rp, key="id")

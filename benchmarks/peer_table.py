@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from .finetune_table import val_limit as _pick  # a profile setting per dataset ("*": the rest)
+from .tables_common import val_limit as _pick  # a profile setting per dataset ("*": the rest)
 
 #: cpu: BPTT at the paper's T (10–50) does not fit a CPU budget: every dataset at T = 4 here; direct training
 #: gets 4 min (two thirds of the ANN's 6), fine-tuning 2 min after conversion
@@ -90,8 +90,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     from sjunet.tasks import task_for
 
     from .common import RESULTS, write_results
-    from .finetune_table import _finetune
-    from .paper_tables import PROFILES as ANN_PROFILES, _prepare, _previous_rows
+    from .tables_common import PROFILES as ANN_PROFILES, _finetune, _prepare, _previous_rows
 
     p = PROFILES[profile]
     names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]
@@ -162,7 +161,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
 def _keys(name: str, ann: dict) -> list[str]:
     """Our reported metrics of a dataset: the paper tables' (the hard class, mIoU, PSNR/SSIM) and the
     one the paper's figure stands beside (EM: the paper's F1 is the cell-interior class's)."""
-    from .paper_tables import _metric_keys
+    from .tables_common import _metric_keys
 
     keys = _metric_keys(ann)
     extra = PAPER.get(name, (None, None))[1]

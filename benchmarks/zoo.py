@@ -187,7 +187,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     from sjunet.models.checkpoint import load_ann
 
     from .common import RESULTS, write_results
-    from .paper_tables import _previous_rows
+    from .tables_common import _previous_rows
 
     p = dict(PROFILES[profile])
     if dataset is not None:

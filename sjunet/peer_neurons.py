@@ -54,7 +54,7 @@ import torch
 from spikingjelly.activation_based import surrogate
 from torch import fx, nn
 
-from sjunet.neurons import FACTORIES, AdvancedByStep, NEURON_TYPES, NeuronFactory, SpikingNeuron, refuse_signed, validate_ladder
+from sjunet.neuron_base import AdvancedByStep, NeuronFactory, SpikingNeuron, refuse_signed, validate_ladder
 
 RESETS = ("subtract", "zero")
 #: the reference MLF unit (langfengQ/MLF-DSResNet): K = 3, LIF τ = 0.25, hard reset, unit spikes
@@ -381,9 +381,6 @@ def rs_factory(thresholds: Sequence[float] = (1.0,), v_init: float = 0.0) -> Neu
 
     return factory
 
-
-NEURON_TYPES.update({"MultiLevelNode": MultiLevelNode, "RealSpikeNode": RealSpikeNode})
-FACTORIES.update({"ml": ((3.0, 2.0, 1.0), ml_factory), "rs": ((1.0,), rs_factory)})
 
 __all__ = ["ML_REFERENCE", "MultiLevelNode", "RS_REFERENCE", "RealSpikeNode", "ml_factory", "ml_step",
            "reparameterize_real_spikes", "rs_factory", "rs_step"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sjunet.data import DATASETS, TASK_OF, check_dataset_options, get_dataset
+from sjunet.data import DATASETS, TASK_OF, check_dataset_options, check_fits, get_dataset, spatial_size
 from sjunet.data.common import IGNORE_INDEX, DatasetError, image_to_tensor, label_to_tensor, segmentation_item
 from sjunet.metrics import MetricAccumulator, confusion_matrix, segmentation_metrics
 from sjunet.tasks import task_for
@@ -277,3 +277,27 @@ def test_metrics_on_volumes() -> None:
     assert meter2.num_images == 3
     with pytest.raises(ValueError, match="spatial_dims"):
         MetricAccumulator("segmentation", 2, spatial_dims=4)
+
+
+# --------------------------------------------------------------------------- size rule
+
+
+def test_check_fits_volumes(stack: Path) -> None:
+    train = get_dataset("em3d", stack, "train", crop=[4, 16, 24], samples_per_epoch=1, **SMALL)
+    assert spatial_size(train) == (4, 16, 24)
+    check_fits(train, 4, padded=False)
+    check_fits(train, (2, 8, 8), padded=False)
+    with pytest.raises(DatasetError, match=r"volumes of 4×16×24 \(em3d, train split\) cannot pass the ANN: "
+                                           r"depth 4 must be a multiple of 8; pass --opt crop="):
+        check_fits(train, 8, padded=False, what="the ANN")
+    with pytest.raises(DatasetError, match="width 24 must be a multiple of 16; pass --opt crop=") as err:
+        check_fits(train, (1, 16, 16), padded=False)
+    assert "\n" not in str(err.value)
+    check_fits(get_dataset("em3d", stack, "val", **SMALL), 16, padded=True)  # evaluation pads
+    demo = get_dataset("demo-seg3d", None, "train", num_items=1)
+    check_fits(demo, 16, padded=False)
+    with pytest.raises(DatasetError, match="depth 16 must be a multiple of 32; pass --opt size="):
+        check_fits(demo, 32, padded=False)
+    # images keep the 2-D rule and message
+    with pytest.raises(DatasetError, match="height and width must be multiples of 32"):
+        check_fits(get_dataset("demo-seg", None, "train", num_items=1, size=48), 32, padded=False)

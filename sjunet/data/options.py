@@ -191,13 +191,42 @@ def image_size(dataset) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
 
 
+def spatial_size(dataset) -> tuple[int, ...]:
+    """All spatial sides of the dataset's first item: (H, W), or (D, H, W) for volumes."""
+    if len(dataset) == 0:
+        raise DatasetError(f"{getattr(dataset, 'name', 'the dataset')}: the split is empty")
+    x = dataset[0][0]
+    return tuple(int(n) for n in x.shape[-getattr(dataset, "spatial_dims", 2):])
+
+
+def _check_fits_nd(dataset, multiple: int | tuple[int, ...], padded: bool, what: str) -> None:
+    """:func:`check_fits` for volumes, or a per-axis ``multiple`` (e.g. (1, 16, 16) for a net that
+    pools only in-plane): every spatial side must be a multiple of its axis's multiple."""
+    name = getattr(dataset, "name", type(dataset).__name__)
+    dims = getattr(dataset, "spatial_dims", 2)
+    axes = ("depth", "height", "width")[-dims:]
+    multiples = (int(multiple),) * dims if isinstance(multiple, (int, float)) else tuple(int(m) for m in multiple)
+    if len(multiples) != dims:
+        raise ValueError(f"{len(multiples)} multiples for {dims} spatial axes")
+    if padded or max(multiples) <= 1:  # evaluation pads volumes up to the multiples
+        return
+    sides = spatial_size(dataset)
+    bad = [f"{a} {n} must be a multiple of {m}" for a, n, m in zip(axes, sides, multiples) if n % m]
+    if bad:
+        kind = f"{'volumes' if dims == 3 else 'images'} of {'×'.join(map(str, sides))} ({name}, {getattr(dataset, 'split', '')} split)"
+        hint = "pass --opt crop=[d,h,w]" if "crop" in _keyword_parameters(type(dataset)) else \
+               "pass --opt size=[d,h,w]" if "size" in _keyword_parameters(type(dataset)) else "crop or pad the items"
+        raise DatasetError(f"{kind} cannot pass {what}: {', '.join(bad)}; {hint} with such sides, or use a "
+                           "shallower network (--depth)")
+
+
 def size_rule(multiple: int) -> str:
     """``"height and width must be multiples of 16 (2**4) and at least 16"``."""
     power = f" (2**{int(math.log2(multiple))})" if multiple > 1 and multiple & (multiple - 1) == 0 else ""
     return f"height and width must be multiples of {multiple}{power} and at least {multiple}"
 
 
-def check_fits(dataset, multiple: int, *, padded: bool, what: str = "this U-Net") -> None:
+def check_fits(dataset, multiple: int | tuple[int, ...], *, padded: bool, what: str = "this U-Net") -> None:
     """Refuse (one :class:`DatasetError` line) images of ``dataset`` that cannot pass a network whose
     input sides must be multiples of ``multiple``.
 
@@ -205,7 +234,13 @@ def check_fits(dataset, multiple: int, *, padded: bool, what: str = "this U-Net"
     multiple of ``multiple`` (so at least ``multiple``). ``padded=True`` (evaluation: whole images are
     padded up to the multiple, :func:`sjunet.evaluation.predict`): any size passes, except datasets
     evaluated in fixed windows (``eval_patch``, DRIVE), whose window must itself pass.
+
+    Volumes (``dataset.spatial_dims == 3``): an int ``multiple`` applies to depth, height and width
+    alike (a net pooling 2× in every axis); a per-axis tuple ``(d, h, w)`` says otherwise (e.g.
+    ``(4, 16, 16)``). A tuple may also be given for images, ``(h, w)``.
     """
+    if getattr(dataset, "spatial_dims", 2) != 2 or isinstance(multiple, (tuple, list)):
+        return _check_fits_nd(dataset, multiple, padded, what)
     multiple = int(multiple)
     if multiple <= 1:
         return

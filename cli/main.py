@@ -112,7 +112,8 @@ def _check_training_data(dataset: str, data, seed: int, options: dict, multiple:
 
 
 dataset_opt = click.option("--dataset", "-d", default="em", show_default=True,
-                           help="dataset name: em, drive, camseq, bsd, set12, bsd68, cbsd68, demo-seg, demo-denoise")
+                           help="dataset name: em, drive, camseq, bsd, set12, bsd68, cbsd68, demo-seg, demo-denoise "
+                                "(volumes, for 3-D U-Nets: em3d, demo-seg3d)")
 data_opt = click.option("--data", type=click.Path(), default=None,
                         help="dataset directory (or the parent data directory, e.g. ../shared/data)")
 opt_opt = click.option("--opt", multiple=True, help="dataset option KEY=VALUE (JSON value), repeatable; e.g. --opt crop=128")

@@ -53,7 +53,8 @@ def confusion_matrix(
 ) -> torch.Tensor:
     """``int64 [K, K]`` counts, row = target class, column = predicted class.
 
-    ``pred`` and ``target`` hold class indices of the same shape (any shape, e.g. ``[B, H, W]``).
+    ``pred`` and ``target`` hold class indices of the same shape (any shape, e.g. ``[B, H, W]`` or
+    volumes ``[B, D, H, W]``: both are flattened).
     Pixels whose target is ``ignore_index`` are skipped; a target or prediction outside
     ``0..K-1`` otherwise raises ``ValueError``. Matrices of several images add up.
     """
@@ -207,6 +208,11 @@ class MetricAccumulator:
 
     Segmentation: ``update(logits [B,K,H,W] or labels [B,H,W], target [B,H,W], reference=None)``;
     pixels whose target is ``ignore_index`` count neither in the metrics nor in ``agreement``.
+    Volumes (``spatial_dims=3``): logits ``[B,K,D,H,W]`` or labels ``[B,D,H,W]`` against
+    ``target [B,D,H,W]``, ``num_images`` counting volumes. Logits are told from labels by their extra
+    class axis (a floating output of the target's shape is taken as labels), so 3-D logits are
+    argmaxed even with the default ``spatial_dims=2``; ``spatial_dims`` only decides whether a
+    target's first axis is the batch (for ``num_images``).
     Denoising: ``update_denoising(noisy, noise_pred, noise_true, reference=None)`` with
     ``[B,C,H,W]`` tensors (or ``update(noise_pred, (noisy, noise_true))``); the estimate is
     ``noisy - noise_pred``, the clean image ``noisy - noise_true``.
@@ -221,7 +227,10 @@ class MetricAccumulator:
         num_classes: int = 0,
         class_names: Sequence[str] | None = None,
         ignore_index: int = IGNORE_INDEX,
+        spatial_dims: int = 2,
     ) -> None:
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if task not in (SEGMENTATION, DENOISING):
             raise ValueError(f"task must be {SEGMENTATION!r} or {DENOISING!r}, got {task!r}")
         if task == SEGMENTATION and num_classes < 2:
@@ -230,6 +239,7 @@ class MetricAccumulator:
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else None
         self.ignore_index = ignore_index
+        self.spatial_dims = int(spatial_dims)
         self.cm = torch.zeros(max(num_classes, 1), max(num_classes, 1), dtype=torch.int64)
         self.agree = 0
         self.compared = 0
@@ -237,9 +247,16 @@ class MetricAccumulator:
         self.per_image: list[dict[str, float]] = []
         self.num_images = 0
 
-    def _labels(self, output: torch.Tensor) -> torch.Tensor:
+    def _labels(self, output: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        """Class indices of ``output``: the argmax over axis 1 of floating logits (``[B,K,*S]``: one
+        axis more than the target, or ``spatial_dims + 2`` axes), else ``output`` as ``int64``."""
         output = _tensor(output)
-        return output.argmax(1) if output.is_floating_point() and output.dim() == 4 else output.long()
+        if output.is_floating_point():
+            if target is not None and tuple(output.shape) == tuple(target.shape):
+                return output.long()  # floating labels
+            if output.dim() == self.spatial_dims + 2 or (target is not None and output.dim() == target.dim() + 1):
+                return output.argmax(1)
+        return output.long()
 
     def update(self, output: Any, target: Any, reference: Any = None) -> None:
         """Add a batch (see the class docstring for the two tasks' arguments)."""
@@ -250,14 +267,16 @@ class MetricAccumulator:
             self.update_denoising(noisy, output, noise_true, reference)
 
     def update_segmentation(self, output: Any, target: Any, reference: Any = None) -> None:
-        """Add logits ``[B,K,H,W]`` (argmax taken) or labels ``[B,H,W]`` against ``target [B,H,W]``."""
-        pred, target = self._labels(output), _tensor(target).long()
+        """Add logits ``[B,K,H,W]`` (argmax taken) or labels ``[B,H,W]`` against ``target [B,H,W]``
+        (volumes: ``[B,K,D,H,W]`` / ``[B,D,H,W]``)."""
+        target = _tensor(target).long()
+        pred = self._labels(output, target)
         self.cm += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
         if reference is not None:
             valid = target != self.ignore_index
-            self.agree += int(((pred == self._labels(reference)) & valid).sum())
+            self.agree += int(((pred == self._labels(reference, target)) & valid).sum())
             self.compared += int(valid.sum())
-        self.num_images += int(target.shape[0]) if target.dim() == 3 else 1
+        self.num_images += int(target.shape[0]) if target.dim() == self.spatial_dims + 1 else 1
 
     def update_denoising(self, noisy: Any, noise_pred: Any, noise_true: Any, reference: Any = None) -> None:
         """Add a batch ``[B,C,H,W]``: metrics of ``noisy - noise_pred`` against ``noisy - noise_true``."""

@@ -48,6 +48,8 @@ class SegmentationTask:
     foreground: int | None = None
     #: per-class weights of the cross-entropy (None: unweighted)
     class_weights: Sequence[float] | None = None
+    #: spatial axes of the items (2: images, 3: volumes ``[B,D,H,W]``), for the meter's image count
+    spatial_dims: int = 2
     kind: str = field(default="segmentation", init=False)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -57,7 +59,8 @@ class SegmentationTask:
         return F.cross_entropy(output, target, weight=w, ignore_index=IGNORE_INDEX)
 
     def new_meter(self) -> metrics.MetricAccumulator:
-        return metrics.MetricAccumulator(self.kind, self.num_classes, self.class_names)
+        return metrics.MetricAccumulator(self.kind, self.num_classes, self.class_names,
+                                         spatial_dims=self.spatial_dims)
 
     def meter_target(self, x: torch.Tensor, y: torch.Tensor):
         return y
@@ -147,7 +150,7 @@ def task_for(dataset) -> Task:
             if fg is None and len(dataset):  # the rarer class in the labels
                 freq = label_frequencies(dataset, 2, items=8)
                 fg = int(freq[1] <= freq[0])
-        return SegmentationTask(dataset.num_classes, names, fg)
+        return SegmentationTask(dataset.num_classes, names, fg, spatial_dims=getattr(dataset, "spatial_dims", 2))
     if dataset.task == "denoising":
         return DenoisingTask(dataset.in_channels)
     raise ValueError(f"unknown task {dataset.task!r}")

@@ -61,7 +61,8 @@ def check_describe(ds) -> dict:
 
 
 def test_registry() -> None:
-    assert set(DATASETS) == {"em", "drive", "camseq", "bsd", "set12", "bsd68", "cbsd68", "demo-seg", "demo-denoise"}
+    assert set(DATASETS) == {"em", "drive", "camseq", "bsd", "set12", "bsd68", "cbsd68", "demo-seg", "demo-denoise",
+                             "em3d", "demo-seg3d"}
     assert TASK_OF["em"] == TASK_OF["drive"] == TASK_OF["camseq"] == TASK_OF["demo-seg"] == "segmentation"
     assert TASK_OF["bsd"] == TASK_OF["set12"] == TASK_OF["cbsd68"] == TASK_OF["demo-denoise"] == "denoising"
     assert default_root("em") == "ISBI2012-EM" and default_root("cbsd68") == "BSD/CBSD68"

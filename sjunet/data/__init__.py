@@ -7,6 +7,9 @@ fingerprint of the files read). Conventions: :mod:`sjunet.data.common`.
 
 >>> ds = get_dataset("em", "../shared/data", "test")       # the data dir or the dataset dir
 >>> x, y = ds[0]                                           # [1,512,512] float32, [512,512] int64
+
+Volumetric datasets (``spatial_dims == 3``: ``em3d``, ``demo-seg3d``) give ``x [C,D,H,W]``, ``y [D,H,W]``;
+every dataset class has ``spatial_dims`` (2 for the others).
 """
 from __future__ import annotations
 
@@ -18,9 +21,11 @@ from .bsd import BSD68, CBSD68, BSDTrainDataset, Set12
 from .camseq import CamSeqDataset
 from .common import DATA_ENV, DENOISING, IGNORE_INDEX, SEGMENTATION, DatasetError, SJDataset
 from .demo import DemoDenoising, DemoSegmentation
+from .demo3d import DemoSegmentation3D
 from .drive import DRIVEDataset
 from .em import EMDataset
-from .options import MAX_SIDE, check_fits, check_options, image_size, size_rule
+from .em3d import EM3DDataset
+from .options import MAX_SIDE, check_fits, check_options, image_size, size_rule, spatial_size
 from .patches import predict_by_patches
 
 #: registry name → dataset class (constructor ``cls(root, split, **options)``)
@@ -28,7 +33,7 @@ DATASETS: dict[str, type[SJDataset]] = {
     cls.name: cls
     for cls in (
         EMDataset, DRIVEDataset, CamSeqDataset, BSDTrainDataset, Set12, BSD68, CBSD68,
-        DemoSegmentation, DemoDenoising,
+        DemoSegmentation, DemoDenoising, EM3DDataset, DemoSegmentation3D,
     )
 }  # fmt: skip
 
@@ -76,7 +81,7 @@ def check_dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "DATASETS", "TASK_OF", "DATA_ENV", "IGNORE_INDEX", "SEGMENTATION", "DENOISING",
     "DatasetError", "SJDataset", "default_root", "get_dataset", "splits_of", "predict_by_patches",
-    "check_dataset_options", "check_fits", "image_size", "size_rule", "MAX_SIDE",
+    "check_dataset_options", "check_fits", "image_size", "spatial_size", "size_rule", "MAX_SIDE",
     "EMDataset", "DRIVEDataset", "CamSeqDataset", "BSDTrainDataset", "Set12", "BSD68", "CBSD68",
-    "DemoSegmentation", "DemoDenoising",
+    "DemoSegmentation", "DemoDenoising", "EM3DDataset", "DemoSegmentation3D",
 ]  # fmt: skip

@@ -7,8 +7,9 @@ Conventions every loader follows (the rest of sjunet depends on them):
 
 * images are ``float32`` tensors ``[C, H, W]`` with values in ``[0, 1]`` (8-bit files / 255,
   16-bit / 65535, float files only when already in ``[0, 1]``; see :mod:`sjunet.data.imageio`);
-* a segmentation item is ``(x, y)`` with ``y`` an ``int64`` tensor ``[H, W]`` of class indices,
-  pixels excluded from loss *and* metrics carry :data:`IGNORE_INDEX`;
+  volumetric datasets (``spatial_dims = 3``: ``em3d``, ``demo-seg3d``) give ``[C, D, H, W]``;
+* a segmentation item is ``(x, y)`` with ``y`` an ``int64`` tensor ``[H, W]`` (volumes:
+  ``[D, H, W]``) of class indices, pixels excluded from loss *and* metrics carry :data:`IGNORE_INDEX`;
 * a denoising item is ``(noisy, noise)``, both ``float32`` ``[C, H, W]``, ``clean = noisy - noise``,
   ``noise = sigma / 255 * N(0, 1)``. The noisy image is **not** clipped to ``[0, 1]`` (DnCNN
   practice: clipping would make the noise signal-dependent and the residual target inexact);
@@ -203,9 +204,30 @@ def label_to_tensor(label: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64))
 
 
+def volume_to_tensor(arr: np.ndarray, spatial_dims: int) -> torch.Tensor:
+    """Channels-last ``[*S, C]`` (or channel-less ``[*S]``) float array with ``spatial_dims`` spatial
+    axes ``S`` → ``float32`` tensor ``[C, *S]`` (``spatial_dims=3``: ``[D,H,W,C]`` → ``[C,D,H,W]``)."""
+    if arr.ndim == spatial_dims:
+        arr = arr[..., None]
+    if arr.ndim != spatial_dims + 1:
+        raise DatasetError(f"expected an image of {spatial_dims} spatial axes (+ channels), got shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(arr, -1, 0), dtype=np.float32))
+
+
 def segmentation_item(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x [C,H,W] float32, y [H,W] int64)`` from ``[H,W,C]`` image and ``[H,W]`` label arrays."""
-    return image_to_tensor(image), label_to_tensor(label)
+    """``(x [C,*S] float32, y [*S] int64)`` from a channels-last ``[*S,C]`` image and a ``[*S]`` label.
+
+    The label's number of axes gives the spatial dimensions: ``[H,W,C]`` + ``[H,W]`` →
+    ``([C,H,W], [H,W])``; ``[D,H,W,C]`` + ``[D,H,W]`` → ``([C,D,H,W], [D,H,W])`` (a channel-less
+    image of the label's shape gets one channel). Label values, :data:`IGNORE_INDEX` included, are
+    kept as they are.
+    """
+    if label.ndim == 2:
+        return image_to_tensor(image), label_to_tensor(label)
+    x = volume_to_tensor(image, label.ndim)
+    if tuple(x.shape[1:]) != tuple(label.shape):
+        raise DatasetError(f"image {tuple(x.shape[1:])} and label {tuple(label.shape)} differ in size")
+    return x, label_to_tensor(label)
 
 
 # --------------------------------------------------------------------------- randomness
@@ -247,6 +269,30 @@ def random_crop(
         return list(arrays)
     top, left = random_crop_box(arrays[0].shape[:2], size, rng)
     return crop(arrays, top, left, size)
+
+
+def random_crop_box_nd(
+    shape: Sequence[int], size: Sequence[int], rng: np.random.Generator
+) -> tuple[int, ...]:
+    """Corner of a uniformly random ``size`` crop inside an array of spatial ``shape`` (any number
+    of axes, e.g. (D, H, W)); one draw per axis, in axis order."""
+    if len(shape) != len(size) or any(c > n for c, n in zip(size, shape)):
+        raise DatasetError(f"crop {'x'.join(map(str, size))} does not fit in {'x'.join(map(str, shape))}")
+    return tuple(int(rng.integers(0, n - c + 1)) for n, c in zip(shape, size))
+
+
+def random_flip_axes(
+    arrays: Sequence[np.ndarray], rng: np.random.Generator, axes: Sequence[int], enabled: bool = True
+) -> list[np.ndarray]:
+    """Flip all arrays together along each of ``axes`` with probability 1/2. One draw per axis is
+    always made (also with ``enabled=False``), so the switch does not shift the random stream."""
+    flips = [rng.random() < 0.5 for _ in axes]
+    out = list(arrays)
+    if enabled:
+        for axis, flip in zip(axes, flips):
+            if flip:
+                out = [np.flip(a, axis) for a in out]
+    return out
 
 
 def random_flip(
@@ -294,6 +340,18 @@ def as_size(value: int | Sequence[int] | None, what: str) -> tuple[int, int] | N
     return value  # type: ignore[return-value]
 
 
+def as_size3(value: int | Sequence[int] | None, what: str) -> tuple[int, int, int] | None:
+    """``8`` → ``(8, 8, 8)``; ``(8, 64, 64)`` → ``(8, 64, 64)`` (depth, height, width); ``None`` → ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        value = (int(value),) * 3
+    value = tuple(int(v) for v in value)
+    if len(value) != 3 or min(value) <= 0:
+        raise DatasetError(f"{what} must be a positive int or (depth, height, width), got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------- base class
 
 
@@ -318,6 +376,8 @@ class SJDataset(Dataset):
 
     in_channels: int = 1
     num_classes: int = 0
+    #: spatial axes of an item: 2 (``x [C,H,W]``, ``y [H,W]``) or 3 (volumes: ``x [C,D,H,W]``, ``y [D,H,W]``)
+    spatial_dims: ClassVar[int] = 2
 
     def __init__(self, root: Path | None, split: str, seed: int = 0) -> None:
         if split not in self.SPLITS:
@@ -370,6 +430,7 @@ class SJDataset(Dataset):
             "num_files": len(self.files),
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
+            "spatial_dims": self.spatial_dims,
             "fingerprint": self.fingerprint(),
         }
         if self.task == SEGMENTATION:

@@ -3,7 +3,8 @@
 :func:`check_options` is called by :func:`sjunet.data.get_dataset` (and by the CLI before any work) on
 the keyword options of a dataset class (``--opt KEY=VALUE``): booleans are parsed strictly
 (``true/false/yes/no/on/off/1/0``, any case), whole numbers must be whole and in range, sizes are a
-positive int or ``[height, width]``; an unknown option names the valid ones. Each failure is one
+positive int or ``[height, width]`` (volumetric datasets, ``spatial_dims = 3``: a positive int or
+``[depth, height, width]``); an unknown option names the valid ones. Each failure is one
 :class:`DatasetError` line saying what was wrong and what to pass instead.
 
 :func:`check_fits` refuses, before the work, images that cannot pass a network whose input height
@@ -84,6 +85,26 @@ def _size(dataset: str, name: str, v: Any, optional: bool, lo: int = 1) -> Any:
                                    f"(e.g. --opt {name}=128 or --opt {name}=[128,96]), got {v!r}") from None
 
 
+def _size3(dataset: str, name: str, v: Any, optional: bool, lo: int = 1, hi: int = MAX_SIDE) -> Any:
+    """A volume size: a positive int (a cube) or [depth, height, width] (each lo..hi); ``None`` when
+    ``optional``. Strings ``8x64x64`` and ``8,64,64`` are read as triples."""
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null")):
+        if optional:
+            return None
+        raise _fail(dataset, name, f"takes a size (a whole number or [depth, height, width]), not {v!r}")
+    if isinstance(v, str) and ("x" in v.lower() or "," in v):
+        v = [p for p in v.lower().strip().strip("[]()").replace("x", ",").split(",")]
+    try:
+        if isinstance(v, (list, tuple)):
+            if len(v) != 3:
+                raise ValueError
+            return tuple(_whole(dataset, name, p, lo, hi) for p in v)
+        return _whole(dataset, name, v, lo, hi)
+    except (DatasetError, ValueError):
+        raise _fail(dataset, name, f"takes a volume size: a whole number in {lo}..{hi} or [depth, height, width] "
+                                   f"(e.g. --opt {name}=[8,64,64]), got {v!r}") from None
+
+
 def _numbers(dataset: str, name: str, v: Any, count: int, lo: float, hi: float) -> tuple[float, ...]:
     if isinstance(v, str):
         v = v.replace(" ", "").strip("[]()").split(",")
@@ -115,6 +136,8 @@ CHECKS: dict[str, Callable[[str, str, Any], Any]] = {
     "val_images": lambda d, n, v: _whole(d, n, v, 1, 100_000),
     "test_images": lambda d, n, v: _whole(d, n, v, 1, 100_000),
     "patch": lambda d, n, v: _whole(d, n, v, 1, MAX_SIDE),
+    "val_x": lambda d, n, v: _whole(d, n, v, 1, MAX_SIDE),
+    "test_x": lambda d, n, v: _whole(d, n, v, 1, MAX_SIDE),
     "sigma": lambda d, n, v: _number(d, n, v, 0.0, 255.0),
     "sigma_range": _sigma_range,
     "fractions": _fractions,
@@ -138,7 +161,10 @@ def check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     for name, value in options.items():
         ann = str(params[name].annotation)
         check = CHECKS.get(name)
-        if name in ("crop", "eval_crop", "size") and "tuple" in ann:
+        if name in ("crop", "eval_crop", "size") and getattr(cls, "spatial_dims", 2) == 3:
+            lo, hi = (8, 256) if name == "size" else (1, MAX_SIDE)  # demo-seg3d volumes: sides 8..256
+            out[name] = _size3(dataset, name, value, optional="None" in ann, lo=lo, hi=hi)
+        elif name in ("crop", "eval_crop", "size") and "tuple" in ann:
             out[name] = _size(dataset, name, value, optional="None" in ann)
         elif name == "size":  # demo-seg: the side of square images
             out[name] = _whole(dataset, name, value, 16, MAX_SIDE)
@@ -165,13 +191,42 @@ def image_size(dataset) -> tuple[int, int]:
     return int(x.shape[-2]), int(x.shape[-1])
 
 
+def spatial_size(dataset) -> tuple[int, ...]:
+    """All spatial sides of the dataset's first item: (H, W), or (D, H, W) for volumes."""
+    if len(dataset) == 0:
+        raise DatasetError(f"{getattr(dataset, 'name', 'the dataset')}: the split is empty")
+    x = dataset[0][0]
+    return tuple(int(n) for n in x.shape[-getattr(dataset, "spatial_dims", 2):])
+
+
+def _check_fits_nd(dataset, multiple: int | tuple[int, ...], padded: bool, what: str) -> None:
+    """:func:`check_fits` for volumes, or a per-axis ``multiple`` (e.g. (1, 16, 16) for a net that
+    pools only in-plane): every spatial side must be a multiple of its axis's multiple."""
+    name = getattr(dataset, "name", type(dataset).__name__)
+    dims = getattr(dataset, "spatial_dims", 2)
+    axes = ("depth", "height", "width")[-dims:]
+    multiples = (int(multiple),) * dims if isinstance(multiple, (int, float)) else tuple(int(m) for m in multiple)
+    if len(multiples) != dims:
+        raise ValueError(f"{len(multiples)} multiples for {dims} spatial axes")
+    if padded or max(multiples) <= 1:  # evaluation pads volumes up to the multiples
+        return
+    sides = spatial_size(dataset)
+    bad = [f"{a} {n} must be a multiple of {m}" for a, n, m in zip(axes, sides, multiples) if n % m]
+    if bad:
+        kind = f"{'volumes' if dims == 3 else 'images'} of {'×'.join(map(str, sides))} ({name}, {getattr(dataset, 'split', '')} split)"
+        hint = "pass --opt crop=[d,h,w]" if "crop" in _keyword_parameters(type(dataset)) else \
+               "pass --opt size=[d,h,w]" if "size" in _keyword_parameters(type(dataset)) else "crop or pad the items"
+        raise DatasetError(f"{kind} cannot pass {what}: {', '.join(bad)}; {hint} with such sides, or use a "
+                           "shallower network (--depth)")
+
+
 def size_rule(multiple: int) -> str:
     """``"height and width must be multiples of 16 (2**4) and at least 16"``."""
     power = f" (2**{int(math.log2(multiple))})" if multiple > 1 and multiple & (multiple - 1) == 0 else ""
     return f"height and width must be multiples of {multiple}{power} and at least {multiple}"
 
 
-def check_fits(dataset, multiple: int, *, padded: bool, what: str = "this U-Net") -> None:
+def check_fits(dataset, multiple: int | tuple[int, ...], *, padded: bool, what: str = "this U-Net") -> None:
     """Refuse (one :class:`DatasetError` line) images of ``dataset`` that cannot pass a network whose
     input sides must be multiples of ``multiple``.
 
@@ -180,7 +235,13 @@ def check_fits(dataset, multiple: int, *, padded: bool, what: str = "this U-Net"
     whole images are padded up to the multiple, :mod:`sjunet.evaluation`): any size passes — the
     windows of ``--protocol patch`` are checked where that protocol is chosen
     (:func:`sjunet.evaluation.check_protocol`).
+
+    Volumes (``dataset.spatial_dims == 3``): an int ``multiple`` applies to depth, height and width
+    alike (a net pooling 2× in every axis); a per-axis tuple ``(d, h, w)`` says otherwise (e.g.
+    ``(4, 16, 16)``). A tuple may also be given for images, ``(h, w)``.
     """
+    if getattr(dataset, "spatial_dims", 2) != 2 or isinstance(multiple, (tuple, list)):
+        return _check_fits_nd(dataset, multiple, padded, what)
     multiple = int(multiple)
     if multiple <= 1 or padded:
         return

@@ -44,7 +44,7 @@ from spikingjelly.activation_based import functional
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from sjunet.dims import functional
+from sjunet import dims
 from sjunet.distill import LOSSES, Teacher, distill_loss, layer_loss
 from sjunet.neurons import SpikingNeuron, StaticInputSynapse, is_neuron
 from sjunet.graph import SYNAPTIC_TYPES
@@ -61,9 +61,9 @@ def _affine_sum(m: nn.Module, inp: torch.Tensor, T: float) -> torch.Tensor:
         raise TypeError(f"not a synaptic layer: {type(m).__name__}")
     nd = len(m.kernel_size)
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        y = functional("conv_t", nd)(inp, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+        y = dims.functional("conv_t", nd)(inp, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
     else:
-        y = functional("conv", nd)(inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+        y = dims.functional("conv", nd)(inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
     if m.bias is not None:
         y = y + (T * m.bias).view(1, -1, *([1] * nd))
     return y

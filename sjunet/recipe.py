@@ -39,11 +39,11 @@ from sjunet import snnfile
 from sjunet.calibration.approximation import GAP_MAX_RELATIVE_ERROR, GAP_MIN_AGREEMENT, gap_refusal
 from sjunet.calibration.store import CalibrationStats, read_stats
 from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
-                          relu_slope, signature, size_multiple, stages_are_leaves, tensor_shapes)
+                          relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
 from sjunet.io import ArtifactError, model_fingerprint, provenance
 from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, validate_ladder
 from sjunet.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
-from sjunet.dims import set_spatial_dims, spatial_dims
+from sjunet.dims import set_spatial_dims
 from sjunet.stages import ChannelAffine, Normalize, SpikingMaxPool2d
 
 NEURONS = tuple(FACTORIES)
@@ -183,7 +183,10 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         shape = self.stats.data["input_shape"]
         out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         opts = self.options
-        return {
+        nd = len(shape) - 2
+        # volumes: the multiple of each axis (an anisotropic U-Net pools some axes less)
+        per_axis = {} if nd == 2 else {"size_multiples": list(size_multiples(self.shapes, tuple(shape[2:])))}
+        return per_axis | {
             "options": {**asdict(opts), "thresholds": list(opts.ladder()), "v_init_value": opts.initial_potential(),
                         "neuron_factory": None if self.neuron_factory is None else getattr(
                             self.neuron_factory, "__name__", type(self.neuron_factory).__name__)},

@@ -435,9 +435,9 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
         if not isinstance(record.get(key), types):
             raise ArtifactError(f"{path}: the record's {key!r} has type {type(record[key]).__name__}; the file is corrupt")
     for name, t in tensors.items():
-        if not t.dtype.is_floating_point or t.dim() > 4:
+        if not t.dtype.is_floating_point or t.dim() > 5:  # a Conv3d's weight: 5-D
             raise ArtifactError(f"{path}: tensor {_short(name)} is {t.dim()}-D {t.dtype}; an SNN holds "
-                                "floating-point tensors of at most 4 dimensions")
+                                "floating-point tensors of at most 5 dimensions")
     try:
         digest = _hash(tensors, record)
     except (ValueError, TypeError, OverflowError, RecursionError) as e:

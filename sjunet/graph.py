@@ -28,12 +28,17 @@ normalization plan, the SpikingJelly recipe, energy and plots:
    line, cause, remedy (shape arithmetic, constants and reshapes that only feed a refused op are
    not reported again). A model torch.fx cannot trace at all is refused in one line.
 
-Node kinds (:func:`kind_of`): ``input``, ``output``, ``synaptic`` (Conv2d / ConvTranspose2d),
-``relu``, ``pool`` (AvgPool2d, adaptive / global average pooling), ``maxpool``, ``resample``, ``pad``, ``affine``, ``cat`` (channel
+Node kinds (:func:`kind_of`): ``input``, ``output``, ``synaptic`` (Conv2d/3d / ConvTranspose2d/3d),
+``relu``, ``pool`` (AvgPool2d/3d, adaptive / global average pooling), ``maxpool``, ``resample``, ``pad``, ``affine``, ``cat`` (channel
 concatenation), ``add``, ``center`` / ``normalize`` (instance / group / layer norm: the exact mean
 subtraction, and the division by the deviation — per sample in the ANN, fixed from calibration in the
 SNN, :mod:`sjunet.calibration.approximation`), ``shape``, ``neuron`` / ``analog`` (in a converted SNN),
 ``other``.
+
+Spatial dimensions (spec §14): 2-D images ``[N, C, H, W]`` and 3-D volumes ``[N, C, D, H, W]``
+convert alike — the layers of each dimensionality come from one table (:mod:`sjunet.dims`), and the
+size rule holds per axis (``multiples``: D, H, W for volumes, so an anisotropic U-Net that does
+not pool its depth axis asks only H, W to be multiples).
 """
 from __future__ import annotations
 

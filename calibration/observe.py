@@ -133,8 +133,9 @@ def calibrate(
     if n_batches == 0:
         raise ValueError("the calibration data is empty: give at least one batch")
     first = next(iter(_batches_of(data)))
-    if not isinstance(first, torch.Tensor) or first.dim() != 4:
-        raise ValueError(f"calibration batches must be image tensors [B, C, H, W], got {getattr(first, 'shape', type(first))}")
+    if not isinstance(first, torch.Tensor) or first.dim() not in (4, 5):
+        raise ValueError("calibration batches must be image tensors [B, C, H, W] or volume tensors [B, C, D, H, W], "
+                         f"got {getattr(first, 'shape', type(first))}")
     tr = canonical_graph(model, tuple(first.shape))  # = trace_for_conversion, with the output ops
     gm = tr.gm.to(device)
     nodes = recorded_nodes(gm)

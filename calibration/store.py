@@ -526,9 +526,9 @@ def _read(f: h5py.File, path: Path, file_size: int) -> CalibrationStats:
         file_attrs["approximation"] = _read_attr(f, "approximation", "str", "file")
         approximation = _check_approximation(_json(file_attrs["approximation"], "approximation", dict))
     shape = parsed["data"].get("input_shape")
-    if shape is not None and not (isinstance(shape, list) and len(shape) in (3, 4) and all(
+    if shape is not None and not (isinstance(shape, list) and len(shape) in (3, 4, 5) and all(
             isinstance(s, int) and not isinstance(s, bool) and 0 < s <= 1 << 20 for s in shape)):
-        raise _Refused(f"data.input_shape is {_show(shape)}, expected 3 or 4 positive sizes")
+        raise _Refused(f"data.input_shape is {_show(shape)}, expected 3 to 5 positive sizes")
     order = _json(file_attrs["node_order"], "node_order", list)
     if len(order) > MAX_NODES:
         raise _Refused(f"node_order lists {len(order)} nodes (at most {MAX_NODES})")

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from sjunet import dims
 from sjunet.graph import SYNAPTIC_TYPES, Blocker, UnsupportedGraphError, _target_name, _where, module_of
 from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample
 
@@ -63,7 +64,10 @@ _PRELU_FUNCTIONS = {F.prelu, torch.prelu}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
 _UPSAMPLE_MODULES = (nn.Upsample,)  # UpsamplingNearest2d / UpsamplingBilinear2d are subclasses
-_PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
+_PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d,
+                nn.ZeroPad3d, nn.ConstantPad3d, nn.ReflectionPad3d, nn.ReplicationPad3d, nn.CircularPad3d)
+_PAD_MODES = ((nn.modules.padding._ReflectionPadNd, "reflect"), (nn.modules.padding._ReplicationPadNd, "replicate"),
+              (nn.modules.padding._CircularPadNd, "circular"))
 _POST_MODULES = {nn.Sigmoid: "sigmoid", nn.Softmax: "softmax", nn.LogSoftmax: "log_softmax"}
 _POST_FUNCTIONS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.softmax: "softmax", F.softmax: "softmax",
                    F.log_softmax: "log_softmax", torch.log_softmax: "log_softmax"}
@@ -188,19 +192,20 @@ def _stack_sums(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(n)
 
 
-def _shape_source(node) -> tuple[fx.Node, tuple[int, ...]] | None:
-    """``(t, dims)`` if ``node`` is ``t.shape`` / ``t.size()`` (dims: all) or an indexing of it."""
+def _shape_source(node, rank: int = 4) -> tuple[fx.Node, tuple[int, ...]] | None:
+    """``(t, dims)`` if ``node`` is ``t.shape`` / ``t.size()`` (dims: all) or an indexing of it
+    (``rank``: the activations' number of dimensions, 4 for images, 5 for volumes)."""
     if not isinstance(node, fx.Node):
         return None
     if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
-        return node.args[0], tuple(range(4))
+        return node.args[0], tuple(range(rank))
     if node.op == "call_method" and node.target == "size":
         if len(node.args) == 1:
-            return node.args[0], tuple(range(4))
+            return node.args[0], tuple(range(rank))
         if len(node.args) == 2 and isinstance(node.args[1], int):
-            return node.args[0], ((node.args[1] % 4),)
+            return node.args[0], ((node.args[1] % rank),)
     if node.op == "call_function" and node.target is operator.getitem:
-        src = _shape_source(node.args[0])
+        src = _shape_source(node.args[0], rank)
         if src is None:
             return None
         t, dims = src
@@ -211,30 +216,34 @@ def _shape_source(node) -> tuple[fx.Node, tuple[int, ...]] | None:
     return None
 
 
-def _size_reference(size) -> fx.Node | None:
-    """The tensor ``t`` if ``size`` is ``t``'s spatial size (``t.shape[-2:]``, ``(t.shape[2], t.shape[3])``…)."""
+def _size_reference(size, nd: int = 2) -> fx.Node | None:
+    """The tensor ``t`` if ``size`` is ``t``'s spatial size (``t.shape[-2:]``, ``(t.shape[2], t.shape[3])``…;
+    volumes: ``t.shape[2:]``, ``t.shape[-3:]``…; ``nd`` spatial axes)."""
+    spatial = tuple(range(2, 2 + nd))
     if isinstance(size, fx.Node):
-        src = _shape_source(size)
-        return src[0] if src is not None and src[1] == (2, 3) else None
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        srcs = [_shape_source(s) for s in size]
-        if all(s is not None and len(s[1]) == 1 for s in srcs) and srcs[0][0] is srcs[1][0] \
-                and (srcs[0][1][0], srcs[1][1][0]) == (2, 3):
+        src = _shape_source(size, nd + 2)
+        return src[0] if src is not None and src[1] == spatial else None
+    if isinstance(size, (tuple, list)) and len(size) == nd:
+        srcs = [_shape_source(s, nd + 2) for s in size]
+        if all(s is not None and len(s[1]) == 1 for s in srcs) and all(s[0] is srcs[0][0] for s in srcs) \
+                and tuple(s[1][0] for s in srcs) == spatial:
             return srcs[0][0]
     return None
 
 
-_POOL_FUNCTIONS = {F.max_pool2d: "max", torch.max_pool2d: "max", F.avg_pool2d: "avg", torch._C._nn.avg_pool2d: "avg"}
+_POOL_FUNCTIONS = {F.max_pool2d: ("max", 2), torch.max_pool2d: ("max", 2), F.avg_pool2d: ("avg", 2),
+                   torch._C._nn.avg_pool2d: ("avg", 2), F.max_pool3d: ("max", 3), torch.max_pool3d: ("max", 3),
+                   F.avg_pool3d: ("avg", 3), torch._C._nn.avg_pool3d: ("avg", 3)}
 
 
 def _pool_module(n: fx.Node) -> nn.Module:
-    kind = _POOL_FUNCTIONS[n.target]
+    kind, nd = _POOL_FUNCTIONS[n.target]
     k, stride, pad = _arg(n, 1, "kernel_size"), _arg(n, 2, "stride"), _arg(n, 3, "padding", 0)
     if kind == "max":
-        return nn.MaxPool2d(k, stride or None, pad, _arg(n, 4, "dilation", 1), _arg(n, 6, "return_indices", False),
-                            _arg(n, 5, "ceil_mode", False))
-    return nn.AvgPool2d(k, stride or None, pad, _arg(n, 4, "ceil_mode", False), _arg(n, 5, "count_include_pad", True),
-                        _arg(n, 6, "divisor_override"))
+        return dims.layer("max_pool", nd)(k, stride or None, pad, _arg(n, 4, "dilation", 1),
+                                          _arg(n, 6, "return_indices", False), _arg(n, 5, "ceil_mode", False))
+    return dims.layer("avg_pool", nd)(k, stride or None, pad, _arg(n, 4, "ceil_mode", False),
+                                      _arg(n, 5, "count_include_pad", True), _arg(n, 6, "divisor_override"))
 
 
 def _block(blockers: list | None, n: fx.Node, label: str, detail: str) -> None:
@@ -256,13 +265,14 @@ def _fetch(gm: fx.GraphModule, a) -> torch.Tensor | None:
     return obj.detach()
 
 
-_CONV_FUNCTIONS = {F.conv2d, torch.conv2d}
-_CONV_T_FUNCTIONS = {F.conv_transpose2d, torch.conv_transpose2d}
+_CONV_FUNCTIONS = {F.conv2d, torch.conv2d, F.conv3d, torch.conv3d}
+_CONV_T_FUNCTIONS = {F.conv_transpose2d, torch.conv_transpose2d, F.conv_transpose3d, torch.conv_transpose3d}
 _BN_FUNCTIONS = {F.batch_norm}
 
 
-def _functional_layers(gm: fx.GraphModule, blockers: list | None = None) -> None:
-    """``F.conv2d`` / ``F.conv_transpose2d`` / ``F.batch_norm`` with constant tensors → modules."""
+def _functional_layers(gm: fx.GraphModule, blockers: list | None = None, nd: int = 2) -> None:
+    """``F.conv2d`` / ``F.conv_transpose2d`` / ``F.batch_norm`` (and their 3-D forms) with constant
+    tensors → modules (``nd``: the network's spatial dimensions, for ``F.batch_norm``)."""
     for n in list(gm.graph.nodes):
         if n.op != "call_function" or n.target not in (_CONV_FUNCTIONS | _CONV_T_FUNCTIONS | _BN_FUNCTIONS):
             continue
@@ -276,7 +286,8 @@ def _functional_layers(gm: fx.GraphModule, blockers: list | None = None) -> None
                            "(training=True or no running statistics), which fixed weights cannot do; use running "
                            "statistics (eval mode, track_running_stats=True)")
                     continue
-                bn = nn.BatchNorm2d(mean.numel(), eps=float(eps), affine=weight is not None or bias is not None)
+                bn = dims.layer("batch_norm", nd)(mean.numel(), eps=float(eps),
+                                                  affine=weight is not None or bias is not None)
                 bn.running_mean.copy_(mean)
                 bn.running_var.copy_(var)
                 if bn.affine:
@@ -292,16 +303,17 @@ def _functional_layers(gm: fx.GraphModule, blockers: list | None = None) -> None
                     _arg(n, 7, "dilation", 1)
             else:
                 dilation, groups = _arg(n, 5, "dilation", 1), _arg(n, 6, "groups", 1)
-            if weight.dim() != 4 or any(isinstance(v, fx.Node) or (isinstance(v, (list, tuple)) and any(
+            if weight.dim() - 2 not in dims.SUPPORTED or any(isinstance(v, fx.Node) or (isinstance(v, (list, tuple)) and any(
                     isinstance(u, fx.Node) for u in v)) for v in (stride, padding, dilation, groups)):
                 raise KeyError(n)
             k = tuple(weight.shape[2:])
             if transposed:
-                conv = nn.ConvTranspose2d(weight.shape[0], weight.shape[1] * groups, k, stride, padding,
-                                          output_padding, groups, bias is not None, dilation)
+                conv = dims.layer("conv_t", weight.dim() - 2)(weight.shape[0], weight.shape[1] * groups, k, stride,
+                                                              padding, output_padding, groups, bias is not None,
+                                                              dilation)
             else:
-                conv = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], k, stride, padding, dilation, groups,
-                                 bias is not None)
+                conv = dims.layer("conv", weight.dim() - 2)(weight.shape[1] * groups, weight.shape[0], k, stride,
+                                                            padding, dilation, groups, bias is not None)
             with torch.no_grad():
                 conv.weight.copy_(weight)
                 if bias is not None:
@@ -310,28 +322,32 @@ def _functional_layers(gm: fx.GraphModule, blockers: list | None = None) -> None
         except KeyError:
             _block(blockers, n, f"{_target_name(n.target)} with computed weights",
                    f"{_target_name(n.target)} whose weights (or geometry) are computed rather than the model's "
-                   "constant tensors has no fixed synapses; use nn.Conv2d / nn.BatchNorm2d")
+                   "constant tensors has no fixed synapses; use nn.Conv2d/3d / nn.BatchNorm2d/3d")
 
 
-_ADAPTIVE_AVG_FUNCTIONS = {F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d}
+_ADAPTIVE_AVG_FUNCTIONS = {F.adaptive_avg_pool2d: 2, torch._C._nn.adaptive_avg_pool2d: 2,
+                           F.adaptive_avg_pool3d: 3, torch._C._nn.adaptive_avg_pool3d: 3}
 
 
-def _spatial_mean(n: fx.Node) -> bool:
-    """``x.mean((2, 3), keepdim=True)`` / ``torch.mean(x, dim=[-2, -1], keepdim=True)``."""
+def _spatial_mean(n: fx.Node, nd: int = 2) -> bool:
+    """``x.mean((2, 3), keepdim=True)`` / ``torch.mean(x, dim=[-2, -1], keepdim=True)`` (volumes:
+    ``(2, 3, 4)``; ``nd`` spatial axes)."""
     if not ((n.op == "call_method" and n.target == "mean") or (n.op == "call_function" and n.target is torch.mean)):
         return False
-    dims = _arg(n, 1, "dim")
+    axes = _arg(n, 1, "dim")
     keep = _arg(n, 2, "keepdim", False)
-    if not isinstance(dims, (list, tuple)) or keep is not True or n.kwargs.get("dtype") is not None:
+    if not isinstance(axes, (list, tuple)) or keep is not True or n.kwargs.get("dtype") is not None:
         return False
-    return sorted(int(d) % 4 for d in dims if isinstance(d, int)) == [2, 3] and len(dims) == 2
+    return (sorted(int(d) % (nd + 2) for d in axes if isinstance(d, int)) == list(range(2, nd + 2))
+            and len(axes) == nd)
 
 
-def _adaptive_pools(gm: fx.GraphModule, blockers: list | None = None) -> None:
+def _adaptive_pools(gm: fx.GraphModule, blockers: list | None = None, nd: int = 2) -> None:
     for n in list(gm.graph.nodes):
         m = module_of(gm, n)
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            _replace_with_module(gm, n, AdaptiveAvgPool(m.output_size), (n.args[0],))
+        if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
+            _replace_with_module(gm, n, AdaptiveAvgPool(m.output_size, spatial_dims=dims.module_dims(m)),
+                                 (n.args[0],))
         elif n.op == "call_function" and n.target in _ADAPTIVE_AVG_FUNCTIONS:
             size = _arg(n, 1, "output_size")
             if isinstance(size, fx.Node) or (isinstance(size, (list, tuple)) and any(
@@ -339,12 +355,13 @@ def _adaptive_pools(gm: fx.GraphModule, blockers: list | None = None) -> None:
                 _block(blockers, n, "pool size from shapes", "adaptive pooling to a size computed from shapes "
                        "sjunet could not evaluate; give the input shape or a constant size")
                 continue
-            _replace_with_module(gm, n, AdaptiveAvgPool(size), (n.args[0],))
-        elif _spatial_mean(n):
-            _replace_with_module(gm, n, AdaptiveAvgPool(1), (n.args[0],))
+            _replace_with_module(gm, n, AdaptiveAvgPool(size, spatial_dims=_ADAPTIVE_AVG_FUNCTIONS[n.target]),
+                                 (n.args[0],))
+        elif _spatial_mean(n, nd):
+            _replace_with_module(gm, n, AdaptiveAvgPool(1, spatial_dims=nd), (n.args[0],))
 
 
-def _resample_and_pad(gm: fx.GraphModule, blockers: list | None = None) -> None:
+def _resample_and_pad(gm: fx.GraphModule, blockers: list | None = None, nd: int = 2) -> None:
     for n in list(gm.graph.nodes):
         m = module_of(gm, n)
         if n.op == "call_function" and n.target in _POOL_FUNCTIONS:
@@ -353,8 +370,7 @@ def _resample_and_pad(gm: fx.GraphModule, blockers: list | None = None) -> None:
         if isinstance(m, _UPSAMPLE_MODULES):
             _replace_with_module(gm, n, Resample(m.mode, m.scale_factor, m.size, m.align_corners), (n.args[0],))
         elif isinstance(m, _PAD_MODULES):
-            mode = {nn.ReflectionPad2d: "reflect", nn.ReplicationPad2d: "replicate",
-                    nn.CircularPad2d: "circular"}.get(type(m), "constant")
+            mode = next((v for t, v in _PAD_MODES if isinstance(m, t)), "constant")
             if mode == "constant" and float(getattr(m, "value", 0.0)) != 0.0:
                 continue  # refused by check_supported: a constant other than 0 is no linear stage
             _replace_with_module(gm, n, Pad(m.padding, mode), (n.args[0],))
@@ -368,10 +384,10 @@ def _resample_and_pad(gm: fx.GraphModule, blockers: list | None = None) -> None:
                 _block(blockers, n, "antialias", "interpolation with antialias=True")
                 continue
             if mode not in Resample.MODES:
-                _block(blockers, n, f"interpolation mode {mode!r}", f"interpolation mode {mode!r}; use nearest or "
-                       "bilinear")
+                _block(blockers, n, f"interpolation mode {mode!r}", f"interpolation mode {mode!r}; use nearest, "
+                       "bilinear or trilinear")
                 continue
-            ref = _size_reference(size) if size is not None else None
+            ref = _size_reference(size, nd) if size is not None else None
             if size is not None and ref is None and (isinstance(size, fx.Node) or any(
                     isinstance(s, fx.Node) for s in size)):
                 _block(blockers, n, "size from shapes", "its output size is computed from shapes in a way sjunet "
@@ -438,27 +454,28 @@ def apply_post(post: list[dict], y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     if bn.running_mean is None or bn.running_var is None:
         raise UnsupportedGraphError(
-            "cannot convert a BatchNorm2d without running statistics (track_running_stats=False): its "
+            f"cannot convert a {type(bn).__name__} without running statistics (track_running_stats=False): its "
             "normalization depends on each batch")
     scale = (bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
     shift = (bn.bias if bn.bias is not None else torch.zeros_like(bn.running_mean)) - bn.running_mean * scale
     return scale.detach(), shift.detach()
 
 
-def fold_bn_into(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
-    """Fold ``bn`` (eval mode) into the Conv2d / ConvTranspose2d ``conv`` before it, in place."""
+def fold_bn_into(conv: nn.Module, bn: nn.Module) -> None:
+    """Fold ``bn`` (eval mode) into the Conv2d/3d / ConvTranspose2d/3d ``conv`` before it, in place."""
     scale, shift = _bn_affine(bn)
     with torch.no_grad():
         w = conv.weight
-        if isinstance(conv, nn.ConvTranspose2d):
+        ones = [1] * (w.dim() - 2)  # the kernel's spatial axes
+        if isinstance(conv, dims.CONV_T_TYPES):
             g = conv.groups
             w.copy_((w.view(g, w.shape[0] // g, w.shape[1], *w.shape[2:])
-                     * scale.view(g, 1, -1, 1, 1)).view_as(w))
+                     * scale.view(g, 1, -1, *ones)).view_as(w))
         else:
-            w.mul_(scale.view(-1, 1, 1, 1))
+            w.mul_(scale.view(-1, 1, *ones))
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
         new_bias = bias * scale + shift
         if conv.bias is None:
@@ -470,7 +487,7 @@ def fold_bn_into(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
 def _batchnorm(gm: fx.GraphModule, blockers: list | None = None) -> None:
     for n in list(gm.graph.nodes):
         bn = module_of(gm, n)
-        if not isinstance(bn, nn.BatchNorm2d):
+        if not isinstance(bn, (nn.BatchNorm2d, nn.BatchNorm3d)):
             continue
         src = n.args[0]
         conv = module_of(gm, src) if isinstance(src, fx.Node) else None
@@ -522,16 +539,16 @@ def _per_channel(t: torch.Tensor | None, what: str) -> tuple[torch.Tensor | None
     return flat[:, 0].clone(), None
 
 
-def _norms(gm: fx.GraphModule, blockers: list | None = None) -> None:
+def _norms(gm: fx.GraphModule, blockers: list | None = None, nd: int = 2) -> None:
     """Instance / group / layer norm → Center, Normalize, ChannelAffine (module docstring)."""
     for n in list(gm.graph.nodes):
         m = module_of(gm, n)
         fn = _NORM_FUNCTIONS.get(n.target) if n.op == "call_function" else None
-        if not (isinstance(m, (nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)) or fn):
+        if not (isinstance(m, (nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)) or fn):
             continue
         label = type(m).__name__ if m is not None else fn
         try:
-            if isinstance(m, nn.InstanceNorm2d) or fn == "instance_norm":
+            if isinstance(m, (nn.InstanceNorm2d, nn.InstanceNorm3d)) or fn == "instance_norm":
                 if m is not None:
                     mean, var, weight, bias = m.running_mean, m.running_var, m.weight, m.bias
                     per_sample, eps, channels = not m.track_running_stats, m.eps, m.num_features
@@ -541,7 +558,8 @@ def _norms(gm: fx.GraphModule, blockers: list | None = None) -> None:
                     per_sample, eps = _arg(n, 5, "use_input_stats", True), _arg(n, 7, "eps", 1e-5)
                     channels = None
                 if not per_sample and mean is not None and var is not None:  # running statistics: a BatchNorm
-                    bn = nn.BatchNorm2d(mean.numel(), eps=float(eps), affine=weight is not None or bias is not None)
+                    bn = dims.layer("batch_norm", dims.module_dims(m) if m is not None else nd)(
+                        mean.numel(), eps=float(eps), affine=weight is not None or bias is not None)
                     bn.running_mean.copy_(mean.detach())
                     bn.running_var.copy_(var.detach())
                     if bn.affine:
@@ -570,9 +588,10 @@ def _norms(gm: fx.GraphModule, blockers: list | None = None) -> None:
                     shape, eps = _arg(n, 1, "normalized_shape"), _arg(n, 4, "eps", 1e-5)
                     weight, bias = _fetch(gm, _arg(n, 2, "weight")), _fetch(gm, _arg(n, 3, "bias"))
                     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-                if len(shape) != 3 or not all(isinstance(v, int) for v in shape) or isinstance(eps, fx.Node):
+                if len(shape) != nd + 1 or not all(isinstance(v, int) for v in shape) or isinstance(eps, fx.Node):
                     _block(blockers, n, label, f"{label} over the last {len(shape)} dimension(s) {list(shape)}: sjunet "
-                           "converts a layer norm over (C, H, W) of an image (GroupNorm(1, C)); normalizing over "
+                           "converts a layer norm over (C, H, W) of an image or (C, D, H, W) of a volume "
+                           "(GroupNorm(1, C)); normalizing over "
                            "positions or channels alone (channels-last use) has no per-channel form — use GroupNorm "
                            "and retrain")
                     continue
@@ -586,23 +605,25 @@ def _norms(gm: fx.GraphModule, blockers: list | None = None) -> None:
             _block(blockers, n, f"{label} with computed arguments",
                    f"{label} whose weights, groups or eps are computed rather than the model's constants (or an "
                    "instance_norm without weights, whose channel count is unknown) cannot be converted; use the "
-                   "nn module (nn.InstanceNorm2d / nn.GroupNorm)")
+                   "nn module (nn.InstanceNorm2d/3d / nn.GroupNorm)")
 
 
 def canonicalize(gm: fx.GraphModule, blockers: list | None = None) -> list[dict]:
     """Rewrite ``gm`` in place (module docstring); returns the stripped output-side ops. Nodes it
     cannot rewrite are added to ``blockers`` (without a list: raise at the first)."""
+    nd = dims.spatial_dims(gm)  # the network's (its convolutions'): 2 for images, 3 for volumes
     _unshare(gm)
     _remove_identities(gm)
     _relus(gm)
     _adds_and_cats(gm)
     _stack_sums(gm)
-    _functional_layers(gm, blockers)
-    _adaptive_pools(gm, blockers)
-    _resample_and_pad(gm, blockers)
+    _functional_layers(gm, blockers, nd)
+    _adaptive_pools(gm, blockers, nd)
+    _resample_and_pad(gm, blockers, nd)
     post = _strip_post(gm)
-    _norms(gm, blockers)
+    _norms(gm, blockers, nd)
     _batchnorm(gm, blockers)
+    dims.set_spatial_dims(gm, nd)  # per-channel stages broadcast over nd spatial axes
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.delete_all_unused_submodules()

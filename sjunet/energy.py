@@ -85,18 +85,21 @@ CONVENTIONS = {
 
 
 def conv_macs(m: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
-    """Dense MACs of one Conv2d / ConvTranspose2d for one image.
+    """Dense MACs of one Conv / ConvTranspose (2-D or 3-D) for one image or volume.
 
     Conv2d: C_in/groups · k_h·k_w · C_out · H_out·W_out. ConvTranspose2d: every input element
     times every kernel element of its group's outputs, C_in · k_h·k_w · C_out/groups · H_in·W_in.
-    ``in_shape`` / ``out_shape`` are ``(…, H, W)``. (Bias additions are not MACs.)
+    Volumes alike, with the products over D, H, W. ``in_shape`` / ``out_shape`` are
+    ``(…, H, W)`` (``(…, D, H, W)``: the last as many sizes as the kernel has axes). (Bias
+    additions are not MACs.)
     """
-    kh, kw = _pair(m.kernel_size)
-    if isinstance(m, nn.ConvTranspose2d):
-        return m.in_channels * kh * kw * (m.out_channels // m.groups) * int(in_shape[-2]) * int(in_shape[-1])
-    if isinstance(m, nn.Conv2d):
-        return (m.in_channels // m.groups) * kh * kw * m.out_channels * int(out_shape[-2]) * int(out_shape[-1])
-    raise TypeError(f"not a synaptic layer: {type(m).__name__}")
+    if not isinstance(m, nn.modules.conv._ConvNd):
+        raise TypeError(f"not a synaptic layer: {type(m).__name__}")
+    nd = len(m.kernel_size)
+    k = prod(int(v) for v in m.kernel_size)
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return m.in_channels * k * (m.out_channels // m.groups) * prod(int(v) for v in in_shape[-nd:])
+    return (m.in_channels // m.groups) * k * m.out_channels * prod(int(v) for v in out_shape[-nd:])
 
 
 def _dense_conv_rule(args, kwargs, out) -> int:
@@ -118,7 +121,7 @@ def ann_macs(ann: nn.Module, input_shape: tuple[int, int, int]) -> int:
 
     def count(model: nn.Module, device, dtype) -> int:
         counter = MACCounter(extra_rules={torch.ops.aten.convolution.default: _dense_conv_rule},
-                             extra_ignore_modules=[nn.BatchNorm2d])
+                             extra_ignore_modules=[nn.BatchNorm2d, nn.BatchNorm3d])
         with DispatchCounterMode([counter]):
             model(torch.full((1, *input_shape), 0.5, dtype=dtype, device=device))
         return int(counter.get_total())
@@ -365,8 +368,9 @@ def count_energy(
     for x in batches:
         if isinstance(x, (tuple, list)):
             x = x[0]
-        if x.dim() != 4:
-            raise ValueError(f"expected image batches [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.dim() not in (4, 5):
+            raise ValueError(f"expected image batches [B, C, H, W] or volume batches [B, C, D, H, W], got shape "
+                             f"{tuple(x.shape)}")
         for t, counts in spike_counts(snn, x, steps, chunk).items():
             tallies[t].add(x.shape, counts)
     reports = {t: tally.report(t, e_mac, e_ac) for t, tally in tallies.items()}

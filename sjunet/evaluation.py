@@ -28,6 +28,7 @@ Progress bars advance per tile / window (ANN) and per simulated step (SNN).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sjunet.data.patches import patch_grid, predict_by_patches
+from sjunet.dims import CONV_TYPES, spatial_dims
 from sjunet.distributed import merge_meter, resolve_device, shard
 from sjunet.simulation import simulate
 from sjunet.tasks import Task, task_for
@@ -60,11 +62,14 @@ DEFAULT_TILE = 256
 PATCH_BATCH = 64
 
 
-def size_multiple(module: nn.Module, in_channels: int | None = None) -> int:
+def size_multiple(module: nn.Module, in_channels: int | None = None) -> int | tuple[int, ...]:
     """H and W of ``module``'s input must be multiples of this: a converted SNN's record, the
     U-Net's ``2**depth``, or, for any other model, the input size over its smallest feature map
-    (from its canonical graph on a 256x256 probe)."""
+    (from its canonical graph on a 256x256 probe). Volumes (3-D networks): one multiple per axis
+    (D, H, W), from the SNN's record or a 64³ probe."""
     conv = getattr(module, "sjunet_conversion", None)
+    if conv and conv.get("size_multiples"):
+        return tuple(int(v) for v in conv["size_multiples"])
     if conv and conv.get("size_multiple"):
         return int(conv["size_multiple"])
     if conv is not None:
@@ -76,8 +81,14 @@ def size_multiple(module: nn.Module, in_channels: int | None = None) -> int:
     cfg = getattr(module, "config", None)
     if getattr(cfg, "depth", None) is not None:
         return 2 ** int(cfg.depth)
-    from sjunet.graph import canonical_graph, size_multiple as graph_multiple, tensor_shapes
+    from sjunet.graph import canonical_graph, size_multiple as graph_multiple, size_multiples, tensor_shapes
 
+    nd = spatial_dims(module)
+    if nd != 2:
+        c = in_channels or next((m.in_channels for m in module.modules() if isinstance(m, CONV_TYPES)), 1)
+        probe = (64,) * nd
+        gm = canonical_graph(module, (1, c, *probe)).gm
+        return size_multiples(tensor_shapes(gm, (c, *probe)), probe)
     c = in_channels or next((m.in_channels for m in module.modules() if isinstance(m, nn.Conv2d)), 1)
     gm = canonical_graph(module, (1, c, 256, 256)).gm
     return graph_multiple(tensor_shapes(gm, (c, 256, 256)), (256, 256))
@@ -100,9 +111,39 @@ def _pad(x: torch.Tensor, ph: int, pw: int, mode: str = "reflect") -> torch.Tens
     return F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
+def _per_axis(multiple: int | Sequence[int], nd: int) -> tuple[int, ...]:
+    """A size multiple (one for all axes, or one per axis) as ``nd`` positive ints."""
+    if isinstance(multiple, (tuple, list)):
+        if len(multiple) != nd:
+            raise ValueError(f"{len(multiple)} size multiples for an input of {nd} spatial axes")
+        return tuple(max(1, int(v)) for v in multiple)
+    return (max(1, int(multiple)),) * nd
+
+
+def _pad_after(x: torch.Tensor, amounts: Sequence[int], mode: str = "reflect") -> torch.Tensor:
+    """Pad ``x`` ([B, C, *spatial]) by ``amounts[i]`` after the end of spatial axis i (images:
+    :func:`_pad`, bottom and right): ``reflect`` (``replicate`` where an axis is too short) or ``zero``."""
+    amounts = [int(a) for a in amounts]
+    if len(amounts) == 2 and x.dim() == 4:
+        return _pad(x, amounts[0], amounts[1], mode)
+    if not any(amounts):
+        return x
+    pads = tuple(v for a in reversed(amounts) for v in (0, a))  # F.pad: the last axis first
+    if mode == "zero":
+        return F.pad(x, pads)
+    if mode != "reflect":
+        raise ValueError(f"unknown padding {mode!r}; choose one of {', '.join(PAD_MODES)}")
+    sizes = x.shape[2:]
+    return F.pad(x, pads, mode="reflect" if all(a < n for a, n in zip(amounts, sizes)) else "replicate")
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int], mode: str = "reflect") -> torch.Tensor:
     """Pad [B, C, H, W] on the bottom/right to multiples of ``multiple`` (reflect when possible,
-    or ``mode="zero"``)."""
+    or ``mode="zero"``). Volumes [B, C, D, H, W]: at the end of every axis, to ``multiple`` (one
+    for all axes, or one per axis)."""
+    if x.dim() != 4 or isinstance(multiple, (tuple, list)):
+        ms = _per_axis(multiple, x.dim() - 2)
+        return _pad_after(x, [(-n) % m for n, m in zip(x.shape[2:], ms)], mode)
     h, w = x.shape[-2:]
     return _pad(x, (-h) % multiple, (-w) % multiple, mode)
 
@@ -183,8 +224,14 @@ def make_protocol(protocol: "Protocol | str | dict | None" = None, dataset=None,
     return p
 
 
-def check_protocol(protocol: Protocol, multiple: int) -> None:
-    """The patch protocol's windows must pass the network (multiples of its size rule)."""
+def check_protocol(protocol: Protocol, multiple: int | Sequence[int]) -> None:
+    """The patch protocol's windows must pass the network (multiples of its size rule); it is a
+    protocol for 2-D images (volumes: whole or tiled)."""
+    if isinstance(multiple, (tuple, list)):
+        if protocol.name == "patch" and len(multiple) != 2:
+            raise ValueError("--protocol patch evaluates 2-D images by square windows; volumes are evaluated "
+                             "--protocol whole or tiled")
+        multiple = max(int(v) for v in multiple)
     m = int(multiple)
     if protocol.name == "patch" and m > 1 and protocol.patch % m:
         from sjunet.data import size_rule
@@ -229,11 +276,15 @@ def budget(device="cpu") -> int:
     return MAX_ELEMENTS
 
 
-def plan(protocol: Protocol, hw: Sequence[int], multiple: int, cost: float | None = None,
+def plan(protocol: Protocol, hw: Sequence[int], multiple: int | Sequence[int], cost: float | None = None,
          tileable: bool = True, elements: int = MAX_ELEMENTS) -> Layout:
     """The :class:`Layout` of an ``H x W`` image under ``protocol`` for a network of size multiple
     ``multiple`` and ``cost`` live activation elements per input pixel (:func:`activation_cost`),
-    tiled when a call would hold more than ``elements`` of them (or ``protocol.max_pixels`` pixels)."""
+    tiled when a call would hold more than ``elements`` of them (or ``protocol.max_pixels`` pixels).
+    A ``D x H x W`` volume (``hw`` of 3 sizes; ``multiple`` one per axis or one for all): the same
+    per axis (:func:`_plan_nd`)."""
+    if len(hw) != 2 or isinstance(multiple, (tuple, list)):
+        return _plan_nd(protocol, hw, multiple, cost, tileable, elements)
     h, w = (int(v) for v in hw)
     if protocol.name == "patch":
         hp, wp, corners = patch_grid(h, w, protocol.patch, protocol.stride)
@@ -265,10 +316,80 @@ def plan(protocol: Protocol, hw: Sequence[int], multiple: int, cost: float | Non
     return Layout("tiled", (hp, wp), tiles, len(tiles), len(tiles), side, margin, limit)
 
 
+def _plan_nd(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int], cost: float | None,
+             tileable: bool, elements: int) -> Layout:
+    """:func:`plan` for any number of spatial axes: padded per axis to that axis's multiple, whole
+    when the padded volume fits the budget, else a grid of tiles (cores balanced per axis, each a
+    multiple of its axis's size multiple, with a margin of ``overlap`` rounded up likewise).
+    Tiles are ``(window start, end per axis…, core start, end per axis…)``."""
+    nd = len(sizes)
+    if protocol.name == "patch":
+        raise ValueError(f"--protocol patch evaluates 2-D images by square windows; a {nd}-D input is evaluated "
+                         "--protocol whole or tiled")
+    ms = _per_axis(multiple, nd)
+    padded = tuple(_ceil_to(max(int(n), 1), m) for n, m in zip(sizes, ms))
+    limit = protocol.max_pixels or (max(1, int(elements / cost)) if cost else None)
+    whole = Layout("whole", padded, max_pixels=limit)
+    forced = protocol.name == "tiled"
+    if not tileable:
+        if forced:
+            raise ValueError("this SNN's conversion holds only for inputs of the size it was converted at: it cannot "
+                             "be tiled; use --protocol whole")
+        return whole
+    if not forced and (limit is None or math.prod(padded) <= limit):
+        return whole
+    overlap = TILE_OVERLAP if protocol.overlap is None else protocol.overlap
+    margins = [_ceil_to(overlap, m) for m in ms]
+    if protocol.tile:
+        cores = [_ceil_to(protocol.tile, m) for m in ms]
+    elif limit:
+        side = int(limit ** (1.0 / nd))
+        cores = [max(m, side // m * m - 2 * g) for m, g in zip(ms, margins)]
+    else:
+        cores = [_ceil_to(DEFAULT_TILE, m) for m in ms]
+    per_axis = [_axis(n, c, g, m) for n, c, g, m in zip(padded, cores, margins, ms)]
+    tiles = [tuple(v for a in combo for v in a[:2]) + tuple(v for a in combo for v in a[2:])
+             for combo in itertools.product(*per_axis)]
+    if len(tiles) == 1:
+        return whole
+    side = max(max(t[2 * nd + 2 * i + 1] - t[2 * nd + 2 * i] for i in range(nd)) for t in tiles)
+    return Layout("tiled", padded, tiles, len(tiles), len(tiles), side, max(margins), limit)
+
+
+def _run_layout_nd(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, layout: Layout, protocol: Protocol,
+                   on_call: Callable[[int], None]) -> Outputs:
+    """:func:`run_layout` for any number of spatial axes (layouts of :func:`_plan_nd`)."""
+    nd = x.dim() - 2
+    sizes = tuple(x.shape[2:])
+    crop = (Ellipsis, *(slice(0, n) for n in sizes))
+    if layout.kind == "patch":
+        raise ValueError("--protocol patch evaluates 2-D images by square windows; volumes: whole or tiled")
+    xp = _pad_after(x, [p - n for p, n in zip(layout.padded, sizes)], protocol.pad_mode)
+    if layout.kind == "whole":
+        out = fn(xp)
+        on_call(1)
+        return {k: v[crop] for k, v in out.items()}
+    full: dict = {}
+    for t in layout.tiles:
+        win, core = t[:2 * nd], t[2 * nd:]
+        out = fn(xp[(Ellipsis, *(slice(win[2 * i], win[2 * i + 1]) for i in range(nd)))])
+        for k, v in out.items():
+            if k not in full:
+                full[k] = v.new_empty(*v.shape[:-nd], *layout.padded)
+            src = tuple(slice(core[2 * i] - win[2 * i], core[2 * i + 1] - win[2 * i]) for i in range(nd))
+            dst = tuple(slice(core[2 * i], core[2 * i + 1]) for i in range(nd))
+            full[k][(Ellipsis, *dst)] = v[(Ellipsis, *src)]
+        on_call(1)
+    return {k: v[crop] for k, v in full.items()}
+
+
 def run_layout(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, layout: Layout, protocol: Protocol,
                on_call: Callable[[int], None] | None = None) -> Outputs:
     """Apply ``fn`` to image batch ``x`` [B, C, H, W] as ``layout`` says; outputs cropped to H x W.
-    ``on_call(n)`` after every call of ``fn`` with the number of tiles / windows it took."""
+    ``on_call(n)`` after every call of ``fn`` with the number of tiles / windows it took. Volume
+    batches [B, C, D, H, W] alike (:func:`_run_layout_nd`)."""
+    if x.dim() != 4:
+        return _run_layout_nd(fn, x, layout, protocol, on_call or (lambda n: None))
     h, w = x.shape[-2:]
     done = on_call or (lambda n: None)
     if layout.kind == "patch":
@@ -321,7 +442,7 @@ def predict(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, dataset, mul
     memory budget). The one code path of evaluation, validation and prediction pictures."""
     p = make_protocol(protocol, dataset)
     check_protocol(p, multiple)
-    return run_layout(fn, x, plan(p, x.shape[-2:], multiple, cost), p, on_call)
+    return run_layout(fn, x, plan(p, x.shape[2:], multiple, cost), p, on_call)
 
 
 def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu", snn: bool = False,
@@ -333,9 +454,14 @@ def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu
     from spikingjelly.activation_based.base import MemoryModule
 
     rule = (getattr(net, "sjunet_conversion", None) or {}).get("size_rule") or {}
-    side = _ceil_to(max(64, 2 * int(multiple)), max(1, int(multiple)))
-    hw = tuple(int(v) for v in rule["shape"]) if rule.get("shape") else (side, side)
-    largest, state = [in_channels * hw[0] * hw[1]], [0]
+    nd = spatial_dims(net)
+    if nd == 2 and not isinstance(multiple, (tuple, list)):
+        side = _ceil_to(max(64, 2 * int(multiple)), max(1, int(multiple)))
+        hw = tuple(int(v) for v in rule["shape"]) if rule.get("shape") else (side, side)
+    else:  # a volume: a probe of 2 multiples (at least 16) per axis
+        hw = tuple(int(v) for v in rule["shape"]) if rule.get("shape") else tuple(
+            _ceil_to(max(16, 2 * m), m) for m in _per_axis(multiple, nd))
+    largest, state = [in_channels * math.prod(hw)], [0]
 
     def hook(m, inputs, out):
         n = sum(t.numel() for t in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(t, torch.Tensor))
@@ -357,7 +483,7 @@ def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu
         for h in handles:
             h.remove()
     steps = int(chunk) if snn and mode == "multi" else 1
-    return (largest[0] * steps + state[0]) / (hw[0] * hw[1])
+    return (largest[0] * steps + state[0]) / math.prod(hw)
 
 
 def _tileable(net: nn.Module) -> bool:
@@ -490,7 +616,7 @@ def _evaluate_ann(model: nn.Module, dataset, task: Task, device, limit: int | No
             for i in indices:
                 x, y = dataset[i]
                 x, y = x.unsqueeze(0).to(device), y.unsqueeze(0)
-                lay = plan(p, x.shape[-2:], multiple, cost, elements=budget(device))
+                lay = plan(p, x.shape[2:], multiple, cost, elements=budget(device))
                 layouts.append(lay)
                 bar.image(lay.windows)
                 t0 = time.perf_counter()
@@ -551,7 +677,7 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
         for i in indices:
             x, y = dataset[i]
             x, y = x.unsqueeze(0).to(device), y.unsqueeze(0)
-            lay = plan(p, x.shape[-2:], multiple, cost, tileable, budget(device))
+            lay = plan(p, x.shape[2:], multiple, cost, tileable, budget(device))
             layouts.append(lay)
             bar.image(lay.calls * max(T))
             ref = None

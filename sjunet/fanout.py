@@ -62,6 +62,7 @@ at a *sink*: a neuron layer, a spiking max-pool, or the network output. Along th
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -70,6 +71,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import fx, nn
 
+from sjunet import dims
 from sjunet.graph import is_reference_use, kind_of, tensor_shapes
 from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Pad, Resample, SpikingMaxPool2d
 
@@ -80,6 +82,11 @@ class EnergyError(ValueError):
 
 def _pair(v) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _per_axis(v, nd: int) -> tuple[int, ...]:
+    """A layer argument (an int or one per axis) as ``nd`` ints, one per spatial axis."""
+    return tuple(int(u) for u in v) if isinstance(v, (tuple, list)) else (int(v),) * nd
 
 
 # ----------------------------------------------------------------------- reachability (1-D maps)
@@ -121,82 +128,105 @@ def _transposed_reach(n_in: int, n_out: int, k: int, s: int, pad: int, d: int) -
     return r[:, :n_out]
 
 
-def _probe_reach(fn, n_in: int, dim: int) -> torch.Tensor:
-    """Bool [n_in, n_out] of a separable per-channel stage along ``dim`` (0: rows, 1: columns),
-    by running ``fn`` on one-hot inputs (one channel per input index)."""
+def _probe_reach(fn, n_in: int, dim: int, nd: int = 2) -> torch.Tensor:
+    """Bool [n_in, n_out] of a separable per-channel stage along spatial axis ``dim`` (images:
+    0 rows, 1 columns; ``nd`` spatial axes), by running ``fn`` on one-hot inputs (one channel per
+    input index)."""
     eye = torch.eye(n_in, dtype=torch.float64)
-    x = eye.view(1, n_in, n_in, 1) if dim == 0 else eye.view(1, n_in, 1, n_in)
+    shape = [1] * nd
+    shape[dim] = n_in
+    x = eye.view(1, n_in, *shape)
     with torch.no_grad():
         y = fn(x, dim)
-    return (y[0, :, :, 0] if dim == 0 else y[0, :, 0, :]) != 0
+    at = [0] * nd
+    at[dim] = slice(None)
+    return y[(0, slice(None), *at)] != 0
 
 
-def _resample_fn(m: Resample, out_hw: tuple[int, int], by_reference: bool):
+def _only(dim: int, v, nd: int, rest):
+    """``v`` on axis ``dim``, ``rest`` on the other of ``nd`` axes."""
+    return tuple(v if i == dim else rest for i in range(nd))
+
+
+def _resample_fn(m: Resample, out_hw: tuple[int, ...], by_reference: bool):
+    nd = len(out_hw)
+
     def fn(x, dim):
         if m.scale_factor is not None and m.size is None and not by_reference:
-            s = _pair_float(m.scale_factor)
-            scale = (s[0], 1.0) if dim == 0 else (1.0, s[1])
-            return F.interpolate(x, scale_factor=scale, mode=m.mode, align_corners=m.align_corners)
-        size = (out_hw[0], 1) if dim == 0 else (1, out_hw[1])
-        return F.interpolate(x, size=size, mode=m.mode, align_corners=m.align_corners)
+            s = _per_axis_float(m.scale_factor, nd)
+            return F.interpolate(x, scale_factor=_only(dim, s[dim], nd, 1.0), mode=m.mode,
+                                 align_corners=m.align_corners)
+        return F.interpolate(x, size=_only(dim, out_hw[dim], nd, 1), mode=m.mode, align_corners=m.align_corners)
     return fn
 
 
-def _pair_float(v) -> tuple[float, float]:
-    return (float(v[0]), float(v[1])) if isinstance(v, (tuple, list)) else (float(v), float(v))
+def _per_axis_float(v, nd: int) -> tuple[float, ...]:
+    return tuple(float(u) for u in v) if isinstance(v, (tuple, list)) else (float(v),) * nd
 
 
-def _pad_fn(m: Pad):
-    left, right = m.pad[0], m.pad[1]
-    top, bottom = (m.pad[2], m.pad[3]) if len(m.pad) == 4 else (0, 0)
-
+def _pad_fn(m: Pad, nd: int = 2):
     def fn(x, dim):
-        pad = (0, 0, top, bottom) if dim == 0 else (left, right, 0, 0)
-        return F.pad(x, pad, mode=m.mode)
+        at = 2 * (nd - 1 - dim)  # F.pad lists the last axis first
+        pad = [0] * (2 * nd)
+        if at + 1 < len(m.pad):
+            pad[at], pad[at + 1] = m.pad[at], m.pad[at + 1]
+        return F.pad(x, tuple(pad), mode=m.mode)
     return fn
 
 
-def stage_reach(m: nn.Module, in_hw: tuple[int, int], out_hw: tuple[int, int],
-                by_reference: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row and column reachability matrices (bool ``[H_in, H_out]``, ``[W_in, W_out]``) of one
-    Conv2d / ConvTranspose2d / AvgPool2d / max-pool / interpolation / padding / per-channel
-    stage; see the module docstring. ``by_reference``: an interpolation to another tensor's size."""
+def stage_reach(m: nn.Module, in_hw: tuple[int, ...], out_hw: tuple[int, ...],
+                by_reference: bool = False) -> tuple[torch.Tensor, ...]:
+    """Reachability matrices, one per spatial axis (images: rows and columns, bool ``[H_in, H_out]``,
+    ``[W_in, W_out]``; volumes: D, H, W), of one Conv / ConvTranspose / AvgPool / max-pool (any
+    dimensionality) / interpolation / padding / per-channel stage; see the module docstring.
+    ``by_reference``: an interpolation to another tensor's size."""
+    nd = len(in_hw)
+    axes = range(nd)
     if isinstance(m, (ChannelAffine, Center)):  # Center: its x term (the mean is counted by center_acs)
-        return torch.eye(int(in_hw[0]), dtype=torch.bool), torch.eye(int(in_hw[1]), dtype=torch.bool)
-    if isinstance(m, Resample):
-        fn = _resample_fn(m, out_hw, by_reference)
-        return _probe_reach(fn, int(in_hw[0]), 0), _probe_reach(fn, int(in_hw[1]), 1)
-    if isinstance(m, Pad):
-        fn = _pad_fn(m)
-        return _probe_reach(fn, int(in_hw[0]), 0), _probe_reach(fn, int(in_hw[1]), 1)
-    if isinstance(m, AdaptiveAvgPool):  # the adaptive windows, as AvgPool2d's: every input in its window
+        return tuple(torch.eye(int(in_hw[i]), dtype=torch.bool) for i in axes)
+    if isinstance(m, (Resample, Pad, AdaptiveAvgPool)):
+        if isinstance(m, Resample):
+            fn = _resample_fn(m, tuple(out_hw), by_reference)
+        elif isinstance(m, Pad):
+            fn = _pad_fn(m, nd)
+        else:  # the adaptive windows, as AvgPool's: every input in its window
 
-        def fn(x, dim):
-            return F.adaptive_avg_pool2d(x, (int(out_hw[0]), 1) if dim == 0 else (1, int(out_hw[1])))
-        return _probe_reach(fn, int(in_hw[0]), 0), _probe_reach(fn, int(in_hw[1]), 1)
+            def fn(x, dim):
+                return dims.functional("adaptive_avg_pool", nd)(x, _only(dim, int(out_hw[dim]), nd, 1))
+        return tuple(_probe_reach(fn, int(in_hw[i]), i, nd) for i in axes)
     mats = []
-    for dim in (0, 1):
+    for dim in axes:
         n_in, n_out = int(in_hw[dim]), int(out_hw[dim])
-        if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d, SpikingMaxPool2d)):
-            k = _pair(m.kernel_size)[dim]
-            s = _pair(m.stride if m.stride is not None else m.kernel_size)[dim]
-            d = _pair(getattr(m, "dilation", 1))[dim]
-            mats.append(_window_reach(n_in, n_out, k, s, _pair(m.padding)[dim], d, "zeros"))
-        elif isinstance(m, nn.ConvTranspose2d):
+        if isinstance(m, (nn.modules.pooling._AvgPoolNd, nn.modules.pooling._MaxPoolNd, SpikingMaxPool2d)):
+            k = _per_axis(m.kernel_size, nd)[dim]
+            s = _per_axis(m.stride if m.stride is not None else m.kernel_size, nd)[dim]
+            d = _per_axis(getattr(m, "dilation", 1), nd)[dim]
+            mats.append(_window_reach(n_in, n_out, k, s, _per_axis(m.padding, nd)[dim], d, "zeros"))
+        elif isinstance(m, nn.modules.conv._ConvTransposeNd):
             if m.padding_mode != "zeros":
                 raise EnergyError(f"{type(m).__name__} with padding_mode={m.padding_mode!r} is not supported")
-            mats.append(_transposed_reach(n_in, n_out, _pair(m.kernel_size)[dim], _pair(m.stride)[dim],
-                                          _pair(m.padding)[dim], _pair(m.dilation)[dim]))
-        elif isinstance(m, nn.Conv2d):
-            k, s, d = _pair(m.kernel_size)[dim], _pair(m.stride)[dim], _pair(m.dilation)[dim]
+            mats.append(_transposed_reach(n_in, n_out, m.kernel_size[dim], m.stride[dim], m.padding[dim],
+                                          m.dilation[dim]))
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            k, s, d = m.kernel_size[dim], m.stride[dim], m.dilation[dim]
             if isinstance(m.padding, str):
                 pad = 0 if m.padding == "valid" else d * (k - 1) // 2  # 'same': extra padding on the right
             else:
-                pad = _pair(m.padding)[dim]
+                pad = _per_axis(m.padding, nd)[dim]
             mats.append(_window_reach(n_in, n_out, k, s, pad, d, m.padding_mode))
         else:
             raise EnergyError(f"no reachability rule for {type(m).__name__}")
-    return mats[0], mats[1]
+    return tuple(mats)
+
+
+def _outer(counts: list[torch.Tensor]) -> torch.Tensor:
+    """The product map of per-axis counts (images: ``torch.outer`` of rows and columns)."""
+    if len(counts) == 2:
+        return torch.outer(counts[0], counts[1])
+    f = counts[0]
+    for c in counts[1:]:
+        f = f.unsqueeze(-1) * c
+    return f
 
 
 def _compose(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -252,16 +282,16 @@ def fanout_maps(snn: fx.GraphModule, input_shape: Iterable[int],
     for node in snn.graph.nodes:
         if not is_source(snn, node):
             continue
-        c, h, w = shapes[node.name]
-        fo = FanOut(torch.zeros(h, w, dtype=torch.float64), c)
-        _walk(snn, node, torch.eye(h, dtype=torch.bool), torch.eye(w, dtype=torch.bool), None, None, shapes, fo,
-              node.target)
+        c, *sizes = shapes[node.name]
+        fo = FanOut(torch.zeros(*sizes, dtype=torch.float64), c)
+        _walk(snn, node, [torch.eye(n, dtype=torch.bool) for n in sizes], None, None, shapes, fo, node.target)
         out[node.target] = fo
     return out
 
 
-def _walk(gm, node, rh, rw, channels: int | None, layer: str | None, shapes, fo: FanOut, origin: str) -> None:
-    """Follow ``node``'s users; ``rh``/``rw``: reach from the source so far; ``channels``: output
+def _walk(gm, node, reach: list, channels: int | None, layer: str | None, shapes, fo: FanOut, origin: str) -> None:
+    """Follow ``node``'s users; ``reach``: per spatial axis, the reach from the source so far
+    (images: rows, columns); ``channels``: output
     channels reached per input channel (None: no synaptic layer crossed yet); ``layer``: the last
     synaptic layer crossed."""
     for u in node.users:
@@ -271,21 +301,21 @@ def _walk(gm, node, rh, rw, channels: int | None, layer: str | None, shapes, fo:
         if k in ("neuron", "output") or is_source(gm, u):
             if is_source(gm, u) and k == "maxpool" and channels is None:
                 continue  # a spike entering a max-pool is compared, not multiplied
-            f = (channels or 1) * torch.outer(rh.sum(1).to(torch.float64), rw.sum(1).to(torch.float64))
+            f = (channels or 1) * _outer([r.sum(1).to(torch.float64) for r in reach])
             fo.map += f
             key = layer or (u.target if u.op == "call_module" else u.name)
             fo.targets[key] = fo.targets.get(key, 0.0) + float(f.mean())
         elif k in ("cat", "add", "shape"):
             if k != "shape":
-                _walk(gm, u, rh, rw, channels, layer, shapes, fo, origin)
+                _walk(gm, u, reach, channels, layer, shapes, fo, origin)
         elif k in ("affine", "center", "pool", "resample", "pad", "maxpool", "synaptic"):
             m = gm.get_submodule(u.target)
-            sh, sw = stage_reach(m, shapes[node.name][-2:], shapes[u.name][-2:], by_reference=len(u.args) > 1)
+            stage = stage_reach(m, shapes[node.name][1:], shapes[u.name][1:], by_reference=len(u.args) > 1)
+            composed = [_compose(r, s) for r, s in zip(reach, stage)]
             if k == "synaptic":
-                _walk(gm, u, _compose(rh, sh), _compose(rw, sw), m.out_channels // m.groups, u.target, shapes,
-                      fo, origin)
+                _walk(gm, u, composed, m.out_channels // m.groups, u.target, shapes, fo, origin)
             else:
-                _walk(gm, u, _compose(rh, sh), _compose(rw, sw), channels, layer, shapes, fo, origin)
+                _walk(gm, u, composed, channels, layer, shapes, fo, origin)
         else:
             raise EnergyError(f"cannot count synaptic operations through node {u.name!r} ({u.op} {u.target}) "
                               f"fed by {origin!r}")
@@ -321,6 +351,5 @@ def center_acs(snn: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> int:
     total = 0
     for n in snn.graph.nodes:
         if n.op == "call_module" and isinstance(snn.get_submodule(n.target), Center):
-            c, h, w = shapes[n.name][-3:]
-            total += 2 * int(c) * int(h) * int(w)
+            total += 2 * math.prod(int(v) for v in shapes[n.name])
     return total

@@ -44,8 +44,10 @@ from spikingjelly.activation_based import functional
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from sjunet import dims
 from sjunet.distill import LOSSES, Teacher, distill_loss, layer_loss
 from sjunet.neurons import SpikingNeuron, StaticInputSynapse, is_neuron
+from sjunet.graph import SYNAPTIC_TYPES
 from sjunet.simulation import FlowRecord, record_flow
 from sjunet.tasks import Task
 
@@ -53,15 +55,17 @@ METHODS = ("flow", "bptt")
 
 
 def _affine_sum(m: nn.Module, inp: torch.Tensor, T: float) -> torch.Tensor:
-    """W̃·inp + T·b̃ for a Conv2d / ConvTranspose2d (the layer summed over T steps)."""
-    if isinstance(m, nn.ConvTranspose2d):
-        y = F.conv_transpose2d(inp, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
-    elif isinstance(m, nn.Conv2d):
-        y = F.conv2d(inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
-    else:
+    """W̃·inp + T·b̃ for a Conv / ConvTranspose of 2-D images or 3-D volumes (the layer summed over
+    T steps); the functional of the layer's own dimensionality (:func:`sjunet.dims.functional`)."""
+    if not isinstance(m, nn.modules.conv._ConvNd):
         raise TypeError(f"not a synaptic layer: {type(m).__name__}")
+    nd = len(m.kernel_size)
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        y = dims.functional("conv_t", nd)(inp, m.weight, None, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
+    else:
+        y = dims.functional("conv", nd)(inp, m.weight, None, m.stride, m.padding, m.dilation, m.groups)
     if m.bias is not None:
-        y = y + (T * m.bias).view(1, -1, 1, 1)
+        y = y + (T * m.bias).view(1, -1, *([1] * nd))
     return y
 
 
@@ -114,7 +118,7 @@ class FlowPass(fx.Interpreter):
             return out
         if isinstance(m, StaticInputSynapse):
             return _affine_sum(m.layer, T * args[0], T)
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, SYNAPTIC_TYPES):
             return _affine_sum(m, args[0], T)
         if hasattr(m, "flow"):  # sjunet stages: gains, affine, max-pool of counts, interpolation, padding
             return m.flow(*args, T=T, **kwargs)

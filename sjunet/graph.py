@@ -28,12 +28,17 @@ normalization plan, the SpikingJelly recipe, energy and plots:
    line, cause, remedy (shape arithmetic, constants and reshapes that only feed a refused op are
    not reported again). A model torch.fx cannot trace at all is refused in one line.
 
-Node kinds (:func:`kind_of`): ``input``, ``output``, ``synaptic`` (Conv2d / ConvTranspose2d),
-``relu``, ``pool`` (AvgPool2d, adaptive / global average pooling), ``maxpool``, ``resample``, ``pad``, ``affine``, ``cat`` (channel
+Node kinds (:func:`kind_of`): ``input``, ``output``, ``synaptic`` (Conv2d/3d / ConvTranspose2d/3d),
+``relu``, ``pool`` (AvgPool2d/3d, adaptive / global average pooling), ``maxpool``, ``resample``, ``pad``, ``affine``, ``cat`` (channel
 concatenation), ``add``, ``center`` / ``normalize`` (instance / group / layer norm: the exact mean
 subtraction, and the division by the deviation — per sample in the ANN, fixed from calibration in the
 SNN, :mod:`sjunet.calibration.approximation`), ``shape``, ``neuron`` / ``analog`` (in a converted SNN),
 ``other``.
+
+Spatial dimensions (spec §14): 2-D images ``[N, C, H, W]`` and 3-D volumes ``[N, C, D, H, W]``
+convert alike — the layers of each dimensionality come from one table (:mod:`sjunet.dims`), and the
+size rule holds per axis (``multiples``: D, H, W for volumes, so an anisotropic U-Net that does
+not pool its depth axis asks only H, W to be multiples).
 """
 from __future__ import annotations
 
@@ -47,10 +52,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from sjunet import dims
 from sjunet.errors import UnsupportedGraphError  # re-exported: sjunet.graph.UnsupportedGraphError
 from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample, SpikingMaxPool2d
 
-SYNAPTIC_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+#: the synaptic layers of the spatial dimensionalities converted (:data:`sjunet.dims.SUPPORTED`)
+SYNAPTIC_TYPES = tuple(dims.layer(op, nd) for nd in dims.SUPPORTED for op in ("conv", "conv_t"))
+AVG_POOL_TYPES = tuple(dims.layer("avg_pool", nd) for nd in dims.SUPPORTED)
+MAX_POOL_TYPES = tuple(dims.layer("max_pool", nd) for nd in dims.SUPPORTED)
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 PASS_KINDS = ("pool", "maxpool", "resample", "pad")  # per-channel, unit passes through
 
@@ -135,6 +144,10 @@ _SHAPE_ARGS: dict[Any, tuple[tuple[int, str], ...]] = {
     F.avg_pool2d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
     F.max_pool2d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
     torch.max_pool2d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    F.adaptive_avg_pool3d: ((1, "output_size"),), F.adaptive_max_pool3d: ((1, "output_size"),),
+    F.avg_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    F.max_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    torch.max_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
 }
 
 
@@ -173,7 +186,8 @@ class _Tracer(fx.Tracer):
         from sjunet.canonical import _size_reference
 
         nodes = fx.node.map_aggregate(size, lambda a: a.node if isinstance(a, fx.Proxy) else a)
-        return _size_reference(nodes) is not None
+        nds = (len(self.shape) - 2,) if self.shape else dims.SUPPORTED
+        return any(_size_reference(nodes, nd) is not None for nd in nds)
 
     def _constant(self, v):
         if self.example is None:
@@ -368,46 +382,64 @@ def canonical_graph(model: nn.Module, example_shape: Iterable[int] | None = None
 
 
 def _size_rule(model: nn.Module, tr: Trace) -> dict:
-    """The input sizes the specialised constants (and shape decisions) of ``tr`` hold for: H and W
-    multiples of the graph's size multiple when tracing again at two other such sizes gives the
-    same constants and decisions, else only the example's H x W."""
+    """The input sizes the specialised constants (and shape decisions) of ``tr`` hold for: spatial
+    sizes that are multiples of the graph's size multiple on every axis (per axis for volumes:
+    ``multiples``, D, H, W) when tracing again at two other such sizes gives the same constants and
+    decisions, else only the example's size."""
     shape = tuple(tr.example_shape)
-    hw = list(shape[-2:])
+    nd = len(shape) - 2
+    hw = list(shape[-nd:])
     exact = {"shape": hw, "example_shape": list(shape),
              "nodes": sorted({s["node"] for s in tr.specialised})}
     try:
-        m = size_multiple(tensor_shapes(tr.gm, shape), tuple(hw))
+        shapes = tensor_shapes(tr.gm, shape)
+        ms = [size_multiple(shapes, tuple(hw))] * 2 if nd == 2 else list(size_multiples(shapes, tuple(hw)))
     except Exception:
         return exact
     key = (lambda t: ([(s["node"], s["value"]) for s in t.specialised], [(d["node"], d["value"]) for d in t.decisions]))
     checked = [hw]
-    for dh, dw in ((1, 2), (2, 1)):
-        other = (*shape[:-2], hw[0] + dh * m, hw[1] + dw * m)
+    for k in range(2):  # 2-D: (H + m, W + 2m), (H + 2m, W + m)
+        other = (*shape[:-nd], *(v + (1 + (j + k) % 2) * m for j, (v, m) in enumerate(zip(hw, ms))))
         try:
             if key(trace(model, other)) != key(tr):
                 return exact
         except Exception:
             return exact
-        checked.append(list(other[-2:]))
-    return {**exact, "shape": None, "multiple": m, "checked": checked}
+        checked.append(list(other[-nd:]))
+    rule = {**exact, "shape": None, "multiple": max(ms), "checked": checked}
+    return rule if nd == 2 else {**rule, "multiples": ms}
 
 
 def check_input_size(rule: dict | None, hw: Iterable[int]) -> None:
-    """Refuse (one line) an input size the specialised constants of a conversion do not hold for."""
+    """Refuse (one line) an input size (the spatial sizes: H, W or D, H, W) the specialised
+    constants of a conversion do not hold for."""
     if not rule:
         return
-    h, w = (int(v) for v in hw)
+    sizes = [int(v) for v in hw]
+    nd = len(sizes)
+    shown = dims.show(sizes)
     nodes = ", ".join(rule.get("nodes") or []) or "some"
-    ex = "x".join(str(v) for v in rule.get("example_shape", [])[-2:])
+    example = rule.get("example_shape") or []
+    ex = "x".join(str(v) for v in example[-nd:])
+    if example and len(example) - 2 != nd:
+        raise ValueError(f"input {shown} has {nd} spatial dimension(s); this conversion is of {len(example) - 2}-D "
+                         f"inputs ({dims.show(example[2:])} when calibrated)")
     if rule.get("multiple"):
-        m = int(rule["multiple"])
-        if h % m or w % m:
+        ms = [int(v) for v in rule.get("multiples") or [rule["multiple"]] * nd]
+        if any(v % m for v, m in zip(sizes, ms)):
+            if nd == 2 and not rule.get("multiples"):
+                m = ms[0]
+                raise ValueError(
+                    f"input {shown} does not fit this conversion: the constants computed from shapes (nodes {nodes}) "
+                    f"were specialised on a {ex} input and hold for H, W multiples of {m}; pad the input to a "
+                    f"multiple of {m}")
             raise ValueError(
-                f"input {h}x{w} does not fit this conversion: the constants computed from shapes (nodes {nodes}) were "
-                f"specialised on a {ex} input and hold for H, W multiples of {m}; pad the input to a multiple of {m}")
-    elif rule.get("shape") and [h, w] != [int(v) for v in rule["shape"]]:
+                f"input {shown} does not fit this conversion: the constants computed from shapes (nodes {nodes}) were "
+                f"specialised on a {ex} input and hold for {', '.join(dims.axes(nd))} multiples of {dims.show(ms)} "
+                f"(per axis); pad the input to multiples of {dims.show(ms)}")
+    elif rule.get("shape") and sizes != [int(v) for v in rule["shape"]]:
         raise ValueError(
-            f"input {h}x{w} does not fit this conversion: the constants computed from shapes (nodes {nodes}) hold only "
+            f"input {shown} does not fit this conversion: the constants computed from shapes (nodes {nodes}) hold only "
             f"for the {ex} input they were specialised on; convert again with calibration data of this size")
 
 
@@ -468,13 +500,13 @@ def kind_of(gm: fx.GraphModule, node: fx.Node) -> str:
             return "neuron"
         if isinstance(m, StaticInputSynapse):
             return "analog"
-        if isinstance(m, SYNAPTIC_TYPES) and not isinstance(m, (nn.Conv1d, nn.Conv3d)):
+        if isinstance(m, SYNAPTIC_TYPES):
             return "synaptic"
         if _is_relu_module(m):
             return "relu"
-        if isinstance(m, (nn.AvgPool2d, AdaptiveAvgPool)):
+        if isinstance(m, (*AVG_POOL_TYPES, AdaptiveAvgPool)):
             return "pool"
-        if isinstance(m, (nn.MaxPool2d, SpikingMaxPool2d)):
+        if isinstance(m, (*MAX_POOL_TYPES, SpikingMaxPool2d)):
             return "maxpool"
         if isinstance(m, Resample):
             return "resample"
@@ -545,16 +577,17 @@ _REMEDY = {
     "Tanh": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
     "Sigmoid": "only at the output can a sigmoid be applied to the decoded result; inside the network retrain with nn.ReLU",
     "Softmax": "only at the output can a softmax be applied to the decoded result",
-    "InstanceNorm2d": "sjunet converts instance/group/layer norm written as nn.InstanceNorm2d, nn.GroupNorm, "
-                      "nn.LayerNorm over (C, H, W), or F.instance_norm / F.group_norm / F.layer_norm with the "
-                      "model's own weights (a centring plus a deviation fixed from calibration); write it so",
+    "InstanceNorm2d": "sjunet converts instance/group/layer norm written as nn.InstanceNorm2d/3d, nn.GroupNorm, "
+                      "nn.LayerNorm over (C, H, W) or (C, D, H, W), or F.instance_norm / F.group_norm / F.layer_norm "
+                      "with the model's own weights (a centring plus a deviation fixed from calibration); write it so",
     "GroupNorm": "it is converted as nn.GroupNorm / F.group_norm with the model's own weights; write it so",
     "LayerNorm": "it is converted over (C, H, W) with a per-channel affine (nn.LayerNorm, F.layer_norm); "
                  "write it so, or use GroupNorm(1, C)",
     "LocalResponseNorm": "it divides by input-dependent values; remove it and retrain",
     "MultiheadAttention": "attention multiplies activations with each other, which rates cannot do; use a convolutional U-Net",
-    "Linear": "fully connected layers are not supported in this U-Net converter; use a 1x1 Conv2d",
+    "Linear": "fully connected layers are not supported in this U-Net converter; use a 1x1 Conv2d / Conv3d",
 }
+_REMEDY["InstanceNorm3d"] = _REMEDY["InstanceNorm2d"]
 
 
 _SIGMOID_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
@@ -605,11 +638,13 @@ def _refusal(gm: fx.GraphModule, node: fx.Node) -> Blocker:
         if isinstance(m, nn.Hardtanh):
             return _blocker(node, f"Hardtanh({m.min_val}, {m.max_val})", f"Hardtanh({m.min_val}, {m.max_val}) — "
                             "only Hardtanh(0, a) is a (capped) ReLU.")
-        if isinstance(m, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose3d)):
-            return _blocker(node, name, f"{name} — only 2-D images (Conv2d/ConvTranspose2d) are supported.")
-        return _blocker(node, name, f"{name} is not one of Conv2d, ConvTranspose2d, BatchNorm2d, ReLU, AvgPool2d, "
-                        "MaxPool2d, adaptive average pooling, Upsample, padding, Dropout/Identity, cat or add — "
-                        "replace it or retrain.")
+        nd = dims.module_dims(m)
+        if nd is not None and nd not in dims.SUPPORTED:
+            return _blocker(node, name, f"{name} — {nd}-D signals are not supported (2-D images and 3-D volumes: "
+                            "Conv2d/3d, ConvTranspose2d/3d are).")
+        return _blocker(node, name, f"{name} is not one of Conv2d/3d, ConvTranspose2d/3d, BatchNorm2d/3d, ReLU, "
+                        "AvgPool2d/3d, MaxPool2d/3d, adaptive average pooling, Upsample, padding, Dropout/Identity, "
+                        "cat or add — replace it or retrain.")
     t = _target_name(node.target)
     if node.op == "get_attr":
         return _blocker(node, "constant tensor", f"the constant tensor {node.target!r} is used as an activation; "
@@ -679,11 +714,12 @@ def _check_node(gm: fx.GraphModule, node: fx.Node, shapey: set) -> tuple[Blocker
                             "models with one output tensor (drop deep-supervision heads before converting)"), False
     if k in ("synaptic", "pool", "maxpool") and node.op == "call_module":
         m = module_of(gm, node)
-        if isinstance(m, nn.AvgPool2d) and m.divisor_override is not None:
-            return _blocker(node, "AvgPool2d(divisor_override)", "AvgPool2d(divisor_override=...) is not "
+        name = type(m).__name__
+        if isinstance(m, AVG_POOL_TYPES) and m.divisor_override is not None:
+            return _blocker(node, f"{name}(divisor_override)", f"{name}(divisor_override=...) is not "
                             "supported"), False
-        if isinstance(m, nn.MaxPool2d) and m.return_indices:
-            return _blocker(node, "MaxPool2d(return_indices)", "MaxPool2d(return_indices=True) is not supported"), False
+        if isinstance(m, MAX_POOL_TYPES) and m.return_indices:
+            return _blocker(node, f"{name}(return_indices)", f"{name}(return_indices=True) is not supported"), False
     if k in ("relu", "synaptic", "pool", "maxpool", "resample", "pad", "affine", "cat"):
         for a in tensor_inputs(node):
             if isinstance(a, fx.Node) and (a.op == "get_attr" or kind_of(gm, a) == "shape"):
@@ -802,9 +838,11 @@ def record_nodes(gm: fx.GraphModule, x: torch.Tensor, names: Iterable[str]) -> d
 
 @torch.no_grad()
 def tensor_shapes(gm: fx.GraphModule, input_shape: Iterable[int]) -> dict[str, tuple[int, ...]]:
-    """``(C, H, W)`` of every tensor node of ``gm`` (single-step mode) for one input of shape
-    ``input_shape`` (``(C, H, W)`` or ``(B, C, H, W)``), computed on the ``meta`` device."""
-    shape = tuple(int(s) for s in input_shape)[-3:]
+    """``(C, H, W)`` (volumes: ``(C, D, H, W)``) of every tensor node of ``gm`` (single-step mode)
+    for one input of shape ``input_shape`` (``(C, *spatial)`` or ``(B, C, *spatial)``; the number
+    of spatial axes is the graph's own, :func:`sjunet.dims.spatial_dims`), computed on the ``meta``
+    device."""
+    shape = tuple(int(s) for s in input_shape)[-(dims.spatial_dims(gm) + 1):]
     m = copy.deepcopy(gm).to("meta")
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -816,9 +854,27 @@ def tensor_shapes(gm: fx.GraphModule, input_shape: Iterable[int]) -> dict[str, t
     return shapes
 
 
-def size_multiple(shapes: dict[str, tuple[int, ...]], input_hw: tuple[int, int]) -> int:
+def _pow2(factor: int) -> int:
+    return 1 << (factor - 1).bit_length() if factor & (factor - 1) else factor
+
+
+def size_multiples(shapes: dict[str, tuple[int, ...]], input_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The factor each spatial axis must be a multiple of: the input size over the smallest feature
+    map along that axis (a power of two for U-Nets: 2^(number of poolings along it) — 1 along an axis
+    an anisotropic U-Net does not pool)."""
+    nd = len(input_sizes)
+    out = []
+    for i, n in enumerate(input_sizes):
+        smallest = min((s[1 + i] for s in shapes.values() if len(s) == nd + 1 and s[1 + i] > 0), default=n)
+        out.append(_pow2(max(1, int(n) // max(1, smallest))))
+    return tuple(out)
+
+
+def size_multiple(shapes: dict[str, tuple[int, ...]], input_hw: tuple[int, ...]) -> int:
     """The factor H and W must be multiples of: the input size over the smallest feature map
-    (a power of two for U-Nets: 2^depth)."""
+    (a power of two for U-Nets: 2^depth). Volumes: the largest of :func:`size_multiples`."""
+    if len(input_hw) != 2:
+        return max(size_multiples(shapes, tuple(input_hw)))
     smallest = min((min(s[-2:]) for s in shapes.values() if len(s) == 3 and min(s[-2:]) > 0), default=min(input_hw))
     factor = max(1, min(input_hw) // max(1, smallest))
     return 1 << (factor - 1).bit_length() if factor & (factor - 1) else factor

@@ -308,12 +308,13 @@ def apply_plan(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
 
 
 def scale_weight_inputs(m: nn.Module, factor: torch.Tensor) -> None:
-    """Multiply the weights of ``m`` per *input* channel (dim 1 for Conv2d — per group —, dim 0
-    for ConvTranspose2d)."""
+    """Multiply the weights of ``m`` per *input* channel (dim 1 for Conv2d/3d — per group —, dim 0
+    for ConvTranspose2d/3d)."""
     f = factor.to(m.weight.dtype)
     w = m.weight.data
-    if isinstance(m, nn.ConvTranspose2d):
-        w *= f.view(-1, 1, 1, 1)
+    ones = [1] * (w.dim() - 2)  # the kernel's spatial axes
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        w *= f.view(-1, 1, *ones)
     else:
         g = m.groups
-        w.copy_((w.view(g, w.shape[0] // g, w.shape[1], *w.shape[2:]) * f.view(g, 1, -1, 1, 1)).view_as(w))
+        w.copy_((w.view(g, w.shape[0] // g, w.shape[1], *w.shape[2:]) * f.view(g, 1, -1, *ones)).view_as(w))

@@ -39,10 +39,11 @@ from sjunet import snnfile
 from sjunet.calibration.approximation import GAP_MAX_RELATIVE_ERROR, GAP_MIN_AGREEMENT, gap_refusal
 from sjunet.calibration.store import CalibrationStats, read_stats
 from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
-                          relu_slope, signature, size_multiple, stages_are_leaves, tensor_shapes)
+                          relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
 from sjunet.io import ArtifactError, model_fingerprint, provenance
 from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, validate_ladder
 from sjunet.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
+from sjunet.dims import set_spatial_dims
 from sjunet.stages import ChannelAffine, Normalize, SpikingMaxPool2d
 
 NEURONS = tuple(FACTORIES)
@@ -131,6 +132,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             raise RuntimeError("internal error: SpikingJelly's trace of the canonical graph names nodes differently")
         check_supported(fx_model)
         self.approximations = fix_deviations(fx_model, self.stats)
+        set_spatial_dims(fx_model)
         return fx_model
 
     def insert_observers(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
@@ -146,6 +148,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         assert self.plan is not None
         apply_plan(fx_model, self.plan)
         _insert_gains(fx_model, self.plan)
+        set_spatial_dims(fx_model)  # the gains broadcast over the network's spatial axes
         factory = self.neuron_factory or self.options.factory()
         for node in list(fx_model.graph.nodes):
             k = kind_of(fx_model, node)
@@ -180,7 +183,10 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         shape = self.stats.data["input_shape"]
         out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         opts = self.options
-        return {
+        nd = len(shape) - 2
+        # volumes: the multiple of each axis (an anisotropic U-Net pools some axes less)
+        per_axis = {} if nd == 2 else {"size_multiples": list(size_multiples(self.shapes, tuple(shape[2:])))}
+        return per_axis | {
             "options": {**asdict(opts), "thresholds": list(opts.ladder()), "v_init_value": opts.initial_potential(),
                         "neuron_factory": None if self.neuron_factory is None else getattr(
                             self.neuron_factory, "__name__", type(self.neuron_factory).__name__)},
@@ -203,7 +209,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             "input_channels": int(shape[1]),
             "output_channels": int(self.shapes[out.name][0]),
             "example_shape": list(shape),
-            "size_multiple": size_multiple(self.shapes, tuple(shape[-2:])),
+            "size_multiple": size_multiple(self.shapes, tuple(shape[2:])),
             "approximations": self.approximations,
             "approximation_gap": _gap_record(self.stats.approximation, self.accept_gap) if self.approximations else None,
         }

@@ -59,8 +59,9 @@ def simulate(
         raise ValueError(f"chunk must be a positive integer, got {chunk}")
     if mode not in MODES:
         raise ValueError(f"unknown simulation mode {mode!r}; choose one of {MODES}")
-    if x.dim() != 4:
-        raise ValueError(f"expected an image batch [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.dim() not in (4, 5):
+        raise ValueError(f"expected an image batch [B, C, H, W] or a volume batch [B, C, D, H, W], got shape "
+                         f"{tuple(x.shape)}")
     check_input(snn, x)
     steps = _as_steps(T)
     functional.reset_net(snn)
@@ -92,7 +93,7 @@ def check_input(snn: nn.Module, x: torch.Tensor) -> None:
     from sjunet.graph import check_input_size
 
     rule = (getattr(snn, "sjunet_conversion", None) or {}).get("size_rule")
-    check_input_size(rule, x.shape[-2:])
+    check_input_size(rule, x.shape[2:])
 
 
 def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:

@@ -131,32 +131,35 @@ def _keys(args: Any, required: set[str], what: str) -> dict:
     return args
 
 
-_CONV_KEYS = {
-    "Conv2d": {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
-               "padding_mode"},
-    "ConvTranspose2d": {"in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding",
-                        "groups", "bias", "dilation", "padding_mode"},
-}
+_CONV_ARGS = {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+              "padding_mode"}
+_CONV_T_ARGS = {"in_channels", "out_channels", "kernel_size", "stride", "padding", "output_padding",
+                "groups", "bias", "dilation", "padding_mode"}
+_CONV_KEYS = {"Conv2d": _CONV_ARGS, "ConvTranspose2d": _CONV_T_ARGS,
+              "Conv3d": _CONV_ARGS, "ConvTranspose3d": _CONV_T_ARGS}
+#: spatial dimensions of the module types that name theirs (per-axis arguments: lists of that length)
+_TYPE_DIMS = {"Conv2d": 2, "ConvTranspose2d": 2, "AvgPool2d": 2, "Conv3d": 3, "ConvTranspose3d": 3, "AvgPool3d": 3}
 
 
 def _conv_args(t: str, args: Any, what: str) -> dict:
     a = _keys(args, _CONV_KEYS[t], what)
+    n = (_TYPE_DIMS[t],)
     out = {"in_channels": _int(a["in_channels"], 1, MAX_CHANNELS, f"{what}: in_channels"),
            "out_channels": _int(a["out_channels"], 1, MAX_CHANNELS, f"{what}: out_channels"),
            "groups": _int(a["groups"], 1, MAX_CHANNELS, f"{what}: groups"),
-           "kernel_size": _ints(a["kernel_size"], 1, MAX_KERNEL, f"{what}: kernel_size"),
-           "stride": _ints(a["stride"], 1, MAX_KERNEL, f"{what}: stride"),
-           "dilation": _ints(a["dilation"], 1, MAX_KERNEL, f"{what}: dilation"),
+           "kernel_size": _ints(a["kernel_size"], 1, MAX_KERNEL, f"{what}: kernel_size", n),
+           "stride": _ints(a["stride"], 1, MAX_KERNEL, f"{what}: stride", n),
+           "dilation": _ints(a["dilation"], 1, MAX_KERNEL, f"{what}: dilation", n),
            "bias": _bool(a["bias"], f"{what}: bias")}
     if out["in_channels"] % out["groups"] or out["out_channels"] % out["groups"]:
         raise ArtifactError(f"{what}: groups={out['groups']} does not divide the channels "
                             f"({out['in_channels']} in, {out['out_channels']} out)")
-    if t == "Conv2d" and isinstance(a["padding"], str):
+    if t in ("Conv2d", "Conv3d") and isinstance(a["padding"], str):
         out["padding"] = _choice(a["padding"], ("same", "valid"), f"{what}: padding")
     else:
-        out["padding"] = _ints(a["padding"], 0, MAX_CONV_PADDING, f"{what}: padding")
-    if t == "ConvTranspose2d":
-        out["output_padding"] = _ints(a["output_padding"], 0, MAX_KERNEL, f"{what}: output_padding")
+        out["padding"] = _ints(a["padding"], 0, MAX_CONV_PADDING, f"{what}: padding", n)
+    if t.startswith("ConvTranspose"):
+        out["output_padding"] = _ints(a["output_padding"], 0, MAX_KERNEL, f"{what}: output_padding", n)
         out["padding_mode"] = _choice(a["padding_mode"], ("zeros",), f"{what}: padding_mode")
     else:
         out["padding_mode"] = _choice(a["padding_mode"], ("zeros", "reflect", "replicate", "circular"),
@@ -165,16 +168,23 @@ def _conv_args(t: str, args: Any, what: str) -> dict:
 
 
 def _pool_args(t: str, args: Any, what: str) -> dict:
-    extra = {"ceil_mode", "count_include_pad"} if t == "AvgPool2d" else {"ceil_mode", "dilation"}
-    a = _keys(args, {"kernel_size", "stride", "padding"} | extra, what)
-    out = {"kernel_size": _ints(a["kernel_size"], 1, MAX_KERNEL, f"{what}: kernel_size"),
-           "stride": None if a["stride"] is None else _ints(a["stride"], 1, MAX_KERNEL, f"{what}: stride"),
-           "padding": _ints(a["padding"], 0, MAX_POOL_PADDING, f"{what}: padding"),
+    avg = t in ("AvgPool2d", "AvgPool3d")
+    extra = {"ceil_mode", "count_include_pad"} if avg else {"ceil_mode", "dilation"}
+    optional = set() if avg else {"spatial_dims"}  # a spiking max-pool of volumes names its dimensions
+    a = _keys(args, {"kernel_size", "stride", "padding"} | extra | (optional & set(args) if isinstance(args, dict)
+                                                                   else set()), what)
+    nd = _TYPE_DIMS.get(t) or (_int(a["spatial_dims"], 2, 3, f"{what}: spatial_dims") if "spatial_dims" in a else 2)
+    n = (nd,)
+    out = {"kernel_size": _ints(a["kernel_size"], 1, MAX_KERNEL, f"{what}: kernel_size", n),
+           "stride": None if a["stride"] is None else _ints(a["stride"], 1, MAX_KERNEL, f"{what}: stride", n),
+           "padding": _ints(a["padding"], 0, MAX_POOL_PADDING, f"{what}: padding", n),
            "ceil_mode": _bool(a["ceil_mode"], f"{what}: ceil_mode")}
-    if t == "AvgPool2d":
+    if avg:
         out["count_include_pad"] = _bool(a["count_include_pad"], f"{what}: count_include_pad")
     else:
-        out["dilation"] = _ints(a["dilation"], 1, MAX_KERNEL, f"{what}: dilation")
+        out["dilation"] = _ints(a["dilation"], 1, MAX_KERNEL, f"{what}: dilation", n)
+        if "spatial_dims" in a:
+            out["spatial_dims"] = nd
     return out
 
 
@@ -184,12 +194,12 @@ def _resample_args(args: Any, what: str) -> dict:
            "align_corners": None if a["align_corners"] is None else _bool(a["align_corners"], f"{what}: align_corners")}
     scale, size = a["scale_factor"], a["size"]
     if scale is not None:
-        for s in (scale if isinstance(scale, list) and len(scale) in (1, 2) else [scale]):
+        for s in (scale if isinstance(scale, list) and len(scale) in (1, 2, 3) else [scale]):
             if not 0 < _number(s, f"{what}: scale_factor") <= MAX_SCALE:
                 raise ArtifactError(f"{what}: scale_factor must be in (0, {MAX_SCALE:g}], got {_short(s)}")
         out["scale_factor"] = scale
     if size is not None:
-        out["size"] = _ints(size, 1, MAX_SIZE, f"{what}: size", (1, 2))
+        out["size"] = _ints(size, 1, MAX_SIZE, f"{what}: size", (1, 2, 3))
     if scale is not None and size is not None:
         raise ArtifactError(f"{what}: give scale_factor or size, not both")
     return out
@@ -198,8 +208,8 @@ def _resample_args(args: Any, what: str) -> dict:
 def _pad_args(args: Any, what: str) -> dict:
     a = _keys(args, {"pad", "mode"}, what)
     pad = a["pad"]
-    if not isinstance(pad, list) or len(pad) not in (2, 4):
-        raise ArtifactError(f"{what}: pad must be a list of 2 or 4 integers, got {_short(pad)}")
+    if not isinstance(pad, list) or len(pad) not in (2, 4, 6):
+        raise ArtifactError(f"{what}: pad must be a list of 2, 4 or 6 integers, got {_short(pad)}")
     return {"pad": [_int(p, -MAX_PAD, MAX_PAD, f"{what}: pad") for p in pad],
             "mode": _choice(a["mode"], Pad.MODES, f"{what}: mode")}
 
@@ -252,26 +262,30 @@ def _check_module(spec: Any, what: str, nested: bool = False) -> tuple[str, dict
         a = _keys(args, {"layer"}, what)
         lt, largs = _check_module(a["layer"], f"{what} (its layer)", nested=True)
         if lt not in _CONV_KEYS:
-            raise ArtifactError(f"{what}: a static input synapse wraps a Conv2d or ConvTranspose2d, not {lt!r}")
+            raise ArtifactError(f"{what}: a static input synapse wraps a Conv2d/3d or ConvTranspose2d/3d, not {lt!r}")
         return t, {"layer": (lt, largs)}
     if t in NEURON_TYPES and not nested:
         return t, _neuron_args(NEURON_TYPES[t], args, what)
     if t == "ChannelAffine" and not nested:
-        a = _keys(args, {"channels", "shift"}, what)
-        return t, {"channels": _int(a["channels"], 1, MAX_CHANNELS, f"{what}: channels"),
-                   "shift": _bool(a["shift"], f"{what}: shift")}
+        a = _keys(args, {"channels", "shift"} | ({"spatial_dims"} & set(args) if isinstance(args, dict) else set()),
+                  what)
+        out = {"channels": _int(a["channels"], 1, MAX_CHANNELS, f"{what}: channels"),
+               "shift": _bool(a["shift"], f"{what}: shift")}
+        if "spatial_dims" in a:  # volumes (images: absent)
+            out["spatial_dims"] = _int(a["spatial_dims"], 2, 3, f"{what}: spatial_dims")
+        return t, out
     if t == "Resample" and not nested:
         return t, _resample_args(args, what)
     if t == "Center" and not nested:
         return t, _center_args(args, what)
     if t == "Pad" and not nested:
         return t, _pad_args(args, what)
-    if t in ("SpikingMaxPool2d", "AvgPool2d") and not nested:
+    if t in ("SpikingMaxPool2d", "AvgPool2d", "AvgPool3d") and not nested:
         return t, _pool_args(t, args, what)
     if t == "AdaptiveAvgPool" and not nested:
         size = _keys(args, {"output_size"}, what)["output_size"]
-        if not isinstance(size, list) or len(size) != 2:
-            raise ArtifactError(f"{what}: output_size must be a list of 2 sizes, got {_short(size)}")
+        if not isinstance(size, list) or len(size) not in (2, 3):
+            raise ArtifactError(f"{what}: output_size must be a list of 2 or 3 sizes, got {_short(size)}")
         return t, {"output_size": [None if s is None else _int(s, 1, MAX_SIZE, f"{what}: output_size") for s in size]}
     if t in _CONV_KEYS:
         return t, _conv_args(t, args, what)

@@ -7,7 +7,7 @@ the key ``sjunet``:
 * ``kind`` (``"sjunet-snn"``) and ``format`` (:data:`FORMAT`);
 * ``graph`` — the converted network's FX graph as data (:func:`graph_spec`): the nodes (op,
   target, arguments referring to other nodes by name) and every module as a type name from a fixed
-  vocabulary (Conv2d, ConvTranspose2d, AvgPool2d, the stages of :mod:`sjunet.stages`, the neurons
+  vocabulary (Conv2d/3d, ConvTranspose2d/3d, AvgPool2d/3d, the stages of :mod:`sjunet.stages`, the neurons
   of :data:`sjunet.neurons.NEURON_TYPES`, the static input synapse) with its constructor arguments.
   Loading builds those modules, the graph, SpikingJelly's step-mode adaptation, and loads the
   tensors (:func:`build_graph`); a MONAI or smp U-Net's SNN loads without MONAI or smp installed;
@@ -71,18 +71,18 @@ def module_spec(m: nn.Module) -> dict:
         return {"type": "ChannelAffine", "args": m.spec()}
     if type(m).__name__ in _STAGES and isinstance(m, _STAGES[type(m).__name__]):
         return {"type": type(m).__name__, "args": m.spec()}
-    if isinstance(m, nn.ConvTranspose2d):
-        return {"type": "ConvTranspose2d", "args": dict(
+    if isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return {"type": f"ConvTranspose{len(m.kernel_size)}d", "args": dict(
             in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_plain(m.kernel_size),
             stride=_plain(m.stride), padding=_plain(m.padding), output_padding=_plain(m.output_padding),
             groups=m.groups, bias=m.bias is not None, dilation=_plain(m.dilation), padding_mode=m.padding_mode)}
-    if isinstance(m, nn.Conv2d):
-        return {"type": "Conv2d", "args": dict(
+    if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+        return {"type": f"Conv{len(m.kernel_size)}d", "args": dict(
             in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_plain(m.kernel_size),
             stride=_plain(m.stride), padding=_plain(m.padding), dilation=_plain(m.dilation), groups=m.groups,
             bias=m.bias is not None, padding_mode=m.padding_mode)}
-    if isinstance(m, nn.AvgPool2d):
-        return {"type": "AvgPool2d", "args": dict(
+    if isinstance(m, (nn.AvgPool2d, nn.AvgPool3d)):
+        return {"type": "AvgPool2d" if isinstance(m, nn.AvgPool2d) else "AvgPool3d", "args": dict(
             kernel_size=_plain(m.kernel_size), stride=_plain(m.stride), padding=_plain(m.padding),
             ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad)}
     raise ArtifactError(f"cannot save a {type(m).__name__} module in an SNN file")
@@ -435,9 +435,9 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
         if not isinstance(record.get(key), types):
             raise ArtifactError(f"{path}: the record's {key!r} has type {type(record[key]).__name__}; the file is corrupt")
     for name, t in tensors.items():
-        if not t.dtype.is_floating_point or t.dim() > 4:
+        if not t.dtype.is_floating_point or t.dim() > 5:  # a Conv3d's weight: 5-D
             raise ArtifactError(f"{path}: tensor {_short(name)} is {t.dim()}-D {t.dtype}; an SNN holds "
-                                "floating-point tensors of at most 4 dimensions")
+                                "floating-point tensors of at most 5 dimensions")
     try:
         digest = _hash(tensors, record)
     except (ValueError, TypeError, OverflowError, RecursionError) as e:

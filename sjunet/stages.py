@@ -1,18 +1,18 @@
 """Non-neuron stages of a converted network (spec §5, §11): what sits between synaptic layers.
 
 Each is a SpikingJelly step module (single- and multi-step mode; a ``[T, B, C, H, W]`` sequence
-is processed as ``T·B`` images) and has a :meth:`flow` method: the stage applied to quantities
+is processed as ``T·B`` images; volumes ``[B, C, D, H, W]`` alike) and has a :meth:`flow` method: the stage applied to quantities
 accumulated over T steps, used by spiking-flow fine-tuning (:mod:`sjunet.flow`).
 
 * :class:`Resample` — ``F.interpolate`` / ``nn.Upsample`` (nearest, bilinear): linear, no bias,
   unit passes through. Its output size is a scale factor, a fixed size, or the spatial size of a
   reference tensor (``size=ref.shape[-2:]``, as segmentation_models_pytorch computes it).
-* :class:`Pad` — zero / reflect / replicate / circular padding of the last two dimensions: a
+* :class:`Pad` — zero / reflect / replicate / circular padding of the last 1–3 dimensions: a
   linear copy, unit passes through.
 * :class:`ChannelAffine` — ``y = s_c·x + b_c`` per channel: a BatchNorm with no convolution to
   fold into, and the explicit gain λ_x/λ_z on an identity edge into a join (spec §11; no
   shift). The shift is a bias current added every step, so its flow is ``s·x + T·b``.
-* :class:`SpikingMaxPool2d` — max-pooling of spike *counts*, exact in the count limit (spec §11):
+* :class:`SpikingMaxPool2d` (alias ``SpikingMaxPool``; any dimensionality) — max-pooling of spike *counts*, exact in the count limit (spec §11):
   it keeps the running input sums S_t = Σ_{τ≤t} x_τ (one state tensor) and emits
   o_t = maxpool(S_t) − maxpool(S_{t−1}) ≥ 0, so Σ_t o_t = maxpool(S_T). Its flow is the max-pool
   of the accumulated input; the gradient goes to the arg-max input, as in the ANN.
@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import base
 from torch import nn
 
+from sjunet.dims import functional, per_channel
+
 
 def _per_image(fn, x: torch.Tensor, step_mode: str) -> torch.Tensor:
     """Apply ``fn`` to ``x`` ([B, C, H, W]) or to every step of ``x`` ([T, B, C, H, W])."""
@@ -52,10 +54,10 @@ def _plain(v: Any) -> Any:
 
 
 class Resample(nn.Module, base.StepModule):
-    """``F.interpolate`` as a stage: ``mode`` nearest / bilinear; ``scale_factor`` or ``size``,
+    """``F.interpolate`` as a stage: ``mode`` nearest / (bi/tri)linear; ``scale_factor`` or ``size``,
     or (when called with a second tensor argument) the spatial size of that reference tensor."""
 
-    MODES = ("nearest", "nearest-exact", "bilinear")
+    MODES = ("nearest", "nearest-exact", "bilinear", "trilinear", "linear")
 
     def __init__(self, mode: str = "nearest", scale_factor: float | Sequence[float] | None = None,
                  size: int | Sequence[int] | None = None, align_corners: bool | None = None,
@@ -81,10 +83,10 @@ class Resample(nn.Module, base.StepModule):
                 "align_corners": self.align_corners}
 
     def _fn(self, ref: torch.Tensor | None):
-        size = tuple(ref.shape[-2:]) if ref is not None else self.size
         scale = None if ref is not None else self.scale_factor
-        return lambda x: F.interpolate(x, size=size, scale_factor=scale, mode=self.mode,
-                                       align_corners=self.align_corners)
+        # to a reference: its size on every spatial axis of the image x ([B, C, *spatial])
+        return lambda x: F.interpolate(x, size=tuple(ref.shape[-(x.dim() - 2):]) if ref is not None else self.size,
+                                       scale_factor=scale, mode=self.mode, align_corners=self.align_corners)
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         return _per_image(self._fn(ref), x, self.step_mode)
@@ -94,16 +96,16 @@ class Resample(nn.Module, base.StepModule):
 
 
 class Pad(nn.Module, base.StepModule):
-    """Padding of the last two dimensions (``F.pad`` order: left, right, top, bottom); ``mode``
-    constant (zeros only), reflect, replicate or circular."""
+    """Padding of the last one, two or three dimensions (``F.pad`` order: left, right, top, bottom,
+    front, back); ``mode`` constant (zeros only), reflect, replicate or circular."""
 
     MODES = ("constant", "reflect", "replicate", "circular")
 
     def __init__(self, pad: Sequence[int], mode: str = "constant", step_mode: str = "s") -> None:
         super().__init__()
         pad = tuple(int(p) for p in pad)
-        if len(pad) not in (2, 4):
-            raise ValueError(f"only padding of the last two dimensions is supported, got pad={pad}")
+        if len(pad) not in (2, 4, 6):
+            raise ValueError(f"only padding of the last one to three dimensions is supported, got pad={pad}")
         if mode not in self.MODES:
             raise ValueError(f"padding mode {mode!r} is not supported")
         self.pad = pad
@@ -131,15 +133,23 @@ class Pad(nn.Module, base.StepModule):
     @property
     def left_top(self) -> tuple[int, int]:
         """Padding before the first row and column (may be negative: cropping)."""
-        return (self.pad[2] if len(self.pad) == 4 else 0), self.pad[0]
+        return (self.pad[2] if len(self.pad) >= 4 else 0), self.pad[0]
+
+    def before(self, nd: int) -> tuple[int, ...]:
+        """Padding before the first position of each of the last ``nd`` axes, in axis order
+        (may be negative: cropping; 0 where the pad leaves an axis alone)."""
+        pairs = [self.pad[i] for i in range(0, len(self.pad), 2)]  # last axis first
+        return tuple(reversed((pairs + [0] * nd)[:nd]))
 
 
 class ChannelAffine(nn.Module, base.StepModule):
-    """``y = scale_c · x + shift_c`` over the channel dimension (−3); ``shift=False`` for a gain."""
+    """``y = scale_c · x + shift_c`` over the channel dimension (the one before the
+    ``spatial_dims`` spatial axes: −3 for images, −4 for volumes); ``shift=False`` for a gain."""
 
-    def __init__(self, channels: int, shift: bool = True, step_mode: str = "s") -> None:
+    def __init__(self, channels: int, shift: bool = True, step_mode: str = "s", spatial_dims: int = 2) -> None:
         super().__init__()
         self.channels = int(channels)
+        self.spatial_dims = int(spatial_dims)
         self.register_buffer("scale", torch.ones(self.channels))
         self.register_buffer("shift", torch.zeros(self.channels) if shift else None)
         self.step_mode = step_mode
@@ -159,19 +169,23 @@ class ChannelAffine(nn.Module, base.StepModule):
         return f"channels={self.channels}, shift={self.shift is not None}, step_mode={self.step_mode}"
 
     def spec(self) -> dict:
-        return {"channels": self.channels, "shift": self.shift is not None}
+        out = {"channels": self.channels, "shift": self.shift is not None}
+        return out if self.spatial_dims == 2 else {**out, "spatial_dims": self.spatial_dims}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x * self.scale.view(-1, 1, 1)
-        return y + self.shift.view(-1, 1, 1) if self.shift is not None else y
+        nd = self.spatial_dims
+        y = x * per_channel(self.scale, nd)
+        return y + per_channel(self.shift, nd) if self.shift is not None else y
 
     def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
-        y = x * self.scale.view(-1, 1, 1)
-        return y + T * self.shift.view(-1, 1, 1) if self.shift is not None else y
+        nd = self.spatial_dims
+        y = x * per_channel(self.scale, nd)
+        return y + T * per_channel(self.shift, nd) if self.shift is not None else y
 
 
 class SpikingMaxPool2d(base.MemoryModule):
-    """Max-pooling of accumulated spikes: o_t = maxpool(S_t) − maxpool(S_{t−1}), S_t = Σ_{τ≤t} x_τ.
+    """Max-pooling of accumulated spikes: o_t = maxpool(S_t) − maxpool(S_{t−1}), S_t = Σ_{τ≤t} x_τ,
+    over as many spatial axes as its kernel has (an int kernel: ``spatial_dims``, 2 by default).
 
     One memory (``acc``: S, reset by ``functional.reset_net``). Σ_t o_t = maxpool(S_T), which
     tends to T × the ANN's max-pool as each input's rate converges (spec §11). The unit of the
@@ -182,8 +196,12 @@ class SpikingMaxPool2d(base.MemoryModule):
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-                 step_mode: str = "s") -> None:
+                 step_mode: str = "s", spatial_dims: int | None = None) -> None:
         super().__init__()
+        if spatial_dims is None:
+            sized = [len(v) for v in (kernel_size, stride, padding, dilation) if isinstance(v, (tuple, list))]
+            spatial_dims = sized[0] if sized else 2
+        self.spatial_dims = int(spatial_dims)
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding = padding
@@ -196,10 +214,14 @@ class SpikingMaxPool2d(base.MemoryModule):
         self.register_memory("event_count", 0.0)
 
     @classmethod
-    def from_maxpool(cls, m: nn.MaxPool2d) -> "SpikingMaxPool2d":
-        if m.return_indices:
-            raise ValueError("MaxPool2d(return_indices=True) cannot be converted")
-        return cls(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    def from_maxpool(cls, m: nn.Module) -> "SpikingMaxPool2d":
+        """From a ``MaxPool1d/2d/3d`` (or another spiking max-pool)."""
+        from sjunet.dims import module_dims
+
+        if getattr(m, "return_indices", False):
+            raise ValueError(f"{type(m).__name__}(return_indices=True) cannot be converted")
+        return cls(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                   spatial_dims=module_dims(m) or getattr(m, "spatial_dims", 2))
 
     def supported_step_mode(self):
         return ("s", "m")
@@ -209,11 +231,13 @@ class SpikingMaxPool2d(base.MemoryModule):
                 f"dilation={self.dilation}, ceil_mode={self.ceil_mode}, step_mode={self.step_mode}")
 
     def spec(self) -> dict:
-        return {"kernel_size": _plain(self.kernel_size), "stride": _plain(self.stride),
-                "padding": _plain(self.padding), "dilation": _plain(self.dilation), "ceil_mode": self.ceil_mode}
+        out = {"kernel_size": _plain(self.kernel_size), "stride": _plain(self.stride),
+               "padding": _plain(self.padding), "dilation": _plain(self.dilation), "ceil_mode": self.ceil_mode}
+        return out if self.spatial_dims == 2 else {**out, "spatial_dims": self.spatial_dims}
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return functional("max_pool", self.spatial_dims)(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                                         self.ceil_mode)
 
     def _count(self, o: torch.Tensor, steps_dim: bool) -> None:
         if self.record_spikes:
@@ -249,15 +273,20 @@ class SpikingMaxPool2d(base.MemoryModule):
 
 
 class AdaptiveAvgPool(nn.Module, base.StepModule):
-    """Adaptive (global) average pooling of the last two dimensions to ``output_size`` (an int or
-    ``(h, w)``; ``None`` keeps that dimension): a linear stage, unit passes through (spec §11)."""
+    """Adaptive (global) average pooling of the last two (or ``spatial_dims``) dimensions to
+    ``output_size`` (an int or ``(h, w)`` / ``(d, h, w)``; ``None`` keeps that dimension): a linear
+    stage, unit passes through (spec §11)."""
 
-    def __init__(self, output_size: int | Sequence[int | None] = 1, step_mode: str = "s") -> None:
+    def __init__(self, output_size: int | Sequence[int | None] = 1, step_mode: str = "s",
+                 spatial_dims: int | None = None) -> None:
         super().__init__()
-        size = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size, output_size)
-        if len(size) != 2 or any(s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1)
-                                 for s in size):
-            raise ValueError(f"output_size must be a positive int or a pair of them (or None), got {output_size!r}")
+        nd = len(output_size) if isinstance(output_size, (list, tuple)) else (spatial_dims or 2)
+        size = tuple(output_size) if isinstance(output_size, (list, tuple)) else (output_size,) * nd
+        if len(size) not in (2, 3) or any(s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 1)
+                                          for s in size):
+            raise ValueError("output_size must be a positive int or a pair or triple of them (or None), "
+                             f"got {output_size!r}")
+        self.spatial_dims = len(size)
         self.output_size = size
         self.step_mode = step_mode
 
@@ -271,7 +300,7 @@ class AdaptiveAvgPool(nn.Module, base.StepModule):
         return {"output_size": list(self.output_size)}
 
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(x, self.output_size)
+        return functional("adaptive_avg_pool", self.spatial_dims)(x, self.output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _per_image(self._fn, x, self.step_mode)
@@ -337,8 +366,10 @@ class Normalize(nn.Module, base.StepModule):
     canonical graph: conversion folds σ̂ into the :class:`ChannelAffine` after it, and an SNN file
     has no such stage (a per-sample division has no spiking form)."""
 
-    def __init__(self, groups: int = 1, eps: float = 1e-5, kind: str = "group_norm", step_mode: str = "s") -> None:
+    def __init__(self, groups: int = 1, eps: float = 1e-5, kind: str = "group_norm", step_mode: str = "s",
+                 spatial_dims: int = 2) -> None:
         super().__init__()
+        self.spatial_dims = int(spatial_dims)
         if kind not in NORM_KINDS:
             raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}")
         self.groups = _check_groups(groups)
@@ -365,7 +396,7 @@ class Normalize(nn.Module, base.StepModule):
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
         if self.sigma is None:
             return (_grouped(x, self.groups) / self.deviation(x).unsqueeze(-1)).reshape(x.shape)
-        return x / self.sigma.to(x.dtype).view(-1, 1, 1)
+        return x / per_channel(self.sigma.to(x.dtype), self.spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _per_image(self._fn, x, self.step_mode)
@@ -376,4 +407,7 @@ class Normalize(nn.Module, base.StepModule):
         return self._fn(x)
 
 
-STAGE_TYPES = (Resample, Pad, ChannelAffine, SpikingMaxPool2d, AdaptiveAvgPool, Center)
+#: the spiking max-pool of any dimensionality (its class keeps the name SNN files record it by)
+SpikingMaxPool = SpikingMaxPool2d
+
+STAGE_TYPES = (Resample, Pad, ChannelAffine, SpikingMaxPool, AdaptiveAvgPool, Center)

@@ -24,7 +24,7 @@ PROFILES = {
     "smoke": dict(datasets=["demo-seg", "demo-denoise"], T=[1, 2], extra_T={}, ann_profile="smoke", ft_minutes=0.05,
                   ft_epochs=1, batch=4, limit=2, val_limit=2, trial_iters=2),
     "cpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
-                ann_profile="cpu", ft_minutes=2.0, ft_epochs=50, batch=4, limit=None, val_limit=None),
+                ann_profile="cpu", ft_minutes=3.0, ft_epochs=50, batch=4, limit=None, val_limit=None),
     "gpu": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
                 ann_profile="gpu", ft_minutes=2.0, ft_epochs=100, batch=8, limit=None, val_limit=None),
     "paper": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},

@@ -42,7 +42,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     from sjunet.tasks import task_for
 
     from .common import write_results
-    from .paper_tables import _prepare
+    from .tables_common import _prepare
 
     p = PROFILES[profile]
     _, name, d, ann, stats = _prepare(p["ann_profile"], dataset or p["dataset"], data, device)

@@ -48,6 +48,8 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import traceback
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -181,6 +183,23 @@ class _Tracer(fx.Tracer):
         self.blockers: list[Blocker] = []
         self.record_stack_traces = True
         self._evaluating = False
+
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        """torch's node, with the stack trace taken by :mod:`traceback` (the frames from the first
+        ``forward`` on): torch's own recorder symbolises through ``torch._C._profiler``, whose first
+        use imports ``torch._dynamo``/``_inductor`` — 5–7 s of a cold ``calibrate`` on a 2-core
+        machine. :func:`_where` picks the model's own frame from it."""
+        record, self.record_stack_traces = self.record_stack_traces, False
+        try:
+            node = super().create_node(*args, **kwargs)
+        finally:
+            self.record_stack_traces = record
+        if record and not node.stack_trace:
+            frames = traceback.extract_stack()[:-1]
+            first = next((i for i, f in enumerate(frames) if f.name == "forward"), None)
+            if first is not None:
+                node.stack_trace = "".join(traceback.StackSummary.from_list(frames[first:]).format()).strip()
+        return node
 
     def _is_reference(self, size) -> bool:
         from sjunet.canonical import _size_reference

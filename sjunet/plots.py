@@ -55,7 +55,10 @@ def _sidecar(output: Path) -> Path:
 
 # ----------------------------------------------------------------------------- activation vs rate
 def _conversion_of(snn: nn.Module, label: str) -> dict:
-    conv = getattr(snn, "sjunet_conversion", None)
+    from sjunet.snn import record_of
+
+    rec = record_of(snn)
+    conv = rec.conversion.to_dict() if rec is not None else None
     if not conv or "layers" not in conv:
         raise ValueError(f"SNN {label!r} carries no sjunet conversion record (layers, λ): "
                          "convert it with sjunet.recipe.convert / `sjunet convert`")
@@ -153,7 +156,8 @@ def activation_rate_points(
     from spikingjelly.activation_based import functional
 
     from sjunet.calibration.observe import trace_for_conversion
-    from sjunet.evaluation import pad_to_multiple, size_multiple
+    from sjunet.evaluation import pad_to_multiple
+    from sjunet.snn import size_rule
     from sjunet.graph import record_nodes
     from sjunet.simulation import record_flow
 
@@ -178,7 +182,7 @@ def activation_rate_points(
         info[k] = {"neuron": neuron, "relu": _relu_node_of(ann_gm, neuron, first),
                    "index": neuron_order.index(k) + 1, "after_cat": bool(first["layers"][k].get("after_cat")),
                    "out_unit": {label: float(c["layers"][k]["out_unit"]) for label, c in convs.items()}}
-    multiple = multiple or size_multiple(model, batches[0].shape[1])
+    multiple = multiple or size_rule(model, batches[0].shape[1])
     xs: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
     ys: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
     for batch in batches:

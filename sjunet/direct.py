@@ -135,6 +135,7 @@ def train_spiking(opts: DirectOptions, resume: bool = False, progress: bool = Tr
     initial = initial_snn(opts)
     if not (resume and start.exists()):
         save_snn(initial, start, sources={"direct_training": asdict(opts)})
+    initial = initial.rebuilt()  # as the file holds it (its modules in a loaded file's order, as fine-tuning always had)
     initial.source = {"path": str(start)}  # where it was written, for the record (its fingerprint: its content)
     ft = FinetuneOptions(dataset=opts.dataset, data=opts.data, output=opts.output, T=opts.T,
                          epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,

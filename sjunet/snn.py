@@ -233,6 +233,18 @@ class SpikingUNet(fx.GraphModule):
     def post(self) -> list:
         return self.record.post
 
+    def rebuilt(self) -> SpikingUNet:
+        """This network as its SNN file rebuilds it, without a file: the modules built from the
+        graph record (:func:`sjunet.snnfile.rebuild`), in a loaded file's order (a converted
+        network registers them in conversion order: the same ``state_dict`` keys, another order),
+        with a copy of the tensors and the record."""
+        from sjunet import snnfile
+
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
+        out = SpikingUNet.adopt(snnfile.rebuild(self.record.graph, tensors), copy.deepcopy(self.record))
+        out.source = copy.deepcopy(getattr(self, "source", None))
+        return out
+
     def fingerprint(self) -> str:
         """sha256 (16 hex) of the tensors and the record's network fields: the same for a network
         and the file it was saved to, loaded back. Where it was read from, ``source["fingerprint"]``

@@ -682,12 +682,15 @@ def plot() -> None:
 @_fail_cleanly
 def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, style, output, force, opt):
     """ANN activation vs SNN firing rate per neuron, with fitted slope and correlation."""
+    from sjunet.models.checkpoint import load_ann
     from sjunet.plots import plot as plot_fn
+    from sjunet.recipe import load_snn
 
     _check_T([T])
     dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
-    r = plot_fn("activation-vs-rate", model=model, snn=list(snn), dataset=dataset, data=data, T=T,
+    ann, _ = load_ann(model)
+    r = plot_fn("activation-vs-rate", model=ann, snn=[load_snn(p)[0] for p in snn], dataset=dataset, data=data, T=T,
                 n_images=n_images, layers=list(layers) or None, style=style, output=output,
                 dataset_options=dataset_options)
     for layer, per in r.items():

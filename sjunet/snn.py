@@ -32,6 +32,8 @@ from typing import Any
 
 from torch import fx, nn
 
+from sjunet.snn_record import SNN_OWN_NAMES
+
 # ----------------------------------------------------------------------------- the record
 
 
@@ -193,6 +195,12 @@ class SpikingUNet(fx.GraphModule):
             return gm
         if not isinstance(gm, fx.GraphModule):
             raise TypeError(f"a SpikingUNet is a GraphModule; got {type(gm).__name__}")
+        clash = sorted(set(gm._modules) & OWN_NAMES)
+        if clash:  # the generated forward calls self.<name>: an attribute of ours would shadow the module
+            from sjunet.io import ArtifactError
+
+            raise ArtifactError(f"module {clash[0]!r} of the network has the name of a SpikingUNet attribute "
+                                f"({', '.join(sorted(OWN_NAMES))}); rename it in the model")
         # the per-instance class GraphModule.__new__ would make (each instance owns its forward)
         impl = type("GraphModuleImpl", (cls,), {})
         impl.__name__ = type(gm).__name__  # what GraphModule.__init__ names it (e.g. the ANN's class)
@@ -220,19 +228,6 @@ class SpikingUNet(fx.GraphModule):
         res.source = getattr(self, "source", None)
         return res
 
-    # -- what the record says, named
-    @property
-    def conversion(self) -> Conversion:
-        return self.record.conversion
-
-    @property
-    def task(self) -> dict | str | None:
-        return self.record.task
-
-    @property
-    def post(self) -> list:
-        return self.record.post
-
     def rebuilt(self) -> SpikingUNet:
         """This network as its SNN file rebuilds it, without a file: the modules built from the
         graph record (:func:`sjunet.snnfile.rebuild`), in a loaded file's order (a converted
@@ -254,6 +249,12 @@ class SpikingUNet(fx.GraphModule):
         h = tensor_digest({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()})
         h.update(json.dumps(jsonable(self.record.to_dict()), sort_keys=True, allow_nan=False).encode())
         return h.hexdigest()[:16]
+
+
+#: names SpikingUNet adds to a GraphModule: no top-level module may take them (nor, in a file, a module path)
+OWN_NAMES = SNN_OWN_NAMES
+_added = {k for k in vars(SpikingUNet) if not k.startswith("__") and k not in vars(fx.GraphModule)} | {"record", "source"}
+assert _added - {"_deepcopy_init"} == OWN_NAMES, f"sjunet.snn_record.SNN_OWN_NAMES must list {sorted(_added)}"
 
 
 def input_fingerprint(snn: SpikingUNet) -> str:

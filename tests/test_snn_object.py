@@ -157,3 +157,22 @@ def test_finetune_takes_the_object_and_returns_one(tiny_unet, tmp_path):
     assert _same_outputs(written, ft, x, T=2)
     with pytest.raises(TypeError, match="SpikingUNet"):
         finetune(torch.nn.Identity(), FinetuneOptions(dataset="demo-seg", output=str(tmp_path / "x.safetensors")))
+
+
+def test_a_module_named_like_a_spiking_unet_attribute_is_refused_in_one_line():
+    from torch import nn
+
+    from sjunet.io import ArtifactError
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.record = nn.Conv2d(1, 1, 1)  # the generated forward would call SpikingUNet.record
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.record(x))
+
+    net = Net().eval()
+    with pytest.raises(ArtifactError, match=r"^module 'record' of the network has the name of a SpikingUNet attribute"):
+        convert(net, calibrate(net, [torch.rand(2, 1, 8, 8)], progress=False))

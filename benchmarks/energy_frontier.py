@@ -78,7 +78,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
         out.mkdir(parents=True, exist_ok=True)
         snn_path = out / "snn.safetensors"
         snn = convert(ann, stats)
-        if not snn_path.exists() or snn.sjunet_conversion["ann_fingerprint"] != stats.model_fingerprint:
+        if not snn_path.exists() or snn.record.conversion.ann_fingerprint != stats.model_fingerprint:
             save_snn(snn, snn_path)
         budget = {"batch": p["batch"], "val_limit": val_limit(p["val_limit"], name), "minutes": p["ft_minutes"],
                   "epochs": 100, **({"trial_iters": p["trial_iters"]} if "trial_iters" in p else {})}

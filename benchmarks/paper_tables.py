@@ -25,9 +25,10 @@ from .tables_common import (DATASETS, PROFILES, _ann, _eval_options, _metric_key
 def _finetune(p: dict, d: dict, data, device: str, snn_path: Path, output: Path, T: int) -> float:
     """Spiking-flow fine-tuning of ``snn_path`` at ``T`` with the profile's budget; minutes taken."""
     from sjunet.flow import FinetuneOptions, finetune
+    from sjunet.recipe import load_snn
 
     t0 = time.perf_counter()
-    finetune(FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(output), T=T,
+    finetune(load_snn(snn_path)[0], FinetuneOptions(dataset=d["train"], data=data, output=str(output), T=T,
                              epochs=p["ft_epochs"], batch_size=4, max_minutes=p["ft_minutes"], device=device,
                              val_limit=p["limit"], dataset_options=d["train_opts"]), progress=False, force=True)
     return (time.perf_counter() - t0) / 60

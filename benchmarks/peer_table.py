@@ -75,7 +75,7 @@ def _direct(p: dict, d: dict, name: str, data, device: str, neuron: str, T: int,
         kw = dict(arch="sjunet.models.fcn:SpikingFCNNet",
                   arch_kwargs={"in_channels": ds.in_channels, "out_channels": ds.num_classes, "width": width})
     t0 = time.perf_counter()
-    s = train_spiking(DirectOptions(dataset=d["train"], data=data, output=str(out), neuron=neuron, T=T,
+    _, s = train_spiking(DirectOptions(dataset=d["train"], data=data, output=str(out), neuron=neuron, T=T,
                                     epochs=p["dt_epochs"], batch_size=p["batch"], width=width, depth=depth,
                                     device=device, max_minutes=p["dt_minutes"], val_limit=_pick(p["val_limit"], name),
                                     dataset_options=d["train_opts"], **kw), progress=False, force=True)

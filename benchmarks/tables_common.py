@@ -115,15 +115,16 @@ def val_limit(setting, dataset: str):
 
 def _finetune(snn_path, out, d: dict, data, T: int, device: str, budget: dict, **recipe) -> dict:
     from sjunet.flow import FinetuneOptions, finetune
+    from sjunet.recipe import load_snn
 
     t0 = time.perf_counter()
-    opts = FinetuneOptions(snn=str(snn_path), dataset=d["train"], data=data, output=str(out), T=T,
+    opts = FinetuneOptions(dataset=d["train"], data=data, output=str(out), T=T,
                            batch_size=budget["batch"], device=device, val_limit=budget.get("val_limit"),
                            epochs=budget.get("epochs", 50), max_minutes=budget.get("minutes"),
                            max_iters=budget.get("iters"), dataset_options=d["train_opts"],
                            **({"lr_trial_iters": budget["trial_iters"], **recipe} if "trial_iters" in budget else recipe))
-    s = finetune(opts, progress=False, force=True)
+    _, s = finetune(load_snn(snn_path)[0], opts, progress=False, force=True)
     return {"minutes": (time.perf_counter() - t0) / 60, "improved": s["improved"], "kept": s["kept"],
             "lr": s["lr"], "lr_trials": s["lr_trials"], "steps": s["step"],
-            "val_before": s["baseline"]["score"], "val_after": s["best"]["score"], "options": asdict(opts)}
+            "val_before": s["baseline"]["score"], "val_after": s["best"]["score"], "options": {"snn": str(snn_path), **asdict(opts)}}
 

@@ -87,7 +87,8 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     from torch.utils.data import DataLoader
 
     from sjunet.data import get_dataset
-    from sjunet.evaluation import evaluate_snn, size_multiple
+    from sjunet.evaluation import evaluate_snn
+    from sjunet.snn import size_rule
     from sjunet.flow import FinetuneOptions, finetune
     from sjunet.recipe import convert, convert_stock, load_snn, save_snn
     from sjunet.tasks import task_for
@@ -100,17 +101,17 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     stats = cached_stats(ann, out / "stats.h5", p["dataset"], data, p["data_options"], device)
     test = get_dataset(p["dataset"], data, "test", **p["data_options"])
     task = task_for(test)
-    ev = dict(reference=ann, limit=p["limit"], progress=False, device=device, multiple=size_multiple(ann, 1))
+    ev = dict(reference=ann, limit=p["limit"], progress=False, device=device, multiple=size_rule(ann, 1))
     row: dict = {"arch": name, "ann_fingerprint": ckpt["fingerprint"], "params": sum(x.numel() for x in ann.parameters())}
     paths = {}
     for norm in ("connection", "layer"):
         snn = convert(ann, stats, norm=norm, neuron="mt", accept_gap=True)  # the gap is a column of the table
-        snn.sjunet_task = ckpt.get("task")
+        snn.record.task = ckpt.get("task")
         paths[norm] = save_snn(snn, out / f"snn_{norm}.safetensors", {"model": str(out / "ann.pt")})
         T = p["T"] if norm == "connection" else [p["layer_T"]]
         row[norm] = evaluate_snn(snn, test, T, task, **ev)
-        row["gains"] = len(snn.sjunet_conversion["gains"]) if norm == "connection" else row["gains"]
-        row["spiking_maxpools"] = sum(v["type"] == "SpikingMaxPool2d" for v in snn.sjunet_graph["modules"].values())
+        row["gains"] = len(snn.record.conversion.gains) if norm == "connection" else row["gains"]
+        row["spiking_maxpools"] = sum(v["type"] == "SpikingMaxPool2d" for v in snn.record.graph["modules"].values())
     row["ann"] = row["connection"]["ann"]
     approx = (load_snn(paths["connection"])[1].get("conversion") or {}).get("approximations") or []
     row["approximations"] = approx
@@ -121,7 +122,7 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
                                            device=device, limit=p["limit"], progress=False)
     t1 = time.perf_counter()
     ft_path = out / f"snn_ft_T{p['ft_T']}.safetensors"
-    s = finetune(FinetuneOptions(snn=str(paths["connection"]), dataset=p["dataset"], data=data, output=str(ft_path),
+    _, s = finetune(load_snn(paths["connection"])[0], FinetuneOptions(dataset=p["dataset"], data=data, output=str(ft_path),
                                  T=p["ft_T"], epochs=p["ft_epochs"], batch_size=p["batch"], max_minutes=p["ft_minutes"],
                                  device=device, dataset_options={**p["data_options"], **p["train_options"]},
                                  lr_trial_iters=p.get("trial_iters", 20)),
@@ -146,14 +147,14 @@ def _implemented_ann(snn):
     from torch import nn
 
     from sjunet.distill import Teacher
-    from sjunet.evaluation import size_multiple
+    from sjunet.snn import size_rule
 
     class ImplementedAnn(nn.Module):
         def __init__(self):
             super().__init__()
             self.teacher = Teacher(snn)
             self.net = self.teacher.net  # registered, so .to(device) moves it
-            self.size_multiple = size_multiple(snn)
+            self.size_multiple = size_rule(snn)
 
         def forward(self, x):
             with torch.no_grad():

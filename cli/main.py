@@ -93,11 +93,11 @@ def _check_T(steps, flag: str = "--T") -> None:
 def _check_fits(ds, net, padded: bool, what: str, multiple: int | None = None) -> None:
     """Refuse, before the work, images of ``ds`` that cannot pass ``net`` (its size multiple)."""
     from sjunet.data import check_fits
-    from sjunet.evaluation import size_multiple
+    from sjunet.snn import size_rule
 
     if multiple is None:
         try:
-            multiple = size_multiple(net, getattr(ds, "in_channels", None))
+            multiple = size_rule(net, getattr(ds, "in_channels", None))
         except Exception:  # noqa: BLE001 - unknown multiple: the library's own check applies
             return
     check_fits(ds, multiple, padded=padded, what=what)
@@ -316,7 +316,7 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
                               max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                               grad_clip=grad_clip if grad_clip is not None else 1.0,
                               dataset_options=dataset_options, class_weights=class_weights)
-        s = _run_loop(train_spiking, dopts, resume=resume, force=force)
+        _, s = _run_loop(train_spiking, dopts, resume=resume, force=force)
         best = s["best"]
         if _is_main():
             click.echo(f"{_stop_note(s)}best: {best['at']} ({_headline(s, best)}): {json.dumps(best['val'])}"
@@ -328,7 +328,7 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
                         max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                         dataset_options=dataset_options, schedule=schedule, warmup=warmup, grad_clip=grad_clip,
                         class_weights=class_weights)
-    s = _run_loop(train_fn, opts, resume=resume, force=force)
+    _, s = _run_loop(train_fn, opts, resume=resume, force=force)
     best = s["best"]
     if _is_main():
         click.echo(f"{_stop_note(s)}best: {best['at']} ({_headline(s, best)}): {json.dumps(best['val'])}"
@@ -420,18 +420,18 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     ann, info = _load_ann(model, arch, arch_kwargs, weights)
     snn = convert_fn(ann, stats, norm=norm, neuron=neuron, thresholds=ladder, v_init=v_init,
                      model_info=info.to_record(), accept_gap=accept_gap)
-    snn.sjunet_task = info.task or ({"kind": task} if task else None)
+    snn.record.task = info.task or ({"kind": task} if task else None)
     from sjunet.recipe import save_snn
 
     save_snn(snn, output, {"model": info.to_record(), "stats": str(stats)})
-    conv = snn.sjunet_conversion
-    click.echo(f"converted ({norm}-wise, {neuron}): {len(conv['neurons'])} neuron layers, {len(conv['gains'])} gains, "
-               f"{len(conv['dead_layers'])} dead-layer fallbacks -> {output}")
-    if conv.get("approximations"):
+    conv = snn.record.conversion
+    click.echo(f"converted ({norm}-wise, {neuron}): {len(conv.neurons)} neuron layers, {len(conv.gains)} gains, "
+               f"{len(conv.dead_layers)} dead-layer fallbacks -> {output}")
+    if conv.approximations:
         from sjunet.calibration.approximation import gap_line
 
-        gap = conv["approximation_gap"]
-        click.echo(gap_line({**gap, "nodes": conv["approximations"]})
+        gap = conv.approximation_gap
+        click.echo(gap_line({**gap, "nodes": conv.approximations})
                    + (" — above the thresholds, accepted (--accept-gap)" if gap.get("accepted") else ""))
 
 
@@ -477,7 +477,8 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
     from sjunet import distributed
     from sjunet.data import get_dataset
     from sjunet.evaluation import (check_compatible, check_options, check_protocol, evaluate as evaluate_fn,
-                                   make_protocol, size_multiple)
+                                   make_protocol)
+    from sjunet.snn import size_rule
     from sjunet.io import file_fingerprint, provenance, write_json
 
     distributed.init(device)
@@ -493,7 +494,7 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
         _check_T(T)
     dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
-    from sjunet.recipe import load_snn, snn_size_multiple
+    from sjunet.recipe import load_snn
 
     net, rec = load_snn(snn) if snn is not None else (None, None)
     ann, info = _load_ann(model, arch, arch_kwargs, weights, required=False)
@@ -504,7 +505,7 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
         check_compatible(ds, *_ann_channels(ann, info), info.task, what="the ANN")
         if proto.name == "patch":  # whole images and tiles are padded to the size rule: any size passes
             try:
-                multiple = size_multiple(ann, ds.in_channels)
+                multiple = size_rule(ann, ds.in_channels)
             except Exception:  # noqa: BLE001 - unknown multiple: the evaluation's own check applies
                 multiple = 1
             check_protocol(proto, multiple)
@@ -512,7 +513,7 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
     if net is not None:
         conv = rec.get("conversion") or {}
         check_compatible(ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"), what="the SNN")
-        check_protocol(proto, snn_size_multiple(net, rec))
+        check_protocol(proto, size_rule(net))
         if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
             raise InputError(f"{snn} was converted from model {conv.get('ann_fingerprint')}, not from this ANN "
                              f"({info.fingerprint}); pixel agreement would be meaningless")
@@ -600,11 +601,14 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
             raise InputError(f"--lr takes a number or auto, got {lr!r}") from None
     given = {k: v for k, v in dict(lr=lr, loss=loss, layer_weight=layer_weight, warmup=warmup, grad_clip=grad_clip,
                                    energy_penalty=energy_penalty).items() if v is not None}
-    opts = FinetuneOptions(snn=snn, dataset=dataset, data=data, output=output, T=T, epochs=epochs,
+    from sjunet.recipe import load_snn
+
+    opts = FinetuneOptions(dataset=dataset, data=data, output=output, T=T, epochs=epochs,
                            batch_size=batch_size, optimizer=optimizer, schedule=schedule, method=method,
                            chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                            device=device, dataset_options=dataset_options, class_weights=class_weights, **given)
-    s = _run_loop(finetune_fn, opts, resume=resume, force=force)
+    net, _ = load_snn(snn)
+    _, s = _run_loop(finetune_fn, net, opts, resume=resume, force=force)
     if not _is_main():
         return
     before, best = s["baseline"], s["best"]
@@ -678,12 +682,15 @@ def plot() -> None:
 @_fail_cleanly
 def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, style, output, force, opt):
     """ANN activation vs SNN firing rate per neuron, with fitted slope and correlation."""
+    from sjunet.models.checkpoint import load_ann
     from sjunet.plots import plot as plot_fn
+    from sjunet.recipe import load_snn
 
     _check_T([T])
     dataset_options = _dataset_options(dataset, opt)
     _claim_output(output, force)
-    r = plot_fn("activation-vs-rate", model=model, snn=list(snn), dataset=dataset, data=data, T=T,
+    ann, _ = load_ann(model)
+    r = plot_fn("activation-vs-rate", model=ann, snn=[load_snn(p)[0] for p in snn], dataset=dataset, data=data, T=T,
                 n_images=n_images, layers=list(layers) or None, style=style, output=output,
                 dataset_options=dataset_options)
     for layer, per in r.items():

@@ -2,9 +2,10 @@
 
 Public API, on objects (the CLI verbs of the same names add paths, loading and printing)::
 
-    calibrate(model, batches) -> stats          convert(model, stats, norm=, neuron=) -> snn
+    calibrate(model, batches) -> stats          convert(model, stats, norm=, neuron=) -> snn (a SpikingUNet)
     simulate(snn, x, T) -> {t: output}          count_energy(snn, ann, batches, T) -> report
-    train, evaluate, finetune, plot, load_snn, save_snn
+    train(opts) -> (model, summary)             finetune(snn, opts) -> (snn, summary)
+    size_rule(model_or_snn) -> multiple(s)      evaluate, plot, load_snn, save_snn
 
 Heavy submodules are imported lazily so ``import sjunet`` is cheap. No submodule shares a name
 with a public function, so ``sjunet.simulate`` stays the function after ``sjunet.simulation`` is
@@ -27,6 +28,9 @@ _LAZY = {
     "load_snn": "sjunet.recipe",
     "save_snn": "sjunet.recipe",
     "plot": "sjunet.plots",
+    "SpikingUNet": "sjunet.snn",
+    "SNNRecord": "sjunet.snn",
+    "size_rule": "sjunet.snn",
     "UNet": "sjunet.models",
     "UNetConfig": "sjunet.models",
     "MultiThresholdNode": "sjunet.neurons",

@@ -16,7 +16,6 @@ from sjunet.calibration import calibrate
 from sjunet.data import get_dataset
 from sjunet.evaluation import evaluate
 from sjunet.io import provenance, write_json
-from sjunet.models.checkpoint import load_ann
 from sjunet.recipe import convert, save_snn
 from sjunet.training import TrainOptions, train
 
@@ -54,25 +53,25 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
     out = Path(out) / task
     ann_path, stats_path = out / "ann.pt", out / "stats.h5"
     opts = dict(dataset_options or {})
-    train(TrainOptions(output=str(ann_path), dataset_options=opts, **cfg), progress=progress, force=True)
-    ann, ckpt = load_ann(ann_path)
+    ann, summary = train(TrainOptions(output=str(ann_path), dataset_options=opts, **cfg), progress=progress,
+                         force=True)
     ds = get_dataset(cfg["dataset"], None, "train", seed=0, **opts)
     stats = calibrate(ann, DataLoader(ds, batch_size=16), output=stats_path, progress=progress,
                       data_description={"dataset": cfg["dataset"], "split": "train", **ds.describe()})
     test = get_dataset(cfg["dataset"], None, "test", seed=0, **opts)
     results: dict = {}
     lines = [f"demo {task}: {cfg['dataset']}, U-Net width {cfg['width']} depth {cfg['depth']}, {cfg['epochs']} epochs", ""]
+    snns = {}
     for norm in ("connection", "layer"):
         snn = convert(ann, stats, norm=norm)
-        snn.sjunet_task = ckpt.get("task")
+        snn.record.task = summary["task"]
         save_snn(snn, out / f"snn_{norm}.safetensors", {"model": str(ann_path), "stats": str(stats_path)})
         r = evaluate(test, ann, snn, T, progress=progress)
         write_json({**r, "provenance": provenance()}, out / f"eval_{norm}.json")
-        results[norm] = r
+        results[norm], snns[norm] = r, snn
     lines += _table(results)
     figure = out / "predictions.png"
-    _figure(ann, {norm: out / f"snn_{norm}.safetensors" for norm in results}, test, max(T), figure, images,
-            f"demo {task}: {cfg['dataset']} test images")
+    _figure(ann, snns, test, max(T), figure, images, f"demo {task}: {cfg['dataset']} test images")
     report = "\n".join(lines)
     (out / "report.md").write_text(report + "\n\n" + "\n".join(f"* {line}" for line in LEGEND) + "\n")
     write_json({k: {kk: vv for kk, vv in v.items() if kk in ("ann", "T", "timing")} for k, v in results.items()},
@@ -86,15 +85,14 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
             "outputs": {k: str(v) for k, v in outputs.items()}}
 
 
-def _figure(ann, snn_paths: dict, test, T: int, output: Path, images: int, title: str) -> Path:
+def _figure(ann, snns: dict, test, T: int, output: Path, images: int, title: str) -> Path:
     """Figures 4/5 for the demo (:mod:`sjunet.predictions`): the first ``images`` test images."""
     from sjunet.predictions import predictions, predictions_figure
-    from sjunet.recipe import load_snn
     from sjunet.tasks import task_for
 
     systems = {"ANN": (ann, None)}
-    for norm, path in snn_paths.items():
-        systems[f"SNN {norm}-wise T={T}"] = (load_snn(path)[0], T)
+    for norm, snn in snns.items():
+        systems[f"SNN {norm}-wise T={T}"] = (snn, T)
     rows = predictions(systems, test, list(range(min(images, len(test)))))
     return predictions_figure(rows, task_for(test), output, title=title)
 

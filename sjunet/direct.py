@@ -22,8 +22,10 @@ fine-tuning loop rather than a second trainer:
    exact resume, budgets, non-finite checks) and the same losses (Eq. 11/12 on the accumulated
    output) as fine-tuning; Adam 1e-3 by default as the paper.
 
-The initial SNN is written next to the output (``<output stem>.init.safetensors``): it is the
-fine-tuning's input (recorded by fingerprint), and a resumed run reuses it.
+The initial SNN goes to the fine-tuning as an object (recorded by its content fingerprint,
+:meth:`sjunet.snn.SpikingUNet.fingerprint`); it is also written next to the output
+(``<output stem>.init.safetensors``) for the user. A resumed run builds it again (the same seed,
+the same network: a different one is refused by the resume's identity check).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import torch
 
 from sjunet.neurons import MultiThresholdNode, NeuronFactory, threshold_ladder
 from sjunet.peer_neurons import ML_REFERENCE, RS_REFERENCE, MultiLevelNode, RealSpikeNode
+from sjunet.snn import SpikingUNet
 
 #: LIF of the Spiking-FCN baseline (decay τ = 0.5 per step, hard reset, unit spikes)
 LIF_DT = {"thresholds": (1.0,), "decay": 0.5, "reset": "zero", "amplitude": 1.0}
@@ -111,30 +114,34 @@ def initial_snn(opts: DirectOptions):
         stats = calibrate(model, loader, max_batches=opts.calib_batches, progress=False)
     snn = convert(model, stats, neuron=opts.neuron if opts.neuron in ("mt", "ml", "rs") else "if",
                   neuron_factory=DT_NEURONS[opts.neuron](), v_init=0.0, model_info=info)
-    snn.sjunet_task = task_to_dict(task)
-    snn.sjunet_conversion["options"]["direct_training"] = {"neuron": opts.neuron, "from": "random initialisation",
-                                                           "calibration_batches": opts.calib_batches}
+    snn.record.task = task_to_dict(task)
+    snn.record.conversion.options["direct_training"] = {"neuron": opts.neuron, "from": "random initialisation",
+                                                        "calibration_batches": opts.calib_batches}
     return snn
 
 
-def train_spiking(opts: DirectOptions, resume: bool = False, progress: bool = True, force: bool = False) -> dict:
-    """Direct training (module docstring); returns :func:`sjunet.flow.finetune`'s summary plus
-    ``init`` (the initial SNN's path)."""
+def train_spiking(opts: DirectOptions, resume: bool = False, progress: bool = True,
+                  force: bool = False) -> tuple[SpikingUNet, dict]:
+    """Direct training (module docstring); returns ``(the trained SpikingUNet, summary)``:
+    :func:`sjunet.flow.finetune`'s, the summary with ``init`` (where the initial SNN was written)."""
     from sjunet.flow import FinetuneOptions, finetune
     from sjunet.io import OutputExistsError, check_writable
     from sjunet.recipe import save_snn
 
     start = init_path(opts.output)
     check_writable(opts.output)
+    if start.exists() and not (resume or force):
+        raise OutputExistsError(f"{start} exists (the initial SNN of an earlier run); --resume it or --force")
+    initial = initial_snn(opts)
     if not (resume and start.exists()):
-        if start.exists() and not force:
-            raise OutputExistsError(f"{start} exists (the initial SNN of an earlier run); --resume it or --force")
-        save_snn(initial_snn(opts), start, sources={"direct_training": asdict(opts)})
-    ft = FinetuneOptions(snn=str(start), dataset=opts.dataset, data=opts.data, output=opts.output, T=opts.T,
+        save_snn(initial, start, sources={"direct_training": asdict(opts)})
+    initial = initial.rebuilt()  # as the file holds it (its modules in a loaded file's order, as fine-tuning always had)
+    initial.source = {"path": str(start)}  # where it was written, for the record (its fingerprint: its content)
+    ft = FinetuneOptions(dataset=opts.dataset, data=opts.data, output=opts.output, T=opts.T,
                          epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr, optimizer=opts.optimizer,
                          schedule="cosine", method="bptt", seed=opts.seed, max_minutes=opts.max_minutes,
                          max_iters=opts.max_iters, val_every=opts.val_every, val_limit=opts.val_limit,
                          device=opts.device, dataset_options=dict(opts.dataset_options), grad_clip=opts.grad_clip,
                          class_weights=opts.class_weights)
-    summary = finetune(ft, resume=resume, progress=progress, force=force)
-    return {**summary, "init": str(start)}
+    snn, summary = finetune(initial, ft, resume=resume, progress=progress, force=force)
+    return snn, {**summary, "init": str(start)}

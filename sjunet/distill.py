@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from sjunet.neurons import StaticInputSynapse, is_neuron
+from sjunet.snn import record_of
 
 LOSSES = ("label", "distill", "both")
 
@@ -56,7 +57,8 @@ class AnnPass(fx.Interpreter):
 
 def caps_of(snn: nn.Module) -> dict[str, float]:
     """Neuron path -> ReLU cap in normalised units, from the SNN's conversion record."""
-    neurons = (getattr(snn, "sjunet_conversion", None) or {}).get("neurons") or {}
+    rec = record_of(snn)
+    neurons = (rec.conversion.neurons if rec is not None else None) or {}
     return {p: float(v["cap"]) / float(v["lambda"]) for p, v in neurons.items() if v.get("cap")}
 
 

@@ -411,9 +411,9 @@ def count_energy_on(snn: fx.GraphModule, dataset, T: int | Sequence[int], ann: n
     each reflect-padded to the SNN's size multiple as in evaluation and counted at that padded
     size (datasets evaluated by patches, such as DRIVE, are counted as whole padded images)."""
     from sjunet.evaluation import pad_to_multiple
-    from sjunet.recipe import snn_size_multiple
+    from sjunet.snn import size_rule
 
-    multiple = multiple or snn_size_multiple(snn)
+    multiple = multiple or size_rule(snn)
     n = len(dataset) if limit is None else min(int(limit), len(dataset))
     if n < 1:
         raise ValueError(f"no images to count (limit {limit}, {len(dataset)} in the dataset)")

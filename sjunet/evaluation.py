@@ -41,9 +41,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sjunet.data.patches import patch_grid, predict_by_patches
-from sjunet.dims import CONV_TYPES, spatial_dims
+from sjunet.dims import spatial_dims
 from sjunet.distributed import merge_meter, resolve_device, shard
 from sjunet.simulation import simulate
+from sjunet.snn import shape_rule, size_rule
 from sjunet.tasks import Task, task_for
 
 Outputs = dict  # key (None for the ANN, T for the SNN) -> output tensor
@@ -60,38 +61,6 @@ TILE_OVERLAP = 32
 DEFAULT_TILE = 256
 #: windows per call of the network under the patch protocol
 PATCH_BATCH = 64
-
-
-def size_multiple(module: nn.Module, in_channels: int | None = None) -> int | tuple[int, ...]:
-    """H and W of ``module``'s input must be multiples of this: a converted SNN's record, the
-    U-Net's ``2**depth``, or, for any other model, the input size over its smallest feature map
-    (from its canonical graph on a 256x256 probe). Volumes (3-D networks): one multiple per axis
-    (D, H, W), from the SNN's record or a 64³ probe."""
-    conv = getattr(module, "sjunet_conversion", None)
-    if conv and conv.get("size_multiples"):
-        return tuple(int(v) for v in conv["size_multiples"])
-    if conv and conv.get("size_multiple"):
-        return int(conv["size_multiple"])
-    if conv is not None:
-        raise ValueError("this SNN records no size multiple (not converted by sjunet.convert): pass multiple=, "
-                         "the ANN's")
-    m = getattr(module, "size_multiple", None)
-    if isinstance(m, int) and m > 0:
-        return m
-    cfg = getattr(module, "config", None)
-    if getattr(cfg, "depth", None) is not None:
-        return 2 ** int(cfg.depth)
-    from sjunet.graph import canonical_graph, size_multiple as graph_multiple, size_multiples, tensor_shapes
-
-    nd = spatial_dims(module)
-    if nd != 2:
-        c = in_channels or next((m.in_channels for m in module.modules() if isinstance(m, CONV_TYPES)), 1)
-        probe = (64,) * nd
-        gm = canonical_graph(module, (1, c, *probe)).gm
-        return size_multiples(tensor_shapes(gm, (c, *probe)), probe)
-    c = in_channels or next((m.in_channels for m in module.modules() if isinstance(m, nn.Conv2d)), 1)
-    gm = canonical_graph(module, (1, c, 256, 256)).gm
-    return graph_multiple(tensor_shapes(gm, (c, 256, 256)), (256, 256))
 
 
 def _ceil_to(v: int, m: int) -> int:
@@ -234,9 +203,9 @@ def check_protocol(protocol: Protocol, multiple: int | Sequence[int]) -> None:
         multiple = max(int(v) for v in multiple)
     m = int(multiple)
     if protocol.name == "patch" and m > 1 and protocol.patch % m:
-        from sjunet.data import size_rule
+        from sjunet.data import describe_multiple
 
-        raise ValueError(f"--patch {protocol.patch}: the windows cannot pass this network ({size_rule(m)}); "
+        raise ValueError(f"--patch {protocol.patch}: the windows cannot pass this network ({describe_multiple(m)}); "
                          f"choose a multiple of {m}, or --protocol whole")
 
 
@@ -453,7 +422,7 @@ def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu
     when the probe fails: then images run whole)."""
     from spikingjelly.activation_based.base import MemoryModule
 
-    rule = (getattr(net, "sjunet_conversion", None) or {}).get("size_rule") or {}
+    rule = shape_rule(net) or {}
     nd = spatial_dims(net)
     if nd == 2 and not isinstance(multiple, (tuple, list)):
         side = _ceil_to(max(64, 2 * int(multiple)), max(1, int(multiple)))
@@ -487,7 +456,7 @@ def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu
 
 
 def _tileable(net: nn.Module) -> bool:
-    rule = (getattr(net, "sjunet_conversion", None) or {}).get("size_rule") or {}
+    rule = shape_rule(net) or {}
     return not rule.get("shape")
 
 
@@ -605,7 +574,7 @@ def _evaluate_ann(model: nn.Module, dataset, task: Task, device, limit: int | No
     model.eval()
     seconds = 0.0
     try:
-        multiple = multiple or size_multiple(model, dataset.in_channels)
+        multiple = multiple or size_rule(model, dataset.in_channels)
         check_protocol(p, multiple)
         cost = activation_cost(model, dataset.in_channels, multiple, device) if _needs_cost(p) else None
         meter = task.new_meter()
@@ -656,7 +625,7 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
     check_options(T, chunk, limit)
     p = make_protocol(protocol, dataset)
     device = resolve_device(device)
-    multiple = multiple or size_multiple(snn)
+    multiple = multiple or size_rule(snn)
     check_protocol(p, multiple)
     T = sorted(set(int(t) for t in T))
     meters = {t: task.new_meter() for t in T}

@@ -33,6 +33,7 @@ for cost comparison only (memory grows linearly with T).
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ from sjunet.distill import LOSSES, Teacher, distill_loss, layer_loss
 from sjunet.neurons import SpikingNeuron, StaticInputSynapse, is_neuron
 from sjunet.graph import SYNAPTIC_TYPES
 from sjunet.simulation import FlowRecord, record_flow
+from sjunet.snn import SpikingUNet, input_fingerprint, size_rule
 from sjunet.tasks import Task
 
 METHODS = ("flow", "bptt")
@@ -320,7 +322,9 @@ def plan_lr_trials(max_iters: int | None, iters: int = LR_TRIAL_ITERS,
 
 @dataclass
 class FinetuneOptions:
-    snn: str
+    """Options of :func:`finetune` (the SNN itself is its first argument; ``output`` is where the
+    best is written during the run, and ``<output>.last.pt`` what ``resume`` continues from)."""
+
     dataset: str
     data: str | None = None
     output: str = "runs/snn_ft.safetensors"
@@ -422,12 +426,17 @@ def finetune_record(record: dict) -> dict | None:
     return ft if isinstance(ft, dict) else None
 
 
-def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress: bool = True, force: bool = False,
-             **kwargs) -> dict:
+def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool = False, progress: bool = True,
+             force: bool = False, **kwargs) -> tuple[SpikingUNet, dict]:
     """``sjunet finetune``: fine-tune a converted SNN at T steps with :func:`sjunet.loop.fit`.
 
-    The converted SNN's validation score, measured before the first step, is the bar: the output
-    is always written and is the best of {the input SNN, every validation}. Returns the loop's
+    ``snn`` (a :class:`~sjunet.snn.SpikingUNet`: from :func:`sjunet.recipe.convert`, or read by
+    :func:`sjunet.recipe.load_snn`) is not changed: a copy is trained. The converted SNN's
+    validation score, measured before the first step, is the bar: the output is the best of {the
+    input SNN, every validation}, written to ``opts.output`` at every new best (a long run never
+    loses its result) and returned. Returns ``(the fine-tuned SpikingUNet, summary)``: the network
+    holds the best weights and its record's ``finetune`` (what the file's record holds; on the
+    other ranks of a torchrun, the network as the loop left it). The summary is the loop's
     summary plus ``output``, ``before`` (the input's metrics), ``best`` (``at``, ``epoch``,
     ``iteration``, ``val``, ``score``), ``kept`` (``"input"`` or where the best was) and
     ``improved``, ``metric`` (the selection metric's name: ``f1_vessel``…), ``stopped_message``,
@@ -443,7 +452,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
     from sjunet.io import SNN_KIND, file_fingerprint
     from sjunet.loop import (SCHEDULES, LoopOptions, check_options, fit, make_optimizer, make_schedule, run_outputs,
                              seed_everything, train_val_datasets)
-    from sjunet.recipe import load_snn, save_snn, snn_size_multiple
+    from sjunet.recipe import load_snn, save_snn
     from sjunet.tasks import describe_weights, parse_class_weights, resolve_class_weights, task_for
 
     started = time.monotonic()
@@ -462,7 +471,11 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
                             max_minutes=opts.max_minutes, max_iters=opts.max_iters, val_every=opts.val_every,
                             device=opts.device, progress=progress, desc=f"finetune {opts.method} T={opts.T}",
                             train_mode=False, grad_clip=opts.grad_clip)
-    if Path(opts.snn).resolve() == Path(opts.output).resolve():
+    if not isinstance(snn, SpikingUNet):
+        raise TypeError(f"finetune takes a SpikingUNet (sjunet.convert, or sjunet.load_snn of a file), not a "
+                        f"{type(snn).__name__}")
+    source = dict(snn.source or {})
+    if source.get("path") and Path(source["path"]).resolve() == Path(opts.output).resolve():
         raise ValueError(f"the output {opts.output} is the input SNN: choose another -o")
     from sjunet import distributed
 
@@ -476,15 +489,15 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
             tqdm.write(message)
 
     with run_outputs(opts.output, force=force, resume=resume, what="fine-tuned SNN") as (output, last):
-        say(f"finetune: loading {opts.snn} and reading {opts.dataset} (loading and preprocessing the images)…")
+        say(f"finetune: reading {opts.dataset} (loading and preprocessing the images)…")
         seed_everything(opts.seed)
-        snn, rec = load_snn(opts.snn)
+        snn = copy.deepcopy(snn)  # the caller's network stays as it was
+        functional.reset_net(snn)
         snn.to(opts.device)
-        source_fingerprint = file_fingerprint(opts.snn)
+        source_fingerprint = input_fingerprint(snn)
         train_ds, val_ds = train_val_datasets(opts.dataset, opts.data, opts.seed, opts.dataset_options)
-        conv = rec.get("conversion") or {}
-        check_compatible(train_ds, conv.get("input_channels"), conv.get("output_channels"), rec.get("task"),
-                         what="the SNN")
+        conv = snn.record.conversion
+        check_compatible(train_ds, conv.input_channels, conv.output_channels, snn.record.task, what="the SNN")
         task = task_for(train_ds)
         class_weights, weights_record = resolve_class_weights(opts.class_weights, task, train_ds)
         if class_weights is not None:
@@ -492,7 +505,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         loop_opts.metric = task.metric
         say(f"finetune: {len(train_ds)} training items, {len(val_ds)} validation items; the output is the best on "
             f"validation {task.metric} of the input SNN and every validation; {describe_weights(weights_record, task)}")
-        multiple = snn_size_multiple(snn, rec)
+        multiple = size_rule(snn)
         check_fits(train_ds, multiple, padded=False, what="the SNN")  # before any long work
         params = [p for p in snn.parameters() if p.requires_grad]
         teacher = Teacher(snn).to(opts.device) if weights.needs_teacher else None
@@ -545,6 +558,7 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
         sched = make_schedule(optimizer, opts.schedule, total, opts.warmup, lr)
 
         baseline: dict = {}
+        kept: dict = {}  # the best so far in memory (state on the CPU, record): what is returned
 
         def save_best(entry: dict, history: list) -> None:
             if entry["at"] == "input":
@@ -560,9 +574,13 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
                 "class_weights": weights_record,
                 "source_snn_fingerprint": source_fingerprint, "history": history,
             }
+            kept.update(state={k: v.detach().cpu().clone() for k, v in snn.state_dict().items()}, record=record)
             on_cpu = all(t.device.type == "cpu" for t in snn.state_dict().values())
-            save_snn(snn if on_cpu else _cpu_copy(snn), output, extra={"finetune": record},
-                     sources={"snn": opts.snn, "snn_fingerprint": source_fingerprint, "dataset": train_ds.describe()})
+            if not on_cpu:
+                functional.reset_net(snn)
+            save_snn(snn if on_cpu else copy.deepcopy(snn).cpu(), output, extra={"finetune": record},
+                     sources={"snn": source.get("path"), "snn_fingerprint": source_fingerprint,
+                              "dataset": train_ds.describe()})
 
         identity = {"snn_fingerprint": source_fingerprint, "dataset": opts.dataset,
                     "dataset_options": dict(opts.dataset_options), "T": opts.T, "method": opts.method,
@@ -575,13 +593,21 @@ def finetune(opts: FinetuneOptions | None = None, resume: bool = False, progress
                       last=last, kind=SNN_KIND + "-finetune-last", resume=resume, baseline=True,
                       identity=identity, output=output, started=started)
         functional.reset_net(snn)
+        if kept:
+            snn.load_state_dict(kept["state"])
+            snn.record.finetune = kept["record"]
+        elif summary["best"] is not None and w.main:  # resumed, no new best: the interrupted run's, in the output
+            best_snn = load_snn(output)[0].to(opts.device)
+            snn.load_state_dict(best_snn.state_dict())
+            snn.record.finetune = best_snn.record.finetune
+        snn.source = {"path": str(output), "fingerprint": file_fingerprint(output)} if w.main else None
     best, base = summary["best"], summary["baseline"]
     timing = dict(summary["timing"])
     timing["setup"] = max(0.0, timing["setup"] - trial_minutes)
     timing["lr_trials"] = trial_minutes
-    return {**summary, "output": str(output), "before": base["val"] if base else None,
-            "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials, "lr_trial_iters": per_rate,
-            "timing": timing, "class_weights": weights_record}
+    return snn, {**summary, "output": str(output), "before": base["val"] if base else None,
+                 "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials, "lr_trial_iters": per_rate,
+                 "timing": timing, "class_weights": weights_record}
 
 
 def _resumed_lr(last: Path) -> float:
@@ -590,16 +616,3 @@ def _resumed_lr(last: Path) -> float:
 
     group = load_checkpoint(last, SNN_KIND + "-finetune-last")["optimizer"]["param_groups"][0]
     return float(group.get("initial_lr", group["lr"]))
-
-
-def _cpu_copy(snn: nn.Module) -> nn.Module:
-    """A CPU copy of ``snn`` (reset) with the ``sjunet_*`` records it carries (a GraphModule's
-    deepcopy keeps only its modules and graph)."""
-    import copy
-
-    functional.reset_net(snn)
-    out = copy.deepcopy(snn).cpu()
-    for k, v in vars(snn).items():
-        if k.startswith("sjunet_"):
-            setattr(out, k, copy.deepcopy(v))
-    return out

@@ -55,7 +55,10 @@ def _sidecar(output: Path) -> Path:
 
 # ----------------------------------------------------------------------------- activation vs rate
 def _conversion_of(snn: nn.Module, label: str) -> dict:
-    conv = getattr(snn, "sjunet_conversion", None)
+    from sjunet.snn import record_of
+
+    rec = record_of(snn)
+    conv = rec.conversion.to_dict() if rec is not None else None
     if not conv or "layers" not in conv:
         raise ValueError(f"SNN {label!r} carries no sjunet conversion record (layers, λ): "
                          "convert it with sjunet.recipe.convert / `sjunet convert`")
@@ -153,7 +156,8 @@ def activation_rate_points(
     from spikingjelly.activation_based import functional
 
     from sjunet.calibration.observe import trace_for_conversion
-    from sjunet.evaluation import pad_to_multiple, size_multiple
+    from sjunet.evaluation import pad_to_multiple
+    from sjunet.snn import size_rule
     from sjunet.graph import record_nodes
     from sjunet.simulation import record_flow
 
@@ -178,7 +182,7 @@ def activation_rate_points(
         info[k] = {"neuron": neuron, "relu": _relu_node_of(ann_gm, neuron, first),
                    "index": neuron_order.index(k) + 1, "after_cat": bool(first["layers"][k].get("after_cat")),
                    "out_unit": {label: float(c["layers"][k]["out_unit"]) for label, c in convs.items()}}
-    multiple = multiple or size_multiple(model, batches[0].shape[1])
+    multiple = multiple or size_rule(model, batches[0].shape[1])
     xs: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
     ys: dict[str, dict[str, list]] = {k: {label: [] for label in snns} for k in chosen}
     for batch in batches:
@@ -375,41 +379,49 @@ def histograms(
 
 
 # ----------------------------------------------------------------------------------- dispatcher
-def _snn_label(record: dict, path: Path) -> str:
-    opts = (record.get("conversion") or {}).get("options") or {}
-    lab = _NORM_LABELS.get(opts.get("norm"), opts.get("norm") or path.stem)
-    if opts.get("neuron"):
-        lab += f" ({str(opts['neuron']).upper()})"
-    if record.get("finetune"):
+def _snn_label(snn: nn.Module, i: int) -> tuple[str, str]:
+    """(column label, short name) of an SNN: its record's norm and neuron (``connection-wise (MT)``,
+    ``, fine-tuned``), and the stem of the file it was read from (else its position)."""
+    from sjunet.snn import record_of
+
+    rec = record_of(snn)
+    src = getattr(snn, "source", None) or {}
+    stem = Path(src["path"]).stem if src.get("path") else str(i + 1)
+    if rec is None:
+        return f"SNN {i + 1}", stem
+    conv = rec.conversion
+    lab = _NORM_LABELS.get(conv.norm, conv.norm or stem)
+    if conv.neuron:
+        lab += f" ({str(conv.neuron).upper()})"
+    if rec.finetune:
         lab += ", fine-tuned"
-    return lab
+    return lab, stem
 
 
-def _activation_vs_rate_from_files(model, snn, dataset: str = "em", data=None, T: int = 20,
-                                   n_images: int = 1, dataset_options: dict | None = None,
-                                   labels: Sequence[str] | None = None, **kwargs) -> dict:
+def _activation_vs_rate_of(model, snn, dataset: str = "em", data=None, T: int = 20,
+                           n_images: int = 1, dataset_options: dict | None = None,
+                           labels: Sequence[str] | None = None, **kwargs) -> dict:
+    """:func:`activation_vs_rate` of an ANN and SNN objects (a module, a list, or a dict label ->
+    module), columns labelled from each SNN's record; an SNN converted from another ANN is refused.
+    Files are read by the caller (``sjunet plot activation-vs-rate``: the CLI)."""
     from sjunet.io import model_fingerprint
-    from sjunet.models.checkpoint import load_ann
+    from sjunet.snn import record_of
 
-    if isinstance(model, (str, os.PathLike)):
-        model, _ = load_ann(model)
+    if not isinstance(model, nn.Module) or isinstance(snn, (str, os.PathLike)) or (
+            not isinstance(snn, (Mapping, nn.Module)) and any(isinstance(p, (str, os.PathLike)) for p in snn)):
+        raise TypeError("plot('activation-vs-rate') takes the ANN and the SNNs as modules: read files with "
+                        "sjunet.models.checkpoint.load_ann and sjunet.load_snn")
     if isinstance(snn, Mapping):
         snns = dict(snn)
     else:
-        from sjunet.recipe import load_snn
-
-        paths = [snn] if isinstance(snn, (str, os.PathLike, nn.Module)) else list(snn)
         fp = model_fingerprint(model)
         nets, names, stems = [], [], []
-        for i, p in enumerate(paths):
-            if isinstance(p, nn.Module):
-                net, name, stem = p, f"SNN {i + 1}", str(i + 1)
-            else:
-                net, rec = load_snn(p)
-                name, stem = _snn_label(rec, Path(p)), Path(p).stem
-                conv_fp = (rec.get("conversion") or {}).get("ann_fingerprint")
-                if conv_fp not in (None, fp):
-                    raise ValueError(f"{p} was converted from model {conv_fp}, not from this ANN ({fp})")
+        for i, net in enumerate([snn] if isinstance(snn, nn.Module) else list(snn)):
+            name, stem = _snn_label(net, i)
+            rec = record_of(net)
+            conv_fp = rec.conversion.ann_fingerprint if rec is not None else None
+            if conv_fp not in (None, fp):
+                raise ValueError(f"SNN {stem} was converted from model {conv_fp}, not from this ANN ({fp})")
             nets.append(net)
             names.append(name)
             stems.append(stem)
@@ -436,10 +448,10 @@ def _activation_vs_rate_from_files(model, snn, dataset: str = "em", data=None, T
 def plot(kind: str, **kwargs) -> Any:
     """Library form of ``sjunet plot <kind>``.
 
-    * ``"activation-vs-rate"``: :func:`activation_vs_rate`, or with paths:
-      ``plot("activation-vs-rate", model="ann.pt", snn=["snn_layer.pt", "snn_conn.pt"],
-      dataset="em", data="../shared/data", T=20, n_images=1, output="fig3.png")`` — the first
-      ``n_images`` test images; column labels from each SNN's conversion options (norm, neuron).
+    * ``"activation-vs-rate"``: :func:`activation_vs_rate` of objects:
+      ``plot("activation-vs-rate", model=ann, snn=[snn_layer, snn_conn], dataset="em",
+      data="../shared/data", T=20, n_images=1, output="fig3.png")`` — the first ``n_images`` test
+      images; column labels from each SNN's record (norm, neuron, fine-tuned).
       ``snns=`` (a dict of modules) and ``images=`` are accepted as in :func:`activation_vs_rate`.
     * ``"metric-vs-T"``: :func:`sjunet.curves.metric_vs_T` (``results=[...]``).
     * ``"metric-vs-energy"``: :func:`sjunet.curves.metric_vs_energy` (``frontiers=[...]``).
@@ -449,8 +461,8 @@ def plot(kind: str, **kwargs) -> Any:
         if "snns" in kwargs:
             kwargs["snn"] = kwargs.pop("snns")
         if "snn" not in kwargs or "model" not in kwargs:
-            raise ValueError("activation-vs-rate needs model= (ANN or checkpoint path) and snn= (SNN paths or modules)")
-        return _activation_vs_rate_from_files(**kwargs)
+            raise ValueError("activation-vs-rate needs model= (the ANN) and snn= (the SNNs)")
+        return _activation_vs_rate_of(**kwargs)
     if kind == "metric-vs-T":
         from sjunet.curves import metric_vs_T
 

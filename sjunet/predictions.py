@@ -33,14 +33,15 @@ def predictions(systems: Mapping[str, tuple[nn.Module, int | None]], dataset, in
     """Per image index: ``{"input", "truth", "outputs": {system: picture}, "scores": {system: score}}``.
     ``systems``: label -> (network, T); T ``None`` is an ANN."""
     from sjunet.distributed import resolve_device
-    from sjunet.evaluation import ann_fn, predict, size_multiple, snn_fn
+    from sjunet.evaluation import ann_fn, predict, snn_fn
+    from sjunet.snn import size_rule
 
     device = resolve_device(device)
     task = task_for(dataset)
     bad = [i for i in indices if not 0 <= int(i) < len(dataset)]
     if bad:
         raise ValueError(f"image index {bad[0]} is out of range: the split has {len(dataset)} images")
-    nets = {k: (net.to(device).eval(), T, size_multiple(net, dataset.in_channels)) for k, (net, T) in systems.items()}
+    nets = {k: (net.to(device).eval(), T, size_rule(net, dataset.in_channels)) for k, (net, T) in systems.items()}
     out = []
     for i in indices:
         x, y = dataset[int(i)]

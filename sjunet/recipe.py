@@ -15,7 +15,7 @@
                           factory; LeakyReLU / PReLU → its signed neuron, :func:`build_neuron`); MaxPool → :class:`~sjunet.stages.SpikingMaxPool2d`; first layers
                           → :class:`~sjunet.neurons.StaticInputSynapse`; SpikingJelly step-mode
                           adaptation (multi-step layers)
-``finalize``              eval mode; the conversion record and the graph record attached
+``finalize``              eval mode; a :class:`~sjunet.snn.SpikingUNet` with its typed record
 ========================  =========================================================================
 
 :func:`convert` is the library entry point (``sjunet convert``) and works on any ``nn.Module``;
@@ -36,11 +36,12 @@ from spikingjelly.activation_based.ann2snn.recipes.base import replace_submodule
 from torch import fx, nn
 
 from sjunet import snnfile
+from sjunet.snn import Conversion, SNNRecord, SpikingUNet
 from sjunet.calibration.approximation import GAP_MAX_RELATIVE_ERROR, GAP_MIN_AGREEMENT, gap_refusal
 from sjunet.calibration.store import CalibrationStats, read_stats
 from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
                           relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
-from sjunet.io import ArtifactError, model_fingerprint, provenance
+from sjunet.io import ArtifactError, file_fingerprint, model_fingerprint, provenance
 from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, validate_ladder
 from sjunet.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
 from sjunet.dims import set_spatial_dims
@@ -169,10 +170,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         fx_model.recompile()
         fx_model.eval()
         functional.invalidate_reset_cache(fx_model)
-        fx_model.sjunet_conversion = self.record()
-        fx_model.sjunet_graph = self.graph_record
-        fx_model.sjunet_post = list(self.canonical.post)
-        return fx_model
+        return SpikingUNet.adopt(fx_model, SNNRecord(conversion=Conversion.from_dict(self.record()),
+                                                     graph=self.graph_record, post=list(self.canonical.post)))
 
     def record(self) -> dict:
         """The conversion record (JSON-able): options, plan summary, fingerprints, graph facts."""
@@ -319,7 +318,7 @@ def convert(
     neuron_factory: NeuronFactory | None = None,
     model_info: dict | None = None,
     accept_gap: bool = False,
-) -> fx.GraphModule:
+) -> SpikingUNet:
     """Convert ``model`` (any ``nn.Module`` the converter understands) into a Spiking-UNet with
     SpikingJelly's converter and our recipe.
 
@@ -332,8 +331,9 @@ def convert(
     (measured by calibration) is too large — pixel agreement below 0.98 for segmentation outputs,
     relative L2 error above 0.1 otherwise — the conversion is refused with
     :class:`ApproximationGapError` unless ``accept_gap``; the record keeps the approximations and
-    the gap (``approximations``, ``approximation_gap``). Returns a ``GraphModule`` in single-step mode; with
-    ``output``, saves it (atomically) with its provenance, see :func:`save_snn`.
+    the gap (``approximations``, ``approximation_gap``). Returns a :class:`~sjunet.snn.SpikingUNet`
+    (a ``GraphModule`` in single-step mode with its typed record); with ``output``, also saves it
+    (atomically) with its provenance, see :func:`save_snn`.
     """
     stats_path = None
     if not isinstance(stats, CalibrationStats):
@@ -346,37 +346,37 @@ def convert(
     if model_info is None:
         cfg = getattr(model, "config", None)
         model_info = {"sjunet_config": cfg.to_dict()} if hasattr(cfg, "to_dict") else {"class": type(model).__name__}
-    snn.sjunet_model = model_info
+    snn.record.model = model_info
     if output is not None:
         save_snn(snn, output, {**(sources or {}), "stats": str(stats_path) if stats_path else None,
                                "calibration": {"data": stats.data, "options": stats.options}})
     return snn
 
 
-def convert_stock(model: nn.Module, data: Iterable, mode: str = "99.9%", neuron_factory=None) -> fx.GraphModule:
+def convert_stock(model: nn.Module, data: Iterable, mode: str = "99.9%", neuron_factory=None) -> SpikingUNet:
     """The peer: SpikingJelly's stock ``RateCodingRecipe`` (IF neurons, soft reset, VoltageScalers,
-    EMA of per-batch percentiles) on a copy of ``model``."""
+    EMA of per-batch percentiles) on a copy of ``model``. Its record holds the options and the
+    ANN's fingerprint only (no graph record: it cannot be saved as an SNN file, and no size
+    multiple: evaluation takes the ANN's)."""
     recipe = ann2snn.RateCodingRecipe(dataloader=data, mode=mode, neuron_factory=neuron_factory)
     snn = ann2snn.Converter(recipe, device="cpu").convert(copy.deepcopy(model).eval())
     snn.eval()
     functional.invalidate_reset_cache(snn)
-    snn.sjunet_conversion = {"options": {"norm": "stock-rate-coding", "neuron": "if", "mode": mode},
-                             "ann_fingerprint": model_fingerprint(model)}
-    return snn
+    record = SNNRecord(conversion=Conversion.from_dict({
+        "options": {"norm": "stock-rate-coding", "neuron": "if", "mode": mode}, "ann_fingerprint": model_fingerprint(model)}))
+    return SpikingUNet.adopt(snn, record)
 
 
-def snn_record(snn: nn.Module) -> dict:
-    """What an SNN module carries about itself (conversion, graph, post ops, model, task)."""
-    return {"conversion": getattr(snn, "sjunet_conversion", {}), "graph": getattr(snn, "sjunet_graph", None),
-            "post": getattr(snn, "sjunet_post", []), "model": getattr(snn, "sjunet_model", {}),
-            "task": getattr(snn, "sjunet_task", None), "finetune": getattr(snn, "sjunet_finetune", None)}
-
-
-def save_snn(snn: fx.GraphModule, path: str | Path, sources: dict | None = None, model_config: dict | None = None,
+def save_snn(snn: SpikingUNet, path: str | Path, sources: dict | None = None, model_config: dict | None = None,
              extra: dict | None = None) -> Path:
-    """Save a converted (or fine-tuned) SNN: its tensors and a plain record that rebuilds it
-    (:mod:`sjunet.snnfile`), with provenance. ``extra`` adds record fields (e.g. ``finetune``)."""
-    rec = snn_record(snn)
+    """Save a converted (or fine-tuned) SNN: its tensors and its record's network fields
+    (:data:`sjunet.snn.SNNRecord.SAVED`, which rebuild it: :mod:`sjunet.snnfile`), with a fresh
+    provenance of ``sources``. ``extra`` adds or replaces record fields of the file only (e.g.
+    ``finetune``); ``model_config`` adds ``model.sjunet_config``. The network is reset, not changed."""
+    if not isinstance(snn, SpikingUNet):
+        raise ArtifactError(f"save_snn takes a SpikingUNet (from sjunet.convert or load_snn), not a "
+                            f"{type(snn).__name__}")
+    rec = snn.record.to_dict()
     if rec["graph"] is None:
         raise ArtifactError("this SNN carries no graph record (was it made by sjunet.convert?); cannot save it")
     if model_config is not None:
@@ -386,24 +386,16 @@ def save_snn(snn: fx.GraphModule, path: str | Path, sources: dict | None = None,
     return snnfile.save(snn, path, record)
 
 
-def load_snn(path: str | Path) -> tuple[fx.GraphModule, dict]:
-    """Load an SNN saved by :func:`save_snn` (verified, rebuilt from data); returns ``(snn, record)``."""
+def load_snn(path: str | Path) -> tuple[SpikingUNet, dict]:
+    """Load an SNN saved by :func:`save_snn` (verified, rebuilt from data); returns ``(snn, record)``:
+    the :class:`~sjunet.snn.SpikingUNet` (its typed record from the file's, ``source`` the file's
+    path and fingerprint) and the file's record as read."""
     snn, rec = snnfile.load(path)
-    snn.sjunet_conversion = rec.get("conversion") or {}
-    snn.sjunet_graph = rec["graph"]
-    snn.sjunet_post = rec.get("post") or []
-    snn.sjunet_model = rec.get("model") or {}
-    snn.sjunet_task = rec.get("task")
-    snn.sjunet_finetune = rec.get("finetune")
+    snn = SpikingUNet.adopt(snn, SNNRecord.from_dict(rec))
+    snn.source = {"path": str(path), "fingerprint": file_fingerprint(path)}
     functional.invalidate_reset_cache(snn)
     return snn, rec
 
 
-def snn_size_multiple(snn: nn.Module, record: dict | None = None, default: int = 16) -> int:
-    """Input H, W of ``snn`` must be multiples of this (from its conversion record)."""
-    conv = (record or {}).get("conversion") or getattr(snn, "sjunet_conversion", {}) or {}
-    return int(conv.get("size_multiple") or default)
-
-
-__all__ = ["ApproximationGapError", "ConversionOptions", "NEURONS", "SpikingUNetRecipe", "convert", "convert_stock", "load_snn", "save_snn",
-           "snn_record", "snn_size_multiple"]
+__all__ = ["ApproximationGapError", "ConversionOptions", "NEURONS", "SpikingUNetRecipe", "convert", "convert_stock",
+           "load_snn", "save_snn"]

@@ -27,6 +27,7 @@ from torch import nn
 
 from sjunet.canonical import apply_post
 from sjunet.neurons import is_neuron, set_recording
+from sjunet.snn import record_of, shape_rule
 
 MODES = ("multi", "step")
 
@@ -83,7 +84,8 @@ def simulate(
         if on_checkpoint is not None:
             on_checkpoint(target, x)
     functional.reset_net(snn)
-    ops = getattr(snn, "sjunet_post", None) if post else None
+    rec = record_of(snn)
+    ops = rec.post if post and rec is not None else None
     return {t: apply_post(ops, y) for t, y in out.items()} if ops else out
 
 
@@ -92,8 +94,7 @@ def check_input(snn: nn.Module, x: torch.Tensor) -> None:
     and pooling sizes computed from shapes) do not hold for (its ``size_rule``)."""
     from sjunet.graph import check_input_size
 
-    rule = (getattr(snn, "sjunet_conversion", None) or {}).get("size_rule")
-    check_input_size(rule, x.shape[2:])
+    check_input_size(shape_rule(snn), x.shape[2:])
 
 
 def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:

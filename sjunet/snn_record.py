@@ -55,12 +55,16 @@ _BUILD_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, Ru
                  RecursionError, MemoryError, AssertionError, NotImplementedError)
 
 
+#: the names :class:`sjunet.snn.SpikingUNet` adds to a GraphModule (checked there): no top-level module takes them
+SNN_OWN_NAMES = frozenset({"adopt", "fingerprint", "rebuilt", "record", "source"})
+
+
 def _module_attributes() -> tuple[frozenset, frozenset]:
     """Names a module path segment must not take: attributes of nn.Module (any level) and of
     fx.GraphModule (top level), which setattr would clobber."""
     plain = set(dir(nn.Module)) | set(vars(nn.Module()))
     top = set(dir(fx.GraphModule)) | plain | set(vars(fx.GraphModule(nn.Module(), fx.Graph())))  # built from nothing
-    return frozenset(top), frozenset(plain)
+    return frozenset(top | SNN_OWN_NAMES), frozenset(plain)
 
 
 _TOP_RESERVED, _SUB_RESERVED = _module_attributes()

@@ -446,13 +446,19 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
         raise ArtifactError(f"{path}: integrity check failed — its tensors or record changed after it was written "
                             "(content hash mismatch); regenerate it with `sjunet convert`")
     try:
-        gm = build_graph(record["graph"], tensors)
+        return rebuild(record["graph"], tensors), record
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {_line(e, 700)}") from None
+
+
+def rebuild(graph: dict, tensors: dict[str, torch.Tensor]) -> fx.GraphModule:
+    """The network of a graph record and its tensors (:func:`build_graph`, the tensors loaded, the
+    step-mode adaptation; eval mode): what :func:`load` returns, without a file."""
+    gm = build_graph(graph, tensors)
     try:
         gm.load_state_dict(tensors, strict=True)
         snn = adapt(gm)
     except _BUILD_ERRORS as e:
-        raise ArtifactError(f"{path}: the tensors do not fit the graph ({_line(e)})") from None
+        raise ArtifactError(f"the tensors do not fit the graph ({_line(e)})") from None
     snn.eval()
-    return snn, record
+    return snn

@@ -98,9 +98,12 @@ def build_network(train_ds, task, width: int = 16, depth: int = 4, batch_norm: b
 
 
 def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool = True, force: bool = False,
-          **kwargs) -> dict:
-    """Train a U-Net; returns :func:`sjunet.loop.fit`'s summary plus ``output``, ``best_epoch`` and
-    ``best_val``. Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score."""
+          **kwargs) -> tuple[torch.nn.Module, dict]:
+    """Train a U-Net; returns ``(model, summary)``: the model with the best validation's weights
+    (eval mode; on the other ranks of a torchrun, as the loop left it) — the checkpoint written to
+    ``opts.output`` at every new best holds the same — and :func:`sjunet.loop.fit`'s summary plus
+    ``output``, ``best_epoch``, ``best_val``, ``task`` (the task record) and ``class_weights``.
+    Raises :class:`sjunet.loop.DivergedError` on a non-finite loss or score."""
     from dataclasses import replace
 
     from sjunet import distributed
@@ -154,12 +157,15 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
             val = evaluate_model(model, val_ds, task, device=opts.device, limit=opts.val_limit, progress=False)
             return task.score(val), val
 
+        kept: dict = {}  # the best so far in memory: what is returned
+
         def save_best(entry: dict, history: list) -> None:
+            kept["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             torch_save_atomic({
                 "kind": ANN_KIND,
                 "model_config": config.to_dict() if config is not None else None,
                 "arch": arch,
-                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "state_dict": kept["state"],
                 "fingerprint": model_fingerprint(model),
                 "task": task_to_dict(task),
                 "dataset": {"name": opts.dataset, **train_ds.describe()},
@@ -187,5 +193,12 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
     best = summary["best"]
     if best is None:
         raise TrainingError(f"no validation score was measured, so nothing was written to {output}")
-    return {**summary, "output": str(output), "best_epoch": best["epoch"], "best_val": best["val"],
-            "class_weights": weights_record}
+    if kept:
+        model.load_state_dict(kept["state"])
+    elif w.main:  # resumed, no new best: the interrupted run's, in the output
+        from sjunet.io import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(output, ANN_KIND)["state_dict"])
+    model.eval()
+    return model, {**summary, "output": str(output), "best_epoch": best["epoch"], "best_val": best["val"],
+                   "task": task_to_dict(task), "class_weights": weights_record}

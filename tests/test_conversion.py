@@ -90,7 +90,7 @@ def test_per_part_scaling_channel_by_channel(skewed):
     lw = convert(net, stats, norm="layer").get_submodule("conv3").weight.detach()
     lc = stats.scale("cat")
     assert torch.allclose(lw, w * lc / l3, rtol=1e-5)
-    parts = snn.sjunet_conversion["layers"]["conv3"]["parts"]
+    parts = snn.record.conversion.layers["conv3"]["parts"]
     assert [(p["start"], p["stop"]) for p in parts] == [(0, 3), (3, 8)]
 
 

@@ -25,7 +25,7 @@ def test_teacher_is_the_ann(net):
     out, acts = Teacher(snn)(x)
     assert torch.allclose(out, net(x).detach() if not isinstance(net, Relu6Net) else torch.logit(net(x).detach()),
                           atol=1e-4, rtol=1e-4)
-    lam = {p: v["lambda"] for p, v in snn.sjunet_conversion["neurons"].items()}
+    lam = {p: v["lambda"] for p, v in snn.record.conversion.neurons.items()}
     assert set(acts) == set(lam)
     # a^l = the ANN's ReLU output / λ: check one layer through a hook on the ANN
     if isinstance(net, SkewedSkipNet):

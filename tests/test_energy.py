@@ -177,7 +177,7 @@ class StagesNet(nn.Module):
 def test_fanout_through_maxpool_upsample_pad_and_identity_edges():
     net = StagesNet().eval()
     snn = convert(net, calibrate(net, batches(2, size=8), progress=False))
-    assert snn.sjunet_conversion["gains"]  # λ_a ≠ λ_z: the shortcut carries a gain
+    assert snn.record.conversion.gains  # λ_a ≠ λ_z: the shortcut carries a gain
     fo = fanout_maps(snn, (1, 8, 8))
     mp = next(k for k in fo if k not in ("relu", "relu_1", "relu_2"))
     ones3 = torch.ones(1, 1, 3, 3, dtype=torch.float64)

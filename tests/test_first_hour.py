@@ -94,6 +94,7 @@ def test_max_iters_bounds_the_lr_trials(snn_file, tmp_path, monkeypatch, max_ite
     """--max-iters 40: the trials take a quarter (2 iterations × 4 rates) and training the rest (32);
     --max-iters 10: too small for trials (skipped, lr 1e-4), training takes all 10."""
     from sjunet import flow
+    from sjunet.recipe import load_snn
 
     calls = []
     real = flow.finetune_loss
@@ -103,7 +104,7 @@ def test_max_iters_bounds_the_lr_trials(snn_file, tmp_path, monkeypatch, max_ite
         return real(*a, **k)
 
     monkeypatch.setattr(flow, "finetune_loss", counting)
-    s = flow.finetune(flow.FinetuneOptions(snn=str(snn_file), dataset="demo-seg", output=str(tmp_path / "ft.safetensors"),
+    _, s = flow.finetune(load_snn(snn_file)[0], flow.FinetuneOptions(dataset="demo-seg", output=str(tmp_path / "ft.safetensors"),
                                            dataset_options={"size": 32, "num_items": 8}, T=2, epochs=100,
                                            batch_size=1, max_iters=max_iters, class_weights="none"), progress=False)
     assert len(calls) == max_iters  # every iteration of trials and training together

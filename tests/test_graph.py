@@ -121,7 +121,7 @@ def test_relu6_saturates_at_the_cap():
         net.c1.bias.fill_(1.0)
     err, snn = _errors(net, T=[512])
     assert err[512] < 0.005
-    lam = next(iter(snn.sjunet_conversion["neurons"].values()))["lambda"]
+    lam = next(iter(snn.record.conversion.neurons.values()))["lambda"]
     assert lam == pytest.approx(0.5 / 3.75)  # λ · (2 + 1 + 0.5 + 0.25) = the cap
 
 
@@ -142,12 +142,12 @@ def test_spiking_maxpool_counts():
 
 def test_gains_on_identity_edges_and_joins_are_recorded():
     _, snn = _errors(_init(ResidualNet(), seed=3), T=[8])
-    conv = snn.sjunet_conversion
-    consumers = {g["consumer"] for g in conv["gains"]}
+    conv = snn.record.conversion
+    consumers = {g["consumer"] for g in conv.gains}
     assert any("add" in c for c in consumers)  # the identity shortcut into the residual join
-    roles = {v["role"] for v in conv["layers"].values()}
+    roles = {v["role"] for v in conv.layers.values()}
     assert {"neuron", "join", "output"} <= roles
-    assert conv["post"] == [] and conv["size_multiple"] == 2
+    assert conv.post == [] and conv.size_multiple == 2
 
 
 def test_multi_step_equals_step_by_step_on_a_residual_graph():
@@ -166,7 +166,7 @@ def test_snn_file_roundtrip_and_no_pickle(tmp_path):
     snn2, rec = load_snn(path)
     x = _data(1)[0]
     assert torch.equal(simulate(snn, x, 16)[16], simulate(snn2, x, 16)[16])
-    assert rec["graph"]["modules"] and rec["conversion"]["gains"] == snn.sjunet_conversion["gains"]
+    assert rec["graph"]["modules"] and rec["conversion"]["gains"] == snn.record.conversion.gains
 
 
 class _Leaky(nn.Module):
@@ -280,11 +280,11 @@ def test_third_party_unets_convert_and_converge():
         net.eval()
         err, snn = _errors(net, data, T=[16, 256])
         assert err[256] < err[16] and err[256] < 0.06, (name, err)
-        kinds = snn.sjunet_conversion
+        kinds = snn.record.conversion
         if name == "BasicUNet":
-            assert kinds["trace_decisions"]  # MONAI's pad-if-sizes-differ decided on the example shape
+            assert kinds.trace_decisions  # MONAI's pad-if-sizes-differ decided on the example shape
         if name == "smp":
-            assert any(m == "SpikingMaxPool2d" for m in (v["type"] for v in snn.sjunet_graph["modules"].values()))
+            assert any(m == "SpikingMaxPool2d" for m in (v["type"] for v in snn.record.graph["modules"].values()))
 
 
 def test_public_api_names_stay_functions():

@@ -150,8 +150,8 @@ def test_padcat_unet_converts_and_approaches_the_ann(bilinear):
     for neuron in ("mt", "if") if bilinear else ("mt",):
         err, snn = _errors(net, data, neuron=neuron)
         assert err[256] < err[16] and err[256] < 0.05, (neuron, err)
-    conv = snn.sjunet_conversion
-    assert conv["size_rule"]["multiple"] == 4 and len(conv["specialised"]) == 2
+    conv = snn.record.conversion
+    assert conv.size_rule["multiple"] == 4 and len(conv.specialised) == 2
     assert 8 in simulate(snn, torch.rand(1, 1, 24, 20), 8)  # another multiple of 4: the rule holds
     with pytest.raises(ValueError, match=r"^input 18x16 does not fit .*multiples of 4[^\n]*$"):
         simulate(snn, torch.rand(1, 1, 18, 16), 4)
@@ -180,7 +180,7 @@ def test_adaptive_pooling_is_a_linear_stage_exact_in_the_limit():
     assert torch.allclose(tr.gm(x), net(x), atol=1e-6)
     err, snn = _errors(net, _data(2, size=16))
     assert err[256] < err[16] and err[256] < 0.05, err
-    types = {v["type"] for v in snn.sjunet_graph["modules"].values()}
+    types = {v["type"] for v in snn.record.graph["modules"].values()}
     assert "AdaptiveAvgPool" in types
 
 

@@ -88,7 +88,7 @@ def test_monai_basic_unet_3d_batchnorm_approaches_the_ann():
     kinds = {kind_of(snn, n) for n in snn.graph.nodes}
     assert {"neuron", "maxpool", "synaptic", "cat"} <= kinds, kinds
     assert any(isinstance(m, nn.ConvTranspose3d) for m in snn.modules())
-    assert snn.sjunet_conversion["size_multiples"] == [16, 16, 16]
+    assert snn.record.conversion.size_multiples == [16, 16, 16]
     err, agree = _errors(net, snn, data[0])
     _approaches(err, agree)
 
@@ -106,7 +106,7 @@ def test_monai_basic_unet_3d_defaults_instance_norm_and_leaky_relu():
         warnings.simplefilter("ignore")
         stats = calibrate(net, data, progress=False)
         snn = convert(net, stats, accept_gap=True)
-    assert snn.sjunet_conversion["approximations"], "the instance norms were not converted"
+    assert snn.record.conversion.approximations, "the instance norms were not converted"
     # against the ANN the SNN implements (fixed deviations), which conversion records as gap
     x = data[0]
     out = simulate(snn, x, [16, 128], chunk=64)
@@ -144,7 +144,7 @@ def test_nnunet_plain_conv_unet_3d_anisotropic_approaches_the_ann():
     net = _warm_bn(net, (4, 16, 16))
     data = _volumes(2, shape=(4, 16, 16))
     snn = _convert(net, data)
-    assert snn.sjunet_conversion["size_multiples"] == [2, 4, 4]  # per axis: D pooled once, H and W twice
+    assert snn.record.conversion.size_multiples == [2, 4, 4]  # per axis: D pooled once, H and W twice
     first = next(m for m in snn.modules() if isinstance(m, nn.Conv3d))
     assert tuple(first.kernel_size) == (1, 3, 3)
     err, agree = _errors(net, snn, data[0])
@@ -223,7 +223,7 @@ def test_fanout_and_macs_of_a_conv3d_are_per_axis_products(tiny):
 
 def test_size_rule_is_per_axis_and_refuses_in_one_line(tiny):
     net, _, snn = tiny
-    rule = snn.sjunet_conversion["size_rule"]
+    rule = snn.record.conversion.size_rule
     assert rule["multiples"] == [4, 4, 4] and rule["example_shape"] == [2, 1, 8, 16, 16]
     assert 2 in simulate(snn, torch.rand(1, 1, 12, 16, 20), 2)  # other multiples of 4: the rule holds
     with pytest.raises(ValueError, match=r"^input 9x16x16 does not fit .*D, H, W multiples of 4x4x4[^\n]*$"):

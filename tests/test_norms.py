@@ -158,10 +158,10 @@ def test_norm_nets_calibrate_convert_and_round_trip(norm, kind, tmp_path):
     x = data[0]
     assert torch.allclose(canonical_graph(net, x.shape).gm(x), net(x), atol=1e-5)
     snn = convert(net, path)
-    conv = snn.sjunet_conversion
-    assert [e["kind"] for e in conv["approximations"]] == [kind]
-    assert conv["approximation_gap"]["relative_error"] == a["relative_error"]
-    assert not conv["approximation_gap"]["exceeds_thresholds"]
+    conv = snn.record.conversion
+    assert [e["kind"] for e in conv.approximations] == [kind]
+    assert conv.approximation_gap["relative_error"] == a["relative_error"]
+    assert not conv.approximation_gap["exceeds_thresholds"]
     assert not any(isinstance(m, Normalize) for m in snn.modules())
     approx = approximated_ann(net, back)(x)
     out = simulate(snn, x, [8, 256])
@@ -169,7 +169,7 @@ def test_norm_nets_calibrate_convert_and_round_trip(norm, kind, tmp_path):
     # the SNN file keeps the approximations and rebuilds the centring stage
     save_snn(snn, tmp_path / "snn.safetensors")
     snn2, rec = load_snn(tmp_path / "snn.safetensors")
-    assert rec["conversion"]["approximations"] == conv["approximations"]
+    assert rec["conversion"]["approximations"] == conv.approximations
     assert torch.allclose(simulate(snn2, x, 16)[16], simulate(snn, x, 16)[16], atol=1e-6)
     # its ANN form (distillation's teacher) is the approximated ANN
     functional.set_step_mode(snn2, "s")
@@ -198,9 +198,9 @@ def test_norm_after_a_cat_gets_a_gain_and_its_own_deviation_stage():
     data = _data(n=2, b=3)
     stats = _calibrate(net, data)
     snn = convert(net, stats, accept_gap=True)
-    conv = snn.sjunet_conversion
-    assert conv["approximations"][0]["folded_into"] is None  # no affine: Normalize became ChannelAffine(1/σ̂)
-    assert any(g["consumer"].endswith("center") for g in conv["gains"])
+    conv = snn.record.conversion
+    assert conv.approximations[0]["folded_into"] is None  # no affine: Normalize became ChannelAffine(1/σ̂)
+    assert any(g["consumer"].endswith("center") for g in conv.gains)
     x = data[0]
     approx = approximated_ann(net, stats)(x)
     out = simulate(snn, x, [8, 256])
@@ -252,7 +252,7 @@ def test_large_gap_is_refused_unless_accepted(tmp_path):
     with pytest.raises(ApproximationGapError, match=r"approximation gap too large.*--accept-gap.*sjunet finetune"):
         convert(net, stats)
     snn = convert(net, stats, accept_gap=True)
-    gap = snn.sjunet_conversion["approximation_gap"]
+    gap = snn.record.conversion.approximation_gap
     assert gap["exceeds_thresholds"] and gap["accepted"] and gap["agreement"] == a["agreement"]
 
 
@@ -308,7 +308,7 @@ def test_files_without_norms_are_unchanged(tmp_path):
         assert "approximation" not in f.attrs
         assert all(set(g) == {"histogram", "bin_edges"} for g in f["nodes"].values())
     snn = convert(net, stats)
-    assert snn.sjunet_conversion["approximations"] == [] and snn.sjunet_conversion["approximation_gap"] is None
+    assert snn.record.conversion.approximations == [] and snn.record.conversion.approximation_gap is None
 
 
 @pytest.mark.parametrize("why,norm", [
@@ -346,7 +346,7 @@ def test_monai_basic_unet_with_instance_norm_converts():
     net = nets.BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4), act="relu",
                          norm=("instance", {"affine": True})).eval()
     snn = _converts(net)
-    assert len(snn.sjunet_conversion["approximations"]) == 18  # two per conv block
+    assert len(snn.record.conversion.approximations) == 18  # two per conv block
 
 
 def test_monai_basic_unet_defaults_convert():
@@ -364,7 +364,7 @@ def test_nnunet_plain_conv_unet_converts():
     torch.manual_seed(0)
     net = plain_conv_unet(1, 2, n_stages=3, base_features=4, nonlin="relu").eval()
     snn = _converts(net)
-    assert {e["kind"] for e in snn.sjunet_conversion["approximations"]} == {"instance_norm"}
+    assert {e["kind"] for e in snn.record.conversion.approximations} == {"instance_norm"}
 
 
 def test_cli_prints_the_gap_and_refuses_unless_accepted(tmp_path):

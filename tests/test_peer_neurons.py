@@ -296,7 +296,7 @@ def test_convert_save_load_and_finetune_end_to_end(tmp_path, tiny_unet, name, cl
             assert all(m.channels and torch.equal(m.amplitude, torch.ones(m.channels)) for m in neurons)
             with pytest.raises(ValueError, match="cannot re-parameterise"):  # U-Net skips feed cat / pooling
                 reparameterize_real_spikes(snn)
-        snn.sjunet_task = {"kind": "segmentation"}
+        snn.record.task = {"kind": "segmentation"}
         path = save_snn(snn, tmp_path / "snn.safetensors")
         snn2, rec = load_snn(path)
         assert any(v["type"] == cls.__name__ for v in rec["graph"]["modules"].values())
@@ -308,7 +308,7 @@ def test_convert_save_load_and_finetune_end_to_end(tmp_path, tiny_unet, name, cl
     e = count_energy(snn2, unet, [x], 2)  # spike_count / event_count of the peers feed the energy report
     assert 0 < e.events <= e.spikes and e.sops > 0
     ft = tmp_path / "ft.safetensors"
-    r = finetune(FinetuneOptions(snn=str(path), dataset="demo-seg", dataset_options={"size": 32, "num_items": 8},
+    _, r = finetune(load_snn(path)[0], FinetuneOptions(dataset="demo-seg", dataset_options={"size": 32, "num_items": 8},
                                  output=str(ft), T=2, epochs=1, batch_size=4, lr=1e-4, max_iters=2, val_limit=2),
                  progress=False)
     assert ft.is_file() and r["output"] == str(ft)

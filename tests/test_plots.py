@@ -8,7 +8,7 @@ from helpers import SkewedSkipNet, batches
 from sjunet.calibration import calibrate
 from sjunet.curves import metric_vs_T
 from sjunet.plots import activation_vs_rate, fit_line, histograms, plot
-from sjunet.recipe import convert
+from sjunet.recipe import convert, load_snn
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,8 +75,8 @@ def test_plot_dispatch_activation_vs_rate_from_files(skewed, tmp_path):
         convert(model, stats, norm=norm, output=p)
         paths.append(p)
     out = tmp_path / "fig.png"
-    fits = plot("activation-vs-rate", model=model, snn=paths, images=batches(1, b=1)[0], T=100, output=out,
-                chunk=50)
+    fits = plot("activation-vs-rate", model=model, snn=[load_snn(p)[0] for p in paths], images=batches(1, b=1)[0],
+                T=100, output=out, chunk=50)
     assert set(fits["conv3"]) == {"layer-wise (MT)", "connection-wise (MT)"}
     assert fits["conv3"]["connection-wise (MT)"]["r"] > 0.95
     assert out.read_bytes()[:8] == PNG_MAGIC

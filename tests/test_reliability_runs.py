@@ -37,7 +37,7 @@ def _state(path):
 def test_train_resume_mid_epoch_equals_uninterrupted(tmp_path):
     """(a) 2 epochs in one go vs. stopped by --max-iters in the middle of epoch 2, then --resume."""
     whole, split = tmp_path / "whole.pt", tmp_path / "split.pt"
-    s = train(_opts(whole), progress=False)
+    _, s = train(_opts(whole), progress=False)
     assert s["stopped"] == "epochs" and s["step"] == 8  # 8 items, batch 2: 4 iterations per epoch
     text = _ok(["train", *DATA, *NET, "--batch-size", "2", "--epochs", "2", "--max-iters", "6", "-o", str(split)])
     assert "--max-iters" in text and "-> " in text

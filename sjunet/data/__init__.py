@@ -25,7 +25,7 @@ from .demo3d import DemoSegmentation3D
 from .drive import DRIVEDataset
 from .em import EMDataset
 from .em3d import EM3DDataset
-from .options import MAX_SIDE, check_fits, check_options, image_size, size_rule, spatial_size
+from .options import MAX_SIDE, check_fits, check_options, describe_multiple, image_size, spatial_size
 from .patches import predict_by_patches
 
 #: registry name → dataset class (constructor ``cls(root, split, **options)``)
@@ -81,7 +81,7 @@ def check_dataset_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 __all__ = [
     "DATASETS", "TASK_OF", "DATA_ENV", "IGNORE_INDEX", "SEGMENTATION", "DENOISING",
     "DatasetError", "SJDataset", "default_root", "get_dataset", "splits_of", "predict_by_patches",
-    "check_dataset_options", "check_fits", "image_size", "spatial_size", "size_rule", "MAX_SIDE",
+    "check_dataset_options", "check_fits", "image_size", "spatial_size", "describe_multiple", "MAX_SIDE",
     "EMDataset", "DRIVEDataset", "CamSeqDataset", "BSDTrainDataset", "Set12", "BSD68", "CBSD68",
     "DemoSegmentation", "DemoDenoising", "EM3DDataset", "DemoSegmentation3D",
 ]  # fmt: skip

@@ -220,7 +220,7 @@ def _check_fits_nd(dataset, multiple: int | tuple[int, ...], padded: bool, what:
                            "shallower network (--depth)")
 
 
-def size_rule(multiple: int) -> str:
+def describe_multiple(multiple: int) -> str:
     """``"height and width must be multiples of 16 (2**4) and at least 16"``."""
     power = f" (2**{int(math.log2(multiple))})" if multiple > 1 and multiple & (multiple - 1) == 0 else ""
     return f"height and width must be multiples of {multiple}{power} and at least {multiple}"
@@ -253,5 +253,5 @@ def check_fits(dataset, multiple: int | tuple[int, ...], *, padded: bool, what: 
                 else "pass --opt crop=… (a multiple of {m})" if "crop" in _keyword_parameters(type(dataset))
                 else "pass --opt size=… (a multiple of {m})" if "size" in _keyword_parameters(type(dataset))
                 else "crop or pad the images to a multiple of {m}").format(m=multiple)
-        raise DatasetError(f"{kind} cannot pass {what}: {size_rule(multiple)}; {hint}, or use a shallower "
+        raise DatasetError(f"{kind} cannot pass {what}: {describe_multiple(multiple)}; {hint}, or use a shallower "
                            "network (--depth)")

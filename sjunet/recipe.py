@@ -399,9 +399,12 @@ def load_snn(path: str | Path) -> tuple[fx.GraphModule, dict]:
     return snn, rec
 
 
-def snn_size_multiple(snn: nn.Module, record: dict | None = None, default: int = 16) -> int:
-    """Input H, W of ``snn`` must be multiples of this (from its conversion record)."""
+def snn_size_multiple(snn: nn.Module, record: dict | None = None, default: int = 16) -> int | tuple[int, ...]:
+    """Input H, W of ``snn`` must be multiples of this (from its conversion record). Volumes: one
+    multiple per axis (D, H, W; the record's ``size_multiples``), as a tuple."""
     conv = (record or {}).get("conversion") or getattr(snn, "sjunet_conversion", {}) or {}
+    if conv.get("size_multiples"):
+        return tuple(int(v) for v in conv["size_multiples"])
     return int(conv.get("size_multiple") or default)
 
 

@@ -130,8 +130,8 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
                                  lr_trial_iters=p.get("trial_iters", 20), val_limit=p["limit"]),
                  progress=False, force=True)
     minutes["finetune"] = (time.perf_counter() - t1) / 60
-    ft = evaluate_snn(load_snn(ft_path)[0], test, [p["ft_T"]], task, reference=ann, limit=p["limit"],
-                      progress=False, device=device)
+    ft = evaluate_snn(load_snn(ft_path)[0], test, [p["ft_T"]], task, limit=p["limit"], progress=False,
+                      device=device)  # × ANN only: no second ANN pass over the volume
     row["finetuned"] = ft["T"][str(p["ft_T"])]
     row["finetune"] = {"improved": s["improved"], "best_at": s["best"]["at"], "steps": s.get("step")}
     t1 = time.perf_counter()

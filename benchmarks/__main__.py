@@ -19,6 +19,7 @@ BENCHMARKS = {
     "peers": ".peer_table",
     "calibration": ".calibration_cost",
     "protocol": ".protocol_cost",
+    "volume": ".volume",
 }
 
 

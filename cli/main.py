@@ -625,9 +625,10 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
 
 
 @main.command()
-@click.option("--task", type=click.Choice(["seg", "denoise"]), default="seg", show_default=True)
+@click.option("--task", type=click.Choice(["seg", "denoise", "seg3d"]), default="seg", show_default=True,
+              help="seg, denoise: 2-D images; seg3d: volumes (a 3-D U-Net on demo-seg3d; figure: middle slices)")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path())
-@click.option("--epochs", default=None, type=int, help="default: 30 (seg) / 15 (denoise)")
+@click.option("--epochs", default=None, type=int, help="default: 30 (seg) / 15 (denoise) / 12 (seg3d)")
 @click.option("--T", "T", multiple=True, default=("5,10,20",), show_default=True)
 @click.argument("more_t", nargs=-1, type=int, metavar="")
 @click.option("--opt", multiple=True, help="demo data option KEY=VALUE, e.g. --opt size=32 --opt num_items=8 (quick)")

@@ -312,8 +312,7 @@ def _plan_nd(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[
     if protocol.tile:
         cores = [_ceil_to(protocol.tile, m) for m in ms]
     elif limit:
-        side = int(limit ** (1.0 / nd))
-        cores = [max(m, side // m * m - 2 * g) for m, g in zip(ms, margins)]
+        cores = _budget_cores(padded, ms, margins, limit)
     else:
         cores = [_ceil_to(DEFAULT_TILE, m) for m in ms]
     per_axis = [_axis(n, c, g, m) for n, c, g, m in zip(padded, cores, margins, ms)]
@@ -323,6 +322,31 @@ def _plan_nd(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[
         return whole
     side = max(max(t[2 * nd + 2 * i + 1] - t[2 * nd + 2 * i] for i in range(nd)) for t in tiles)
     return Layout("tiled", padded, tiles, len(tiles), len(tiles), side, max(margins), limit)
+
+
+def _budget_cores(padded: Sequence[int], ms: Sequence[int], margins: Sequence[int], limit: int) -> list[int]:
+    """Tile cores of a volume for a budget of ``limit`` input voxels per call: an axis shorter than
+    the budget's side (the 30 sections of an anisotropic EM stack) is kept whole — no margin is
+    spent along it — and the rest of the budget is shared by the other axes (windows about
+    ``limit ** (1/k)`` per cut axis, their cores that less the margins, multiples of the axis's
+    size multiple)."""
+    nd = len(padded)
+    cores: list[int | None] = [None] * nd
+    free, left = list(range(nd)), float(limit)
+    changed = True
+    while changed and free:
+        changed = False
+        side = left ** (1.0 / len(free))
+        for i in list(free):
+            if padded[i] <= side:
+                cores[i] = int(padded[i])
+                left /= max(1, padded[i])
+                free.remove(i)
+                changed = True
+    side = int(max(1.0, left) ** (1.0 / len(free))) if free else 0
+    for i in free:
+        cores[i] = max(ms[i], side // ms[i] * ms[i] - 2 * margins[i])
+    return [int(c) for c in cores]
 
 
 def _run_layout_nd(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, layout: Layout, protocol: Protocol,

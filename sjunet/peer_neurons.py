@@ -54,6 +54,7 @@ import torch
 from spikingjelly.activation_based import surrogate
 from torch import fx, nn
 
+from sjunet.dims import CONV_T_TYPES, CONV_TYPES
 from sjunet.neuron_base import AdvancedByStep, NeuronFactory, SpikingNeuron, refuse_signed, validate_ladder
 
 RESETS = ("subtract", "zero")
@@ -308,17 +309,18 @@ def _fold(conv: nn.Module, a: torch.Tensor, where: str) -> None:
     if a.numel() not in (1, conv.in_channels):
         raise ValueError(f"{where}: {a.numel()} amplitudes for a layer of {conv.in_channels} input channels")
     a = a.to(w).expand(conv.in_channels)
-    if isinstance(conv, nn.ConvTranspose2d):  # weight [in, out/groups, kh, kw]
-        w.mul_(a.view(-1, 1, 1, 1))
-    else:  # Conv2d weight [out, in/groups, kh, kw]: input channel c is group c // in_g, column c % in_g
+    k = w.dim() - 2  # kernel axes (2 for images, 3 for volumes)
+    if isinstance(conv, CONV_T_TYPES):  # weight [in, out/groups, *kernel]
+        w.mul_(a.view(-1, 1, *([1] * k)))
+    else:  # conv weight [out, in/groups, *kernel]: input channel c is group c // in_g, column c % in_g
         g, in_g = conv.groups, w.shape[1]
-        w.view(g, w.shape[0] // g, in_g, *w.shape[2:]).mul_(a.view(g, 1, in_g, 1, 1))
+        w.view(g, w.shape[0] // g, in_g, *w.shape[2:]).mul_(a.view(g, 1, in_g, *([1] * k)))
 
 
 @torch.no_grad()
 def reparameterize_real_spikes(gm: fx.GraphModule) -> list[str]:
     """Real Spike's inference re-parameterisation: fold every :class:`RealSpikeNode`'s amplitudes into
-    the Conv2d / ConvTranspose2d layers it feeds (W'[:, c] = a_c·W[:, c]) and set them to 1, so the
+    the convolutions / transposed convolutions (2-D or 3-D) it feeds (W'[:, c] = a_c·W[:, c]) and set them to 1, so the
     network fires binary spikes and computes the same function. Returns the neuron module paths.
 
     Every user of a real-spike node must be a convolution called only there; otherwise a
@@ -335,11 +337,11 @@ def reparameterize_real_spikes(gm: fx.GraphModule) -> list[str]:
             continue
         users = list(node.users)
         bad = [u.name for u in users if not (u.op == "call_module" and isinstance(
-            modules.get(u.target), (nn.Conv2d, nn.ConvTranspose2d)))]
+            modules.get(u.target), CONV_TYPES + CONV_T_TYPES))]
         if not users or bad:
             raise ValueError(f"cannot re-parameterise the real spikes of node {node.name!r} ({node.target}): "
                              f"its output feeds {', '.join(bad) or 'nothing'}; only outputs used by "
-                             "Conv2d/ConvTranspose2d layers alone can absorb the amplitudes")
+                             "convolution / transposed-convolution layers (2-D or 3-D) alone can absorb the amplitudes")
         shared = [u.name for u in users if calls[u.target] > 1]
         if shared:
             raise ValueError(f"cannot re-parameterise the real spikes of node {node.name!r}: its convolution "

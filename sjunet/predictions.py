@@ -7,6 +7,10 @@ evaluated by patches) and decodes the output: a class map (segmentation, argmax)
 image (denoising: noisy − predicted noise map, clipped to [0, 1]). :func:`predictions_figure`
 draws one row per image (segmentation masks; denoising images with a zoomed region, marked on
 the input, in a second row) and returns the per-image metric of each system beside the figure.
+
+Volumes ([C, D, H, W] items, e.g. ``em3d``, ``demo-seg3d``): every system runs on the whole volume
+and is scored on it; the pictures are the middle slice along depth (``z = D // 2``, recorded as
+each row's ``slice``), and the figure's title says so.
 """
 from __future__ import annotations
 
@@ -46,16 +50,27 @@ def predictions(systems: Mapping[str, tuple[nn.Module, int | None]], dataset, in
     for i in indices:
         x, y = dataset[int(i)]
         x, y = x[None].to(device), y[None].to(device)
-        row = {"index": int(i), "input": x[0].permute(1, 2, 0).cpu().numpy(),
-               "truth": y[0].cpu().numpy() if task.kind == "segmentation" else decode(task, x, y),
+        vol = x.dim() == 5
+        mid = x.shape[2] // 2 if vol else None
+
+        def pic(t: torch.Tensor, channels: bool = True) -> torch.Tensor:
+            """A volume batch's middle slice along depth ([N, C, D, H, W] → [N, C, H, W]; a class
+            map [N, D, H, W] → [N, H, W]); an image batch as it is."""
+            return t if not vol else (t[:, :, mid] if channels else t[:, mid])
+
+        seg = task.kind == "segmentation"
+        row = {"index": int(i), "input": pic(x)[0].permute(1, 2, 0).cpu().numpy(),
+               "truth": pic(y, False)[0].cpu().numpy() if seg else decode(task, pic(x), pic(y)),
                "outputs": {}, "scores": {}}
+        if vol:
+            row["slice"] = {"axis": "depth", "index": int(mid), "of": int(x.shape[2])}
         for label, (net, T, multiple) in nets.items():
             fn = ann_fn(net) if T is None else snn_fn(net, [T], mode=mode, chunk=chunk)
             o = predict(fn, x, dataset, multiple)
             o = o[None] if T is None else o[T]
             meter = task.new_meter()
             meter.update(o.cpu(), task.meter_target(x.cpu(), y.cpu()))
-            row["outputs"][label] = decode(task, x, o)
+            row["outputs"][label] = decode(task, pic(x), pic(o))
             row["scores"][label] = float(task.score(meter.result()))
         out.append(row)
     return out
@@ -94,11 +109,16 @@ def predictions_figure(rows: list[dict], task, output: str | os.PathLike, title:
             ax = axes[r * per_image, c]
             _show(ax, pic, seg and c > 0, classes)
             score = row["scores"].get(label)
-            ax.set_title(f"{label}" + (f"\n{score:.4f}" if score is not None else f"\nimage {row['index']}"),
+            item = "volume" if row.get("slice") else "image"
+            ax.set_title(f"{label}" + (f"\n{score:.4f}" if score is not None else f"\n{item} {row['index']}"),
                          fontsize=8)
             if not seg:
                 ax.add_patch(Rectangle((left, top), zw, zh, fill=False, edgecolor="lime", linewidth=1))
                 _show(axes[r * per_image + 1, c], pic[top:top + zh, left:left + zw], False, classes)
+    where = rows[0].get("slice") if rows else None
+    if where:  # volumes: the pictures are one slice of each
+        title = (f"{title} — " if title else "") + (f"middle slice of each volume along depth (z = {where['index']} "
+                                                    f"of {where['of']}); scores over the whole volume")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

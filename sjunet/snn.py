@@ -291,9 +291,12 @@ def size_rule(net: nn.Module, in_channels: int | None = None) -> int | tuple[int
     m = getattr(net, "size_multiple", None)
     if isinstance(m, int) and m > 0:
         return m
+    if isinstance(m, tuple) and m and all(isinstance(v, int) and v > 0 for v in m):
+        return m  # per axis (a 3-D U-Net: D, H, W)
     cfg = getattr(net, "config", None)
     if getattr(cfg, "depth", None) is not None:
-        return 2 ** int(cfg.depth)
+        nd = int(getattr(cfg, "spatial_dims", 2))
+        return 2 ** int(cfg.depth) if nd == 2 else (2 ** int(cfg.depth),) * nd
     from sjunet.dims import CONV_TYPES, spatial_dims
     from sjunet.graph import canonical_graph, size_multiple as graph_multiple, size_multiples, tensor_shapes
 

@@ -89,12 +89,39 @@ def build_network(train_ds, task, width: int = 16, depth: int = 4, batch_norm: b
                   pool: str = "avg", arch: str | None = None, arch_kwargs: dict | None = None):
     """The randomly initialised network ``train`` trains for ``train_ds``: ``--arch``'s factory, else
     sjunet's U-Net sized to the data (segmentation: one output per class; denoising: the noise map).
+    Volumes (``train_ds.spatial_dims == 3``): sjunet's U-Net in 3-D; an ``--arch`` model is built as
+    its arguments say (e.g. MONAI's ``spatial_dims=3``).
     Returns ``(model, UNetConfig or None, {"factory", "kwargs"} or None)``."""
     if arch is not None:
         return build_arch(arch, arch_kwargs), None, {"factory": arch, "kwargs": dict(arch_kwargs or {})}
     out_channels = task.num_classes if task.kind == "segmentation" else train_ds.in_channels
-    config = UNetConfig(train_ds.in_channels, out_channels, width, depth, batch_norm, up_relu, pool)
+    config = UNetConfig(train_ds.in_channels, out_channels, width, depth, batch_norm, up_relu, pool,
+                        spatial_dims=int(getattr(train_ds, "spatial_dims", 2)))
     return UNet(config), config, None
+
+
+def check_volume_fits(model, train_ds):
+    """Volumes: refuse (one line, before any step) training items whose sides are not multiples of
+    the network's per-axis size multiples (:func:`sjunet.snn.size_rule`: D, H, W). A
+    network whose multiples cannot be probed is left to fail on its own. Images: nothing (the CLI
+    checks sjunet's U-Net, as before). Returns the volume network's size multiples (None for images
+    or when they cannot be probed), which validation reuses."""
+    from sjunet.data import check_fits
+    from sjunet.dims import spatial_dims
+    from sjunet.snn import size_rule
+
+    nd = int(getattr(train_ds, "spatial_dims", 2))
+    if nd == 2:
+        return None
+    if spatial_dims(model, nd) != nd:
+        raise ValueError(f"{getattr(train_ds, 'name', 'the dataset')} holds {nd}-D volumes but the network is "
+                         f"{spatial_dims(model, nd)}-D; build it for {nd} spatial dimensions (e.g. spatial_dims={nd})")
+    try:
+        multiple = size_rule(model, train_ds.in_channels)
+    except Exception:  # noqa: BLE001 - no probe: the network reports its own size errors
+        return None
+    check_fits(train_ds, multiple, padded=False, what="the network")
+    return multiple
 
 
 def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool = True, force: bool = False,
@@ -135,6 +162,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
                          if opts.max_minutes is not None else ""))
         model, config, arch = build_network(train_ds, task, opts.width, opts.depth, opts.batch_norm, opts.up_relu,
                                             opts.pool, opts.arch, opts.arch_kwargs)
+        multiple = check_volume_fits(model, train_ds)  # volumes: probed once, not at every validation
         model = model.to(opts.device)
         opt_name, default_lr = DEFAULT_OPTIMISER[task.kind]
         opt_name = opts.optimizer or opt_name
@@ -154,7 +182,8 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         def validate():
             from sjunet.evaluation import evaluate_model
 
-            val = evaluate_model(model, val_ds, task, device=opts.device, limit=opts.val_limit, progress=False)
+            val = evaluate_model(model, val_ds, task, device=opts.device, limit=opts.val_limit, progress=False,
+                                 multiple=multiple)
             return task.score(val), val
 
         kept: dict = {}  # the best so far in memory: what is returned

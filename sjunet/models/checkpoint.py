@@ -29,6 +29,7 @@ ALLOWED_ARCHITECTURES: dict[str, tuple[str, str]] = {
     "sjunet.models.unet:UNet": ("sjunet.models.unet", "UNet"),
     "sjunet.models.zoo_nets:PadCatUNet": ("sjunet.models.zoo_nets", "PadCatUNet"),
     "sjunet.models.nnunet:plain_conv_unet": ("sjunet.models.nnunet", "plain_conv_unet"),
+    "sjunet.models.nnunet:anisotropic_plain_conv_unet": ("sjunet.models.nnunet", "anisotropic_plain_conv_unet"),
     "sjunet.models.nnunet:residual_encoder_unet": ("sjunet.models.nnunet", "residual_encoder_unet"),
     "monai.networks.nets:BasicUNet": ("monai.networks.nets", "BasicUNet"),
     "monai.networks.nets:UNet": ("monai.networks.nets", "UNet"),

@@ -60,6 +60,28 @@ def plain_conv_unet(input_channels: int = 1, num_classes: int = 2, n_stages: int
                   norm, nonlin, n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage)
 
 
+def anisotropic_plain_conv_unet(input_channels: int = 1, num_classes: int = 2, n_stages: int = 4,
+                                base_features: int = 16, max_features: int = 320, norm: str | None = "batch",
+                                nonlin: str = "relu", n_conv_per_stage: int = 2) -> nn.Module:
+    """A 3-D ``PlainConvUNet`` as nnU-Net plans it for strongly anisotropic volumes (serial-section
+    EM: sections far apart, pixels small): the first stage works in-plane only (kernel (1, 3, 3),
+    stride (1, 1, 1)), the second pools in-plane only (stride (1, 2, 2)), every later one pools all
+    axes (stride (2, 2, 2), kernel 3³). BatchNorm3d + ReLU by default (``norm``, ``nonlin`` as in
+    :func:`plain_conv_unet`). Input sides must be multiples of (2^(n_stages-2), 2^(n_stages-1),
+    2^(n_stages-1)) (D, H, W): (4, 8, 8) for the default 4 stages."""
+    from dynamic_network_architectures.architectures import unet
+
+    if isinstance(n_stages, bool) or not isinstance(n_stages, int) or n_stages < 2:
+        raise ValueError(f"n_stages must be an integer >= 2, got {n_stages!r}")
+    features = [min(base_features * 2 ** i, max_features) for i in range(n_stages)]
+    kernels = [(1, 3, 3)] + [(3, 3, 3)] * (n_stages - 1)
+    strides = [(1, 1, 1), (1, 2, 2)] + [(2, 2, 2)] * (n_stages - 2)
+    return unet.PlainConvUNet(input_channels, n_stages, features, kernel_sizes=kernels, strides=strides,
+                              num_classes=num_classes, conv_bias=True, deep_supervision=False,
+                              n_conv_per_stage=n_conv_per_stage, n_conv_per_stage_decoder=n_conv_per_stage,
+                              **_common(3, norm, nonlin))
+
+
 def residual_encoder_unet(input_channels: int = 1, num_classes: int = 2, n_stages: int = 5, base_features: int = 32,
                           max_features: int = 512, spatial_dims: int = 2, norm: str | None = "instance",
                           nonlin: str = "leakyrelu", n_blocks: int = 2) -> nn.Module:

@@ -11,6 +11,11 @@
 The module is FX-traceable (plain Python loops over ``nn.ModuleList`` unroll), so
 SpikingJelly's ``ann2snn`` converter and :mod:`sjunet.calibration` can trace it.
 Input height and width must be multiples of ``2**depth``.
+
+``spatial_dims=3`` builds the same network for volumes ``[N, C, D, H, W]`` (Conv3d, BatchNorm3d,
+AvgPool3d / MaxPool3d(2), ConvTranspose3d(k=2, s=2); layers named by :mod:`sjunet.dims`): depth,
+height and width must each be a multiple of ``2**depth``. The 2-D network, its state-dict keys and
+its checkpoint record are unchanged (``spatial_dims`` is recorded only when it is not 2).
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from sjunet import dims
 
 
 #: sanity limits of a config (a checkpoint's record is checked against them before building)
@@ -36,6 +43,8 @@ class UNetConfig:
     batch_norm: bool = False
     up_relu: bool = False
     pool: str = "avg"
+    #: 2: images [N, C, H, W]; 3: volumes [N, C, D, H, W]
+    spatial_dims: int = 2
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "base_width", "depth"):
@@ -54,17 +63,25 @@ class UNetConfig:
                              f"base_width × 2**depth = {self.base_width * 2**self.depth})")
         if self.pool not in ("avg", "max"):
             raise ValueError(f"UNetConfig.pool must be 'avg' or 'max', got {self.pool!r}")
+        if isinstance(self.spatial_dims, bool) or not isinstance(self.spatial_dims, int) or self.spatial_dims not in (2, 3):
+            raise ValueError(f"UNetConfig.spatial_dims must be 2 (images) or 3 (volumes), got {self.spatial_dims!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The checkpoint's ``model_config`` record (a 2-D config's is what it always was: no
+        ``spatial_dims`` key)."""
+        d = asdict(self)
+        if self.spatial_dims == 2:
+            del d["spatial_dims"]
+        return d
 
 
-def _double_conv(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
+def _double_conv(c_in: int, c_out: int, batch_norm: bool, nd: int = 2) -> nn.Sequential:
+    conv, bn = dims.layer("conv", nd), dims.layer("batch_norm", nd)
     layers: list[nn.Module] = []
     for a, b in ((c_in, c_out), (c_out, c_out)):
-        layers.append(nn.Conv2d(a, b, 3, padding=1, bias=not batch_norm))
+        layers.append(conv(a, b, 3, padding=1, bias=not batch_norm))
         if batch_norm:
-            layers.append(nn.BatchNorm2d(b))
+            layers.append(bn(b))
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
@@ -76,30 +93,31 @@ class UNet(nn.Module):
         super().__init__()
         config = config or UNetConfig(**kwargs)
         self.config = config
-        w, d = config.base_width, config.depth
+        w, d, nd = config.base_width, config.depth, config.spatial_dims
         widths = [w * 2**i for i in range(d + 1)]
         self.down = nn.ModuleList()
         c_in = config.in_channels
         for i in range(d):
-            self.down.append(_double_conv(c_in, widths[i], config.batch_norm))
+            self.down.append(_double_conv(c_in, widths[i], config.batch_norm, nd))
             c_in = widths[i]
-        pool = nn.AvgPool2d if config.pool == "avg" else nn.MaxPool2d
+        pool = dims.layer("avg_pool" if config.pool == "avg" else "max_pool", nd)
         self.pool = nn.ModuleList(pool(2) for _ in range(d))
-        self.bottom = _double_conv(widths[d - 1], widths[d], config.batch_norm)
+        self.bottom = _double_conv(widths[d - 1], widths[d], config.batch_norm, nd)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for i in reversed(range(d)):
-            up: nn.Module = nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+            up: nn.Module = dims.layer("conv_t", nd)(widths[i + 1], widths[i], 2, stride=2)
             if config.up_relu:
                 up = nn.Sequential(up, nn.ReLU())
             self.up.append(up)
-            self.dec.append(_double_conv(2 * widths[i], widths[i], config.batch_norm))
-        self.head = nn.Conv2d(widths[0], config.out_channels, 1)
+            self.dec.append(_double_conv(2 * widths[i], widths[i], config.batch_norm, nd))
+        self.head = dims.layer("conv", nd)(widths[0], config.out_channels, 1)
 
     @property
-    def size_multiple(self) -> int:
-        """Input height/width must be a multiple of this."""
-        return 2 ** self.config.depth
+    def size_multiple(self) -> int | tuple[int, ...]:
+        """Input height/width must be a multiple of this (volumes: one multiple per axis, D, H, W)."""
+        m = 2 ** self.config.depth
+        return m if self.config.spatial_dims == 2 else (m,) * self.config.spatial_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -10,6 +10,7 @@ BENCHMARKS = {
     "conversion": ".conversion",
     "finetune": ".finetune_table",
     "ftrecipe": (".finetune_table", "recipe"),
+    "ftladder": (".finetune_table", "ladder"),
     "step_cost": ".step_cost",
     "tables12": (".paper_tables", "tables12"),
     "ladders": (".paper_tables", "ladders"),
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
     mod_name, fn_name = target if isinstance(target, tuple) else (target, "run")
     module = importlib.import_module(mod_name, __package__)
     fn = getattr(module, fn_name)
-    profiles = getattr(module, "RECIPE_PROFILES" if fn_name == "recipe" else "PROFILES", {})
+    profiles = getattr(module, {"recipe": "RECIPE_PROFILES", "ladder": "LADDER_PROFILES"}.get(fn_name, "PROFILES"), {})
     if profiles and a.profile not in profiles:
         ap.error(f"{a.name} has no {a.profile!r} profile (it has {', '.join(profiles)})")
     kw = {"device": a.device} if "device" in fn.__code__.co_varnames else {}

@@ -8,6 +8,11 @@
 * ``ftrecipe`` — the ablation that chose that recipe: objective (label loss, distillation from the
   ANN, both) × learning rate (fixed or ``auto``), on DRIVE (the retinal set where width 64 broke
   the old default) at T = 4, at widths 16 and 64.
+* ``ftladder`` — the ``finetune`` table at T = 1 and 2 on EM, DRIVE and BSD68 with Theorem 3.1's threshold
+  ladder (``thresholds="theorem"``: 0.5, 0.25, 0.125, 0.0625) instead of the paper's (2, 1, 0.5, 0.25).
+
+Every row reports the validation score fine-tuning chose on (the input's → the kept one) beside
+the test images' before / after, on the data set's headline metric, every image whole.
 
 The ANNs and statistics are those of the paper tables (``benchmarks/results/<profile>/<dataset>/``,
 trained there if missing); every (dataset, T) row is cached in the results JSON, so an interrupted
@@ -15,6 +20,7 @@ run resumes where it stopped.
 
     python -m sjunet.benchmarks finetune --profile cpu --data ../shared/data [--dataset em,drive]
     python -m sjunet.benchmarks ftrecipe --profile cpu --data ../shared/data
+    python -m sjunet.benchmarks ftladder --profile cpu --data ../shared/data
 """
 from __future__ import annotations
 
@@ -30,6 +36,11 @@ PROFILES = {
     "paper": dict(datasets=["em", "drive", "bsd68", "camseq"], T=[1, 2, 4], extra_T={"bsd68": [5], "camseq": [10]},
                   ann_profile="paper", ft_minutes=10.0, ft_epochs=100, batch=8, limit=None, val_limit=None),
 }
+
+#: ``ftladder``: the fine-tuning table with Theorem 3.1's ladder at low T (EM and DRIVE; cached ANNs reused)
+LADDER_PROFILES = {name: {**p, "T": [1, 2], "extra_T": {}, "ladder": "theorem",
+                          **({"datasets": ["em", "drive", "bsd68"]} if name != "smoke" else {"T": [1]})}
+                   for name, p in PROFILES.items()}
 
 #: the recipe ablation: per width, the objectives and learning rates tried ("auto": lr_range_test)
 RECIPE_PROFILES = {
@@ -51,6 +62,17 @@ def _key(r: dict) -> str:
 
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    """``finetune``: the table with the default threshold ladder (module docstring)."""
+    return _run("finetune", PROFILES[profile], profile, data, device, dataset)
+
+
+def ladder(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    """``ftladder``: the same table with Theorem 3.1's ladder (``thresholds="theorem"``, 0.5 … 0.0625)
+    at T = 1 and 2 on EM, DRIVE and BSD68 — the low-T regime where the paper's ladder leaves a bit idle."""
+    return _run("ftladder", LADDER_PROFILES[profile], profile, data, device, dataset)
+
+
+def _run(bench: str, p: dict, profile: str, data, device: str, dataset: str | None) -> dict:
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
     from sjunet.recipe import convert, load_snn, save_snn
@@ -59,9 +81,10 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     from .common import RESULTS, write_results
     from .tables_common import _eval_options, _prepare, _previous_rows
 
-    p = PROFILES[profile]
     names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]
-    previous = {(r["dataset"], r["T"]): r for r in _previous_rows("finetune", profile, p, key="id").values()}
+    ladder = p.get("ladder")
+    tag = f"_{ladder}" if ladder else ""
+    previous = {(r["dataset"], r["T"]): r for r in _previous_rows(bench, profile, p, key="id").values()}
     rows: list[dict] = []
     for name in names:
         pa, _, d, ann, stats = _prepare(p["ann_profile"], name, data, device)
@@ -75,20 +98,20 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
             if prev is not None and prev["ann_fingerprint"] == stats.model_fingerprint and "metric" in prev:
                 rows.append(prev)
                 continue
-            snn = convert(ann, stats)
-            path = save_snn(snn, out / f"snn_T{T}.safetensors")
+            snn = convert(ann, stats, thresholds=ladder)
+            path = save_snn(snn, out / f"snn{tag}_T{T}.safetensors")
             conv = evaluate_snn(snn, test, [T], task, **ev)
-            ft = _finetune(path, out / f"ft_T{T}.safetensors", d, data, T, device,
+            ft = _finetune(path, out / f"ft{tag}_T{T}.safetensors", d, data, T, device,
                            {"batch": p["batch"], "val_limit": val_limit(p["val_limit"], name), "epochs": p["ft_epochs"],
                             "minutes": p["ft_minutes"], **({"trial_iters": p["trial_iters"]} if "trial_iters" in p else {})})
-            after = evaluate_snn(load_snn(out / f"ft_T{T}.safetensors")[0], test, [T], task, **ev)
+            after = evaluate_snn(load_snn(out / f"ft{tag}_T{T}.safetensors")[0], test, [T], task, **ev)
             rows.append({"id": f"{name}@{T}", "dataset": name, "T": T, "ann_fingerprint": stats.model_fingerprint,
+                         "thresholds": list(snn.record.conversion.thresholds or []),
                          "metric": task.metric, "test_images": len(test) if ev["limit"] is None else ev["limit"],
                          "ann": conv["ann"], "converted": conv["T"][str(T)], "finetuned": after["T"][str(T)], **ft})
-            write_results("finetune", profile, _table(rows, p, profile), {"profile": profile, "settings": p,
-                                                                           "rows": rows})
+            write_results(bench, profile, _table(rows, p, profile), {"profile": profile, "settings": p, "rows": rows})
     table = _table(rows, p, profile)
-    path = write_results("finetune", profile, table, {"profile": profile, "settings": p, "rows": rows})
+    path = write_results(bench, profile, table, {"profile": profile, "settings": p, "rows": rows})
     return {"table": table, "rows": rows, "path": str(path)}
 
 
@@ -102,7 +125,8 @@ def _cells(r: dict) -> tuple[str, float, str, str]:
 
 
 def _table(rows: list[dict], p: dict, profile: str) -> str:
-    lines = [f"Spiking-flow fine-tuning ({profile} profile; default recipe; budget {p['ft_minutes']} min per T, lr "
+    ladder = f"threshold ladder {p['ladder']!r}" if p.get("ladder") else "the default threshold ladder (2, 1, 0.5, 0.25)"
+    lines = [f"Spiking-flow fine-tuning ({profile} profile; {ladder}; default recipe; budget {p['ft_minutes']} min per T, lr "
              "auto included; whole images; cells: value (× ANN)). The checkpoint is chosen on validation (its "
              "before → after on the left); test is reported, never used to choose.", "",
              "| dataset | metric | T | validation: input → kept | ANN (test) | converted (test) | fine-tuned (test) | "

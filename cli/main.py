@@ -396,7 +396,9 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
 @click.option("--neuron", type=click.Choice(["mt", "if", "ml", "rs"]), default="mt", show_default=True,
               help="mt: multi-threshold; if: integrate-and-fire; ml, rs: the paper's peers (sjunet.peer_neurons)")
 @click.option("--thresholds", default=None,
-              help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if and rs, 3,2,1 for ml)")
+              help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if and rs, 3,2,1 for ml), "
+                   "or a name: paper (2,1,0.5,0.25) or theorem (0.5,0.25,0.125,0.0625: Theorem 3.1's optimum for the "
+                   "normalised [0, 1] — better at T = 1–4)"),
 @click.option("--v-init", default="half", show_default=True,
               help="membrane potential after reset: half (θ_min/2, rounding), zero (the paper) or a number")
 @click.option("--task", type=click.Choice(["segmentation", "denoising"]), default=None,
@@ -412,9 +414,13 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     from sjunet.recipe import ConversionOptions, convert as convert_fn
 
     try:
-        ladder = tuple(float(t) for t in thresholds.split(",")) if thresholds else None
+        from sjunet.neurons import LADDERS
+
+        ladder = LADDERS[thresholds] if thresholds in LADDERS else (
+            tuple(float(t) for t in thresholds.split(",")) if thresholds else None)
     except ValueError:
-        raise InputError(f"--thresholds takes comma-separated numbers, got {thresholds!r}") from None
+        raise InputError(f"--thresholds takes comma-separated numbers or a name ({', '.join(LADDERS)}), "
+                         f"got {thresholds!r}") from None
     ConversionOptions(norm, neuron, ladder, v_init).check()
     _claim_output(output, force)
     ann, info = _load_ann(model, arch, arch_kwargs, weights)

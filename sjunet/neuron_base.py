@@ -51,6 +51,27 @@ def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[
     return tuple(float(top * ratio**i) for i in range(n))
 
 
+#: named ladders (``--thresholds NAME``): ``paper`` — the paper's Table 4 choice and the MT default,
+#: (2, 1, 0.5, 0.25), tuned at the paper's T of 10–50; ``theorem`` — Theorem 3.1's optimum for a
+#: membrane in [0, 1], (0.5, 0.25, 0.125, 0.0625). The normalisation puts the 99.9th percentile of
+#: every activation at 1, so the paper's top threshold (2) fires for almost nothing and one of its
+#: four bits is idle; the theorem's ladder spends all four on [0, 1] (one step at 1/16 instead of
+#: 1/4), which matters at T = 1–2 and costs a cap of 0.9375 per step on the rare values above 1.
+LADDERS: dict[str, tuple[float, ...]] = {"paper": threshold_ladder(4), "theorem": threshold_ladder(4, top=0.5)}
+
+
+def named_ladder(thresholds: "str | Sequence[float] | None") -> "tuple[float, ...] | None":
+    """A ladder given by name (:data:`LADDERS`) or as numbers (returned as a tuple); None stays None."""
+    if thresholds is None:
+        return None
+    if isinstance(thresholds, str):
+        if thresholds not in LADDERS:
+            raise ValueError(f"unknown threshold ladder {thresholds!r}; name one of {', '.join(LADDERS)} or give the "
+                             "thresholds, largest first")
+        return LADDERS[thresholds]
+    return tuple(float(t) for t in thresholds)
+
+
 def validate_ladder(thresholds: Sequence[float]) -> tuple[float, ...]:
     """Return the ladder as a tuple of floats; refuse an empty, unsorted or non-positive one."""
     th = tuple(float(t) for t in thresholds)

@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from sjunet.mt_neurons import IFNode, MultiThresholdNode, mt_step, mt_step_surrogate
-from sjunet.neuron_base import (AdvancedByStep, NeuronFactory, SpikingNeuron, is_halving, is_neuron, refuse_signed,
-                                set_recording, threshold_ladder, validate_ladder)
+from sjunet.neuron_base import (LADDERS, AdvancedByStep, NeuronFactory, SpikingNeuron, is_halving, is_neuron,
+                                named_ladder, refuse_signed, set_recording, threshold_ladder, validate_ladder)
 from sjunet.peer_neurons import MultiLevelNode, RealSpikeNode, ml_factory, rs_factory
 from sjunet.signed_neurons import (SignedMultiThresholdNode, leaky, signed_mt_step,
                                    signed_mt_step_surrogate)
@@ -61,7 +61,7 @@ FACTORIES: dict[str, tuple[tuple[float, ...], Callable[..., NeuronFactory]]] = {
     "rs": ((1.0,), rs_factory),
 }
 
-__all__ = ["AdvancedByStep", "FACTORIES", "IFNode", "MultiLevelNode", "MultiThresholdNode", "NEURON_TYPES",
+__all__ = ["AdvancedByStep", "FACTORIES", "LADDERS", "named_ladder", "IFNode", "MultiLevelNode", "MultiThresholdNode", "NEURON_TYPES",
            "NeuronFactory", "RealSpikeNode", "SignedMultiThresholdNode", "SpikingNeuron", "StaticInputSynapse",
            "is_halving", "is_neuron", "leaky", "ml_factory", "mt_factory", "mt_step", "mt_step_surrogate",
            "refuse_signed", "rs_factory", "set_recording", "signed_mt_step", "signed_mt_step_surrogate",

@@ -42,7 +42,7 @@ from sjunet.calibration.store import CalibrationStats, read_stats
 from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
                           relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
 from sjunet.io import ArtifactError, file_fingerprint, model_fingerprint, provenance
-from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, validate_ladder
+from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, named_ladder, validate_ladder
 from sjunet.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
 from sjunet.dims import set_spatial_dims
 from sjunet.stages import ChannelAffine, Normalize, SpikingMaxPool2d
@@ -311,7 +311,7 @@ def convert(
     stats: CalibrationStats | str | Path,
     norm: str = "connection",
     neuron: str = "mt",
-    thresholds: Sequence[float] | None = None,
+    thresholds: Sequence[float] | str | None = None,
     output: str | Path | None = None,
     sources: dict | None = None,
     v_init: str | float = "half",
@@ -324,7 +324,8 @@ def convert(
 
     ``stats`` is a :class:`CalibrationStats` (``sjunet.calibrate(model, batches)``) or the path of
     an HDF5 file from ``sjunet calibrate``; statistics of another model are refused.
-    ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.SpikingNeuron`;
+    ``thresholds``: the ladder, largest first, or a name of :data:`sjunet.neurons.LADDERS`
+    (``"theorem"``: Theorem 3.1's (0.5, 0.25, 0.125, 0.0625), for T = 1–4). ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.SpikingNeuron`;
     for leaky ReLU / PReLU nodes ``factory(relu_name, negative_slope=α)``) replaces the ``neuron``
     name's factory. Instance / group / layer norms are converted with the fixed deviations σ̂ of
     the statistics (:mod:`sjunet.calibration.approximation`); when the gap that costs the ANN
@@ -339,7 +340,7 @@ def convert(
     if not isinstance(stats, CalibrationStats):
         stats_path = Path(stats)
         stats = read_stats(stats_path)
-    options = ConversionOptions(norm, neuron, tuple(thresholds) if thresholds else None, v_init)
+    options = ConversionOptions(norm, neuron, named_ladder(thresholds) if thresholds else None, v_init)
     with stages_are_leaves():
         snn = ann2snn.Converter(SpikingUNetRecipe(stats, options, neuron_factory, accept_gap),
                                 device="cpu").convert(model)

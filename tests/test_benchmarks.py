@@ -24,7 +24,7 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
             "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers",
-            "calibration": "calibration", "protocol": "protocol", "volume": "volume"}[name]
+            "calibration": "calibration", "protocol": "protocol", "ftladder": "ftladder", "volume": "volume"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table
@@ -38,6 +38,8 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
         assert all("converted" in r for r in rows if r["system"].endswith("FT"))
         assert (tmp_path / "peers-smoke-demo-seg.png").stat().st_size > 1000
     payload = json.loads(js.read_text())
+    if name == "ftladder":  # the rows were converted with the named ladder, and say so
+        assert all(r["thresholds"] == [0.5, 0.25, 0.125, 0.0625] for r in payload["rows"])
     if name == "protocol":  # the same images whole and by patches: the same ANN on each, so comparable
         runs = payload["runs"]
         assert {r["protocol"]["protocol"] for r in runs.values()} == {"whole", "patch"}

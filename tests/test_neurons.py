@@ -116,3 +116,24 @@ def test_output_flow_is_exact_integer_quanta_and_widens_before_overflow():
     m.record = True
     m(torch.tensor([1.5]))
     assert m.acc_output.is_floating_point() and float(m.output_flow()) == pytest.approx(1.4)
+
+
+def test_named_ladders_and_the_theorem_ladder_quantises_the_unit_interval_finer():
+    """``thresholds="theorem"`` is Theorem 3.1's ladder for a membrane in [0, 1]: one MT step of
+    V in [0, 0.95] (rounding start, v0 = θ_min/2; its cap is 0.9375) errs by at most 1/32 against 1/8
+    for the paper's ladder, whose top threshold 2 never fires below 1; unknown names are refused in
+    one line."""
+    import pytest
+
+    from sjunet.neurons import LADDERS, mt_step, named_ladder
+
+    assert named_ladder("theorem") == (0.5, 0.25, 0.125, 0.0625) and named_ladder("paper") == (2.0, 1.0, 0.5, 0.25)
+    assert named_ladder([1, 0.5]) == (1.0, 0.5) and named_ladder(None) is None
+    with pytest.raises(ValueError, match="unknown threshold ladder 'fine'; name one of paper, theorem"):
+        named_ladder("fine")
+    v = torch.linspace(0, 0.95, 2001)
+    errs = {}
+    for name, ladder in LADDERS.items():
+        o, _, _ = mt_step(v, torch.full_like(v, ladder[-1] / 2), ladder)
+        errs[name] = float((o - v).abs().max())
+    assert errs["theorem"] <= 1 / 32 + 1e-6 and errs["paper"] >= 1 / 8 - 1e-3

@@ -398,7 +398,7 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
 @click.option("--thresholds", default=None,
               help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if and rs, 3,2,1 for ml), "
                    "or a name: paper (2,1,0.5,0.25) or theorem (0.5,0.25,0.125,0.0625: Theorem 3.1's optimum for the "
-                   "normalised [0, 1] — better at T = 1–4)"),
+                   "normalised [0, 1] — better at T = 1–4)")
 @click.option("--v-init", default="half", show_default=True,
               help="membrane potential after reset: half (θ_min/2, rounding), zero (the paper) or a number")
 @click.option("--task", type=click.Choice(["segmentation", "denoising"]), default=None,

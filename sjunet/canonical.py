@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from sjunet import dims
-from sjunet.graph import SYNAPTIC_TYPES, Blocker, UnsupportedGraphError, _target_name, _where, module_of
+from sjunet.errors import UnsupportedGraphError
+from sjunet.graph_base import SYNAPTIC_TYPES, Blocker, _target_name, _where, module_of
 from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample
 
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,

@@ -56,10 +56,9 @@ from torch import fx, nn
 
 from sjunet import dims
 from sjunet.errors import UnsupportedGraphError  # re-exported: sjunet.graph.UnsupportedGraphError
+from sjunet.graph_base import SYNAPTIC_TYPES, Blocker, _target_name, _where, module_of  # re-exported
 from sjunet.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample, SpikingMaxPool2d
 
-#: the synaptic layers of the spatial dimensionalities converted (:data:`sjunet.dims.SUPPORTED`)
-SYNAPTIC_TYPES = tuple(dims.layer(op, nd) for nd in dims.SUPPORTED for op in ("conv", "conv_t"))
 AVG_POOL_TYPES = tuple(dims.layer("avg_pool", nd) for nd in dims.SUPPORTED)
 MAX_POOL_TYPES = tuple(dims.layer("max_pool", nd) for nd in dims.SUPPORTED)
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
@@ -67,21 +66,6 @@ PASS_KINDS = ("pool", "maxpool", "resample", "pad")  # per-channel, unit passes 
 
 
 # ----------------------------------------------------------------------------------- tracing
-
-@dataclass
-class Blocker:
-    """One reason a model cannot be converted: the node, the model's source line, a short label
-    (for the summary) and the cause with its remedy."""
-
-    node: str
-    op: str
-    where: str
-    label: str
-    detail: str
-
-    def line(self) -> str:
-        return f"node {self.node!r} ({self.op}){self.where}: {self.detail}"
-
 
 @dataclass
 class Trace:
@@ -96,21 +80,6 @@ class Trace:
     specialised: list[dict] = field(default_factory=list)
     size_rule: dict | None = None
     blockers: list[Blocker] = field(default_factory=list)
-
-
-def _where(node: fx.Node) -> str:
-    """The model's source line that created ``node`` (the last frame outside torch and sjunet)."""
-    lines = (node.stack_trace or "").strip().splitlines()
-    frames = [(lines[i].strip(), lines[i + 1].strip()) for i in range(len(lines) - 1)
-              if lines[i].strip().startswith("File ")]
-    user = [f for f in frames if "/torch/" not in f[0] and "/sjunet/" not in f[0]]
-    if not user:
-        return ""
-    loc, code = user[-1]
-    loc = loc.replace("File ", "").replace('"', "")
-    if "site-packages/" in loc:  # an installed package: its path from the package on
-        loc = loc.split("site-packages/", 1)[1]
-    return f" ({loc}: {code})"
 
 
 class _ShapeProxy(fx.Proxy):
@@ -130,10 +99,6 @@ class _ShapeProxy(fx.Proxy):
 class _ShapeAttribute(fx.proxy.Attribute):
     def __len__(self) -> int:
         return len(self.tracer._evaluate(self.node))
-
-
-def _target_name(target) -> str:
-    return getattr(target, "__name__", str(target))
 
 
 #: functions whose size arguments (position, keyword), when computed from shapes, are specialised
@@ -468,10 +433,6 @@ def signature(gm: fx.GraphModule) -> list[tuple[str, str, str]]:
 
 
 # ------------------------------------------------------------------------------------- kinds
-
-def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
-
 
 def relu_cap(m: nn.Module) -> float | None:
     """The cap ``a`` of a ``Hardtanh(0, a)`` / ``ReLU6`` (None for a plain ReLU)."""

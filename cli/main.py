@@ -713,10 +713,12 @@ def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, styl
 @_fail_cleanly
 def plot_metric_vs_t(results, metric, output, force):
     """Metric against T from `sjunet evaluate` JSON files."""
+    from sjunet.curves import load_results
     from sjunet.plots import plot as plot_fn
 
     _claim_output(output, force)
-    plot_fn("metric-vs-T", results=list(results), metric=metric, output=output)
+    plot_fn("metric-vs-T", results=[load_results(p) for p in results], stems=[Path(p).stem for p in results],
+            metric=metric, output=output)
     click.echo(f"-> {output}")
 
 
@@ -731,8 +733,11 @@ def plot_metric_vs_energy(frontiers, metric, labels, output, force):
     """Metric against energy (paper, SOP, NeuroBench conventions) from `sjunet energy -o` frontiers."""
     from sjunet.plots import plot as plot_fn
 
+    from sjunet.curves import load_results
+
     _claim_output(output, force)
-    plot_fn("metric-vs-energy", frontiers=list(frontiers), metric=metric, labels=list(labels) or None, output=output)
+    plot_fn("metric-vs-energy", frontiers=[load_results(p, "frontier") for p in frontiers],
+            stems=[Path(p).stem for p in frontiers], metric=metric, labels=list(labels) or None, output=output)
     click.echo(f"-> {output}")
 
 
@@ -801,8 +806,10 @@ def plot_histograms(stats, output, force):
     """Per-layer activation histograms from the calibration HDF5, percentile marked."""
     from sjunet.plots import plot as plot_fn
 
+    from sjunet.calibration.store import read_stats
+
     _claim_output(output, force)
-    plot_fn("histograms", stats=stats, output=output)
+    plot_fn("histograms", stats=read_stats(stats), output=output)
     click.echo(f"-> {output}")
 
 

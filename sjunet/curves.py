@@ -126,11 +126,16 @@ def load_results(path: str | os.PathLike, kind: str = "results") -> dict:
         raise ArtifactError(f"{p}: not {what} ({' '.join(str(e).split())[:200]}); {hint}") from None
 
 
-def _load_result(r, kind: str = "results") -> tuple[dict, str | None]:
-    if isinstance(r, Mapping):
-        return check_results(dict(r), kind), None
-    p = Path(r)
-    return load_results(p, kind), p.stem
+def _checked(results: Sequence, stems: Sequence[str] | None, kind: str = "results") -> list[tuple[dict, str | None]]:
+    """Each result (a dict: the library takes objects; files are read by :func:`load_results`, as
+    the CLI does) checked, beside its fallback name (``stems``: the CLI passes the file stems)."""
+    out = []
+    for i, r in enumerate(results):
+        if not isinstance(r, Mapping):
+            raise TypeError(f"give {kind} as dicts (read a file with sjunet.curves.load_results), got "
+                            f"{type(r).__name__}")
+        out.append((check_results(dict(r), kind), stems[i] if stems is not None and i < len(stems) else None))
+    return out
 
 
 def _label_of(res: dict, stem: str | None, i: int) -> str:
@@ -168,16 +173,19 @@ def metric_vs_T(
     output: str | os.PathLike = "metric_vs_T.png",
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    stems: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metric against T (log x) of ``sjunet evaluate`` results (paths or dicts), one line per SNN
-    result, the ANN as a horizontal dashed line. ``metric=None``: every ``f1_*`` metric for binary
-    segmentation, ``psnr`` for denoising, ``miou`` for multi-class (one panel per metric).
+    """Metric against T (log x) of ``sjunet evaluate`` results (dicts; :func:`load_results` reads a
+    file), one line per SNN result, the ANN as a horizontal dashed line. ``metric=None``: every
+    ``f1_*`` metric for binary segmentation, ``psnr`` for denoising, ``miou`` for multi-class (one
+    panel per metric). Labels: ``labels``, else each result's conversion (norm, neuron), else its
+    name in ``stems`` (the CLI passes the file names), else ``result i``.
 
     Returns ``{metric: {label: {"T": [...], "values": [...], "ann": value or None}}}``.
     """
-    if isinstance(results, (str, os.PathLike, Mapping)):
+    if isinstance(results, Mapping):
         results = [results]
-    loaded = [_load_result(r) for r in results]
+    loaded = _checked(results, stems)
     if not loaded:
         raise ValueError("give at least one result")
     if labels is not None and len(labels) != len(loaded):
@@ -254,13 +262,14 @@ def metric_vs_energy(
     output: str | os.PathLike = "metric_vs_energy.png",
     labels: Sequence[str] | None = None,
     title: str | None = None,
+    stems: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metric against energy per image (log x), one panel per convention (paper, SOP, NeuroBench),
-    one curve per frontier (``sjunet energy -o`` JSON paths or dicts; points labelled by T), the
-    ANN as a star. Returns ``{convention: {label: {"energy": [...], "metric": [...], "T": [...]}}}``."""
+    one curve per frontier (dicts of ``sjunet energy -o``; :func:`load_results` reads a file with
+    ``kind="frontier"``; points labelled by T; ``stems``: fallback names), the ANN as a star. Returns ``{convention: {label: {"energy": [...], "metric": [...], "T": [...]}}}``."""
     from sjunet.energy_report import CONVENTION_KEYS, metric_key
 
-    loaded = [_load_result(f, "frontier") for f in frontiers]
+    loaded = _checked(frontiers, stems, "frontier")
     if not loaded:
         raise ValueError("give at least one frontier (sjunet energy -o FILE)")
     if labels is not None and len(labels) != len(loaded):

@@ -237,18 +237,20 @@ def activation_vs_rate(
     subsample of ``max_points``. Fits use all points: ``slope``/``intercept`` from least squares
     with intercept, ``slope_origin`` through the origin, Pearson ``r``, ``n`` points.
 
-    ``stats`` (optional, CalibrationStats or HDF5 path): if given, its model fingerprint is
+    ``stats`` (optional, a CalibrationStats): if given, its model fingerprint is
     checked against ``model``. Returns ``{layer: {label: {slope, intercept, slope_origin, r, n}}}``
     and, with ``output``, writes the figure and the same numbers as JSON beside it (``.json``).
     """
     if style not in ("density", "scatter"):
         raise ValueError(f"style must be 'density' or 'scatter', got {style!r}")
     if stats is not None:
-        from sjunet.calibration.store import CalibrationStats, read_stats
+        from sjunet.calibration.store import CalibrationStats
         from sjunet.io import model_fingerprint
 
-        st = stats if isinstance(stats, CalibrationStats) else read_stats(stats)
-        st.check_model(model_fingerprint(model))
+        if not isinstance(stats, CalibrationStats):
+            raise TypeError(f"give the statistics as a CalibrationStats (read a file with "
+                            f"sjunet.calibration.store.read_stats), got {type(stats).__name__}")
+        stats.check_model(model_fingerprint(model))
     points, info = activation_rate_points(model, snns, images, T, layers, chunk, multiple)
     fits = {k: {label: fit_line(*xy) for label, xy in per.items()} for k, per in points.items()}
     if output is None:
@@ -327,8 +329,9 @@ def histograms(
     columns: int = 4,
     title: str | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Grid of per-layer activation histograms from calibration statistics (an HDF5 path written
-    by ``sjunet calibrate`` or a :class:`~sjunet.calibration.CalibrationStats`), with the
+    """Grid of per-layer activation histograms from calibration statistics (a
+    :class:`~sjunet.calibration.CalibrationStats`: ``calibrate``'s result, or ``read_stats`` of the
+    HDF5 file ``sjunet calibrate`` writes), with the
     percentile λ (``p99.9 = …``) and the maximum marked. ``nodes``: FX node names (default: the
     nodes whose role is in ``roles``, in graph order: every ReLU, every concatenation and its
     parts, and the linear stages — up-convolutions feeding a concatenation and the output layer;
@@ -336,9 +339,12 @@ def histograms(
 
     Returns ``{node: {"percentile", "p", "max", "role"}}``.
     """
-    from sjunet.calibration.store import CalibrationStats, read_stats
+    from sjunet.calibration.store import CalibrationStats
 
-    st = stats if isinstance(stats, CalibrationStats) else read_stats(stats)
+    if not isinstance(stats, CalibrationStats):
+        raise TypeError(f"give the statistics as a CalibrationStats (read a file with "
+                        f"sjunet.calibration.store.read_stats), got {type(stats).__name__}")
+    st = stats
     roles = tuple(roles)
     if nodes is None:
         names = [n for n, s in st.nodes.items() if s.role in roles]
@@ -455,7 +461,7 @@ def plot(kind: str, **kwargs) -> Any:
       ``snns=`` (a dict of modules) and ``images=`` are accepted as in :func:`activation_vs_rate`.
     * ``"metric-vs-T"``: :func:`sjunet.curves.metric_vs_T` (``results=[...]``).
     * ``"metric-vs-energy"``: :func:`sjunet.curves.metric_vs_energy` (``frontiers=[...]``).
-    * ``"histograms"``: :func:`histograms` (``stats=path``).
+    * ``"histograms"``: :func:`histograms` (``stats=``: a CalibrationStats).
     """
     if kind == "activation-vs-rate":
         if "snns" in kwargs:

@@ -6,7 +6,8 @@ import torch
 
 from helpers import SkewedSkipNet, batches
 from sjunet.calibration import calibrate
-from sjunet.curves import metric_vs_T
+from sjunet.calibration.store import read_stats
+from sjunet.curves import load_results, metric_vs_T
 from sjunet.plots import activation_vs_rate, fit_line, histograms, plot
 from sjunet.recipe import convert, load_snn
 
@@ -96,7 +97,7 @@ def test_metric_vs_T(tmp_path):
     p2 = tmp_path / "r2.json"
     p2.write_text(json.dumps(r2))
     out = tmp_path / "mt.png"
-    res = metric_vs_T([r1, p2], output=out)
+    res = metric_vs_T([r1, load_results(p2)], output=out)
     assert set(res) == {"f1_membrane", "f1_interior"}  # every f1_* key by default
     assert res["f1_membrane"]["connection-wise (MT)"] == {"T": [10, 20, 50], "values": [0.7, 0.8, 0.85], "ann": 0.9}
     assert out.read_bytes()[:8] == PNG_MAGIC
@@ -112,11 +113,13 @@ def test_histograms_from_hdf5(tmp_path):
     h5 = tmp_path / "stats.h5"
     calibrate(model, batches(), output=h5, progress=False, nbins=1 << 12)
     out = tmp_path / "hist.png"
-    res = histograms(h5, out)
+    res = histograms(read_stats(h5), out)
     assert {"relu1", "relu2", "relu3", "cat"} <= set(res)
     assert all(v["percentile"] <= v["max"] for v in res.values())
     assert out.read_bytes()[:8] == PNG_MAGIC
-    res = plot("histograms", stats=h5, output=tmp_path / "h.svg", nodes=["relu3"], log=False)
+    res = plot("histograms", stats=read_stats(h5), output=tmp_path / "h.svg", nodes=["relu3"], log=False)
     assert list(res) == ["relu3"]
     with pytest.raises(ValueError, match="no statistics"):
-        histograms(h5, tmp_path / "x.png", nodes=["nope"])
+        histograms(read_stats(h5), tmp_path / "x.png", nodes=["nope"])
+    with pytest.raises(TypeError, match="give the statistics as a CalibrationStats"):
+        histograms(h5, tmp_path / "x.png")  # the library takes objects; files are read at the edge

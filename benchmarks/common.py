@@ -98,6 +98,28 @@ def matching_stats(ann, path: str | os.PathLike):
     return stats if stats.model_fingerprint == model_fingerprint(ann) else None
 
 
+def cached_ann(opts, factory: str | None):
+    """The ANN ``opts`` (a :class:`sjunet.training.TrainOptions`) trains, cached in ``opts.output``:
+    reused when the file was trained with the same options (output, device and data directory
+    aside), else trained again. ``factory``: the architecture the benchmark chose (trusted, so the
+    file's own name for it is not needed). Returns ``(ann, checkpoint)``."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from sjunet.models.checkpoint import load_ann
+    from sjunet.training import train
+
+    path = Path(opts.output)
+    same = {k: v for k, v in json.loads(json.dumps(asdict(opts))).items() if k not in ("output", "device", "data")}
+    if path.exists():
+        ann, ckpt = load_ann(path, trust_arch=factory)
+        if {k: ckpt["options"].get(k) for k in same} == same:
+            return ann, ckpt
+    train(opts, progress=False, force=True)
+    return load_ann(path, trust_arch=factory)
+
+
 def cached_stats(ann, path: str | os.PathLike, dataset: str, data, options: dict, device: str = "cpu",
                  batch_size: int = 4):
     """:func:`matching_stats` at ``path``, or else calibrate ``ann`` on ``dataset``'s training split

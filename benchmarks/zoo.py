@@ -61,11 +61,9 @@ PROFILES = {
 
 def _ann(name: str, p: dict, out: Path, data, device: str):
     """The architecture's ANN: cached in ``out/ann.pt`` when trained with the same options."""
-    import json
-    from dataclasses import asdict
+    from sjunet.training import TrainOptions
 
-    from sjunet.models.checkpoint import load_ann
-    from sjunet.training import TrainOptions, train
+    from .common import cached_ann
 
     factory, kwargs = ARCHITECTURES[name]
     path = out / "ann.pt"
@@ -74,13 +72,7 @@ def _ann(name: str, p: dict, out: Path, data, device: str):
     opts = TrainOptions(dataset=p["dataset"], data=data, output=str(path), epochs=p["epochs"], batch_size=p["batch"],
                         optimizer="adam", lr=p["lr"], max_minutes=p["train_minutes"], device=device, seed=0,
                         dataset_options={**p["data_options"], **p["train_options"]}, **arch)
-    same = {k: v for k, v in json.loads(json.dumps(asdict(opts))).items() if k not in ("output", "device", "data")}
-    if path.exists():
-        ann, ckpt = load_ann(path, trust_arch=factory)  # the benchmark chose the factory, not the file
-        if {k: ckpt["options"].get(k) for k in same} == same:
-            return ann, ckpt
-    train(opts, progress=False, force=True)
-    return load_ann(path, trust_arch=factory)
+    return cached_ann(opts, factory)  # the benchmark chose the factory, not the file
 
 
 def _row(name: str, p: dict, out: Path, data, device: str) -> dict:

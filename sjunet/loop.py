@@ -19,6 +19,8 @@ loss of a batch (the *step*) and in what they save.
   handed to ``save_best`` (which writes atomically). With ``baseline=True`` (fine-tuning) the
   model is validated before the first step and that score is the bar: the output is always
   written and is the best of {input, every validation}; the summary says which and by how much.
+  ``min_gain``: to displace the input, a validation must beat it by more than that fraction of
+  the input's score (fine-tuning: 0.1 %) — smaller gains are the validation set's noise.
 * **Budgets.** They bound the *training*: ``max_minutes`` counts from the first training step
   (set-up — loading, preprocessing — and the baseline validation are not counted; they are
   timed and reported in the summary's ``timing``), and is checked after every iteration (stop at
@@ -112,6 +114,8 @@ class LoopOptions:
     #: iterations / minutes of the budgets already spent on the run's behalf before the loop (lr trials)
     reserved_iters: int = 0
     reserved_minutes: float = 0.0
+    #: the relative margin a validation must beat the baseline (the input) by to replace it (0: any gain)
+    min_gain: float = 0.0
     #: the name of the selection metric, for messages ("f1_vessel"; :attr:`sjunet.tasks.SegmentationTask.metric`)
     metric: str = "score"
 
@@ -407,7 +411,10 @@ def fit(
         if show:
             loss = f"loss {entry['loss']:.4f}  " if entry["loss"] is not None else ""
             tqdm.write(f"{where}: {loss}val {format_metrics(val)}  (selection: {metric} {score:.4f})")
-        if st["best"] is None or score > st["best"]["score"]:
+        bar = None if st["best"] is None else st["best"]["score"]
+        if bar is not None and st["best"]["at"] == "input" and not at:  # displacing the input needs a margin
+            bar += options.min_gain * abs(bar)
+        if bar is None or score > bar:
             st["best"] = entry
             if w.main:
                 save_best(entry, list(st["history"]))
@@ -534,7 +541,7 @@ def fit(
         "history": st["history"],
         "best": best,
         "baseline": base,
-        "improved": best is not None and (base is None or best["score"] > base["score"]),
+        "improved": best is not None and (base is None or best["at"] != "input"),
         "improvement": best["score"] - base["score"] if best is not None and base is not None else None,
         "stopped": stopped,
         "stopped_message": message,

@@ -196,6 +196,17 @@ def test_the_starting_score_is_the_bar(tmp_path):
     assert s["improved"] and s["improvement"] == pytest.approx(0.3)
 
 
+def test_displacing_the_input_needs_the_margin(tmp_path):
+    """With ``min_gain`` a validation must beat the input by more than that fraction of its score;
+    once a fine-tuned checkpoint is the best, any gain over it counts."""
+    saves = []
+    _, _, s = _run(tmp_path, saves=saves, scores=[0.5, 0.5004, 0.4], baseline=True, min_gain=1e-3)
+    assert [e["at"] for e in saves] == ["input"] and not s["improved"]  # +0.08 %: noise, the input stays
+    saves = []
+    _, _, s = _run(tmp_path / "b", saves=saves, scores=[0.5, 0.5006, 0.5007], baseline=True, min_gain=1e-3)
+    assert [e["at"] for e in saves] == ["input", "epoch 1", "epoch 2"] and s["improved"]
+
+
 def test_bar_survives_resume(tmp_path):
     saves = []
     _run(tmp_path, saves=saves, scores=[0.9, 0.5], baseline=True, max_iters=4)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 PROFILES = {
     "smoke": dict(dataset="demo-seg", ann_profile="smoke", T=[2], limit=2, patch_images=1, patch=(16, 8)),
-    "cpu": dict(dataset="drive", ann_profile="cpu", T=[2, 4], limit=None, patch_images=1, patch=None),
+    "cpu": dict(dataset="drive", ann_profile="cpu", T=[2, 4], limit=None, patch_images=4, patch=None),
     "gpu": dict(dataset="drive", ann_profile="gpu", T=[2, 4], limit=None, patch_images=4, patch=None),
 }
 

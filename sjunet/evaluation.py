@@ -67,19 +67,6 @@ def _ceil_to(v: int, m: int) -> int:
     return -(-int(v) // m) * m
 
 
-def _pad(x: torch.Tensor, ph: int, pw: int, mode: str = "reflect") -> torch.Tensor:
-    """Pad [B, C, H, W] by ``ph`` rows at the bottom and ``pw`` columns at the right: ``reflect``
-    (``replicate`` where the image is too small to reflect) or ``zero``."""
-    if not (ph or pw):
-        return x
-    if mode == "zero":
-        return F.pad(x, (0, pw, 0, ph))
-    if mode != "reflect":
-        raise ValueError(f"unknown padding {mode!r}; choose one of {', '.join(PAD_MODES)}")
-    h, w = x.shape[-2:]
-    return F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
-
-
 def _per_axis(multiple: int | Sequence[int], nd: int) -> tuple[int, ...]:
     """A size multiple (one for all axes, or one per axis) as ``nd`` positive ints."""
     if isinstance(multiple, (tuple, list)):
@@ -90,11 +77,9 @@ def _per_axis(multiple: int | Sequence[int], nd: int) -> tuple[int, ...]:
 
 
 def _pad_after(x: torch.Tensor, amounts: Sequence[int], mode: str = "reflect") -> torch.Tensor:
-    """Pad ``x`` ([B, C, *spatial]) by ``amounts[i]`` after the end of spatial axis i (images:
-    :func:`_pad`, bottom and right): ``reflect`` (``replicate`` where an axis is too short) or ``zero``."""
+    """Pad ``x`` ([B, C, *spatial]) by ``amounts[i]`` after the end of spatial axis i (images: the
+    bottom and the right): ``reflect`` (``replicate`` where an axis is too short to reflect) or ``zero``."""
     amounts = [int(a) for a in amounts]
-    if len(amounts) == 2 and x.dim() == 4:
-        return _pad(x, amounts[0], amounts[1], mode)
     if not any(amounts):
         return x
     pads = tuple(v for a in reversed(amounts) for v in (0, a))  # F.pad: the last axis first
@@ -110,11 +95,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int], mode: str = 
     """Pad [B, C, H, W] on the bottom/right to multiples of ``multiple`` (reflect when possible,
     or ``mode="zero"``). Volumes [B, C, D, H, W]: at the end of every axis, to ``multiple`` (one
     for all axes, or one per axis)."""
-    if x.dim() != 4 or isinstance(multiple, (tuple, list)):
-        ms = _per_axis(multiple, x.dim() - 2)
-        return _pad_after(x, [(-n) % m for n, m in zip(x.shape[2:], ms)], mode)
-    h, w = x.shape[-2:]
-    return _pad(x, (-h) % multiple, (-w) % multiple, mode)
+    ms = _per_axis(multiple, x.dim() - 2)
+    return _pad_after(x, [(-n) % m for n, m in zip(x.shape[2:], ms)], mode)
 
 
 # ------------------------------------------------------------------------------ protocol
@@ -245,56 +227,24 @@ def budget(device="cpu") -> int:
     return MAX_ELEMENTS
 
 
-def plan(protocol: Protocol, hw: Sequence[int], multiple: int | Sequence[int], cost: float | None = None,
+def plan(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int], cost: float | None = None,
          tileable: bool = True, elements: int = MAX_ELEMENTS) -> Layout:
-    """The :class:`Layout` of an ``H x W`` image under ``protocol`` for a network of size multiple
-    ``multiple`` and ``cost`` live activation elements per input pixel (:func:`activation_cost`),
-    tiled when a call would hold more than ``elements`` of them (or ``protocol.max_pixels`` pixels).
-    A ``D x H x W`` volume (``hw`` of 3 sizes; ``multiple`` one per axis or one for all): the same
-    per axis (:func:`_plan_nd`)."""
-    if len(hw) != 2 or isinstance(multiple, (tuple, list)):
-        return _plan_nd(protocol, hw, multiple, cost, tileable, elements)
-    h, w = (int(v) for v in hw)
-    if protocol.name == "patch":
-        hp, wp, corners = patch_grid(h, w, protocol.patch, protocol.stride)
-        return Layout("patch", (hp, wp), windows=len(corners), calls=-(-len(corners) // protocol.batch))
-    m = max(1, int(multiple))
-    hp, wp = _ceil_to(max(h, 1), m), _ceil_to(max(w, 1), m)
-    limit = protocol.max_pixels or (max(1, int(elements / cost)) if cost else None)
-    whole = Layout("whole", (hp, wp), max_pixels=limit)
-    forced = protocol.name == "tiled"
-    if not tileable:
-        if forced:
-            raise ValueError("this SNN's conversion holds only for inputs of the size it was converted at: it cannot "
-                             "be tiled; use --protocol whole")
-        return whole
-    if not forced and (limit is None or hp * wp <= limit):
-        return whole
-    margin = _ceil_to(TILE_OVERLAP if protocol.overlap is None else protocol.overlap, m)
-    if protocol.tile:
-        core = _ceil_to(protocol.tile, m)
-    elif limit:
-        core = max(m, math.isqrt(limit) // m * m - 2 * margin)
-    else:
-        core = _ceil_to(DEFAULT_TILE, m)
-    tiles = [(r[0], r[1], c[0], c[1], r[2], r[3], c[2], c[3])
-             for r in _axis(hp, core, margin, m) for c in _axis(wp, core, margin, m)]
-    if len(tiles) == 1:
-        return whole
-    side = max(max(t[5] - t[4], t[7] - t[6]) for t in tiles)
-    return Layout("tiled", (hp, wp), tiles, len(tiles), len(tiles), side, margin, limit)
-
-
-def _plan_nd(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int], cost: float | None,
-             tileable: bool, elements: int) -> Layout:
-    """:func:`plan` for any number of spatial axes: padded per axis to that axis's multiple, whole
-    when the padded volume fits the budget, else a grid of tiles (cores balanced per axis, each a
-    multiple of its axis's size multiple, with a margin of ``overlap`` rounded up likewise).
-    Tiles are ``(window start, end per axis…, core start, end per axis…)``."""
+    """The :class:`Layout` of an input of spatial ``sizes`` (``H x W``, or ``D x H x W``) under
+    ``protocol`` for a network of size ``multiple`` (one for all axes, or one per axis) and ``cost``
+    live activation elements per input pixel (:func:`activation_cost`): padded per axis to that
+    axis's multiple, whole when a call would hold at most ``elements`` of them (or
+    ``protocol.max_pixels`` pixels), else a grid of tiles — cores of balanced sizes, multiples of
+    their axis's size multiple, with a margin of ``overlap`` rounded up likewise. Tiles are
+    ``(window start, end per axis…, core start, end per axis…)``. Images under a budget get square
+    tiles (the budget's side); volumes keep an axis shorter than that side whole
+    (:func:`_budget_cores`)."""
     nd = len(sizes)
     if protocol.name == "patch":
-        raise ValueError(f"--protocol patch evaluates 2-D images by square windows; a {nd}-D input is evaluated "
-                         "--protocol whole or tiled")
+        if nd != 2:
+            raise ValueError(f"--protocol patch evaluates 2-D images by square windows; a {nd}-D input is "
+                             "evaluated --protocol whole or tiled")
+        hp, wp, corners = patch_grid(int(sizes[0]), int(sizes[1]), protocol.patch, protocol.stride)
+        return Layout("patch", (hp, wp), windows=len(corners), calls=-(-len(corners) // protocol.batch))
     ms = _per_axis(multiple, nd)
     padded = tuple(_ceil_to(max(int(n), 1), m) for n, m in zip(sizes, ms))
     limit = protocol.max_pixels or (max(1, int(elements / cost)) if cost else None)
@@ -311,6 +261,8 @@ def _plan_nd(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[
     margins = [_ceil_to(overlap, m) for m in ms]
     if protocol.tile:
         cores = [_ceil_to(protocol.tile, m) for m in ms]
+    elif limit and nd == 2 and not isinstance(multiple, (tuple, list)):
+        cores = [max(ms[0], math.isqrt(limit) // ms[0] * ms[0] - 2 * margins[0])] * 2
     elif limit:
         cores = _budget_cores(padded, ms, margins, limit)
     else:
@@ -349,18 +301,23 @@ def _budget_cores(padded: Sequence[int], ms: Sequence[int], margins: Sequence[in
     return [int(c) for c in cores]
 
 
-def _run_layout_nd(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, layout: Layout, protocol: Protocol,
-                   on_call: Callable[[int], None]) -> Outputs:
-    """:func:`run_layout` for any number of spatial axes (layouts of :func:`_plan_nd`)."""
+def run_layout(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, layout: Layout, protocol: Protocol,
+               on_call: Callable[[int], None] | None = None) -> Outputs:
+    """Apply ``fn`` to a batch ``x`` ([B, C, H, W] or [B, C, D, H, W]) as ``layout`` says
+    (:func:`plan`); outputs cropped back to the input's spatial size. ``on_call(n)`` after every
+    call of ``fn`` with the number of tiles / windows it took."""
+    done = on_call or (lambda n: None)
+    if layout.kind == "patch":
+        if x.dim() != 4:
+            raise ValueError("--protocol patch evaluates 2-D images by square windows; volumes: whole or tiled")
+        return _patched_call(fn, x, protocol.patch, protocol.stride, protocol.pad_mode, protocol.batch, done)
     nd = x.dim() - 2
     sizes = tuple(x.shape[2:])
     crop = (Ellipsis, *(slice(0, n) for n in sizes))
-    if layout.kind == "patch":
-        raise ValueError("--protocol patch evaluates 2-D images by square windows; volumes: whole or tiled")
     xp = _pad_after(x, [p - n for p, n in zip(layout.padded, sizes)], protocol.pad_mode)
     if layout.kind == "whole":
         out = fn(xp)
-        on_call(1)
+        done(1)
         return {k: v[crop] for k, v in out.items()}
     full: dict = {}
     for t in layout.tiles:
@@ -372,36 +329,8 @@ def _run_layout_nd(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, layou
             src = tuple(slice(core[2 * i] - win[2 * i], core[2 * i + 1] - win[2 * i]) for i in range(nd))
             dst = tuple(slice(core[2 * i], core[2 * i + 1]) for i in range(nd))
             full[k][(Ellipsis, *dst)] = v[(Ellipsis, *src)]
-        on_call(1)
+        done(1)
     return {k: v[crop] for k, v in full.items()}
-
-
-def run_layout(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, layout: Layout, protocol: Protocol,
-               on_call: Callable[[int], None] | None = None) -> Outputs:
-    """Apply ``fn`` to image batch ``x`` [B, C, H, W] as ``layout`` says; outputs cropped to H x W.
-    ``on_call(n)`` after every call of ``fn`` with the number of tiles / windows it took. Volume
-    batches [B, C, D, H, W] alike (:func:`_run_layout_nd`)."""
-    if x.dim() != 4:
-        return _run_layout_nd(fn, x, layout, protocol, on_call or (lambda n: None))
-    h, w = x.shape[-2:]
-    done = on_call or (lambda n: None)
-    if layout.kind == "patch":
-        return _patched_call(fn, x, protocol.patch, protocol.stride, protocol.pad_mode, protocol.batch, done)
-    hp, wp = layout.padded
-    xp = _pad(x, hp - h, wp - w, protocol.pad_mode)
-    if layout.kind == "whole":
-        out = fn(xp)
-        done(1)
-        return {k: v[..., :h, :w] for k, v in out.items()}
-    full: dict = {}
-    for (y0, y1, x0, x1, cy0, cy1, cx0, cx1) in layout.tiles:
-        out = fn(xp[..., y0:y1, x0:x1])
-        for k, v in out.items():
-            if k not in full:
-                full[k] = v.new_empty(*v.shape[:-2], hp, wp)
-            full[k][..., cy0:cy1, cx0:cx1] = v[..., cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
-        done(1)
-    return {k: v[..., :h, :w] for k, v in full.items()}
 
 
 def _padded_call(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, multiple: int,

@@ -62,6 +62,70 @@ def live_memory_allocator(threshold: int = 1 << 16) -> bool:
         return False
 
 
+def training_step(method: str, task, x, y, T: int = 0, ann=None, snn=None):
+    """One training step of the memory benchmarks as a closure: ``ann`` (an ANN step: forward, loss,
+    backward, Adam), ``sim`` (the SNN's spiking flow, recorded, no gradient) or a fine-tuning
+    ``method`` of :func:`sjunet.flow.train_step` (``flow``, ``bptt``) on the SNN."""
+    import torch
+
+    from sjunet.flow import record_flow, train_step
+
+    if method == "ann":
+        ann.train()
+        opt = torch.optim.Adam(ann.parameters(), 1e-4)
+
+        def step():
+            loss = task.loss(ann(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    elif method == "sim":
+        def step():
+            record_flow(snn, x, T)
+    else:
+        opt = torch.optim.Adam([p for p in snn.parameters() if p.requires_grad], 1e-4)
+
+        def step():
+            train_step(snn, opt, task, x, y, T, method=method)
+    return step
+
+
+def measure_steps(step, device: str, iters: int, live: bool) -> dict:
+    """Peak memory above the baseline and seconds per step of ``iters + 1`` calls of ``step`` (the
+    first also allocates the optimiser's state; its time is not counted): CUDA's
+    ``max_memory_allocated``, or on the CPU the process's peak RSS (``live``: with
+    :func:`live_memory_allocator`, so RSS follows live tensors). Each figure in its own process."""
+    import time
+
+    import torch
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+        peak_before = base
+        windowed = True
+    else:
+        base = rss_mb()
+        peak_before = peak_rss_mb()
+        windowed = reset_peak_rss()
+    times = []
+    for _ in range(iters + 1):
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    return {"seconds": sum(times[1:]) / len(times[1:]), "device": device,
+            "memory": "cuda max_memory_allocated" if cuda else ("cpu peak rss (live: large blocks unmapped when freed)"
+                                                                if live else "cpu peak rss"),
+            "live": live or cuda, "peak_window": windowed,
+            "peak_increase_mb": max(peak - base, 0.0), "baseline_mb": base,
+            "setup_peak_above_baseline_mb": peak_before - base}
+
+
 def run_worker(module: str, config: dict, timeout: float = 3600) -> dict:
     """Run ``python -m <module> --worker <json>`` in a fresh process (its own memory peak);
     the worker prints one JSON line last."""

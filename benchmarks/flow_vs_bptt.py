@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 PROFILES = {
     "smoke": dict(T=[2, 4], width=4, depth=2, size=32, batch=2, iters=2),
@@ -58,60 +57,17 @@ def _setup(cfg: dict):
 
 
 def worker(cfg: dict) -> dict:
-    from .common import live_memory_allocator, peak_rss_mb, reset_peak_rss, rss_mb
+    from .common import live_memory_allocator, measure_steps, training_step
 
     live = bool(cfg.get("live")) and live_memory_allocator()  # before torch allocates anything
-    import torch
-
-    from sjunet.flow import record_flow, train_step
     from sjunet.tasks import SegmentationTask
 
     ann, snn, x, y = _setup(cfg)
     device = cfg.get("device", "cpu")
-    cuda = device.startswith("cuda")
     ann, snn, x, y = ann.to(device), snn.to(device), x.to(device), y.to(device)
-    task = SegmentationTask(ann.config.out_channels)
     method, T = cfg["method"], cfg.get("T", 0)
-    if method == "ann":
-        ann.train()
-        opt = torch.optim.Adam(ann.parameters(), 1e-4)
-
-        def step():
-            loss = task.loss(ann(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    elif method == "sim":
-        def step():
-            record_flow(snn, x, T)
-    else:
-        opt = torch.optim.Adam([p for p in snn.parameters() if p.requires_grad], 1e-4)
-
-        def step():
-            train_step(snn, opt, task, x, y, T, method=method)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-        peak_before = base
-    else:
-        base = rss_mb()
-        peak_before = peak_rss_mb()
-        windowed = reset_peak_rss()
-    times = []
-    for _ in range(cfg["iters"] + 1):
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
-    return {"method": method, "T": T, "seconds": sum(times[1:]) / len(times[1:]), "device": device,
-            "memory": "cuda max_memory_allocated" if cuda else ("cpu peak rss (live: large blocks unmapped when freed)"
-                                                                if live else "cpu peak rss"),
-            "live": live or cuda, "peak_window": cuda or windowed,
-            "peak_increase_mb": max(peak - base, 0.0), "baseline_mb": base,
-            "setup_peak_above_baseline_mb": peak_before - base}
+    step = training_step(method, SegmentationTask(ann.config.out_channels), x, y, T, ann=ann, snn=snn)
+    return {"method": method, "T": T, **measure_steps(step, device, cfg["iters"], live)}
 
 
 def run(profile: str = "cpu", model: str | None = None, data: str | None = None, device: str = "cpu") -> dict:

@@ -157,21 +157,18 @@ def _memory(name: str, p: dict, out: Path, data, device: str, snn_path: Path) ->
 
 def worker(cfg: dict) -> dict:
     """One training step's peak memory (module docstring), printed as a JSON line."""
-    from .common import live_memory_allocator, peak_rss_mb, reset_peak_rss, rss_mb
+    from .common import live_memory_allocator, measure_steps, training_step
 
     live = bool(cfg.get("live")) and live_memory_allocator()  # before torch allocates anything
     import torch
 
     from sjunet.data import get_dataset
-    from sjunet.flow import train_step
     from sjunet.models.checkpoint import load_ann
     from sjunet.recipe import load_snn
-    from sjunet.snn import size_rule
     from sjunet.tasks import task_for
 
     torch.manual_seed(0)
     device = cfg["device"]
-    cuda = device.startswith("cuda")
     ds = get_dataset(cfg["dataset"], cfg["data"], "train", seed=0, **cfg["options"])
     items = [ds[i] for i in range(cfg["batch"])]
     x = torch.stack([a for a, _ in items]).to(device)
@@ -179,39 +176,12 @@ def worker(cfg: dict) -> dict:
     task = task_for(ds)
     method, T = cfg["method"], cfg.get("T", 0)
     if method == "ann":
-        ann, _ = load_ann(Path(cfg["out"]) / "ann.pt", trust_arch=ARCHITECTURES[cfg["arch"]][0])
-        ann = ann.to(device).train()
-        opt = torch.optim.Adam(ann.parameters(), 1e-4)
-
-        def step():
-            loss = task.loss(ann(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        ann = load_ann(Path(cfg["out"]) / "ann.pt", trust_arch=ARCHITECTURES[cfg["arch"]][0])[0].to(device)
+        step = training_step(method, task, x, y, ann=ann)
     else:
-        snn = load_snn(cfg["snn"])[0].to(device)
-        opt = torch.optim.Adam([q for q in snn.parameters() if q.requires_grad], 1e-4)
-
-        def step():
-            train_step(snn, opt, task, x, y, T, method=method)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-    else:
-        base = rss_mb()
-        reset_peak_rss()
-    t0 = time.perf_counter()
-    for _ in range(2):  # the first step also allocates the optimiser's state
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - t0) / 2
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
-    return {"method": method, "T": T, "seconds": seconds, "device": device, "batch": list(x.shape),
-            "memory": "cuda max_memory_allocated" if cuda else ("cpu peak rss (live: large blocks unmapped when freed)"
-                                                                if live else "cpu peak rss"),
-            "peak_increase_mb": max(peak - base, 0.0), "baseline_mb": base}
+        step = training_step(method, task, x, y, T, snn=load_snn(cfg["snn"])[0].to(device))
+    # two steps: the first also allocates the optimiser's state
+    return {"method": method, "T": T, "batch": list(x.shape), **measure_steps(step, device, 1, live)}
 
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", only: str | None = None) -> dict:

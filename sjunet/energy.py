@@ -57,14 +57,13 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from math import prod
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from spikingjelly.activation_based import functional
 from torch import fx, nn
 
-from sjunet.fanout import (EnergyError, FanOut, _pair, analog_layers, center_acs, fanout_maps, is_source, node_shapes,
+from sjunet.fanout import (EnergyError, FanOut, analog_layers, center_acs, fanout_maps, is_source, node_shapes,
                            synaptic_module)
 from sjunet.graph import kind_of
 from sjunet.simulation import run_steps

@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from torch import fx, nn
 from tqdm.auto import tqdm

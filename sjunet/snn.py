@@ -25,10 +25,8 @@ be multiples of.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
 
 from torch import fx, nn
 

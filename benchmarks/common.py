@@ -162,6 +162,47 @@ def matching_stats(ann, path: str | os.PathLike):
     return stats if stats.model_fingerprint == model_fingerprint(ann) else None
 
 
+def _previous_rows(name: str, profile: str, settings: dict, key: str = "dataset") -> dict[str, dict]:
+    """Rows of an earlier run of the same benchmark and settings (row[key] -> row), for resuming."""
+    path = RESULTS / f"{name}-{profile}.json"
+    if not path.exists():
+        return {}
+    prev = json.loads(path.read_text())
+    if prev.get("settings") != json.loads(json.dumps(settings)):
+        return {}
+    return {r[key]: r for r in prev.get("rows", [])}
+
+
+def architecture_rows(bench: str, profile: str, p: dict, architectures: dict, row, table,
+                      only: str | None = None) -> list[dict]:
+    """The rows of a per-architecture benchmark (``zoo``, ``volume``): the profile's ``archs`` (or
+    every one of ``architectures``; ``only``: comma-separated names), each ``row(name, out)`` with
+    its cache folder ``results/<bench>-<profile>/<name>/``, the results rewritten (``table(rows)``)
+    after each. A row of an earlier run with the same settings, whose cached ANN has the same
+    fingerprint, is reused: an interrupted run resumes."""
+    from sjunet.models.checkpoint import load_ann
+
+    previous = _previous_rows(bench, profile, p, key="arch")
+    names = p.get("archs") or list(architectures)
+    if only:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in architectures]
+    if unknown:
+        raise ValueError(f"unknown {bench} architecture(s) {unknown}; choose from {', '.join(architectures)}")
+    rows = []
+    for name in names:
+        out = RESULTS / f"{bench}-{profile}" / name
+        out.mkdir(parents=True, exist_ok=True)
+        prev = previous.get(name)
+        if prev is not None and (out / "ann.pt").exists() and load_ann(
+                out / "ann.pt", trust_arch=architectures[name][0])[1]["fingerprint"] == prev["ann_fingerprint"]:
+            rows.append(prev)
+            continue
+        rows.append(row(name, out))
+        write_results(bench, profile, table(rows), {"profile": profile, "settings": p, "rows": rows})
+    return rows
+
+
 def cached_ann(opts, factory: str | None):
     """The ANN ``opts`` (a :class:`sjunet.training.TrainOptions`) trains, cached in ``opts.output``:
     reused when the file was trained with the same options (output, device and data directory

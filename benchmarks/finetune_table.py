@@ -79,7 +79,8 @@ def _run(bench: str, p: dict, profile: str, data, device: str, dataset: str | No
     from sjunet.tasks import task_for
 
     from .common import RESULTS, write_results
-    from .tables_common import _eval_options, _prepare, _previous_rows
+    from .common import _previous_rows
+    from .tables_common import _eval_options, _prepare
 
     names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]
     ladder = p.get("ladder")
@@ -179,7 +180,7 @@ def recipe(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> 
     from sjunet.tasks import task_for
 
     from .common import write_results
-    from .tables_common import _previous_rows
+    from .common import _previous_rows
 
     rp = RECIPE_PROFILES[profile]
     previous = _previous_rows("ftrecipe", profile, rp, key="id")

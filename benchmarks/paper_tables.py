@@ -18,8 +18,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .tables_common import (DATASETS, PROFILES, _ann, _eval_options, _metric_keys, _prepare,
-                            _previous_rows, _stats)
+from .common import _previous_rows
+from .tables_common import DATASETS, PROFILES, _ann, _eval_options, _metric_keys, _prepare, _stats
 
 
 def _finetune(p: dict, d: dict, data, device: str, snn_path: Path, output: Path, T: int) -> float:

@@ -90,7 +90,8 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
     from sjunet.tasks import task_for
 
     from .common import RESULTS, write_results
-    from .tables_common import PROFILES as ANN_PROFILES, _finetune, _prepare, _previous_rows
+    from .common import _previous_rows
+    from .tables_common import PROFILES as ANN_PROFILES, _finetune, _prepare
 
     p = PROFILES[profile]
     names = [n.strip() for n in dataset.split(",")] if dataset else p["datasets"]

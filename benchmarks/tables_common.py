@@ -92,21 +92,6 @@ def _metric_keys(m: dict) -> list[str]:
     return ["psnr", "ssim"]
 
 
-def _previous_rows(name: str, profile: str, settings: dict, key: str = "dataset") -> dict[str, dict]:
-    """Rows of an earlier run of the same benchmark and settings (row[key] -> row), for resuming."""
-    import json
-
-    from .common import RESULTS
-
-    path = RESULTS / f"{name}-{profile}.json"
-    if not path.exists():
-        return {}
-    prev = json.loads(path.read_text())
-    if prev.get("settings") != json.loads(json.dumps(settings)):
-        return {}
-    return {r[key]: r for r in prev.get("rows", [])}
-
-
 def val_limit(setting, dataset: str):
     """A profile's (validation or test) image limit for ``dataset``: a number, or per dataset
     (``"*"``: the rest); None: every image. Validation and test are whole images on every data set."""

@@ -186,30 +186,11 @@ def worker(cfg: dict) -> dict:
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", only: str | None = None) -> dict:
     """The volume table on the profile's dataset; ``only``: comma-separated architecture names."""
-    from sjunet.models.checkpoint import load_ann
-
-    from .common import RESULTS, write_results
-    from .tables_common import _previous_rows
+    from .common import architecture_rows, write_results
 
     p = dict(PROFILES[profile])
-    previous = _previous_rows("volume", profile, p, key="arch")
-    names = p.get("archs") or list(ARCHITECTURES)
-    if only:
-        names = [n.strip() for n in only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ARCHITECTURES]
-    if unknown:
-        raise ValueError(f"unknown volume architecture(s) {unknown}; choose from {', '.join(ARCHITECTURES)}")
-    rows = []
-    for name in names:
-        out = RESULTS / f"volume-{profile}" / name
-        out.mkdir(parents=True, exist_ok=True)
-        prev = previous.get(name)
-        if prev is not None and (out / "ann.pt").exists() and load_ann(
-                out / "ann.pt", trust_arch=ARCHITECTURES[name][0])[1]["fingerprint"] == prev["ann_fingerprint"]:
-            rows.append(prev)
-            continue
-        rows.append(_row(name, p, out, data, device))
-        write_results("volume", profile, _table(rows, p), {"profile": profile, "settings": p, "rows": rows})
+    rows = architecture_rows("volume", profile, p, ARCHITECTURES, lambda name, out: _row(name, p, out, data, device),
+                             lambda rows: _table(rows, p), only)
     table = _table(rows, p)
     path = write_results("volume", profile, table, {"profile": profile, "settings": p, "rows": rows})
     return {"table": table, "rows": rows, "path": str(path)}

@@ -177,32 +177,13 @@ def _lines(row: dict, p: dict, key: str, agree: str) -> str:
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None,
         only: str | None = None) -> dict:
     """The zoo table on the profile's dataset (or ``dataset``); ``only``: comma-separated names."""
-    from sjunet.models.checkpoint import load_ann
-
-    from .common import RESULTS, write_results
-    from .tables_common import _previous_rows
+    from .common import architecture_rows, write_results
 
     p = dict(PROFILES[profile])
     if dataset is not None:
         p["dataset"] = dataset
-    previous = _previous_rows("zoo", profile, p, key="arch")
-    rows = []
-    names = p.get("archs") or list(ARCHITECTURES)
-    if only:
-        names = [n.strip() for n in only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ARCHITECTURES]
-    if unknown:
-        raise ValueError(f"unknown zoo architecture(s) {unknown}; choose from {', '.join(ARCHITECTURES)}")
-    for name in names:
-        out = RESULTS / f"zoo-{profile}" / name
-        out.mkdir(parents=True, exist_ok=True)
-        prev = previous.get(name)
-        if prev is not None and (out / "ann.pt").exists() and load_ann(
-                out / "ann.pt", trust_arch=ARCHITECTURES[name][0])[1]["fingerprint"] == prev["ann_fingerprint"]:
-            rows.append(prev)
-            continue
-        rows.append(_row(name, p, out, data, device))
-        write_results("zoo", profile, _table(rows, p), {"profile": profile, "settings": p, "rows": rows})
+    rows = architecture_rows("zoo", profile, p, ARCHITECTURES, lambda name, out: _row(name, p, out, data, device),
+                             lambda rows: _table(rows, p), only)
     from .zoo_coverage import coverage
     from .zoo_coverage import table as coverage_table
 

@@ -529,6 +529,7 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
             return task.score(val), val
 
         lr, trials = opts.lr, None
+        measured: dict = {}  # the input's validation (score, metrics), when the lr trials measured it
         per_rate, why = plan_lr_trials(opts.max_iters, opts.lr_trial_iters) if auto_lr else (0, "")
         trial_minutes = 0.0
         if auto_lr and resume:  # the rate the interrupted run chose (its trials are not repeated)
@@ -543,7 +544,8 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
                    if opts.max_minutes is not None else "")
                 + f", each then validated on {task.metric}…")
             t_trials = time.monotonic()
-            input_score = validate()[0]  # the bar the trials must beat to rank the rates at all
+            measured["input"] = validate()  # the bar the trials must beat to rank the rates at all
+            input_score = measured["input"][0]
             lr, trials = lr_range_test(snn, step, train_ds, validate, opts.optimizer, iters=per_rate,
                                        batch_size=opts.batch_size, seed=opts.seed, grad_clip=opts.grad_clip,
                                        device=opts.device, max_seconds=None if opts.max_minutes is None
@@ -593,7 +595,10 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
                     "warmup": opts.warmup, "grad_clip": opts.grad_clip, "energy_penalty": opts.energy_penalty,
                     "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the epochs
                     "class_weights": list(class_weights) if class_weights is not None else None}
-        summary = fit(snn, step, train_ds, validate, loop_opts, save_best, optimizer=optimizer, scheduler=sched,
+        def validate_once():  # the input's validation, measured for the trials, is not repeated by fit
+            return measured.pop("input") if "input" in measured else validate()
+
+        summary = fit(snn, step, train_ds, validate_once, loop_opts, save_best, optimizer=optimizer, scheduler=sched,
                       last=last, kind=SNN_KIND + "-finetune-last", resume=resume, baseline=True,
                       identity=identity, output=output, started=started)
         functional.reset_net(snn)

@@ -6,7 +6,7 @@ Builds (or loads ``--model``) a U-Net and N batches — smoke: 4 tiny batches of
 40 EM crops of 128² as 10 batches of 4 when ``--data`` is given, else random data of that shape —
 then times, interleaved, 3 repetitions each (after one untimed warm-up of each), medians: one plain
 ANN forward over all batches (``torch.no_grad``, eval), ``sjunet.calibrate(model, batches)``, and
-SpikingJelly's stock converter (``sjunet.recipe.convert_stock``, its calibration included; CPU
+SpikingJelly's stock converter (``sjunet.conversion.recipe.convert_stock``, its calibration included; CPU
 only) where it converts the model. Reports each as a ratio to the ANN forward (the target of
 issue 20: calibrate ≤ 2.5×). Timings only; nothing here is asserted.
 """
@@ -45,9 +45,9 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     import torch
     from sjunet.calibration import calibrate
 
+    from sjunet.conversion.recipe import convert_stock
     from sjunet.models import UNet
     from sjunet.models.checkpoint import load_ann
-    from sjunet.recipe import convert_stock
 
     from .common import write_results
 

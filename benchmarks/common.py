@@ -65,10 +65,10 @@ def live_memory_allocator(threshold: int = 1 << 16) -> bool:
 def training_step(method: str, task, x, y, T: int = 0, ann=None, snn=None):
     """One training step of the memory benchmarks as a closure: ``ann`` (an ANN step: forward, loss,
     backward, Adam), ``sim`` (the SNN's spiking flow, recorded, no gradient) or a fine-tuning
-    ``method`` of :func:`sjunet.flow.train_step` (``flow``, ``bptt``) on the SNN."""
+    ``method`` of :func:`sjunet.training.flow.train_step` (``flow``, ``bptt``) on the SNN."""
     import torch
 
-    from sjunet.flow import record_flow, train_step
+    from sjunet.training.flow import record_flow, train_step
 
     if method == "ann":
         ann.train()
@@ -204,7 +204,7 @@ def architecture_rows(bench: str, profile: str, p: dict, architectures: dict, ro
 
 
 def cached_ann(opts, factory: str | None):
-    """The ANN ``opts`` (a :class:`sjunet.training.TrainOptions`) trains, cached in ``opts.output``:
+    """The ANN ``opts`` (a :class:`sjunet.training.ann.TrainOptions`) trains, cached in ``opts.output``:
     reused when the file was trained with the same options (output, device and data directory
     aside), else trained again. ``factory``: the architecture the benchmark chose (trusted, so the
     file's own name for it is not needed). Returns ``(ann, checkpoint)``."""
@@ -244,8 +244,8 @@ def cached_stats(ann, path: str | os.PathLike, dataset: str, data, options: dict
 
 def write_metric_figure(name: str, profile: str, results: dict, metric: str, title: str) -> Path:
     """``<name>-<profile>.png`` beside the table: ``metric`` against T, one line per evaluated SNN
-    (label -> an ``evaluate_snn`` result), the ANN dashed (``sjunet.curves.metric_vs_T``)."""
-    from sjunet.curves import metric_vs_T
+    (label -> an ``evaluate_snn`` result), the ANN dashed (``sjunet.plots.curves.metric_vs_T``)."""
+    from sjunet.plots.curves import metric_vs_T
 
     path = RESULTS / f"{name}-{profile}.png"
     metric_vs_T(list(results.values()), metric=metric, output=path, labels=list(results), title=title)

@@ -51,9 +51,9 @@ def _stats(ann, model_path: str, p: dict, data, out: Path, device: str):
 def run(profile: str = "cpu", model: str | None = None, data: str | None = None, device: str = "cpu") -> dict:
     from torch.utils.data import DataLoader
 
+    from sjunet.conversion.recipe import convert, convert_stock
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
-    from sjunet.recipe import convert, convert_stock
     from sjunet.tasks import task_for
 
     from .common import RESULTS, hard_key, ratio, write_metric_figure, write_results

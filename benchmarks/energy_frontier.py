@@ -1,7 +1,7 @@
 """Energy as a curve (the paper's Table 5, redone): metric against energy over T, in the paper's,
 the SOP and the NeuroBench conventions, for the converted SNN, the spiking-flow fine-tuned SNN and
 the spike-budget fine-tuned SNN, beside the ANN — per dataset (EM, DRIVE, BSD68 σ = 25 in the cpu
-profile). Each frontier comes from one simulation per test input (:func:`sjunet.energy.energy_frontier`).
+profile). Each frontier comes from one simulation per test input (:func:`sjunet.evaluation.energy.energy_frontier`).
 
     python -m sjunet.benchmarks energy --profile cpu --data ../shared/data [--dataset em,drive]
 
@@ -27,9 +27,9 @@ PROFILES = {
 
 
 def _frontier(snn_path, test, ann, p: dict, cache_path, device: str, limit) -> dict:
-    from sjunet.energy import energy_frontier
+    from sjunet.conversion.recipe import load_snn
+    from sjunet.evaluation.energy import energy_frontier
     from sjunet.io import file_fingerprint, write_json
-    from sjunet.recipe import load_snn
 
     key = {"snn": file_fingerprint(snn_path), "T": p["T"], "limit": limit}
     if cache_path.exists():
@@ -60,10 +60,10 @@ def best_point(frontier: dict, key: str, tolerance: float = 0.01) -> dict | None
 
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
-    from sjunet.curves import metric_vs_energy
+    from sjunet.conversion.recipe import convert, save_snn
     from sjunet.data import get_dataset
-    from sjunet.energy_report import frontier_table, metric_key
-    from sjunet.recipe import convert, save_snn
+    from sjunet.evaluation.report import frontier_table, metric_key
+    from sjunet.plots.curves import metric_vs_energy
 
     from .common import RESULTS, write_results
     from .tables_common import _finetune, _prepare, val_limit

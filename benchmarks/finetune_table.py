@@ -2,7 +2,7 @@
 
 * ``finetune`` — per dataset (EM, DRIVE, BSD68 σ = 25, CamSeq01 in the cpu profile): ANN vs
   converted (connection-wise, MT) vs spiking-flow fine-tuned SNN at T = 1, 2, 4 and the dataset's
-  target T, with the library's default recipe (:class:`sjunet.flow.FinetuneOptions`), the
+  target T, with the library's default recipe (:class:`sjunet.training.finetuning.FinetuneOptions`), the
   minutes each fine-tuning took, and whether it improved on its input (it is never worse on the
   validation split by construction).
 * ``ftrecipe`` — the ablation that chose that recipe: objective (label loss, distillation from the
@@ -73,9 +73,9 @@ def ladder(profile: str = "cpu", model=None, data=None, device: str = "cpu", dat
 
 
 def _run(bench: str, p: dict, profile: str, data, device: str, dataset: str | None) -> dict:
+    from sjunet.conversion.recipe import convert, load_snn, save_snn
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
-    from sjunet.recipe import convert, load_snn, save_snn
     from sjunet.tasks import task_for
 
     from .common import RESULTS, write_results
@@ -174,9 +174,9 @@ def _width_ann(rp: dict, width: int, data, device: str, profile: str):
 
 def recipe(profile: str = "cpu", model=None, data=None, device: str = "cpu") -> dict:
     """The fine-tuning recipe ablation (module docstring)."""
+    from sjunet.conversion.recipe import convert, load_snn, save_snn
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
-    from sjunet.recipe import convert, load_snn, save_snn
     from sjunet.tasks import task_for
 
     from .common import write_results

@@ -29,8 +29,8 @@ def _setup(cfg: dict):
     import torch
 
     from sjunet.calibration import calibrate
+    from sjunet.conversion.recipe import convert
     from sjunet.models import UNet
-    from sjunet.recipe import convert
 
     torch.manual_seed(0)
     torch.set_num_threads(cfg.get("threads", 2))

@@ -24,8 +24,8 @@ from .tables_common import DATASETS, PROFILES, _ann, _eval_options, _metric_keys
 
 def _finetune(p: dict, d: dict, data, device: str, snn_path: Path, output: Path, T: int) -> float:
     """Spiking-flow fine-tuning of ``snn_path`` at ``T`` with the profile's budget; minutes taken."""
-    from sjunet.flow import FinetuneOptions, finetune
-    from sjunet.recipe import load_snn
+    from sjunet.conversion.recipe import load_snn
+    from sjunet.training.finetuning import FinetuneOptions, finetune
 
     t0 = time.perf_counter()
     finetune(load_snn(snn_path)[0], FinetuneOptions(dataset=d["train"], data=data, output=str(output), T=T,
@@ -71,10 +71,10 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
     """
     from torch.utils.data import DataLoader
 
+    from sjunet.conversion.recipe import convert, convert_stock, load_snn
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
     from sjunet.io import model_fingerprint
-    from sjunet.recipe import convert, convert_stock, load_snn
     from sjunet.tasks import task_for
 
     from .common import RESULTS, write_results
@@ -151,9 +151,9 @@ LADDERS = [("IF θ=2", (2.0,)), ("IF θ=1", (1.0,)), ("IF θ=0.5", (0.5,)), ("MT
 
 def ladders(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
     """Table 4: threshold ladders, connection-wise, on one dataset (default: the profile's first)."""
+    from sjunet.conversion.recipe import convert
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
-    from sjunet.recipe import convert
     from sjunet.tasks import task_for
 
     from .common import ratio, write_metric_figure, write_results
@@ -194,9 +194,9 @@ LONG_T = {"smoke": 16, "cpu": 200, "gpu": 1000, "paper": 1000}
 def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
     """Table 3: layer-/connection-wise × IF/MT, each converted (at the dataset's T and at a long T)
     and spiking-flow fine-tuned at T — on CamSeq01 as in the paper (``--dataset`` to change)."""
+    from sjunet.conversion.recipe import convert, load_snn
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
-    from sjunet.recipe import convert, load_snn
     from sjunet.tasks import task_for
 
     from .common import RESULTS, ratio, write_results

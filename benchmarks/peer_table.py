@@ -3,9 +3,9 @@
 Per dataset, beside the U-Net (the paper tables' cached ANN of the profile):
 
 * **Spiking-FCN** (segmentation only) — :class:`sjunet.models.fcn.SpikingFCNNet` with LIF neurons,
-  trained directly (:func:`sjunet.direct.train_spiking`, ``neuron="lif"``);
+  trained directly (:func:`sjunet.training.direct.train_spiking`, ``neuron="lif"``);
 * **ML, RS, MT × DT** — the Spiking-UNet of the same width trained directly with each
-  reference's training-time neuron (:data:`sjunet.direct.DT_NEURONS`);
+  reference's training-time neuron (:data:`sjunet.training.direct.DT_NEURONS`);
 * **ML, RS, MT × FT** — the ANN converted (connection-wise) with each neuron's converted form
   (factories ``ml``, ``rs``, ``mt``), evaluated as converted and after spiking-flow fine-tuning.
   RS's amplitudes are not trained by the flow pass (it passes the measured output on), so RS FT
@@ -13,7 +13,7 @@ Per dataset, beside the U-Net (the paper tables' cached ANN of the profile):
 
 Every system is evaluated at the profile's T on the same test images; per dataset the figure
 ``peers-<profile>-<dataset>.png`` shows the first test images and every system's output
-(:func:`sjunet.predictions.predictions_figure`). Rows are cached per (dataset, system) with the
+(:func:`sjunet.plots.predictions.predictions_figure`). Rows are cached per (dataset, system) with the
 ANN's fingerprint: an interrupted run resumes.
 
     python -m sjunet.benchmarks peers --profile cpu --data ../shared/data [--dataset em,drive]
@@ -65,7 +65,7 @@ PAPER = {
 
 def _direct(p: dict, d: dict, name: str, data, device: str, neuron: str, T: int, width: int, depth: int,
             out, fcn: bool):
-    from sjunet.direct import DirectOptions, train_spiking
+    from sjunet.training.direct import DirectOptions, train_spiking
 
     kw = {}
     if fcn:
@@ -83,10 +83,10 @@ def _direct(p: dict, d: dict, name: str, data, device: str, neuron: str, T: int,
 
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    from sjunet.conversion.recipe import convert, load_snn, save_snn
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
-    from sjunet.predictions import predictions, predictions_figure
-    from sjunet.recipe import convert, load_snn, save_snn
+    from sjunet.plots.predictions import predictions, predictions_figure
     from sjunet.tasks import task_for
 
     from .common import RESULTS, write_results

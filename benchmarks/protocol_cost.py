@@ -14,7 +14,7 @@ profile's T, each evaluated
 
 Reported per protocol: the headline metric (ANN, SNN, pixel agreement), seconds per image (ANN
 pass; SNN simulation) and the cost of one SNN step in ANN passes over the same image
-(``timing.step_cost_vs_ann`` of :func:`sjunet.evaluation.evaluate_snn`: the target of issue 20 is
+(``timing.step_cost_vs_ann`` of :func:`sjunet.evaluation.loops.evaluate_snn`: the target of issue 20 is
 ≤ 1.5 for whole images). Network time only, measured in one process; nothing here is asserted.
 """
 from __future__ import annotations
@@ -36,9 +36,9 @@ def _row(label: str, images: int, r: dict, key: str, T: int) -> str:
 
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
+    from sjunet.conversion.recipe import convert
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn, make_protocol
-    from sjunet.recipe import convert
     from sjunet.tasks import task_for
 
     from .common import write_results

@@ -21,10 +21,10 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
     import torch
 
     from sjunet.calibration import calibrate
-    from sjunet.models.checkpoint import load_ann
+    from sjunet.conversion.recipe import convert, convert_stock
     from sjunet.models import UNet
-    from sjunet.recipe import convert, convert_stock
-    from sjunet.simulation import simulate
+    from sjunet.models.checkpoint import load_ann
+    from sjunet.snn.simulation import simulate
 
     from .common import write_results
 

@@ -99,8 +99,8 @@ def val_limit(setting, dataset: str):
 
 
 def _finetune(snn_path, out, d: dict, data, T: int, device: str, budget: dict, **recipe) -> dict:
-    from sjunet.flow import FinetuneOptions, finetune
-    from sjunet.recipe import load_snn
+    from sjunet.conversion.recipe import load_snn
+    from sjunet.training.finetuning import FinetuneOptions, finetune
 
     t0 = time.perf_counter()
     opts = FinetuneOptions(dataset=d["train"], data=data, output=str(out), T=T,

@@ -14,9 +14,9 @@ strides (1, 2, 2) and (2, 2, 2): :func:`sjunet.models.nnunet.anisotropic_plain_c
   ([1, 30, 512, 256]: padded per axis to the network's size multiples, tiled where memory needs
   it, cropped back);
 * the connection-wise MT conversion at T = 2, 4, 8 (value, × ANN, voxel agreement with the ANN),
-  from one simulation that also counts the energy (:func:`sjunet.energy.energy_frontier`): the
+  from one simulation that also counts the energy (:func:`sjunet.evaluation.energy.energy_frontier`): the
   SNN / ANN energy ratio at T = 4 under the paper's convention (first-layer MACs + spikes × E_AC);
-* spiking-flow fine-tuning at T = 2 (:func:`sjunet.flow.finetune`, a minutes budget), × ANN;
+* spiking-flow fine-tuning at T = 2 (:func:`sjunet.training.finetuning.finetune`, a minutes budget), × ANN;
 * the peak memory of one training step on a batch of training crops: spiking flow and BPTT at
   T = 2 and T = 8, each figure in its own process (as :mod:`.flow_vs_bptt`: on the CPU the peak
   resident set above the state after set-up, with large blocks returned to the OS when freed so
@@ -77,13 +77,13 @@ def _ann(name: str, p: dict, out: Path, data, device: str):
 
 
 def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
+    from sjunet.conversion.recipe import convert, load_snn, save_snn
     from sjunet.data import get_dataset
-    from sjunet.energy import energy_frontier
     from sjunet.evaluation import evaluate_model, evaluate_snn
-    from sjunet.flow import FinetuneOptions, finetune
-    from sjunet.recipe import convert, load_snn, save_snn
+    from sjunet.evaluation.energy import energy_frontier
     from sjunet.snn import size_rule
     from sjunet.tasks import task_for
+    from sjunet.training.finetuning import FinetuneOptions, finetune
 
     from .common import cached_stats
     from .zoo import _implemented_ann
@@ -162,9 +162,9 @@ def worker(cfg: dict) -> dict:
     live = bool(cfg.get("live")) and live_memory_allocator()  # before torch allocates anything
     import torch
 
+    from sjunet.conversion.recipe import load_snn
     from sjunet.data import get_dataset
     from sjunet.models.checkpoint import load_ann
-    from sjunet.recipe import load_snn
     from sjunet.tasks import task_for
 
     torch.manual_seed(0)

@@ -78,12 +78,12 @@ def _ann(name: str, p: dict, out: Path, data, device: str):
 def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     from torch.utils.data import DataLoader
 
+    from sjunet.conversion.recipe import convert, convert_stock, load_snn, save_snn
     from sjunet.data import get_dataset
     from sjunet.evaluation import evaluate_snn
     from sjunet.snn import size_rule
-    from sjunet.flow import FinetuneOptions, finetune
-    from sjunet.recipe import convert, convert_stock, load_snn, save_snn
     from sjunet.tasks import task_for
+    from sjunet.training.finetuning import FinetuneOptions, finetune
 
     from .common import cached_stats
 
@@ -138,8 +138,8 @@ def _implemented_ann(snn):
     import torch
     from torch import nn
 
-    from sjunet.distill import Teacher
     from sjunet.snn import size_rule
+    from sjunet.training.distill import Teacher
 
     class ImplementedAnn(nn.Module):
         def __init__(self):

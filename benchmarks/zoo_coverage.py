@@ -3,7 +3,7 @@ frameworks' defaults, sjunet's converter accepts — and, for the others, every 
 
 For each named configuration (defaults first, then the variants people also train) the model is
 built on 2-D with random weights (no download: ``encoder_weights=None`` / ``pretrained=False``),
-kept small, and put through :func:`sjunet.graph.canonical_graph` on a ``(1, C, 64, 64)`` input
+kept small, and put through :func:`sjunet.graph.canonical.canonical_graph` on a ``(1, C, 64, 64)`` input
 (the graph a conversion would see). Nothing is trained, calibrated or simulated: this measures
 *coverage*, not accuracy.
 

@@ -2,8 +2,8 @@
 implements, and the approximation gap.
 
 A norm y = (x − μ_s)/σ_s·γ + β (per-sample mean μ_s and deviation σ_s = sqrt(var_s + eps) over a
-group of channels and all positions) is canonically :class:`~sjunet.stages.Center` (exact, linear)
-→ :class:`~sjunet.stages.Normalize` → :class:`~sjunet.stages.ChannelAffine` (γ, β). Rates cannot
+group of channels and all positions) is canonically :class:`~sjunet.layers.stages.Center` (exact, linear)
+→ :class:`~sjunet.layers.stages.Normalize` → :class:`~sjunet.layers.stages.ChannelAffine` (γ, β). Rates cannot
 divide by a per-sample σ_s, so conversion divides by a fixed per-channel σ̂ fit on the calibration
 set (:func:`fixed_deviation`) and folds 1/σ̂ into the affine. Calibration records the fit's sums
 (:class:`DeviationStats`) at every norm during its first pass over the *exact* ANN, then measures
@@ -29,7 +29,7 @@ from typing import Iterable
 import torch
 from torch import fx
 
-from sjunet.stages import Normalize
+from sjunet.layers.stages import Normalize
 
 GAP_MIN_AGREEMENT = 0.98  #: refuse a segmentation output whose argmax agrees on fewer pixels
 GAP_MAX_RELATIVE_ERROR = 0.1  #: refuse any other output whose relative L2 error is larger
@@ -64,7 +64,7 @@ def fixed_deviation(weighted_inverse: torch.Tensor, weight: torch.Tensor, eps: f
 
 
 class DeviationStats:
-    """The sums :func:`fixed_deviation` needs for one norm node (its :class:`~sjunet.stages.
+    """The sums :func:`fixed_deviation` needs for one norm node (its :class:`~sjunet.layers.stages.
     Normalize` module), plus Σσ_s and Σσ_s² per group (the spread of σ_s: how much fixing it costs)."""
 
     def __init__(self, module: Normalize) -> None:
@@ -118,7 +118,7 @@ class DeviationStats:
 
 
 def norm_nodes(gm: fx.GraphModule) -> dict[str, Normalize]:
-    """The :class:`~sjunet.stages.Normalize` nodes of a canonical graph, by node name."""
+    """The :class:`~sjunet.layers.stages.Normalize` nodes of a canonical graph, by node name."""
     return {n.name: gm.get_submodule(n.target) for n in gm.graph.nodes
             if n.op == "call_module" and isinstance(gm.get_submodule(n.target), Normalize)}
 

@@ -17,8 +17,8 @@ from sjunet.io import model_fingerprint, provenance
 
 
 def trace_for_conversion(model: nn.Module, example_shape: Iterable[int] | None = None) -> fx.GraphModule:
-    """The canonical graph the converter sees (:func:`sjunet.graph.canonical_graph`): node names
-    are those of :class:`sjunet.recipe.SpikingUNetRecipe`'s graph, so statistics keyed by node
+    """The canonical graph the converter sees (:func:`sjunet.graph.canonical.canonical_graph`): node names
+    are those of :class:`sjunet.conversion.recipe.SpikingUNetRecipe`'s graph, so statistics keyed by node
     name line up with the conversion."""
     return canonical_graph(model, example_shape).gm
 

@@ -16,10 +16,10 @@ from typing import Sequence
 from torch.utils.data import DataLoader
 
 from sjunet.calibration import calibrate
+from sjunet.conversion.recipe import convert, save_snn
 from sjunet.data import get_dataset
 from sjunet.evaluation import evaluate
 from sjunet.io import provenance, write_json
-from sjunet.recipe import convert, save_snn
 from sjunet.training import TrainOptions, train
 
 DEMOS = {
@@ -92,8 +92,8 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
 
 
 def _figure(ann, snns: dict, test, T: int, output: Path, images: int, title: str) -> Path:
-    """Figures 4/5 for the demo (:mod:`sjunet.predictions`): the first ``images`` test images."""
-    from sjunet.predictions import predictions, predictions_figure
+    """Figures 4/5 for the demo (:mod:`sjunet.plots.predictions`): the first ``images`` test images."""
+    from sjunet.plots.predictions import predictions, predictions_figure
     from sjunet.tasks import task_for
 
     systems = {"ANN": (ann, None)}

@@ -8,8 +8,8 @@ Trust rules (README, "What sjunet refuses and why"):
 
 * files are data, never code: checkpoints are read with ``torch.load(weights_only=True)`` (plain
   dicts, lists, strings, numbers and tensors only) and SNNs are safetensors + a JSON record
-  (:mod:`sjunet.snnfile`); a file that needs unpickling of anything else is refused;
-* fingerprints are verified on load (:func:`load_ann` recomputes the model's);
+  (:mod:`sjunet.snn.file`); a file that needs unpickling of anything else is refused;
+* fingerprints are verified on load (:func:`sjunet.models.checkpoint.load_ann` recomputes the model's);
 * a long run never overwrites a result it was not asked to (:func:`output_guard`): an existing
   output is refused unless ``--force`` or ``--resume``, and one run at a time holds an exclusive
   lock on it;
@@ -419,7 +419,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     """Load an sjunet checkpoint (``weights_only=True``) and check its ``kind``."""
     path = Path(path)
     if kind == SNN_KIND or (path.is_file() and _is_safetensors(path)):
-        raise ArtifactError(f"{path}: is an SNN file; load it with sjunet.recipe.load_snn")
+        raise ArtifactError(f"{path}: is an SNN file; load it with sjunet.load_snn")
     ckpt = torch_load_data(path)
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise ArtifactError(f"{path}: not an sjunet checkpoint (no 'kind' field)")

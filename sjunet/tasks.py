@@ -109,7 +109,7 @@ Task = SegmentationTask | DenoisingTask
 def label_frequencies(dataset, num_classes: int, items: int = LABEL_SAMPLE) -> list[float]:
     """Share of each class among the labelled pixels of up to ``items`` items of ``dataset`` (evenly
     spaced; ignored pixels left out). The global random state is left as it was."""
-    from sjunet.loop import rng_preserved
+    from sjunet.rng import rng_preserved
 
     n = len(dataset)
     if n == 0:

@@ -1,5 +1,6 @@
 """Small networks for conversion tests."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -34,6 +35,43 @@ class SkewedSkipNet(nn.Module):
         u = self.up_act(self.up(b))
         c = self.relu3(self.conv3(torch.cat([a, u], dim=1)))
         return self.head(c)
+
+
+class ResidualNet(nn.Module):
+    """A ResNet basic block (BN, in-place ReLU called twice, identity shortcut) + a strided conv
+    downsampling block with a conv shortcut, bilinear upsampling to a reference size, padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.c1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.c2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.short = nn.Conv2d(4, 6, 1, stride=2)
+        self.drop = nn.Dropout2d(0.3)
+        self.head = nn.Conv2d(10, 3, 3)
+
+    def forward(self, x):
+        s = self.relu(self.bn0(self.stem(x)))
+        y = self.relu(self.bn1(self.c1(s)))
+        y = self.bn2(self.c2(y))
+        s = self.relu(y + s)
+        d = (self.down(s) + self.short(s)).relu()
+        u = F.interpolate(self.drop(d), size=s.shape[-2:], mode="bilinear", align_corners=False)
+        z = torch.cat([s, u], dim=1)
+        return self.head(F.pad(z, (1, 1, 1, 1), mode="replicate"))
+
+
+class Relu6Net(nn.Module):
+    def __init__(self, cap=True):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 2, 1)
+        self.act = nn.ReLU6() if cap else nn.Hardtanh(0.0, 0.5)
+        self.bn = nn.BatchNorm2d(1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.c2(self.act(self.c1(self.bn(x)))))  # lone BN first, sigmoid at the output
 
 
 def batches(n=4, b=2, c=1, size=16, seed=0):

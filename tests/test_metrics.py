@@ -9,18 +9,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from sjunet import metrics
-from sjunet.metrics import (
-    MetricAccumulator,
-    confusion_matrix,
-    f1_per_class,
-    iou_per_class,
-    mean_iou,
-    pixel_accuracy,
-    pixel_agreement,
-    psnr,
-    segmentation_metrics,
-    ssim,
-)
+from sjunet.metrics import (MetricAccumulator, confusion_matrix, f1_per_class, iou_per_class, mean_iou, pixel_accuracy,
+                            pixel_agreement, psnr, segmentation_metrics, ssim)
 
 IGN = 255
 

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from fulldisk import fill, full_tmpfs
 from sjunet.cli.main import main
-from sjunet.io import ArtifactError, NoSpaceError, lock_path, output_guard, torch_save_atomic, write_bytes_atomic, \
-    write_json
+from sjunet.io import (ArtifactError, NoSpaceError, lock_path, output_guard, torch_save_atomic, write_bytes_atomic,
+                       write_json)
 
 DATA = ["-d", "demo-seg", "--opt", "size=32", "--opt", "num_items=4"]
 NET = ["--width", "2", "--depth", "1"]
@@ -95,8 +95,8 @@ def test_a_write_on_a_full_disk_is_one_line_and_keeps_the_previous_file(writer):
             elif writer == "torch":
                 torch_save_atomic({"w": torch.zeros(50_000)}, out)
             elif writer == "snn":
-                from sjunet import snnfile
                 from sjunet.models import UNet
+                from sjunet.snn import file as snnfile
                 from helpers import batches
                 import sjunet
 

@@ -13,9 +13,9 @@ TINY = {"size": [8, 16, 16], "num_items": 4}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from sjunet.calibration import calibrate
+    from sjunet.conversion.recipe import convert
     from sjunet.data import get_dataset
     from sjunet.models.checkpoint import load_ann
-    from sjunet.recipe import convert
     from sjunet.training import TrainOptions, train
 
     out = tmp_path_factory.mktemp("vol") / "ann.pt"
@@ -99,9 +99,9 @@ def test_training_refuses_crops_that_do_not_fit_the_networks_multiples():
 
 def test_anisotropic_nnunet_pools_depth_less():
     pytest.importorskip("dynamic_network_architectures")
-    from sjunet.snn import size_rule
     from sjunet.models.checkpoint import ALLOWED_ARCHITECTURES
     from sjunet.models.nnunet import anisotropic_plain_conv_unet
+    from sjunet.snn import size_rule
 
     assert "sjunet.models.nnunet:anisotropic_plain_conv_unet" in ALLOWED_ARCHITECTURES
     net = anisotropic_plain_conv_unet(base_features=2, n_stages=3).eval()
@@ -110,7 +110,7 @@ def test_anisotropic_nnunet_pools_depth_less():
 
 
 def test_real_spike_amplitudes_fold_into_3d_convolutions():
-    from sjunet.peer_neurons import _fold
+    from sjunet.neurons.peers import _fold
 
     torch.manual_seed(0)
     for conv in (torch.nn.Conv3d(4, 3, 3, padding=1, groups=1), torch.nn.Conv3d(4, 4, 1, groups=2),
@@ -135,7 +135,7 @@ def test_demo_seg3d_runs_and_draws_middle_slices(tmp_path):
 
 def test_volume_predictions_are_middle_slices(trained):
     from sjunet.data import get_dataset
-    from sjunet.predictions import predictions
+    from sjunet.plots.predictions import predictions
 
     test = get_dataset("demo-seg3d", None, "test", **TINY)
     rows = predictions({"ANN": (trained["ann"], None), "SNN": (trained["snn"], 2)}, test, [0])

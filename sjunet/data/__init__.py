@@ -10,6 +10,11 @@ fingerprint of the files read). Conventions: :mod:`sjunet.data.common`.
 
 Volumetric datasets (``spatial_dims == 3``: ``em3d``, ``demo-seg3d``) give ``x [C,D,H,W]``, ``y [D,H,W]``;
 every dataset class has ``spatial_dims`` (2 for the others).
+
+**A new dataset** is a module here (a :class:`~sjunet.data.common.SJDataset` subclass) registered in
+:data:`DATASETS` below, with its tests in ``tests/data/``; training, evaluation and the CLI find it by
+name. This package imports nothing else of sjunet (it sits below ``metrics``, ``tasks`` and everything
+that evaluates or trains).
 """
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ def _fits(path: Path, ctor: Any, kwargs: dict, sd: dict[str, torch.Tensor]) -> N
 
 
 def load_ann(path: str | os.PathLike, trust_arch: str | None = None) -> tuple[nn.Module, dict]:
-    """Load an ANN checkpoint written by :func:`sjunet.training.train`; returns ``(model, checkpoint)``.
+    """Load an ANN checkpoint written by :func:`sjunet.training.ann.train`; returns ``(model, checkpoint)``.
 
     Nothing in the file chooses code: sjunet's own U-Net is built from its config, other models
     only from :data:`ALLOWED_ARCHITECTURES` or the user's own ``trust_arch`` (the CLI's ``--arch``).

@@ -3,7 +3,7 @@ and load its weights from a plain ``state_dict`` file (``torch.load(weights_only
 
 The architecture comes from the command line (``--arch``, ``--arch-kwargs``), never from a file:
 an SNN file records it for information only, and is rebuilt from its own graph record
-(:mod:`sjunet.snnfile`), so opening a file never imports or calls code it names.
+(:mod:`sjunet.snn.file`), so opening a file never imports or calls code it names.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ SpikingJelly's ``ann2snn`` converter and :mod:`sjunet.calibration` can trace it.
 Input height and width must be multiples of ``2**depth``.
 
 ``spatial_dims=3`` builds the same network for volumes ``[N, C, D, H, W]`` (Conv3d, BatchNorm3d,
-AvgPool3d / MaxPool3d(2), ConvTranspose3d(k=2, s=2); layers named by :mod:`sjunet.dims`): depth,
+AvgPool3d / MaxPool3d(2), ConvTranspose3d(k=2, s=2); layers named by :mod:`sjunet.layers.dims`): depth,
 height and width must each be a multiple of ``2**depth``. The 2-D network, its state-dict keys and
 its checkpoint record are unchanged (``spatial_dims`` is recorded only when it is not 2).
 """
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from sjunet import dims
+from sjunet.layers import dims
 
 
 #: sanity limits of a config (a checkpoint's record is checked against them before building)

@@ -1,0 +1,25 @@
+"""``sjunet bench NAME``: a benchmark of ``benchmarks/`` (same as ``python -m sjunet.benchmarks NAME``)."""
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("name")
+@click.option("--profile", type=click.Choice(["smoke", "cpu", "gpu", "paper"]), default="cpu", show_default=True)
+@click.option("--model", default=None, type=click.Path())
+@click.option("--data", default=None, type=click.Path())
+@click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
+@click.option("--dataset", default=None, help="dataset of the one-dataset tables (ladders, energy, ablation)")
+@click.option("--only", default=None, help="comma-separated subset of the rows (zoo: architectures)")
+def bench(name, profile, model, data, device, dataset, only):
+    """Run a benchmark from benchmarks/ (same as `python -m sjunet.benchmarks NAME`)."""
+    from sjunet.benchmarks.__main__ import BENCHMARKS, main as bench_main
+
+    if name not in BENCHMARKS:
+        raise click.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(sorted(BENCHMARKS))}",
+                                 param_hint="NAME")
+    args = [name, "--profile", profile, "--device", device] + (["--model", model] if model else []) + \
+        (["--data", data] if data else []) + (["--dataset", dataset] if dataset else []) + \
+        (["--only", only] if only else [])
+    bench_main(args)

@@ -1,0 +1,73 @@
+"""The canonical graph (spec §5, §11): what every later stage works on — calibration, the
+normalization plan, the SpikingJelly recipe, energy and plots.
+
+:func:`canonical_graph` turns any FX-traceable U-Net (sjunet's own, MONAI, segmentation_models_
+pytorch, hand-written) into it:
+
+1. :func:`sjunet.graph.tracing.trace` — ``torch.fx`` tracing, shape decisions taken on an example
+   input of the given shape, sizes computed from shapes specialised to constants, and the size rule
+   they hold for (:mod:`sjunet.graph.tracing`);
+2. :func:`canonicalize` — the rewrites, in order (:mod:`sjunet.graph.canonical_ops`: modules called
+   twice unshared, identities and dropout removed, every ReLU spelling made a module, adds and cats,
+   functional layers made modules, pooling, interpolation and padding made stages, output-side ops
+   stripped; :mod:`sjunet.graph.canonical_norms`: instance / group / layer norms made Center →
+   Normalize → ChannelAffine, BatchNorm folded). Each keeps the network's function exactly;
+3. a plain retrace (:func:`sjunet.graph.tracing.retrace`), so node names are exactly those
+   SpikingJelly's converter sees when it traces the canonical graph (statistics are keyed by node
+   name);
+4. :func:`sjunet.graph.refusals.check_supported` — anything left that has no faithful spiking
+   counterpart is refused. All blockers of a model (from tracing, rewriting and this check) come in
+   one :class:`~sjunet.errors.UnsupportedGraphError`: a summary line, then one line per root cause —
+   node, source line, cause, remedy.
+
+A new rewrite (another spelling of a supported op) is a function in :mod:`.canonical_ops` (or
+:mod:`.canonical_norms`) called from :func:`canonicalize`, with its tests in ``tests/graph/``.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from torch import fx, nn
+
+from sjunet.graph.canonical_norms import fold_batchnorms, norm_stages
+from sjunet.graph.canonical_ops import (adaptive_pools, adds_and_cats, functional_layers, relus, remove_identities,
+                                        resample_and_pad, stack_sums, strip_post, unshare)
+from sjunet.graph.refusals import check_supported
+from sjunet.graph.sizes import size_rule_of_trace
+from sjunet.graph.tracing import Trace, retrace, trace
+from sjunet.layers import dims
+
+
+def canonicalize(gm: fx.GraphModule, blockers: list | None = None) -> list[dict]:
+    """Rewrite ``gm`` in place (module docstring); returns the stripped output-side ops. Nodes it
+    cannot rewrite are added to ``blockers`` (without a list: raise at the first)."""
+    nd = dims.spatial_dims(gm)  # the network's (its convolutions'): 2 for images, 3 for volumes
+    unshare(gm)
+    remove_identities(gm)
+    relus(gm)
+    adds_and_cats(gm)
+    stack_sums(gm)
+    functional_layers(gm, blockers, nd)
+    adaptive_pools(gm, blockers, nd)
+    resample_and_pad(gm, blockers, nd)
+    post = strip_post(gm)
+    norm_stages(gm, blockers, nd)
+    fold_batchnorms(gm, blockers)
+    dims.set_spatial_dims(gm, nd)  # per-channel stages broadcast over nd spatial axes
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return post
+
+
+def canonical_graph(model: nn.Module, example_shape: Iterable[int] | None = None) -> Trace:
+    """The canonical graph of ``model`` (module docstring, steps 1–4)."""
+    tr = trace(model, example_shape)
+    found = list(tr.blockers)
+    tr.post = canonicalize(tr.gm, found)
+    tr.gm = retrace(tr.gm)
+    check_supported(tr.gm, type(model).__name__, found)
+    if tr.specialised:
+        tr.size_rule = size_rule_of_trace(model, tr)
+    return tr

@@ -1,0 +1,339 @@
+"""Why a model cannot be converted (spec §11): blockers, their messages and the model's source lines.
+
+A :class:`Blocker` is one reason: the node, the model's source line that created it
+(:func:`source_line`), a short label and the cause with its remedy. :func:`find_blockers` finds
+every root cause left in a canonical graph — shape arithmetic, constants and reshapes that only
+feed a refused op are not reported again — and :func:`check_supported` raises them all at once in
+one :class:`~sjunet.errors.UnsupportedGraphError`: a summary line (:func:`refusal_message`), then one
+line per blocker. Tracing and the rewrites add the blockers they meet to the same list, so a model
+gets every blocker in one refusal. A new refusal (an op sjunet cannot convert, with its remedy) is a
+case of :func:`_refusal` or an entry of :data:`_REMEDY`.
+
+Source lines are found by identity, not by name: a frame is the library's own when its file lies
+inside the installed directories of sjunet's packages (``sjunet``, ``sjunet.cli``,
+``sjunet.calibration``, ``sjunet.benchmarks`` — separate folders, see setup.cfg), torch or
+SpikingJelly (resolved paths); the model's line is the last frame outside them, wherever the
+model's code lives (even under a folder named ``sjunet`` or ``torch``).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from sjunet.errors import UnsupportedGraphError
+from sjunet.graph.kinds import AVG_POOL_TYPES, MAX_POOL_TYPES, cat_dim, kind_of, module_of, target_name, tensor_inputs
+from sjunet.layers import dims
+
+
+@dataclass
+class Blocker:
+    """One reason a model cannot be converted: the node, the model's source line, a short label
+    (for the summary) and the cause with its remedy."""
+
+    node: str
+    op: str
+    where: str
+    label: str
+    detail: str
+
+    def line(self) -> str:
+        return f"node {self.node!r} ({self.op}){self.where}: {self.detail}"
+
+
+#: the packages whose frames are the library's, not the model's (sjunet's four installed folders)
+LIBRARY_PACKAGES = ("sjunet", "sjunet.cli", "sjunet.calibration", "sjunet.benchmarks", "torch", "spikingjelly")
+_FRAME = re.compile(r'File "(.+)", line \d+')
+
+
+@functools.lru_cache(maxsize=1)
+def library_dirs() -> tuple[Path, ...]:
+    """The resolved directories of :data:`LIBRARY_PACKAGES` (those installed)."""
+    found: list[Path] = []
+    for name in LIBRARY_PACKAGES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        for d in (spec.submodule_search_locations or []) if spec is not None else []:
+            found.append(Path(d).resolve())
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_library_file(filename: str) -> bool:
+    """Whether ``filename`` (a traceback frame's) lies inside one of :func:`library_dirs`."""
+    path = Path(filename)
+    if not path.is_absolute():
+        return False  # generated code (``<string>``), never a library file on disk
+    try:
+        path = path.resolve()
+    except (OSError, RuntimeError):
+        return False
+    return any(path.is_relative_to(d) for d in library_dirs())
+
+
+def _is_library_frame(location: str) -> bool:
+    m = _FRAME.match(location)
+    return m is not None and is_library_file(m.group(1))
+
+
+def source_line(node: fx.Node) -> str:
+    """The model's source line that created ``node``: the last frame of its stack trace whose file is
+    not inside sjunet, torch or SpikingJelly (:func:`is_library_file`), as `` (path, line N, in f: code)``."""
+    lines = (node.stack_trace or "").strip().splitlines()
+    frames = [(lines[i].strip(), lines[i + 1].strip()) for i in range(len(lines) - 1)
+              if lines[i].strip().startswith("File ")]
+    user = [f for f in frames if not _is_library_frame(f[0])]
+    if not user:
+        return ""
+    loc, code = user[-1]
+    loc = loc.replace("File ", "").replace('"', "")
+    if "site-packages/" in loc:  # an installed package: its path from the package on
+        loc = loc.split("site-packages/", 1)[1]
+    return f" ({loc}: {code})"
+
+
+_REMEDY = {
+    "ELU": "negative outputs have no spike-rate counterpart; retrain with nn.ReLU",
+    "SELU": "negative outputs have no spike-rate counterpart; retrain with nn.ReLU",
+    "CELU": "negative outputs have no spike-rate counterpart; retrain with nn.ReLU",
+    "GELU": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
+    "SiLU": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
+    "Mish": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
+    "Tanh": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
+    "Sigmoid": "only at the output can a sigmoid be applied to the decoded result; inside the network retrain with nn.ReLU",
+    "Softmax": "only at the output can a softmax be applied to the decoded result",
+    "InstanceNorm2d": "sjunet converts instance/group/layer norm written as nn.InstanceNorm2d/3d, nn.GroupNorm, "
+                      "nn.LayerNorm over (C, H, W) or (C, D, H, W), or F.instance_norm / F.group_norm / F.layer_norm "
+                      "with the model's own weights (a centring plus a deviation fixed from calibration); write it so",
+    "GroupNorm": "it is converted as nn.GroupNorm / F.group_norm with the model's own weights; write it so",
+    "LayerNorm": "it is converted over (C, H, W) with a per-channel affine (nn.LayerNorm, F.layer_norm); "
+                 "write it so, or use GroupNorm(1, C)",
+    "LocalResponseNorm": "it divides by input-dependent values; remove it and retrain",
+    "MultiheadAttention": "attention multiplies activations with each other, which rates cannot do; use a convolutional U-Net",
+    "Linear": "fully connected layers are not supported in this U-Net converter; use a 1x1 Conv2d / Conv3d",
+}
+_REMEDY["InstanceNorm3d"] = _REMEDY["InstanceNorm2d"]
+
+
+_SIGMOID_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
+_PRODUCT_FUNCTIONS = {operator.mul, operator.imul, torch.mul, torch.matmul, operator.matmul, torch.bmm, torch.einsum,
+                      torch.baddbmm, torch.mm}
+_PRODUCT_METHODS = {"mul", "mul_", "matmul", "bmm", "mm"}
+_PLUMBING_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze,
+                       operator.getitem, getattr, torch.chunk, torch.split, torch.unbind, torch.t}
+_PLUMBING_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "expand",
+                     "expand_as", "view_as", "reshape_as", "chunk", "split", "unbind", "contiguous", "to", "type",
+                     "type_as", "float", "size", "dim", "repeat", "unflatten", "t"}
+_ATTENTION = ("attention multiplies activations — no construction can convert it (a product of two spike rates "
+              "is not a rate of their sum); use a U-Net without attention gates or self-attention and retrain")
+
+
+def _is_sigmoid(gm: fx.GraphModule, n: fx.Node) -> bool:
+    m = module_of(gm, n)
+    return (isinstance(m, (nn.Sigmoid, nn.Hardsigmoid)) or (n.op == "call_function" and n.target in _SIGMOID_FUNCTIONS)
+            or (n.op == "call_method" and n.target in ("sigmoid", "sigmoid_")))
+
+
+def _is_product(n: fx.Node) -> bool:
+    return ((n.op == "call_function" and n.target in _PRODUCT_FUNCTIONS)
+            or (n.op == "call_method" and n.target in _PRODUCT_METHODS))
+
+
+def _is_plumbing(n: fx.Node) -> bool:
+    """Reshaping, indexing and type plumbing: refused, but reported only where nothing else explains it."""
+    return ((n.op == "call_function" and n.target in _PLUMBING_FUNCTIONS)
+            or (n.op == "call_method" and n.target in _PLUMBING_METHODS) or n.op == "get_attr")
+
+
+def _is_constant(gm: fx.GraphModule, a) -> bool:
+    return not isinstance(a, fx.Node) or a.op == "get_attr" or kind_of(gm, a) == "shape"
+
+
+def _blocker(node: fx.Node, label: str, detail: str) -> Blocker:
+    return Blocker(node.name, f"{node.op} {target_name(node.target)}", source_line(node), label, detail)
+
+
+def _refusal(gm: fx.GraphModule, node: fx.Node) -> Blocker:
+    """Why ``node`` (of kind ``other``) cannot be converted, and what to do."""
+    m = module_of(gm, node)
+    if m is not None:
+        name = type(m).__name__
+        if name in _REMEDY:
+            return _blocker(node, name, f"{name} — {_REMEDY[name]}.")
+        if isinstance(m, nn.Hardtanh):
+            return _blocker(node, f"Hardtanh({m.min_val}, {m.max_val})", f"Hardtanh({m.min_val}, {m.max_val}) — "
+                            "only Hardtanh(0, a) is a (capped) ReLU.")
+        nd = dims.module_dims(m)
+        if nd is not None and nd not in dims.SUPPORTED:
+            return _blocker(node, name, f"{name} — {nd}-D signals are not supported (2-D images and 3-D volumes: "
+                            "Conv2d/3d, ConvTranspose2d/3d are).")
+        return _blocker(node, name, f"{name} is not one of Conv2d/3d, ConvTranspose2d/3d, BatchNorm2d/3d, ReLU, "
+                        "AvgPool2d/3d, MaxPool2d/3d, adaptive average pooling, Upsample, padding, Dropout/Identity, "
+                        "cat or add — replace it or retrain.")
+    t = target_name(node.target)
+    if node.op == "get_attr":
+        return _blocker(node, "constant tensor", f"the constant tensor {node.target!r} is used as an activation; "
+                        "only convolution weights and BatchNorm statistics are understood as constants")
+    if _is_product(node):
+        ins = [a for a in node.args if isinstance(a, fx.Node)]
+        acts = [a for a in ins if not _is_constant(gm, a)]
+        if len(acts) == 2 and t in ("mul", "mul_", "imul"):
+            a, b = acts
+            for x, s in ((a, b), (b, a)):
+                if _is_sigmoid(gm, s) and s.args and s.args[0] is x:
+                    return _blocker(node, "SiLU/Swish", "x·sigmoid(x) is SiLU/Swish — it is not piecewise linear, "
+                                    "so rates cannot represent it; retrain with nn.ReLU.")
+            return _blocker(node, "attention (product of activations)",
+                            f"multiplying two activations: {_ATTENTION}.")
+        if len(acts) >= 2:
+            return _blocker(node, "attention (product of activations)", f"{t} of two activations: {_ATTENTION}.")
+    for key, label in (("leaky_relu", "LeakyReLU"), ("prelu", "PReLU"), ("gelu", "GELU"), ("silu", "SiLU"),
+                       ("elu", "ELU"), ("mish", "Mish"), ("tanh", "Tanh"), ("sigmoid", "Sigmoid"),
+                       ("softmax", "Softmax"), ("layer_norm", "LayerNorm"), ("group_norm", "GroupNorm"),
+                       ("instance_norm", "InstanceNorm2d")):
+        if key in t.lower():
+            if label in _REMEDY:
+                return _blocker(node, label, f"{t} ({label}) is not a ReLU: {_REMEDY[label]}.")
+            return _blocker(node, label, f"{t} is not a ReLU (only ReLU/ReLU6/Hardtanh(0,a) map onto spike rates; "
+                            "sigmoid/softmax only at the output); retrain with ReLU.")
+    if node.target is operator.getitem:
+        return _blocker(node, "cropping", "indexing or slicing activations (cropping) is not supported; pad the "
+                        "other tensor instead, or crop the input image")
+    if node.target in (operator.mul, torch.mul, operator.truediv, torch.div, operator.sub, torch.sub) or t in (
+            "mul", "div", "sub", "truediv"):
+        return _blocker(node, t, "multiplying, dividing or subtracting activations is not a spiking operation; fold "
+                        "constant factors into the weights.")
+    if _is_plumbing(node):
+        return _blocker(node, f"reshaping ({t})", f"{t} reshapes or re-indexes activations, which a U-Net converter "
+                        "does not follow (flatten/view/permute belong to classifiers and attention)")
+    return _blocker(node, t, "only convolutions, BatchNorm, ReLU, pooling, interpolation, padding, channel "
+                    "concatenation and residual addition are supported.")
+
+
+def _check_node(gm: fx.GraphModule, node: fx.Node, shapey: set) -> tuple[Blocker | None, bool]:
+    """(the blocker of ``node`` or None, whether it is plumbing: reported only as a root cause)."""
+    k = kind_of(gm, node)
+    if k == "other" and node in shapey:
+        k = "shape"
+    if k == "other":
+        if node.op == "get_attr" or (_is_sigmoid(gm, node) and len(node.users) == 1
+                                     and _is_product(next(iter(node.users)))):
+            return _refusal(gm, node), True  # a gate's sigmoid: explained by its product
+        return _refusal(gm, node), _is_plumbing(node)
+    if k == "shape":
+        return _blocker(node, "shape arithmetic", "it computes with tensor shapes in a way sjunet cannot follow "
+                        "(only padding, interpolation and pooling sizes are specialised on the example shape, "
+                        "and interpolation to another tensor's size, `size=t.shape[-2:]`)"), True
+    if k == "cat" and node.op == "call_function" and cat_dim(node) not in (1, -3):
+        return _blocker(node, f"cat along dim {cat_dim(node)}", f"concatenation along dim {cat_dim(node)}; only the "
+                        "channel dimension (dim=1) joins spike paths"), False
+    if k == "add":
+        ins = tensor_inputs(node)
+        if len(ins) != 2 or len(node.args) != 2 or node.kwargs or any(_is_constant(gm, a) for a in ins):
+            return _blocker(node, "adding a constant", "only the sum of two activation tensors is a join; adding a "
+                            "constant shifts every neuron's input — fold it into the preceding bias"), False
+    if k == "output":
+        outs = node.args[0]
+        if not isinstance(outs, fx.Node):
+            return _blocker(node, "several outputs", f"the network returns {type(outs).__name__}; sjunet converts "
+                            "models with one output tensor (drop deep-supervision heads before converting)"), False
+    if k in ("synaptic", "pool", "maxpool") and node.op == "call_module":
+        m = module_of(gm, node)
+        name = type(m).__name__
+        if isinstance(m, AVG_POOL_TYPES) and m.divisor_override is not None:
+            return _blocker(node, f"{name}(divisor_override)", f"{name}(divisor_override=...) is not "
+                            "supported"), False
+        if isinstance(m, MAX_POOL_TYPES) and m.return_indices:
+            return _blocker(node, f"{name}(return_indices)", f"{name}(return_indices=True) is not supported"), False
+    if k in ("relu", "synaptic", "pool", "maxpool", "resample", "pad", "affine", "cat"):
+        for a in tensor_inputs(node):
+            if isinstance(a, fx.Node) and (a.op == "get_attr" or kind_of(gm, a) == "shape"):
+                return _blocker(node, "input from shapes", f"its input {a.name!r} is computed from shapes (or is a "
+                                "constant tensor), not activations"), False
+    return None, False
+
+
+def find_blockers(gm: fx.GraphModule, known: Iterable[Blocker] = ()) -> list[Blocker]:
+    """Every root cause that keeps ``gm`` from being converted (nodes named in ``known`` were
+    reported by an earlier step). Refused nodes joined to each other form groups; a group with a
+    real cause (an activation function, a product, a norm…) reports those, and its plumbing —
+    shapes, constants, reshapes feeding or fed by them — is not reported again."""
+    known_names = {b.node for b in known}
+    refused: dict[fx.Node, Blocker | None] = {}
+    plumbing: set[fx.Node] = set()
+    shapey: set[fx.Node] = set()  # shapes and arithmetic on them only
+    for node in gm.graph.nodes:
+        if kind_of(gm, node) == "shape" or (node.op in ("call_function", "call_method") and node.all_input_nodes
+                                            and all(a in shapey for a in node.all_input_nodes)):
+            shapey.add(node)
+        if node.name in known_names:
+            refused[node] = None
+            continue
+        b, plumb = _check_node(gm, node, shapey)
+        if b is not None:
+            refused[node] = b
+            if plumb:
+                plumbing.add(node)
+    parent = {n: n for n in refused}
+
+    def root(n):
+        while parent[n] is not n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for n in refused:
+        for a in n.all_input_nodes:
+            if a in refused:
+                parent[root(a)] = root(n)
+    groups: dict[fx.Node, list[fx.Node]] = {}
+    for n in refused:
+        groups.setdefault(root(n), []).append(n)
+    picked: set[fx.Node] = set()
+    for members in groups.values():
+        real = [n for n in members if n not in plumbing]
+        if real:
+            picked.update(real)
+            continue
+        tensors = [n for n in members if n.op != "get_attr" and kind_of(gm, n) != "shape"]
+        first = [n for n in tensors if not any(a in refused and a in tensors for a in n.all_input_nodes)]
+        picked.update(first or [n for n in members if not any(a in refused for a in n.all_input_nodes)] or members[:1])
+    return [refused[n] for n in gm.graph.nodes if n in picked and refused.get(n) is not None]
+
+
+MAX_LISTED = 40  #: blockers listed one per line in a refusal (the summary counts all)
+
+
+def refusal_message(model: str, blockers: list[Blocker]) -> str:
+    """One summary line (``cannot convert X: N blockers: …``) and one line per blocker."""
+    counts: dict[str, int] = {}
+    for b in blockers:
+        counts[b.label] = counts.get(b.label, 0) + 1
+    summary = ", ".join(f"{k} ×{v}" if v > 1 else k for k, v in counts.items())
+    n = len(blockers)
+    lines = [f"cannot convert {model}: {n} blocker{'s' if n != 1 else ''}: {summary}"]
+    lines += [f"  - {b.line()}" for b in blockers[:MAX_LISTED]]
+    if n > MAX_LISTED:
+        lines.append(f"  - … and {n - MAX_LISTED} more like the above")
+    return "\n".join(lines)
+
+
+def check_supported(gm: fx.GraphModule, model: str | None = None, known: Iterable[Blocker] = ()) -> None:
+    """Raise one :class:`UnsupportedGraphError` listing every blocker of ``gm`` (and ``known``,
+    found by earlier steps: tracing, rewriting) — node, source line, cause and remedy."""
+    known = list(known)
+    blockers = known + find_blockers(gm, known)
+    if blockers:
+        order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+        blockers.sort(key=lambda b: order.get(b.node, -1))
+        raise UnsupportedGraphError(refusal_message(model or type(gm).__name__, blockers))

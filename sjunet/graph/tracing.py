@@ -1,0 +1,362 @@
+"""Tracing (spec §5, §11): ``torch.fx`` symbolic tracing of any U-Net with shape decisions and
+specialised sizes — step 1 of :func:`sjunet.graph.canonical.canonical_graph`.
+
+:func:`trace` adds two things third-party U-Nets need to ``torch.fx``: ``torch.jit.isinstance(proxy,
+torch.Tensor)`` is true (MONAI's ``UpCat`` asks it of its skip input), and control flow on *shapes*
+(MONAI pads a skip when sizes differ) is decided on an example input of the given shape and recorded
+(:attr:`Trace.decisions`). Sizes computed from shapes — ``F.pad`` amounts (``diffY = x2.size(2) -
+x1.size(2)``), interpolation sizes, pooling sizes — become constants evaluated on that input
+(:attr:`Trace.specialised`, each with the input shape it holds for); :attr:`Trace.size_rule` says for
+which input sizes they hold (:mod:`sjunet.graph.sizes`), and simulation refuses other sizes. An
+interpolation to another tensor's size (``size=t.shape[-2:]``, :func:`size_reference`) is kept as a
+reference, not specialised. Control flow on tensor *values* is a blocker, noted with the node and the
+source line; tracing goes on. A model torch.fx cannot trace at all is refused in one line.
+
+:func:`retrace` traces a rewritten graph again with a plain ``fx.Tracer`` (sjunet's stages and neurons
+as leaves, :func:`stages_are_leaves`), so node names are exactly those SpikingJelly's converter sees.
+2-D images ``[N, C, H, W]`` and 3-D volumes ``[N, C, D, H, W]`` trace alike (spec §14).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import operator
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from sjunet.errors import UnsupportedGraphError
+from sjunet.graph.kinds import target_name
+from sjunet.graph.refusals import Blocker, source_line
+from sjunet.layers import dims
+from sjunet.layers.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample, SpikingMaxPool2d
+from sjunet.layers.static_synapse import StaticInputSynapse
+from sjunet.neurons import is_neuron
+
+
+@dataclass
+class Trace:
+    """A traced model: the graph module, the shape decisions taken while tracing, and the
+    constants specialised on the example input's shape (:attr:`specialised`: padding amounts,
+    interpolation sizes, pooling sizes computed from shapes), with the size rule they hold for."""
+
+    gm: fx.GraphModule
+    decisions: list[dict] = field(default_factory=list)
+    post: list[dict] = field(default_factory=list)
+    example_shape: tuple[int, ...] | None = None
+    specialised: list[dict] = field(default_factory=list)
+    size_rule: dict | None = None
+    blockers: list[Blocker] = field(default_factory=list)
+
+
+class _ShapeProxy(fx.Proxy):
+    """A proxy whose ``len()`` is evaluated on the example input (``len(x.shape)`` in MONAI)."""
+
+    def __len__(self) -> int:
+        return len(self.tracer._evaluate(self.node))
+
+    def __getattr__(self, k: str) -> "fx.proxy.Attribute":
+        if k == "ndim" and self.tracer.example is not None:  # a tensor's rank does not depend on H, W (einops asks)
+            value = self.tracer._evaluate(self.node)
+            if isinstance(value, torch.Tensor):
+                return value.ndim
+        return _ShapeAttribute(self, k)
+
+
+class _ShapeAttribute(fx.proxy.Attribute):
+    def __len__(self) -> int:
+        return len(self.tracer._evaluate(self.node))
+
+
+#: functions whose size arguments (position, keyword), when computed from shapes, are specialised
+#: on the example input's shape
+_SHAPE_ARGS: dict[Any, tuple[tuple[int, str], ...]] = {
+    F.pad: ((1, "pad"),), torch._C._nn.pad: ((1, "pad"),),
+    F.interpolate: ((1, "size"), (2, "scale_factor")), F.upsample: ((1, "size"), (2, "scale_factor")),
+    F.upsample_nearest: ((1, "size"), (2, "scale_factor")), F.upsample_bilinear: ((1, "size"), (2, "scale_factor")),
+    F.adaptive_avg_pool2d: ((1, "output_size"),), F.adaptive_max_pool2d: ((1, "output_size"),),
+    F.avg_pool2d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    F.max_pool2d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    torch.max_pool2d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    F.adaptive_avg_pool3d: ((1, "output_size"),), F.adaptive_max_pool3d: ((1, "output_size"),),
+    F.avg_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    F.max_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+    torch.max_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
+}
+
+
+def _has_proxy(v) -> bool:
+    found = []
+    fx.node.map_aggregate(v, lambda a: found.append(a) if isinstance(a, fx.Proxy) else None)
+    return bool(found)
+
+
+def _plain_value(v):
+    """``v`` as plain ints / floats / lists, or None if it holds a tensor (not a shape)."""
+    if isinstance(v, torch.Tensor):
+        return None
+    if isinstance(v, (tuple, list)):
+        out = [_plain_value(u) for u in v]
+        return None if any(u is None and w is not None for u, w in zip(out, v)) else out
+    return v
+
+
+class _Tracer(fx.Tracer):
+    """``fx.Tracer`` that decides control flow on shapes by evaluating the graph built so far on
+    an example input (values of tensors are never used to decide), and specialises sizes computed
+    from shapes (padding, interpolation, pooling) to constants on that input."""
+
+    def __init__(self, example: torch.Tensor | None, shape: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.example = example
+        self.shape = shape
+        self.decisions: list[dict] = []
+        self.specialised: list[dict] = []
+        self.blockers: list[Blocker] = []
+        self.record_stack_traces = True
+        self._evaluating = False
+
+    def create_node(self, *args, **kwargs) -> fx.Node:
+        """torch's node, with the stack trace taken by :mod:`traceback` (the frames from the first
+        ``forward`` on): torch's own recorder symbolises through ``torch._C._profiler``, whose first
+        use imports ``torch._dynamo``/``_inductor`` — 5–7 s of a cold ``calibrate`` on a 2-core
+        machine. :func:`source_line` picks the model's own frame from it."""
+        record, self.record_stack_traces = self.record_stack_traces, False
+        try:
+            node = super().create_node(*args, **kwargs)
+        finally:
+            self.record_stack_traces = record
+        if record and not node.stack_trace:
+            frames = traceback.extract_stack()[:-1]
+            first = next((i for i, f in enumerate(frames) if f.name == "forward"), None)
+            if first is not None:
+                node.stack_trace = "".join(traceback.StackSummary.from_list(frames[first:]).format()).strip()
+        return node
+
+    def _is_reference(self, size) -> bool:
+        nodes = fx.node.map_aggregate(size, lambda a: a.node if isinstance(a, fx.Proxy) else a)
+        nds = (len(self.shape) - 2,) if self.shape else dims.SUPPORTED
+        return any(size_reference(nodes, nd) is not None for nd in nds)
+
+    def _constant(self, v):
+        if self.example is None:
+            return None
+        value = fx.node.map_aggregate(v, lambda a: self._evaluate(a.node) if isinstance(a, fx.Proxy) else a)
+        return _plain_value(value)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        if kind == "call_function" and target is torch._assert and not self._evaluating and args \
+                and isinstance(args[0], fx.Proxy) and self.example is not None:
+            p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+            value = self._evaluate(args[0].node)  # a shape check (timm): decided on the example, then dropped
+            if isinstance(value, torch.Tensor):
+                value = bool(value.all()) if value.numel() else True
+            self.decisions.append({"node": p.node.name, "value": bool(value), "where": source_line(p.node).strip(" ()")})
+            if not value:
+                self.blockers.append(Blocker(p.node.name, "call_function _assert", source_line(p.node), "failed assertion",
+                                             "the model's own assertion fails on the example input shape; use "
+                                             "calibration data of a size the model accepts"))
+            return p
+        specs = _SHAPE_ARGS.get(target) if kind == "call_function" and not self._evaluating else None
+        fixed = []
+        if specs:
+            args, kwargs = list(args), dict(kwargs)
+            for i, key in specs:
+                holder, k = (args, i) if len(args) > i else (kwargs, key)
+                if k not in kwargs and holder is kwargs:
+                    continue
+                v = holder[k]
+                if not _has_proxy(v) or (key == "size" and self._is_reference(v)):
+                    continue
+                value = self._constant(v)
+                if value is None:
+                    continue
+                holder[k] = value
+                fixed.append((key, value))
+            args = tuple(args)
+        p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        for key, value in fixed:
+            self.specialised.append({"node": p.node.name, "op": target_name(target), "arg": key, "value": value,
+                                     "input_shape": list(self.shape) if self.shape else None,
+                                     "where": source_line(p.node).strip(" ()")})
+        return p
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ShapeProxy(node, self)
+
+    def call_module(self, m, forward, args, kwargs):
+        if self._evaluating:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def _evaluate(self, node: fx.Node) -> Any:
+        if self.example is None:
+            raise UnsupportedGraphError(
+                f"cannot convert: node {node.name!r}{source_line(node)} needs a concrete value while tracing; give "
+                "the input shape (the calibration data's) so shape checks can be decided")
+        needed, stack = set(), [node]
+        while stack:
+            n = stack.pop()
+            if n not in needed:
+                needed.add(n)
+                stack.extend(n.all_input_nodes)
+        g, env = fx.Graph(), {}
+        for n in self.graph.nodes:
+            if n in needed:
+                env[n] = g.node_copy(n, lambda a: env[a])
+        g.output(env[node])
+        self._evaluating = True
+        try:
+            with torch.no_grad():
+                return fx.Interpreter(fx.GraphModule(self.root, g)).run(self.example)
+        finally:
+            self._evaluating = False
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        node = obj.node
+        value = self._evaluate(node)
+        if isinstance(value, torch.Tensor):  # noted, and tracing goes on (one branch) to find the other blockers
+            self.blockers.append(Blocker(
+                node.name, f"{node.op} {target_name(node.target)}", source_line(node), "control flow on values",
+                "data-dependent control flow (an `if` on tensor values) has no fixed spiking graph; rewrite the "
+                "model without it (torch.where)"))
+            return True
+        self.decisions.append({"node": node.name, "value": bool(value), "where": source_line(node).strip(" ()")})
+        return bool(value)
+
+
+def _jit_isinstance(original: Callable) -> Callable:
+    def isinstance_(obj, target_type):
+        if isinstance(obj, fx.Proxy) and target_type is torch.Tensor:
+            return True
+        return original(obj, target_type)
+    return isinstance_
+
+
+@contextlib.contextmanager
+def _patched_jit_isinstance():
+    original = torch.jit.isinstance
+    torch.jit.isinstance = _jit_isinstance(original)
+    try:
+        yield
+    finally:
+        torch.jit.isinstance = original
+
+
+def trace(model: nn.Module, example_shape: Iterable[int] | None = None) -> Trace:
+    """FX-trace an eval-mode deep copy of ``model`` (see the module docstring, step 1).
+
+    ``example_shape`` (``(B, C, H, W)``) is the input on which shape-dependent control flow is
+    decided; the decisions are returned with the graph.
+    """
+    m = copy.deepcopy(model).eval()
+    shape = tuple(int(s) for s in example_shape) if example_shape is not None else None
+    example = None
+    if shape is not None:
+        p = next(iter(m.parameters()), None)
+        example = torch.zeros((1, *shape[1:]), dtype=p.dtype if p is not None else torch.float32)
+    tracer = _Tracer(example, shape)
+    try:
+        with _patched_jit_isinstance():
+            graph = tracer.trace(m)
+    except UnsupportedGraphError:
+        raise
+    except Exception as e:  # any failure of torch.fx: one line, never a raw traceback
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UnsupportedGraphError(
+            f"cannot convert {type(model).__name__}: torch.fx cannot trace it ({type(e).__name__}: {first}); "
+            "sjunet converts models whose forward is a fixed graph of tensor operations") from None
+    return Trace(fx.GraphModule(tracer.root, graph, type(model).__name__), tracer.decisions, [], shape,
+                 tracer.specialised, None, tracer.blockers)
+
+
+def _is_sjunet_leaf(m: nn.Module) -> bool:
+    return isinstance(m, (Resample, Pad, ChannelAffine, SpikingMaxPool2d, AdaptiveAvgPool, StaticInputSynapse, Center,
+                          Normalize)) \
+        or is_neuron(m)
+
+
+_default_is_leaf = fx.Tracer.is_leaf_module
+
+
+def _is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+    return _is_sjunet_leaf(m) or _default_is_leaf(self, m, module_qualified_name)
+
+
+@contextlib.contextmanager
+def stages_are_leaves():
+    """While active, ``fx.Tracer`` treats sjunet's stage and neuron modules as leaves, as it does
+    torch.nn's. SpikingJelly's converter traces the canonical graph with a plain ``fx.Tracer``
+    and offers no hook for the leaf rule, so the conversion runs inside this context."""
+    previous = fx.Tracer.is_leaf_module
+    fx.Tracer.is_leaf_module = _is_leaf_module
+    try:
+        yield
+    finally:
+        fx.Tracer.is_leaf_module = previous
+
+
+def retrace(gm: fx.GraphModule) -> fx.GraphModule:
+    """Trace ``gm`` again with a plain ``fx.Tracer`` (sjunet's modules as leaves) — what
+    SpikingJelly's converter does — so node names are the ones it will see."""
+    with stages_are_leaves():
+        g = fx.Tracer().trace(gm)
+    where = {n.name: n.stack_trace for n in gm.graph.nodes if n.stack_trace}
+    for n in g.nodes:
+        n.type = None
+        if n.name in where:  # the model's source lines, for refusals
+            n.stack_trace = where[n.name]
+    return fx.GraphModule(gm, g, gm.__class__.__name__)
+
+
+def signature(gm: fx.GraphModule) -> list[tuple[str, str, str]]:
+    """(name, op, target) of every node: two graphs with the same signature key statistics alike."""
+    return [(n.name, n.op, str(n.target)) for n in gm.graph.nodes]
+
+
+def shape_source(node, rank: int = 4) -> tuple[fx.Node, tuple[int, ...]] | None:
+    """``(t, dims)`` if ``node`` is ``t.shape`` / ``t.size()`` (dims: all) or an indexing of it
+    (``rank``: the activations' number of dimensions, 4 for images, 5 for volumes)."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return node.args[0], tuple(range(rank))
+    if node.op == "call_method" and node.target == "size":
+        if len(node.args) == 1:
+            return node.args[0], tuple(range(rank))
+        if len(node.args) == 2 and isinstance(node.args[1], int):
+            return node.args[0], ((node.args[1] % rank),)
+    if node.op == "call_function" and node.target is operator.getitem:
+        src = shape_source(node.args[0], rank)
+        if src is None:
+            return None
+        t, dims = src
+        idx = node.args[1]
+        if isinstance(idx, (int, slice)):
+            picked = dims[idx]
+            return t, (picked,) if isinstance(idx, int) else tuple(picked)
+    return None
+
+
+def size_reference(size, nd: int = 2) -> fx.Node | None:
+    """The tensor ``t`` if ``size`` is ``t``'s spatial size (``t.shape[-2:]``, ``(t.shape[2], t.shape[3])``…;
+    volumes: ``t.shape[2:]``, ``t.shape[-3:]``…; ``nd`` spatial axes)."""
+    spatial = tuple(range(2, 2 + nd))
+    if isinstance(size, fx.Node):
+        src = shape_source(size, nd + 2)
+        return src[0] if src is not None and src[1] == spatial else None
+    if isinstance(size, (tuple, list)) and len(size) == nd:
+        srcs = [shape_source(s, nd + 2) for s in size]
+        if all(s is not None and len(s[1]) == 1 for s in srcs) and all(s[0] is srcs[0][0] for s in srcs) \
+                and tuple(s[1][0] for s in srcs) == spatial:
+            return srcs[0][0]
+    return None

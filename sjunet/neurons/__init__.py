@@ -1,0 +1,36 @@
+"""Neurons (paper §3.2, Eq. 4–6; spec §3) behind one small interface: the one place to import neurons from.
+
+The parts, lowest first (none imports this package's ``__init__``, so nothing imports upward):
+
+* :mod:`.base` — **the neuron interface** (:class:`SpikingNeuron`, :func:`is_neuron`,
+  :func:`set_recording`), threshold ladders (:func:`threshold_ladder`, :func:`validate_ladder`,
+  :func:`is_halving`, :data:`LADDERS`), the :data:`NeuronFactory` type with :func:`refuse_signed`, and
+  the :class:`AdvancedByStep` mixin; it imports no other neuron module;
+* :mod:`.mt` — the multi-threshold neuron (:func:`mt_step`, :class:`MultiThresholdNode`;
+  :func:`IFNode`, the IF neuron, is the same class with one threshold);
+* :mod:`.signed` — leaky ReLU and PReLU (spec §11): :func:`signed_mt_step` /
+  :class:`SignedMultiThresholdNode`;
+* :mod:`.peers` — the paper's peers, multi-level (ML) and real spike (RS);
+* :mod:`.registry` — :data:`NEURON_TYPES` and :data:`FACTORIES` (the CLI reads its ``--neuron``
+  choices from it), :func:`mt_factory`.
+
+The static input synapse (:class:`~sjunet.layers.static_synapse.StaticInputSynapse`, the first analog
+layer) is a layer, not a neuron; it is re-exported here as before.
+
+**A new neuron** is one module here subclassing :class:`SpikingNeuron`, registered in
+:mod:`.registry`, with its tests in ``tests/neurons/``; the recipe, flow, energy and plots need no edit.
+Every name below is importable from ``sjunet.neurons``.
+"""
+from sjunet.layers.static_synapse import StaticInputSynapse
+from sjunet.neurons.base import (LADDERS, AdvancedByStep, NeuronFactory, SpikingNeuron, is_halving, is_neuron,
+                                 named_ladder, refuse_signed, set_recording, threshold_ladder, validate_ladder)
+from sjunet.neurons.mt import IFNode, MultiThresholdNode, mt_step, mt_step_surrogate
+from sjunet.neurons.peers import MultiLevelNode, RealSpikeNode, ml_factory, rs_factory
+from sjunet.neurons.registry import FACTORIES, NEURON_TYPES, mt_factory
+from sjunet.neurons.signed import SignedMultiThresholdNode, leaky, signed_mt_step, signed_mt_step_surrogate
+
+__all__ = ["AdvancedByStep", "FACTORIES", "LADDERS", "named_ladder", "IFNode", "MultiLevelNode", "MultiThresholdNode", "NEURON_TYPES",
+           "NeuronFactory", "RealSpikeNode", "SignedMultiThresholdNode", "SpikingNeuron", "StaticInputSynapse",
+           "is_halving", "is_neuron", "leaky", "ml_factory", "mt_factory", "mt_step", "mt_step_surrogate",
+           "refuse_signed", "rs_factory", "set_recording", "signed_mt_step", "signed_mt_step_surrogate",
+           "threshold_ladder", "validate_ladder"]

@@ -35,6 +35,8 @@ import torch
 from spikingjelly.activation_based import neuron
 from torch import nn
 
+from sjunet.buffers import Buffered
+
 
 def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[float, ...]:
     """Thresholds ``(top, top·ratio, top·ratio², …)`` of length ``n``.
@@ -90,9 +92,29 @@ def is_halving(thresholds: Sequence[float]) -> bool:
     return all(b * 2.0 == a for a, b in zip(thresholds, thresholds[1:]))
 
 
-class SpikingNeuron(neuron.BaseNode):
+class SpikingNeuron(Buffered, neuron.BaseNode):
     """The neuron interface (module docstring). Subclasses implement the SpikingJelly step
-    functions and keep ``acc_output`` / ``spike_count`` when ``record`` / ``record_spikes``."""
+    functions and keep ``acc_output`` / ``spike_count`` when ``record`` / ``record_spikes``.
+
+    **The in-place step** (issue 29: a neuron step that costs what a ReLU costs). SpikingJelly's
+    functional forwards are pure: every step allocates a new membrane and a new output, which on a
+    CPU costs more than the arithmetic. A subclass that also implements :meth:`step_into` — the same
+    step, written into ``out`` with its state tensors updated in place — gets module forwards
+    (single- and multi-step) that run it whenever no gradient is asked for (:meth:`in_place`):
+
+    * the states named in :attr:`inplace_memories` are tensors owned by the neuron (while
+      :func:`sjunet.buffers.streaming` is on, the same storage across steps and images, refilled
+      with the reset value after ``functional.reset_net``; :meth:`init_state` fills them);
+    * the output goes into :meth:`step_buffer` ``"out"`` (reused across steps while streaming; a
+      multi-step chunk writes step t into ``out[t]``);
+    * counting spikes and recording the flow cost nothing unless ``record_spikes`` / ``record``.
+
+    The pure functional step stays the reference (autograd, SpikingJelly's functional API), and
+    :meth:`step_into` must give the same numbers bit for bit (tests compare them on random inputs).
+    """
+
+    #: memories that :meth:`step_into` updates in place (made owned tensors before the first step)
+    inplace_memories: tuple[str, ...] = ("v",)
 
     record: bool
     record_spikes: bool
@@ -121,6 +143,69 @@ class SpikingNeuron(neuron.BaseNode):
         """d activation / d input where ``gate`` = [input > 0] (booleans): the straight-through
         factor of spiking-flow fine-tuning. A ReLU's is the gate itself."""
         return gate
+
+    # -- the in-place step (class docstring) -------------------------------------------------
+    def step_into(self, xs: tuple[torch.Tensor, ...], out: torch.Tensor, states: list) -> list:
+        """One step on inputs ``xs`` (one tensor for a neuron; more for a multi-input node), its
+        output written into ``out``, the tensors of :attr:`inplace_memories` in ``states`` (ordered
+        as the memories) updated in place; returns the states (accumulators may be new tensors).
+        Not implemented: the neuron runs its functional step only."""
+        raise NotImplementedError
+
+    def state_shape(self, name: str, x: torch.Tensor) -> tuple[int, ...]:
+        """Shape of in-place memory ``name`` for a step input ``x`` (default: ``x``'s)."""
+        return tuple(x.shape)
+
+    def init_state(self, name: str, buf: torch.Tensor, value, x: torch.Tensor) -> torch.Tensor:
+        """Fill ``buf`` with the initial value of memory ``name`` (``value``: its reset value)."""
+        return buf.fill_(value)
+
+    def in_place(self, x: torch.Tensor) -> bool:
+        """Whether the in-place step runs: implemented, and no gradient can flow through this step
+        (autograd off, or nothing here requires one: input, states, parameters, a surrogate)."""
+        if type(self).step_into is SpikingNeuron.step_into or self.store_v_seq:
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        if self.surrogate_gradient or x.requires_grad:
+            return False
+        if any(p.requires_grad for p in self.parameters(recurse=False)):
+            return False
+        return not any(isinstance(v, torch.Tensor) and v.requires_grad for v in self._memories.values())
+
+    def _owned_states(self, x: torch.Tensor) -> list:
+        states = []
+        for name, value in self._memories.items():
+            if name in self.inplace_memories:
+                shape = self.state_shape(name, x)
+                if not (isinstance(value, torch.Tensor) and tuple(value.shape) == shape and value.dtype == x.dtype
+                        and value.device == x.device):
+                    init = value if not isinstance(value, torch.Tensor) else self._memories_rv[name]
+                    value = self.init_state(name, self.step_buffer(name, shape, x), init, x)
+            states.append(value)
+        return states
+
+    def _keep(self, states: list) -> None:
+        for name, value in zip(self._memories, states, strict=True):
+            self._memories[name] = value
+
+    def single_step_forward(self, x: torch.Tensor, *args, **kwargs):
+        if not self.in_place(x):
+            return super().single_step_forward(x, *args, **kwargs)
+        states = self._owned_states(x)
+        out = self.step_buffer("out", x.shape, x)
+        self._keep(self.step_into((x, *args), out, states))
+        return out
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if not self.in_place(x_seq):
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        states = self._owned_states(x_seq[0])
+        out = self.step_buffer("out", x_seq.shape, x_seq)
+        for t in range(x_seq.shape[0]):
+            states = self.step_into((x_seq[t], *(a[t] for a in args)), out[t], states)
+        self._keep(states)
+        return out
 
     def output_flow(self) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import base
 from torch import nn
 
+from sjunet.buffers import Buffered
 from sjunet.layers.dims import functional, per_channel
 
 
@@ -183,11 +184,12 @@ class ChannelAffine(nn.Module, base.StepModule):
         return y + T * per_channel(self.shift, nd) if self.shift is not None else y
 
 
-class SpikingMaxPool2d(base.MemoryModule):
+class SpikingMaxPool2d(Buffered, base.MemoryModule):
     """Max-pooling of accumulated spikes: o_t = maxpool(S_t) − maxpool(S_{t−1}), S_t = Σ_{τ≤t} x_τ,
     over as many spatial axes as its kernel has (an int kernel: ``spatial_dims``, 2 by default).
 
-    One memory (``acc``: S, reset by ``functional.reset_net``). Σ_t o_t = maxpool(S_T), which
+    Memories (reset by ``functional.reset_net``): ``acc`` = S and, without autograd, ``pooled`` =
+    maxpool(S_{t−1}), so a step pools once and allocates only the pooled sums (:mod:`sjunet.buffers`). Σ_t o_t = maxpool(S_T), which
     tends to T × the ANN's max-pool as each input's rate converges (spec §11). The unit of the
     input passes through (max-pooling commutes with a positive per-channel scale).
 
@@ -210,6 +212,7 @@ class SpikingMaxPool2d(base.MemoryModule):
         self.step_mode = step_mode
         self.record_spikes = False
         self.register_memory("acc", 0.0)
+        self.register_memory("pooled", 0.0)  # maxpool(S_{t−1}), kept by the in-place step
         self.register_memory("spike_count", 0.0)
         self.register_memory("event_count", 0.0)
 
@@ -246,18 +249,50 @@ class SpikingMaxPool2d(base.MemoryModule):
             self.spike_count = n if isinstance(self.spike_count, float) else self.spike_count + n
             self.event_count = self.spike_count
 
-    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.acc, float):  # first step: S_0 = 0, maxpool(0) = 0
-            self.acc = x
-            o = self.pool(x)
+    def _in_place(self, x: torch.Tensor) -> bool:
+        return not (torch.is_grad_enabled() and (x.requires_grad or (isinstance(self.acc, torch.Tensor)
+                                                                      and self.acc.requires_grad)))
+
+    def _step_into(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """One step in place: S += x (a buffer of its own), o = maxpool(S) − maxpool(S_prev), the
+        previous pooled sums kept instead of pooled again (the same numbers); ``out`` (None: the
+        first step, whose output is maxpool(S) itself) receives o."""
+        if isinstance(self.acc, float):
+            prev = None
+            self.acc = self.step_buffer("acc", x.shape, x).copy_(x)
         else:
-            prev = self.pool(self.acc)
-            self.acc = self.acc + x
-            o = self.pool(self.acc) - prev
+            prev = self.pooled if isinstance(self.pooled, torch.Tensor) else self.pool(self.acc)
+            self.acc.add_(x)
+        pooled = self.pooled = self.pool(self.acc)
+        if prev is None:
+            return pooled if out is None else out.copy_(pooled)
+        return torch.sub(pooled, prev, out=self.step_buffer("out", pooled.shape, pooled) if out is None else out)
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._in_place(x):
+            o = self._step_into(x, None)
+        else:
+            self.pooled = 0.0  # kept by the in-place step only
+            if isinstance(self.acc, float):  # first step: S_0 = 0, maxpool(0) = 0
+                self.acc = x.clone()  # its own tensor: an in-place step may add to it later
+                o = self.pool(x)
+            else:
+                prev = self.pool(self.acc)
+                self.acc = self.acc + x
+                o = self.pool(self.acc) - prev
         self._count(o, False)
         return o
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if self._in_place(x_seq):  # step by step: the same numbers as single-step mode
+            first = self._step_into(x_seq[0], None)
+            out = self.step_buffer("out_seq", (x_seq.shape[0], *first.shape), first)
+            out[0].copy_(first)
+            for t in range(1, x_seq.shape[0]):
+                self._step_into(x_seq[t], out[t])
+            self._count(out, True)
+            return out
+        self.pooled = 0.0
         sums = torch.cumsum(x_seq, 0)
         if not isinstance(self.acc, float):
             sums = sums + self.acc
@@ -307,6 +342,35 @@ class AdaptiveAvgPool(nn.Module, base.StepModule):
 
     def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
         return self._fn(x)
+
+
+class Concat(Buffered, nn.Module, base.StepModule):
+    """``torch.cat`` of step tensors along ``dim`` (of a single step; one more in multi-step mode),
+    written into a buffer reused across steps while streaming (:mod:`sjunet.buffers`): the
+    concatenation of a converted graph copies its parts once per step and allocates nothing.
+    It replaces SpikingJelly's step-mode ``cat`` adapter at load and conversion
+    (:func:`sjunet.snnfile.adapt`); graphs and files still record a ``torch.cat``."""
+
+    def __init__(self, dim: int = 1, step_mode: str = "s") -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.step_mode = step_mode
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, step_mode={self.step_mode}"
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        d = self.dim + 1 if self.step_mode == "m" and self.dim >= 0 else self.dim
+        if self.step_mode == "m" and d in (0, 1 - xs[0].dim()):
+            raise ValueError("a concatenation along the batch axis has no multi-step form")
+        if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+            return torch.cat(xs, d)
+        shape = list(xs[0].shape)
+        shape[d] = sum(x.shape[d] for x in xs)
+        return torch.cat(xs, d, out=self.step_buffer("out", shape, xs[0]))
 
 
 NORM_KINDS = ("instance_norm", "group_norm", "layer_norm")

@@ -48,6 +48,12 @@ def _per_image(fn, x: torch.Tensor, step_mode: str) -> torch.Tensor:
     return fn(x)
 
 
+def _needs_grad(*ts: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on ``ts``: then a stage computes out of place (as ever);
+    otherwise it writes into its step buffer (:mod:`sjunet.buffers`), the same numbers."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, (tuple, list)):
         return [_plain(u) for u in v]
@@ -143,7 +149,7 @@ class Pad(nn.Module, base.StepModule):
         return tuple(reversed((pairs + [0] * nd)[:nd]))
 
 
-class ChannelAffine(nn.Module, base.StepModule):
+class ChannelAffine(Buffered, nn.Module, base.StepModule):
     """``y = scale_c · x + shift_c`` over the channel dimension (the one before the
     ``spatial_dims`` spatial axes: −3 for images, −4 for volumes); ``shift=False`` for a gain."""
 
@@ -175,8 +181,12 @@ class ChannelAffine(nn.Module, base.StepModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nd = self.spatial_dims
-        y = x * per_channel(self.scale, nd)
-        return y + per_channel(self.shift, nd) if self.shift is not None else y
+        scale = per_channel(self.scale, nd)
+        if _needs_grad(x, self.scale, self.shift) or torch.result_type(x, self.scale) != x.dtype:
+            y = x * scale
+            return y + per_channel(self.shift, nd) if self.shift is not None else y
+        out = torch.mul(x, scale, out=self.step_buffer("out", x.shape, x))
+        return out if self.shift is None else out.add_(per_channel(self.shift, nd))  # (not addcmul: it fuses)
 
     def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
         nd = self.spatial_dims
@@ -390,7 +400,7 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(x.shape[0], groups, -1)
 
 
-class Center(nn.Module, base.StepModule):
+class Center(Buffered, nn.Module, base.StepModule):
     """Subtract the per-sample mean over each group of channels and all positions (spec §11: the
     linear half of instance / group / layer norm; ``groups`` = C for instance norm, 1 for layer
     norm). Linear, no bias: on synaptic currents it runs per time step, and Σ_t of the centred
@@ -413,7 +423,10 @@ class Center(nn.Module, base.StepModule):
 
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
         g = _grouped(x, self.groups)
-        return (g - g.mean(-1, keepdim=True)).reshape(x.shape)
+        if _needs_grad(x):
+            return (g - g.mean(-1, keepdim=True)).reshape(x.shape)
+        out = self.step_buffer("out", g.shape, g)
+        return torch.sub(g, g.mean(-1, keepdim=True), out=out).view(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _per_image(self._fn, x, self.step_mode)

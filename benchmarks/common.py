@@ -283,3 +283,68 @@ def interleaved_medians(runs: dict, reps: int, sync=lambda: None) -> tuple[dict[
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, times
 
+
+
+#: the parts of a step the profile breakdown reports
+PARTS = ("conv", "neuron", "plumbing")
+
+
+def _part_of(m) -> str | None:
+    """The part a module's own work belongs to: synaptic layers (convolutions, transposed ones,
+    linear layers) ``conv``; neurons — and in an ANN its activations — ``neuron``; None for the rest
+    (plumbing: pooling, concatenation, padding, norms, gains, joins and everything between modules)."""
+    from spikingjelly.activation_based import neuron as sj_neuron
+    from torch import nn
+
+    from sjunet.dims import CONV_T_TYPES, CONV_TYPES
+    from sjunet.neurons import is_neuron
+
+    if isinstance(m, CONV_TYPES + CONV_T_TYPES + (nn.Linear,)):
+        return "conv"
+    if is_neuron(m) or isinstance(m, (sj_neuron.BaseNode, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.ELU,
+                                      nn.GELU, nn.SiLU, nn.Hardtanh)):
+        return "neuron"
+    return None
+
+
+def step_breakdown(net, run) -> dict[str, float]:
+    """Shares of ``run()``'s CPU time (``torch.profiler``, self time of every op) spent in ``net``'s
+    convolutions, neurons (an ANN: activations) and plumbing (everything else), by the innermost
+    module an op runs in: each module of a part is wrapped in a ``record_function`` range by
+    forward hooks for the profiled run. Returns the three shares (summing to 1) and ``seconds``
+    (the profiled run's CPU time, profiler overhead included)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    handles, ranges = [], {}
+    for name, m in net.named_modules():
+        part = _part_of(m)
+        if part is None:
+            continue
+
+        def pre(mod, args, part=part):
+            r = record_function(f"sjunet.part::{part}")
+            ranges.setdefault(id(mod), []).append(r)
+            r.__enter__()
+
+        def post(mod, args, out):
+            ranges[id(mod)].pop().__exit__(None, None, None)
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    totals = dict.fromkeys(PARTS, 0.0)
+    for e in prof.events():
+        part, p = "plumbing", e
+        while p is not None:
+            if p.name.startswith("sjunet.part::"):
+                part = p.name.split("::", 1)[1]
+                break
+            p = p.cpu_parent
+        totals[part] += e.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {**{k: v / whole for k, v in totals.items()}, "seconds": whole / 1e6}

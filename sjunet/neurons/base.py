@@ -35,7 +35,7 @@ import torch
 from spikingjelly.activation_based import neuron
 from torch import nn
 
-from sjunet.buffers import Buffered
+from sjunet.buffers import Buffered, tiles
 
 
 def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[float, ...]:
@@ -92,6 +92,50 @@ def is_halving(thresholds: Sequence[float]) -> bool:
     return all(b * 2.0 == a for a, b in zip(thresholds, thresholds[1:]))
 
 
+#: the step kernels compiled so far, by their eager function (one compile per kernel and process)
+_KERNELS: dict[Callable, Callable] = {}
+
+
+def compile_status(device: "torch.device | str" = "cpu") -> str | None:
+    """None when ``torch.compile`` can build the neurons' step kernels for ``device`` here (CPU:
+    inductor and a C++ compiler; CUDA: Triton), else the reason it cannot, in one line."""
+    try:
+        import torch._inductor.config  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means no compiler
+        return f"torch.compile is unavailable ({type(e).__name__}: {e})"
+    if torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "torch.compile needs Triton for CUDA kernels, and it is not installed"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001
+        return f"torch.compile's CPU backend (inductor) finds no C++ compiler ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def compiled_kernel(fn: Callable) -> Callable:
+    """``fn`` (an in-place step kernel) compiled by ``torch.compile`` (inductor; dynamic shapes, so
+    one compile serves every layer; the same numbers as eager, checked by the tests)."""
+    k = _KERNELS.get(fn)
+    if k is None:
+        k = _KERNELS[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return k
+
+
+def set_compiled(module: nn.Module, on: bool = True) -> str | None:
+    """Run the step kernels of every neuron in ``module`` compiled (``on``) or eager. Returns None,
+    or (``on`` where :func:`compile_status` says no compiler is present) the reason the neurons
+    stay eager."""
+    why = compile_status(next((p.device for p in module.parameters()), "cpu")) if on else None
+    for m in module.modules():
+        if is_neuron(m):
+            m.compiled = on and why is None
+    return why
+
+
 class SpikingNeuron(Buffered, neuron.BaseNode):
     """The neuron interface (module docstring). Subclasses implement the SpikingJelly step
     functions and keep ``acc_output`` / ``spike_count`` when ``record`` / ``record_spikes``.
@@ -107,7 +151,9 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
       with the reset value after ``functional.reset_net``; :meth:`init_state` fills them);
     * the output goes into :meth:`step_buffer` ``"out"`` (reused across steps while streaming; a
       multi-step chunk writes step t into ``out[t]``);
-    * counting spikes and recording the flow cost nothing unless ``record_spikes`` / ``record``.
+    * counting spikes and recording the flow cost nothing unless ``record_spikes`` / ``record``;
+    * its elementwise kernels (the ``*_step_into`` functions) go through :meth:`kernel`, so
+      :func:`set_compiled` can run them fused by ``torch.compile`` (one pass instead of six to ten).
 
     The pure functional step stays the reference (autograd, SpikingJelly's functional API), and
     :meth:`step_into` must give the same numbers bit for bit (tests compare them on random inputs).
@@ -115,6 +161,8 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
 
     #: memories that :meth:`step_into` updates in place (made owned tensors before the first step)
     inplace_memories: tuple[str, ...] = ("v",)
+    #: run the step kernels compiled (:func:`set_compiled`); off: eager
+    compiled: bool = False
 
     record: bool
     record_spikes: bool
@@ -151,6 +199,29 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
         as the memories) updated in place; returns the states (accumulators may be new tensors).
         Not implemented: the neuron runs its functional step only."""
         raise NotImplementedError
+
+    def kernel(self, fn: Callable) -> Callable:
+        """The step kernel ``fn`` as this neuron runs it: compiled when :attr:`compiled`
+        (:func:`compiled_kernel`), else ``fn`` itself. :meth:`step_into` calls its kernels through it."""
+        return compiled_kernel(fn) if self.compiled else fn
+
+    def run_kernel(self, fn: Callable, tensors: tuple[torch.Tensor, ...], *args, tile: bool = True):
+        """Run the elementwise kernel ``fn(*tensors, *args)`` (:meth:`kernel`). Eager on a CPU and
+        with ``tile``, over cache-sized tiles of the flattened tensors (:func:`sjunet.buffers.tiles`:
+        its six to ten passes then read the cache, not memory; elementwise, so the same numbers)
+        when every tensor is contiguous and of one size; returns what ``fn`` returns (None when
+        tiled: a kernel asked for more than its outputs is not tiled)."""
+        n = tensors[0].numel()
+        if (self.compiled or not tile or tensors[0].device.type != "cpu"
+                or not all(t.is_contiguous() and t.numel() == n for t in tensors)):
+            return self.kernel(fn)(*tensors, *args)
+        parts = tiles(n, tensors[0].element_size(), 2 * len(tensors))
+        if len(parts) == 1:
+            return fn(*tensors, *args)
+        flat = [t.view(-1) for t in tensors]
+        for sl in parts:
+            fn(*(f[sl] for f in flat), *args)
+        return None
 
     def state_shape(self, name: str, x: torch.Tensor) -> tuple[int, ...]:
         """Shape of in-place memory ``name`` for a step input ``x`` (default: ``x``'s)."""

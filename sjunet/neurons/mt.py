@@ -197,7 +197,8 @@ class MultiThresholdNode(SpikingNeuron):
     def step_into(self, xs, out, states):
         """:func:`mt_step_into`, recorded as the functional step records (the same numbers)."""
         v, acc_out, count, events = states
-        n = mt_step_into(xs[0], v, out, self.thresholds, count_spikes=self.record_spikes)
+        n = self.run_kernel(mt_step_into, (xs[0], v, out), self.thresholds, self.record_spikes,
+                            tile=not self.record_spikes)
         if self.record:
             acc_out = self._accumulate_flow(acc_out, out if is_halving(self.thresholds) else out.clone())
         if n is not None:

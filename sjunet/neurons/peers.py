@@ -295,8 +295,8 @@ class MultiLevelNode(_PeerNode):
 
     def _step_into(self, x, v, out):
         th = torch.tensor(self.thresholds, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
-        return ml_step_into(x, v, out, self.step_buffer("spikes", v.shape, v), th, self.decay, self.reset_mode,
-                            self.amplitude)
+        return self.kernel(ml_step_into)(x, v, out, self.step_buffer("spikes", v.shape, v), th, self.decay,
+                                         self.reset_mode, self.amplitude)
 
 
 class RealSpikeNode(_PeerNode):
@@ -377,8 +377,8 @@ class RealSpikeNode(_PeerNode):
         return buf.fill_(self.v_init)
 
     def _step_into(self, x, v, out):
-        return rs_step_into(x, v, out, self.step_buffer("spikes", x.shape, x), self._amp(x), self.threshold,
-                            self.decay, self.reset_mode)
+        return self.kernel(rs_step_into)(x, v, out, self.step_buffer("spikes", x.shape, x), self._amp(x),
+                                         self.threshold, self.decay, self.reset_mode)
 
 
 def _fold(conv: nn.Module, a: torch.Tensor, where: str) -> None:

@@ -260,8 +260,10 @@ class SignedMultiThresholdNode(AdvancedByStep, MultiThresholdNode):
     def step_into(self, xs, out, states):
         """:func:`signed_mt_step_into`, counted as the functional step counts (the same numbers)."""
         v, acc_out, count, events, charge = states
-        n = signed_mt_step_into(xs[0], v, charge, out, self.step_buffer("charge_step", out.shape, out),
-                                self.thresholds, self.negative_slope, count_spikes=self.record_spikes)
+        scratch = self.step_buffer("charge_step", out.shape, out)
+        n = self.run_kernel(signed_mt_step_into, (xs[0], v, charge, out, scratch), self.thresholds,
+                            self.negative_slope, self.record_spikes,
+                            tile=not (self.record_spikes or isinstance(self.negative_slope, torch.Tensor)))
         if n is not None:
             count = self._accumulate(count, n)
             events = self._accumulate(events, (out != 0).to(out.dtype))

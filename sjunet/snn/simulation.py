@@ -25,14 +25,13 @@ cannot leak or silently re-initialise state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from spikingjelly.activation_based import functional
 from torch import nn
 
-from sjunet.buffers import streaming
+from sjunet.buffers import cache_bytes, streaming
 from sjunet.graph import apply_post
 from sjunet.neurons import is_neuron, set_recording
 from sjunet.snn.model import record_of, shape_rule
@@ -49,25 +48,6 @@ def _as_steps(T: int | Sequence[int]) -> list[int]:
 
 #: ``chunk="auto"``: steps per multi-step chunk chosen by memory (:func:`memory_chunk`)
 AUTO = "auto"
-
-
-def cache_bytes(device: torch.device | str = "cpu") -> int:
-    """The memory a multi-step chunk of activations should fit in: on a CPU the last-level cache
-    (read from sysfs; 32 MiB where it cannot be read), on a GPU a quarter of its free memory."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] // 4
-    sizes = []
-    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            if (idx / "type").read_text().strip() == "Instruction":
-                continue
-            size = (idx / "size").read_text().strip().upper()
-            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-            sizes.append(int(size.rstrip("KMG")) * unit)
-        except (OSError, ValueError):
-            continue
-    return max(sizes) if sizes else 32 << 20
 
 
 def memory_chunk(step_bytes: int, T: int, device: torch.device | str = "cpu") -> int:

@@ -1,6 +1,7 @@
 """Observing the ANN for calibration (spec §4): which tensors, the one pass, dead layers."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -10,9 +11,10 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from sjunet.calibration.approximation import FOLDS, DeviationStats, cross_validated_outputs, measure_gap, norm_nodes
-from sjunet.calibration.percentile import COARSE_BINS, DEFAULT_BUDGET, Budget, StreamingPercentile, top_capacity
+from sjunet.calibration.percentile import (COARSE_BINS, DEFAULT_BUDGET, Budget, Scratch, StreamingPercentile,
+                                           top_capacity)
 from sjunet.calibration.store import CalibrationStats, TensorStats, write_stats
-from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope
+from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope, tensor_shapes
 from sjunet.io import model_fingerprint, provenance
 
 
@@ -67,6 +69,34 @@ def signed_relus(gm: fx.GraphModule) -> dict[str, str]:
     the two coincide on the positive side."""
     return {n.name: n.args[0].name for n in gm.graph.nodes
             if kind_of(gm, n) == "relu" and relu_slope(module_of(gm, n)) is not None}
+
+
+def merged_cats(gm: fx.GraphModule, nodes: list[RecordedNode], signed: dict[str, str]) -> dict[str, list[str]]:
+    """The concatenations whose statistics calibration merges from their parts' instead of
+    observing them (their values are their parts' values: a quarter of a U-Net's recorded values
+    read once instead of twice) -> their parts, in graph order. A part qualifies when its own
+    estimator sees exactly its values as the concatenation's does: by magnitude, or a ReLU's output
+    (never negative); a leaky ReLU's estimator sees its input, so such a part does not."""
+    roles = {r.name: r.role for r in nodes}
+    out: dict[str, list[str]] = {}
+    for n in gm.graph.nodes:
+        if roles.get(n.name) != "cat" or n.name in signed:
+            continue
+        parts = [q.name for q in cat_parts(n)]
+        if all(q in roles and q not in signed and roles[q] != "input" for q in parts):
+            out[n.name] = parts
+    return out
+
+
+def _shares(gm: fx.GraphModule, merged: dict[str, list[str]], shape: tuple[int, ...]) -> dict[str, float]:
+    """How many times its own values each part of a merged concatenation sizes its top buffer for:
+    the largest concatenation it is (transitively) part of, over its own size."""
+    numel = {k: math.prod(v) for k, v in tensor_shapes(gm, shape).items()}
+    share: dict[str, float] = {}
+    for c in reversed(list(merged)):
+        for q in merged[c]:
+            share[q] = max(share.get(q, 1.0), share.get(c, 1.0) * numel[c] / numel[q])
+    return share
 
 
 def _batches_of(data: Iterable) -> Iterable[torch.Tensor]:
@@ -141,8 +171,11 @@ def calibrate(
     nodes = recorded_nodes(gm)
     signed = signed_relus(gm)
     budget = Budget(max_buffer)
+    magnitude = {r.name: r.role not in ("input", "relu") or r.name in signed for r in nodes}
+    merged = merged_cats(gm, nodes, signed)  # concatenations whose statistics are their parts' merged
+    shares = _shares(gm, merged, tuple(first.shape)) if merged else {}
     est = {r.name: StreamingPercentile(p, n_batches, positive_only, nbins=nbins, budget=budget,
-                                       magnitude=r.role not in ("input", "relu") or r.name in signed)
+                                       magnitude=magnitude[r.name], share=shares.get(r.name, 1.0))
            for r in nodes}
     # which estimators each node's output feeds: its own, and a leaky node's is its input (signed_relus)
     targets: dict[str, list[str]] = {}
@@ -153,6 +186,8 @@ def calibrate(
     folds = {k: [DeviationStats(m) for _ in range(FOLDS)] for k, m in norms.items()}  # sample i: fold i % FOLDS
     out_name = _output_name(gm)
     seen = {"offset": 0, "input_shape": None, "output_shape": None}
+    scratch = Scratch()  # the estimators' temporaries, shared: a batch allocates nothing large
+    cat_first: dict[str, tuple[int, int]] = {}  # a merged concatenation: numel of its first batch, channels
 
     def observe(name, out):
         if name in norm_of:
@@ -160,11 +195,19 @@ def calibrate(
             for f, d in enumerate(folds[norm_of[name]]):
                 d.add(out[fold == f])
         for t in targets.get(name, ()):
-            est[t].observe(out)
+            if t in merged:
+                cat_first.setdefault(t, (out.numel(), int(out.shape[1])))
+            else:
+                est[t].observe(out, scratch)
         if name == out_name and isinstance(out, torch.Tensor):
             seen["output_shape"] = list(out.shape[1:])
 
     _run(gm, observe, data, n_batches, device, seen, "calibrate" if progress else None)
+    for c, parts in merged.items():  # graph order: a concatenation of concatenations merges its parts first
+        numel, channels = cat_first[c]
+        est[c] = StreamingPercentile.union(
+            [est[q] for q in parts], top_capacity(p, math.ceil(n_batches * numel * shares.get(c, 1.0))), channels,
+            p=p, positive_only=positive_only, nbins=nbins, magnitude=magnitude[c])
 
     # the second pass, only where the one pass could not give the exact percentile
     redo: dict[str, StreamingPercentile] = {}

@@ -307,30 +307,33 @@ def _part_of(m) -> str | None:
     return None
 
 
-def step_breakdown(net, run) -> dict[str, float]:
-    """Shares of ``run()``'s CPU time (``torch.profiler``, self time of every op) spent in ``net``'s
+def step_breakdown(run) -> dict[str, float]:
+    """Shares of ``run()``'s CPU time (``torch.profiler``, self time of every op) spent in
     convolutions, neurons (an ANN: activations) and plumbing (everything else), by the innermost
-    module an op runs in: each module of a part is wrapped in a ``record_function`` range by
-    forward hooks for the profiled run. Returns the three shares (summing to 1) and ``seconds``
-    (the profiled run's CPU time, profiler overhead included)."""
+    module an op runs in: every module of a part — of any network ``run`` calls, including the
+    graph calibration traces — is wrapped in a ``record_function`` range by global forward hooks
+    for the profiled run; a range the library itself names ``sjunet.part::<name>`` (calibration's
+    ``statistics``) is a part of its own. Returns the shares (summing to 1) and ``seconds`` (the
+    profiled run's CPU time, profiler overhead included)."""
     import torch
+    from torch.nn.modules import module as nn_module
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    handles, ranges = [], {}
-    for name, m in net.named_modules():
-        part = _part_of(m)
-        if part is None:
-            continue
+    open_ranges: dict[int, list] = {}
 
-        def pre(mod, args, part=part):
+    def pre(mod, args):
+        part = _part_of(mod)
+        if part is not None:
             r = record_function(f"sjunet.part::{part}")
-            ranges.setdefault(id(mod), []).append(r)
+            open_ranges.setdefault(id(mod), []).append(r)
             r.__enter__()
 
-        def post(mod, args, out):
-            ranges[id(mod)].pop().__exit__(None, None, None)
+    def post(mod, args, out):
+        stack = open_ranges.get(id(mod))
+        if stack:
+            stack.pop().__exit__(None, None, None)
 
-        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    handles = [nn_module.register_module_forward_pre_hook(pre), nn_module.register_module_forward_hook(post)]
     try:
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
             run()
@@ -341,10 +344,10 @@ def step_breakdown(net, run) -> dict[str, float]:
     for e in prof.events():
         part, p = "plumbing", e
         while p is not None:
-            if p.name.startswith("sjunet.part::"):
+            if p.name.startswith("sjunet.part::"):  # ours, or a range the library labels (statistics)
                 part = p.name.split("::", 1)[1]
                 break
             p = p.cpu_parent
-        totals[part] += e.self_cpu_time_total
+        totals[part] = totals.get(part, 0.0) + e.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
     return {**{k: v / whole for k, v in totals.items()}, "seconds": whole / 1e6}

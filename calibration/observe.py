@@ -8,14 +8,19 @@ from typing import Iterable
 
 import torch
 from torch import fx, nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from sjunet.calibration.approximation import FOLDS, DeviationStats, cross_validated_outputs, measure_gap, norm_nodes
 from sjunet.calibration.percentile import (COARSE_BINS, DEFAULT_BUDGET, Budget, Scratch, StreamingPercentile,
                                            top_capacity)
 from sjunet.calibration.store import CalibrationStats, TensorStats, write_stats
-from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope, tensor_shapes
+from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope
 from sjunet.io import model_fingerprint, provenance
+
+
+#: the profiler range of the estimators' work (the calibration benchmark's "statistics" share)
+STATISTICS = "sjunet.part::statistics"
 
 
 def trace_for_conversion(model: nn.Module, example_shape: Iterable[int] | None = None) -> fx.GraphModule:
@@ -88,15 +93,54 @@ def merged_cats(gm: fx.GraphModule, nodes: list[RecordedNode], signed: dict[str,
     return out
 
 
-def _shares(gm: fx.GraphModule, merged: dict[str, list[str]], shape: tuple[int, ...]) -> dict[str, float]:
-    """How many times its own values each part of a merged concatenation sizes its top buffer for:
-    the largest concatenation it is (transitively) part of, over its own size."""
-    numel = {k: math.prod(v) for k, v in tensor_shapes(gm, shape).items()}
-    share: dict[str, float] = {}
-    for c in reversed(list(merged)):
-        for q in merged[c]:
-            share[q] = max(share.get(q, 1.0), share.get(c, 1.0) * numel[c] / numel[q])
-    return share
+class _Merges:
+    """The concatenations of :func:`merged_cats` in one calibration: each part's top buffer is
+    sized for the largest concatenation it is (transitively) part of — known from the first batch,
+    so a part's first-batch tensor waits (a copy) until those concatenations have been computed —
+    and the concatenations' estimators are built from their parts' at the end (:meth:`unions`)."""
+
+    def __init__(self, merged: dict[str, list[str]]) -> None:
+        self.merged = merged
+        self.containing: dict[str, set[str]] = {}  # part -> the merged concatenations holding it
+        for c in reversed(list(merged)):  # an outer concatenation first: its parts inherit it
+            for q in merged[c]:
+                self.containing.setdefault(q, set()).update({c} | self.containing.get(c, set()))
+        self.numel: dict[str, int] = {}  # first-batch sizes
+        self.channels: dict[str, int] = {}
+        self.pending: dict[str, list[torch.Tensor]] = {}
+
+    def took(self, t: str, out: torch.Tensor, est: dict, scratch: Scratch, first_batch: bool) -> bool:
+        """Whether estimator ``t``'s tensor ``out`` is handled here: a merged concatenation's (never
+        observed), or a part's in the first batch (observed once its buffer can be sized)."""
+        if t in self.merged:
+            if first_batch:
+                self.numel.setdefault(t, out.numel())
+                self.channels.setdefault(t, int(out.shape[1]))
+                self._release(est, scratch)
+            return True
+        if first_batch and t in self.containing:
+            self.numel.setdefault(t, out.numel())
+            self.pending.setdefault(t, []).append(out.detach().clone())  # a later in-place op cannot change it
+            self._release(est, scratch)
+            return True
+        return False
+
+    def _release(self, est: dict, scratch: Scratch) -> None:
+        for t in list(self.pending):
+            cats = self.containing[t]
+            if all(c in self.numel for c in cats):
+                est[t].share = max(self.numel[c] / self.numel[t] for c in cats)
+                for out in self.pending.pop(t):
+                    est[t].observe(out, scratch)
+
+    def unions(self, est: dict, p: float, n_batches: int, magnitude: dict[str, bool], **kwargs) -> None:
+        """Replace each merged concatenation's estimator by the union of its parts' (in graph order: a
+        concatenation of concatenations merges its parts first)."""
+        for c, parts in self.merged.items():
+            share = max((self.numel[o] / self.numel[c] for o in self.containing.get(c, ())), default=1.0)
+            capacity = top_capacity(p, math.ceil(n_batches * self.numel[c] * share))
+            est[c] = StreamingPercentile.union([est[q] for q in parts], capacity, self.channels[c], p=p,
+                                               magnitude=magnitude[c], **kwargs)
 
 
 def _batches_of(data: Iterable) -> Iterable[torch.Tensor]:
@@ -172,11 +216,9 @@ def calibrate(
     signed = signed_relus(gm)
     budget = Budget(max_buffer)
     magnitude = {r.name: r.role not in ("input", "relu") or r.name in signed for r in nodes}
-    merged = merged_cats(gm, nodes, signed)  # concatenations whose statistics are their parts' merged
-    shares = _shares(gm, merged, tuple(first.shape)) if merged else {}
+    merges = _Merges(merged_cats(gm, nodes, signed))  # concatenations whose statistics are their parts' merged
     est = {r.name: StreamingPercentile(p, n_batches, positive_only, nbins=nbins, budget=budget,
-                                       magnitude=magnitude[r.name], share=shares.get(r.name, 1.0))
-           for r in nodes}
+                                       magnitude=magnitude[r.name]) for r in nodes}
     # which estimators each node's output feeds: its own, and a leaky node's is its input (signed_relus)
     targets: dict[str, list[str]] = {}
     for r in nodes:
@@ -187,7 +229,6 @@ def calibrate(
     out_name = _output_name(gm)
     seen = {"offset": 0, "input_shape": None, "output_shape": None}
     scratch = Scratch()  # the estimators' temporaries, shared: a batch allocates nothing large
-    cat_first: dict[str, tuple[int, int]] = {}  # a merged concatenation: numel of its first batch, channels
 
     def observe(name, out):
         if name in norm_of:
@@ -195,19 +236,14 @@ def calibrate(
             for f, d in enumerate(folds[norm_of[name]]):
                 d.add(out[fold == f])
         for t in targets.get(name, ()):
-            if t in merged:
-                cat_first.setdefault(t, (out.numel(), int(out.shape[1])))
-            else:
-                est[t].observe(out, scratch)
+            with record_function(STATISTICS):
+                if not merges.took(t, out, est, scratch, first_batch=seen["offset"] == 0):
+                    est[t].observe(out, scratch)
         if name == out_name and isinstance(out, torch.Tensor):
             seen["output_shape"] = list(out.shape[1:])
 
     _run(gm, observe, data, n_batches, device, seen, "calibrate" if progress else None)
-    for c, parts in merged.items():  # graph order: a concatenation of concatenations merges its parts first
-        numel, channels = cat_first[c]
-        est[c] = StreamingPercentile.union(
-            [est[q] for q in parts], top_capacity(p, math.ceil(n_batches * numel * shares.get(c, 1.0))), channels,
-            p=p, positive_only=positive_only, nbins=nbins, magnitude=magnitude[c])
+    merges.unions(est, p, n_batches, positive_only=positive_only, nbins=nbins, magnitude=magnitude)
 
     # the second pass, only where the one pass could not give the exact percentile
     redo: dict[str, StreamingPercentile] = {}

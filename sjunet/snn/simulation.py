@@ -122,6 +122,18 @@ class _Stepper:
 
 
 @torch.no_grad()
+def auto_chunk(snn: nn.Module, x: torch.Tensor, T: int) -> int:
+    """The chunk ``simulate(snn, x, T, mode="multi")`` takes (``chunk="auto"``): one probe step."""
+    functional.reset_net(snn)
+    with streaming(snn):
+        stepper = _Stepper(snn, x, "multi", AUTO, T)
+        for _ in stepper.run(1):
+            pass
+    functional.reset_net(snn)
+    return int(stepper.chunk)
+
+
+@torch.no_grad()
 def simulate(
     snn: nn.Module,
     x: torch.Tensor,

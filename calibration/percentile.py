@@ -38,7 +38,9 @@ each tensor and allocates nothing large: the temporaries (|x|, bin indices) go i
 maxima of blocks of 64 values first (only blocks holding a survivor are searched, so it reads each
 value once and gathers next to nothing); and the first batch, whose buffer is not full yet, takes a
 provisional t from a strided sample — kept only when at least M values of the batch exceed it
-(then the top M are all above it, invariant (ii)), else the whole batch goes to ``topk``.
+(then the top M are all above it, invariant (ii)), else the whole batch goes to ``topk``. Survivors
+wait in spare room past the top M and ``topk`` runs only when that room is full, so the held values
+are always the top ``len`` of everything seen (every value dropped is at most t ≤ every value held).
 """
 from __future__ import annotations
 
@@ -243,10 +245,15 @@ class CoarseHistogram:
             self.counts[-a] += zeros  # bin [0, w)
 
     def _rebin(self, e: int, a: int, nb: int) -> None:
+        if e == self.e and a == self.a and nb == len(self.counts):
+            return  # the usual batch: the range did not grow
         new = np.zeros(nb, dtype=np.int64)
         if self.e is not None and len(self.counts):
-            idx = (np.arange(self.a, self.a + len(self.counts)) >> (e - self.e)) - a
-            np.add.at(new, idx, self.counts)
+            if e == self.e:  # the same width, more bins: a shift
+                new[self.a - a:self.a - a + len(self.counts)] = self.counts
+            else:
+                idx = (np.arange(self.a, self.a + len(self.counts)) >> (e - self.e)) - a
+                np.add.at(new, idx, self.counts)
         self.e, self.a, self.counts = e, a, new
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
@@ -299,8 +306,9 @@ class StreamingPercentile:
         self.share = float(share)
         self.capacity: int | None = None  # decided at the first batch; 0: histogram fallback, -1: unbounded
         self.dropped = False  # whether a value ever left (or never entered) a full buffer
-        self._top: torch.Tensor | None = None
-        self._thr: float | None = None  # the smallest buffered value, once the buffer is full
+        self._buf: torch.Tensor | None = None  # the top values (first _fill), then room for survivors
+        self._fill = 0
+        self._thr: float | None = None  # values at or below it are not needed (invariant (ii)); None: not yet
         self.coarse = CoarseHistogram(coarse_bins)
         self.hist: np.ndarray | None = None  # fallback histogram (observe_hist)
 
@@ -352,6 +360,11 @@ class StreamingPercentile:
             return 0
         return cap
 
+    @property
+    def _top(self) -> torch.Tensor | None:
+        """The values held: the top ``len`` of everything seen (module docstring)."""
+        return None if self._buf is None else self._buf[:self._fill]
+
     def _keep_top(self, b: Blocks) -> None:
         cap, v = self.capacity, b.v
         if self._thr is not None:  # full: only values above its smallest can enter (invariant (ii))
@@ -360,33 +373,50 @@ class StreamingPercentile:
                 return
             v = b.above(self._thr)
             self.dropped = True
-        elif self._top is None and 0 < cap < v.numel():
-            v = self._provisional(b, cap)
-        merged = v if self._top is None else torch.cat([self._top, v])
-        if 0 < cap < merged.numel():  # invariant (i): the top M of the buffer and the batch
-            merged = merged.topk(cap, sorted=False).values
-            self.dropped = True
-        elif merged is b.v:
-            merged = v.clone()  # v may be a view of the activation, or scratch
-        self._top = merged
-        if merged.numel() == cap:
-            self._thr = float(merged.min())
+        elif self._fill == 0 and 0 < cap < v.numel():
+            v, self._thr = self._provisional(b, cap)
+        self._append(v)
 
-    def _provisional(self, b: Blocks, cap: int) -> torch.Tensor:
-        """The first batch's candidates for a buffer of ``cap`` < its size: the values above a
-        threshold from a strided sample when at least ``cap`` of them are (the top ``cap`` then
-        are all above it: invariant (ii)), else every value."""
+    def _append(self, v: torch.Tensor) -> None:
+        """Add candidates ``v`` to the held values: into the buffer's spare room (``slack`` values
+        past the top M, so ``topk`` runs once per ``slack`` survivors, not once per batch), and
+        when it is full, keep the top M of both (invariant (i)) and raise the threshold to their
+        smallest."""
+        cap, fill, n = self.capacity, self._fill, v.numel()
+        if cap < 0:  # unbounded: every value
+            self._buf = v.clone() if self._buf is None else torch.cat([self._top, v])
+            self._fill = self._buf.numel()
+            return
+        room = cap + min(cap, 1 << 16)
+        if self._buf is None:
+            self._buf = torch.empty(room, dtype=v.dtype, device=v.device)
+        if fill + n <= room:
+            self._buf[fill:fill + n] = v
+            self._fill = fill + n
+            return
+        kept = torch.cat([self._buf[:fill], v]).topk(cap, sorted=False).values
+        self._buf[:cap] = kept
+        self._fill = cap
+        self.dropped = True
+        self._thr = float(kept.min())
+
+    def _provisional(self, b: Blocks, cap: int) -> tuple[torch.Tensor, float | None]:
+        """The first batch's candidates for a buffer of ``cap`` < its size, and the threshold they
+        passed: the values above a threshold t from a strided sample when at least ``cap`` of them
+        are (the top ``cap`` of the stream then are all above t, now and later: invariant (ii)),
+        else every value (and None)."""
         v = b.v
         stride = max(1, v.numel() // max(4 * cap, 1 << 16))
         if stride < 4:
-            return v
+            return v, None
         sample = v[::stride]
         k = min(sample.numel(), 2 * cap // stride + 16)  # twice the expected share: rarely too few
-        kept = b.above(float(sample.topk(k, sorted=False).values.min()))
+        t = float(sample.topk(k, sorted=False).values.min())
+        kept = b.above(t)
         if kept.numel() < cap:
-            return v
+            return v, None
         self.dropped = True
-        return kept
+        return kept, t
 
     @classmethod
     def union(cls, parts: "list[StreamingPercentile]", capacity: int, channels: int | None = None,
@@ -408,13 +438,12 @@ class StreamingPercentile:
             u.coarse.merge(q.coarse)
         tops = [q._top for q in parts if q._top is not None]
         if u.capacity and tops:
-            held = min([q._top.numel() if q._top is not None else 0 for q in parts if q.dropped], default=None)
+            held = min([q._fill for q in parts if q.dropped], default=None)
             keep = capacity if held is None else min(capacity, held)
             merged = torch.cat(tops)
             u.dropped = any(q.dropped for q in parts) or merged.numel() > keep
-            u._top = merged.topk(keep, sorted=False).values if merged.numel() > keep else merged
-            if u._top.numel() == capacity:
-                u._thr = float(u._top.min())
+            u._buf = merged.topk(keep, sorted=False).values if merged.numel() > keep else merged
+            u._fill = u._buf.numel()
         return u
 
     # -- the fallback's second pass -------------------------------------------------------

@@ -12,8 +12,9 @@ so a module called by hand keeps the usual semantics (an output stays valid afte
 consumers read it within the step: convolutions, joins, concatenations), and its state tensors are
 updated in place. A module called at more than one place of a graph never streams (its two calls
 would share one buffer): :func:`streaming` enables only modules that are the target of exactly one
-call of the graph. Buffers outlive the simulation and the state reset, so the next image reuses
-them; :func:`release_buffers` frees them.
+call of the graph, and no module with a forward hook (a monitor may keep what it sees). Buffers
+outlive the simulation and the state reset, so the next image reuses them; :func:`release_buffers`
+frees them.
 """
 from __future__ import annotations
 
@@ -97,10 +98,11 @@ def _call_counts(net: nn.Module) -> dict[str, int] | None:
 def streaming(net: nn.Module, on: bool = True) -> Iterator[list[nn.Module]]:
     """Switch buffer reuse on (``on``) for the :class:`Buffered` modules of ``net`` called at
     exactly one place of its graph (a ``torch.fx.GraphModule``, as every converted network is;
-    ``net`` itself when it is a :class:`Buffered` module), and back to what it was on exit.
+    ``net`` itself when it is a :class:`Buffered` module) and without forward hooks, and back to
+    what it was on exit.
     Yields the modules switched."""
     counts = _call_counts(net)
-    mods = [m for name, m in net.named_modules() if isinstance(m, Buffered)
+    mods = [m for name, m in net.named_modules() if isinstance(m, Buffered) and not m._forward_hooks
             and (m is net or (counts is not None and counts.get(name, 0) == 1))]
     before = [m.streaming for m in mods]
     for m in mods:

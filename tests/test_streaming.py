@@ -34,6 +34,11 @@ def test_buffers_are_reused_only_while_streaming_and_only_for_single_call_module
         assert not n.streaming
     release_buffers(n)
     assert "_workspace" not in vars(n)
+    seen = []  # a monitor (SpikingJelly's OutputMonitor / AttributeMonitor keep references)
+    n.register_forward_hook(lambda m, i, o: seen.append((o, m.v)))
+    with torch.no_grad(), streaming(n):
+        n(x), n(x)
+    assert seen[0][0] is not seen[1][0] and seen[0][1] is not seen[1][1]  # fresh tensors for it
 
     class Twice(nn.Module):  # one neuron called at two places: its calls would share a buffer
         def __init__(self):

@@ -361,10 +361,17 @@ class Concat(Buffered, nn.Module, base.StepModule):
     It replaces SpikingJelly's step-mode ``cat`` adapter at load and conversion
     (:func:`sjunet.snnfile.adapt`); graphs and files still record a ``torch.cat``."""
 
+    #: what graph analysis reads of SpikingJelly's adapter (``kind_of`` -> "cat"), kept alike
+    op_name = "cat"
+
     def __init__(self, dim: int = 1, step_mode: str = "s") -> None:
         super().__init__()
         self.dim = int(dim)
         self.step_mode = step_mode
+
+    @property
+    def op_kwargs(self) -> dict:
+        return {"dim": self.dim}
 
     def supported_step_mode(self):
         return ("s", "m")

@@ -232,10 +232,12 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
         return buf.fill_(value)
 
     def in_place(self, x: torch.Tensor) -> bool:
-        """Whether the in-place step runs: implemented, and no gradient can flow through this step
-        (autograd off, or nothing here requires one: input, states, parameters, a surrogate)."""
-        if type(self).step_into is SpikingNeuron.step_into or self.store_v_seq:
-            return False
+        """Whether the in-place step runs: implemented, no forward hook on this neuron (a monitor
+        keeping outputs or states gets fresh tensors at every step, as SpikingJelly's own
+        neurons give), and no gradient can flow through this step (autograd off, or nothing here
+        requires one: input, states, parameters, a surrogate)."""
+        if type(self).step_into is SpikingNeuron.step_into or self.store_v_seq or self._forward_hooks:
+            return False  # a hook (a SpikingJelly monitor) may keep outputs or states: fresh tensors for it
         if not torch.is_grad_enabled():
             return True
         if self.surrogate_gradient or x.requires_grad:

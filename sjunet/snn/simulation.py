@@ -69,8 +69,8 @@ def check_chunk(chunk: int | str) -> int | str:
 
 
 class _Stepper:
-    """Advances a network on a static input, step by step or in multi-step chunks; a chunk of one
-    step runs in single-step mode (the same numbers, no multi-step overhead). ``chunk="auto"``
+    """Advances a network on a static input, step by step or in multi-step chunks; chunks of one
+    step run in single-step mode (the same numbers, no multi-step overhead). ``chunk="auto"``
     measures the largest tensor of the first step (run in single-step mode) and takes
     :func:`memory_chunk` for the rest."""
 
@@ -85,20 +85,23 @@ class _Stepper:
             self.mode = mode
 
     def _probe(self) -> tuple[torch.Tensor, int]:
+        from torch.nn.modules.module import register_module_forward_hook
+
         largest = [0]
+        mine = set(map(id, self.snn.modules())) - {id(self.snn)}
 
-        def hook(_m, _inputs, out):
-            for o in (out if isinstance(out, (tuple, list)) else (out,)):
-                if isinstance(o, torch.Tensor):
-                    largest[0] = max(largest[0], o.numel() * o.element_size())
+        def hook(m, _inputs, out):  # global, so the modules keep their fast paths (hooked ones do not)
+            if id(m) in mine:
+                for o in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(o, torch.Tensor):
+                        largest[0] = max(largest[0], o.numel() * o.element_size())
 
-        handles = [m.register_forward_hook(hook) for m in self.snn.modules() if m is not self.snn]
+        handle = register_module_forward_hook(hook)
         try:
             self._set("s")
             y = self.snn(self.x)
         finally:
-            for h in handles:
-                h.remove()
+            handle.remove()
         return y, largest[0]
 
     def run(self, n: int):
@@ -112,7 +115,7 @@ class _Stepper:
                 yield y
                 continue
             c = min(self.chunk, n - done)
-            if c == 1:
+            if self.chunk == 1:
                 self._set("s")
                 yield self.snn(self.x)
             else:

@@ -296,7 +296,7 @@ def _part_of(m) -> str | None:
     from spikingjelly.activation_based import neuron as sj_neuron
     from torch import nn
 
-    from sjunet.dims import CONV_T_TYPES, CONV_TYPES
+    from sjunet.layers.dims import CONV_T_TYPES, CONV_TYPES
     from sjunet.neurons import is_neuron
 
     if isinstance(m, CONV_TYPES + CONV_T_TYPES + (nn.Linear,)):

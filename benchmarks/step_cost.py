@@ -132,7 +132,7 @@ def _crossover(ann, p: dict, device: str, sync) -> list[dict]:
 def run(profile: str = "cpu", model: str | None = None, data: str | None = None, device: str = "cpu") -> dict:
     import torch
 
-    from sjunet.buffers import cache_bytes
+    from sjunet.layers.buffers import cache_bytes
 
     from .common import PARTS, write_results
 

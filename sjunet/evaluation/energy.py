@@ -189,7 +189,7 @@ class counting:
 @torch.no_grad()
 def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int | Sequence[int], chunk: int | str = "auto"):
     """Simulate ``x`` ([B, C, H, W]) for max(T) steps (multi-step chunks of ``chunk``; 1:
-    single-step; ``"auto"``: by memory, :func:`sjunet.simulation.memory_chunk`) and return every source layer's spike counts (shape [B, C, H, W]) by module path;
+    single-step; ``"auto"``: by memory, :func:`sjunet.snn.simulation.memory_chunk`) and return every source layer's spike counts (shape [B, C, H, W]) by module path;
     for several T, ``{t: {path: (spikes, events)}}`` snapshots of one simulation."""
     steps = sorted({int(t) for t in ([T] if isinstance(T, int) else T)})
     if not steps or steps[0] < 1:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import base
 from torch import nn
 
-from sjunet.buffers import Buffered
+from sjunet.layers.buffers import Buffered
 from sjunet.layers.dims import functional, per_channel
 
 
@@ -50,7 +50,7 @@ def _per_image(fn, x: torch.Tensor, step_mode: str) -> torch.Tensor:
 
 def _needs_grad(*ts: torch.Tensor | None) -> bool:
     """Whether autograd records an op on ``ts``: then a stage computes out of place (as ever);
-    otherwise it writes into its step buffer (:mod:`sjunet.buffers`), the same numbers."""
+    otherwise it writes into its step buffer (:mod:`sjunet.layers.buffers`), the same numbers."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
@@ -199,7 +199,7 @@ class SpikingMaxPool2d(Buffered, base.MemoryModule):
     over as many spatial axes as its kernel has (an int kernel: ``spatial_dims``, 2 by default).
 
     Memories (reset by ``functional.reset_net``): ``acc`` = S and, without autograd, ``pooled`` =
-    maxpool(S_{t−1}), so a step pools once and allocates only the pooled sums (:mod:`sjunet.buffers`). Σ_t o_t = maxpool(S_T), which
+    maxpool(S_{t−1}), so a step pools once and allocates only the pooled sums (:mod:`sjunet.layers.buffers`). Σ_t o_t = maxpool(S_T), which
     tends to T × the ANN's max-pool as each input's rate converges (spec §11). The unit of the
     input passes through (max-pooling commutes with a positive per-channel scale).
 
@@ -356,10 +356,10 @@ class AdaptiveAvgPool(nn.Module, base.StepModule):
 
 class Concat(Buffered, nn.Module, base.StepModule):
     """``torch.cat`` of step tensors along ``dim`` (of a single step; one more in multi-step mode),
-    written into a buffer reused across steps while streaming (:mod:`sjunet.buffers`): the
+    written into a buffer reused across steps while streaming (:mod:`sjunet.layers.buffers`): the
     concatenation of a converted graph copies its parts once per step and allocates nothing.
     It replaces SpikingJelly's step-mode ``cat`` adapter at load and conversion
-    (:func:`sjunet.snnfile.adapt`); graphs and files still record a ``torch.cat``."""
+    (:func:`sjunet.snn.file.adapt`); graphs and files still record a ``torch.cat``."""
 
     #: what graph analysis reads of SpikingJelly's adapter (``kind_of`` -> "cat"), kept alike
     op_name = "cat"

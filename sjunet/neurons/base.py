@@ -35,7 +35,7 @@ import torch
 from spikingjelly.activation_based import neuron
 from torch import nn
 
-from sjunet.buffers import Buffered, tiles
+from sjunet.layers.buffers import Buffered, tiles
 
 
 def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[float, ...]:
@@ -147,7 +147,7 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
     (single- and multi-step) that run it whenever no gradient is asked for (:meth:`in_place`):
 
     * the states named in :attr:`inplace_memories` are tensors owned by the neuron (while
-      :func:`sjunet.buffers.streaming` is on, the same storage across steps and images, refilled
+      :func:`sjunet.layers.buffers.streaming` is on, the same storage across steps and images, refilled
       with the reset value after ``functional.reset_net``; :meth:`init_state` fills them);
     * the output goes into :meth:`step_buffer` ``"out"`` (reused across steps while streaming; a
       multi-step chunk writes step t into ``out[t]``);
@@ -207,7 +207,7 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
 
     def run_kernel(self, fn: Callable, tensors: tuple[torch.Tensor, ...], *args, tile: bool = True):
         """Run the elementwise kernel ``fn(*tensors, *args)`` (:meth:`kernel`). Eager on a CPU and
-        with ``tile``, over cache-sized tiles of the flattened tensors (:func:`sjunet.buffers.tiles`:
+        with ``tile``, over cache-sized tiles of the flattened tensors (:func:`sjunet.layers.buffers.tiles`:
         its six to ten passes then read the cache, not memory; elementwise, so the same numbers)
         when every tensor is contiguous and of one size; returns what ``fn`` returns (None when
         tiled: a kernel asked for more than its outputs is not tiled)."""

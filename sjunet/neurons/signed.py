@@ -80,7 +80,7 @@ def signed_mt_step(
     count is below zero outputs −α·θ_i, and a spike that moves M back across zero cancels exactly
     what the earlier ones emitted. With the halving ladder both loops are one signed floor
     quantiser, ``k = clamp(floor(V·(1/θ_N)), −(2^N − 1), 2^N − 1)``, ``m = kθ_N`` (what runs; exact for a
-    power-of-two θ_N, see :func:`~sjunet.mt_neurons.mt_step`).
+    power-of-two θ_N, see :func:`~sjunet.neurons.mt.mt_step`).
     α (``negative_slope``) is a number or a per-channel [C] tensor broadcast over dim 1 of
     ``x`` [B, C, ...] (PReLU); any finite α (PReLU's may be negative or > 1).
 

@@ -324,7 +324,7 @@ def _built(t: str, args: dict, path: str) -> nn.Module:
 
 def adapt(gm: fx.GraphModule) -> fx.GraphModule:
     """SpikingJelly's step-mode adaptation of a converted graph (multi-step layers), its ``cat``
-    adapters then made :class:`~sjunet.stages.Concat` stages (the same op, into a reused buffer)."""
+    adapters then made :class:`~sjunet.layers.stages.Concat` stages (the same op, into a reused buffer)."""
     gm = adapt_step_mode_graph(gm, context="SpikingUNetRecipe", wrap_module_types=_RATE_CODING_STATELESS_MODULE_TYPES)
     for name, m in list(gm.named_children()):
         if isinstance(m, _StepModeTensorOp) and m.op_name == "cat":

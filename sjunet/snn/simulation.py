@@ -16,7 +16,7 @@ Two modes give the same numbers:
   (:func:`memory_chunk`): on small images multi-step chunks win (the per-module overhead is shared
   by the chunk), on large ones a chunk of one step — run in single-step mode — is the fastest.
 
-Every run streams (:func:`sjunet.buffers.streaming`): neurons update their state in place and
+Every run streams (:func:`sjunet.layers.buffers.streaming`): neurons update their state in place and
 write their output, like concatenations and spiking max-pools, into buffers reused across steps.
 
 The state is reset (``functional.reset_net``) before every input, so a batch-size change
@@ -31,8 +31,8 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import nn
 
-from sjunet.buffers import cache_bytes, streaming
 from sjunet.graph import apply_post
+from sjunet.layers.buffers import cache_bytes, streaming
 from sjunet.neurons import is_neuron, set_recording
 from sjunet.snn.model import record_of, shape_rule
 
@@ -153,8 +153,8 @@ def simulate(
     ``on_checkpoint(t, x)`` is called when step ``t`` of the requested ones is reached (before the
     state is reset): energy counting reads the neurons' counters there. ``mode="multi"`` runs
     chunks of ``chunk`` steps (``"auto"``: by memory, :func:`memory_chunk`). The network streams
-    (:func:`sjunet.buffers.streaming`): a step allocates nothing, and its buffers stay for the next
-    input (:func:`sjunet.buffers.release_buffers` frees them).
+    (:func:`sjunet.layers.buffers.streaming`): a step allocates nothing, and its buffers stay for the next
+    input (:func:`sjunet.layers.buffers.release_buffers` frees them).
     """
     check_chunk(chunk)
     if mode not in MODES:
@@ -194,7 +194,7 @@ def check_input(snn: nn.Module, x: torch.Tensor) -> None:
 def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int | str = 1) -> None:
     """Advance ``snn`` by T steps on static input ``x`` without resetting it (for recorders):
     single-step mode when ``chunk`` is 1, else multi-step chunks of ``chunk`` steps (``"auto"``:
-    by memory, :func:`memory_chunk`). The network streams (:func:`sjunet.buffers.streaming`)."""
+    by memory, :func:`memory_chunk`). The network streams (:func:`sjunet.layers.buffers.streaming`)."""
     check_chunk(chunk)
     with streaming(snn):
         for _ in _Stepper(snn, x, "multi", chunk, T).run(T):

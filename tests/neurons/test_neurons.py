@@ -144,7 +144,7 @@ def test_named_ladders_and_the_theorem_ladder_quantises_the_unit_interval_finer(
 def _cases():
     """(name, module factory, reference step ``ref(x, state) -> (o, state, n)``, initial state)."""
     from sjunet.neurons import MultiLevelNode, RealSpikeNode, SignedMultiThresholdNode, signed_mt_step
-    from sjunet.peer_neurons import ML_REFERENCE, RS_REFERENCE, ml_step, rs_step
+    from sjunet.neurons.peers import ML_REFERENCE, RS_REFERENCE, ml_step, rs_step
 
     def mt(ladder, v0):
         return (lambda: MultiThresholdNode(ladder, v_init=v0),
@@ -188,7 +188,7 @@ def test_in_place_step_equals_the_reference_step_bit_for_bit(case, mode):
     """The module's in-place step (SpikingNeuron.step_into: state updated in place, output into a
     reused buffer) gives exactly the numbers of the pure *_step function, on random inputs with
     values at and around the thresholds, in both step modes, streaming or not, recording or not."""
-    from sjunet.buffers import streaming
+    from sjunet.layers.buffers import streaming
 
     make, ref, init = _cases()[case]
     g = torch.Generator().manual_seed(7)
@@ -216,7 +216,7 @@ def test_in_place_step_equals_the_reference_step_bit_for_bit(case, mode):
 
 def test_in_place_step_over_cache_tiles_equals_the_reference():
     """A layer larger than a cache tile runs the eager kernel tile by tile: still the same numbers."""
-    from sjunet.buffers import streaming, tiles
+    from sjunet.layers.buffers import streaming, tiles
     from sjunet.neurons import SignedMultiThresholdNode, signed_mt_step
 
     xs = torch.randn(2, 1, 16, 320, 320, generator=torch.Generator().manual_seed(3))
@@ -234,7 +234,7 @@ def test_in_place_step_over_cache_tiles_equals_the_reference():
 def test_compiled_kernels_equal_the_eager_ones():
     """The optional compiled path (torch.compile, inductor) runs the same kernels fused: the same
     numbers; where no compiler is present it is refused with the reason and the neurons stay eager."""
-    from sjunet.neuron_base import compile_status, set_compiled
+    from sjunet.neurons.base import compile_status, set_compiled
     from sjunet.neurons import SignedMultiThresholdNode
 
     why = compile_status()

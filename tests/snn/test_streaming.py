@@ -5,13 +5,13 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import fx, nn
 
-from sjunet.buffers import Buffered, release_buffers, streaming
 from sjunet.calibration import calibrate
+from sjunet.conversion.recipe import convert
+from sjunet.layers.buffers import Buffered, release_buffers, streaming
+from sjunet.layers.stages import ChannelAffine, Center, Concat, SpikingMaxPool2d
 from sjunet.models import UNet
 from sjunet.neurons import MultiThresholdNode
-from sjunet.recipe import convert
-from sjunet.simulation import auto_chunk, memory_chunk, run_steps, simulate
-from sjunet.stages import ChannelAffine, Center, Concat, SpikingMaxPool2d
+from sjunet.snn.simulation import auto_chunk, memory_chunk, run_steps, simulate
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_streamed_simulation_equals_step_by_step_by_hand_and_both_modes(snn):
 
 def test_chunk_by_memory(snn, monkeypatch):
     """chunk="auto": as many steps as keep a chunk's largest tensor within the cache budget."""
-    import sjunet.simulation as simulation
+    import sjunet.snn.simulation as simulation
 
     snn, x = snn
     assert memory_chunk(1, 7) == 7 and memory_chunk(1 << 40, 7) == 1

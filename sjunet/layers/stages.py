@@ -199,9 +199,10 @@ class SpikingMaxPool2d(Buffered, base.MemoryModule):
     over as many spatial axes as its kernel has (an int kernel: ``spatial_dims``, 2 by default).
 
     Memories (reset by ``functional.reset_net``): ``acc`` = S and, without autograd, ``pooled`` =
-    maxpool(S_{t−1}), so a step pools once and allocates only the pooled sums (:mod:`sjunet.layers.buffers`). Σ_t o_t = maxpool(S_T), which
-    tends to T × the ANN's max-pool as each input's rate converges (spec §11). The unit of the
-    input passes through (max-pooling commutes with a positive per-channel scale).
+    maxpool(S_{t−1}), so a step pools once and allocates only the pooled sums
+    (:mod:`sjunet.layers.buffers`). Σ_t o_t = maxpool(S_T), which tends to T × the ANN's max-pool
+    as each input's rate converges (spec §11). The unit of the input passes through (max-pooling
+    commutes with a positive per-channel scale).
 
     For energy counting it is an event source: with ``record_spikes`` on, ``spike_count`` and
     ``event_count`` both count its non-zero outputs (one graded event each) over the steps.

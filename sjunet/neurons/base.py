@@ -125,6 +125,20 @@ def compiled_kernel(fn: Callable) -> Callable:
     return k
 
 
+#: pixel-steps (input pixels × simulated steps, over a run) after which the compiled kernels have paid for
+#: their compile: on the 2-core development machine compiling takes 5–8 s (inductor's cache warm; about
+#: 20 s the first time on a machine) and saves about 0.1 µs per pixel-step of a width-16 U-Net at 512²
+#: (``python -m sjunet.benchmarks step_cost``: the eager and compiled rows); twice the break-even
+COMPILE_PAYS_AFTER = 1.5e8
+
+
+def compile_pays(pixel_steps: float, device: "torch.device | str" = "cpu") -> bool:
+    """Whether a run of ``pixel_steps`` (input pixels × steps, summed over its images) is long enough
+    for the compiled kernels to win, compile included, and a compiler is present (``compiled="auto"``
+    of :func:`sjunet.evaluation.evaluate_snn`)."""
+    return pixel_steps >= COMPILE_PAYS_AFTER and compile_status(device) is None
+
+
 def set_compiled(module: nn.Module, on: bool = True) -> str | None:
     """Run the step kernels of every neuron in ``module`` compiled (``on``) or eager. Returns None,
     or (``on`` where :func:`compile_status` says no compiler is present) the reason the neurons

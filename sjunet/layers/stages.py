@@ -25,6 +25,11 @@ accumulated over T steps, used by spiking-flow fine-tuning (:mod:`sjunet.trainin
 * :class:`Normalize` — the norm's division, per sample in the ANN (calibration), by a fixed σ̂
   once set; never in an SNN: conversion folds 1/σ̂ into the affine after it.
 
+Without autograd the stages a step runs through allocate nothing: gains, centring, padding, the
+spiking max-pool and :class:`Concat` write into buffers reused across steps while the network
+streams (:mod:`sjunet.layers.buffers`); a pad of zeros passes its input through. The numbers are
+those of the out-of-place forms, which run under autograd.
+
 Every class but :class:`Normalize` has ``spec()`` (constructor arguments as plain data) so an SNN file rebuilds it
 without code from the file (:mod:`sjunet.snn.file`).
 """
@@ -102,7 +107,7 @@ class Resample(nn.Module, base.StepModule):
         return self._fn(ref)(x)
 
 
-class Pad(nn.Module, base.StepModule):
+class Pad(Buffered, nn.Module, base.StepModule):
     """Padding of the last one, two or three dimensions (``F.pad`` order: left, right, top, bottom,
     front, back); ``mode`` constant (zeros only), reflect, replicate or circular."""
 
@@ -131,8 +136,33 @@ class Pad(nn.Module, base.StepModule):
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, self.pad, mode=self.mode)
 
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_fn` without allocating (no autograd): a pad of zeros passes the tensor through; a
+        zero pad copies it into the interior of a buffer whose border was zeroed once; reflect and
+        replicate write into a buffer (the same kernels, so the same numbers); crops and circular
+        padding as ``F.pad``."""
+        nd = len(self.pad) // 2
+        if not any(self.pad):
+            return x
+        if _needs_grad(x) or self.mode == "circular" or min(self.pad) < 0 or x.dim() < nd + 1:
+            return self._fn(x)
+        shape = list(x.shape)
+        for i in range(nd):
+            shape[-1 - i] += self.pad[2 * i] + self.pad[2 * i + 1]
+        out = self.step_buffer("out", shape, x)
+        if self.mode != "constant":
+            fn = getattr(torch._C._nn, f"{'reflection' if self.mode == 'reflect' else 'replication'}_pad{nd}d")
+            return fn(x, self.pad, out=out)
+        key = (out.data_ptr(), tuple(out.shape))
+        if not self.streaming or self.__dict__.get("_zeroed") != key:  # a new buffer: its border is zeroed
+            out.zero_()
+            self._zeroed = key if self.streaming else None
+        inner = (..., *(slice(self.pad[2 * i], shape[-1 - i] - self.pad[2 * i + 1]) for i in reversed(range(nd))))
+        out[inner].copy_(x)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _per_image(self._fn, x, self.step_mode)
+        return _per_image(self._step, x, self.step_mode)
 
     def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
         return self._fn(x)

@@ -8,7 +8,7 @@ from torch import fx, nn
 from sjunet.calibration import calibrate
 from sjunet.conversion.recipe import convert
 from sjunet.layers.buffers import Buffered, release_buffers, streaming
-from sjunet.layers.stages import ChannelAffine, Center, Concat, SpikingMaxPool2d
+from sjunet.layers.stages import ChannelAffine, Center, Concat, Pad, SpikingMaxPool2d
 from sjunet.models import UNet
 from sjunet.neurons import MultiThresholdNode
 from sjunet.snn.simulation import auto_chunk, memory_chunk, run_steps, simulate
@@ -111,11 +111,12 @@ def test_chunk_by_memory(snn, monkeypatch):
 
 
 def test_stages_write_into_buffers_with_the_same_numbers():
-    """Concatenation, gains, centring and the spiking max-pool, streamed in place, equal their
-    out-of-place forms (what runs under autograd) at every step and in multi-step mode."""
+    """Concatenation, gains, centring, padding and the spiking max-pool, streamed in place, equal
+    their out-of-place forms (what runs under autograd) at every step and in multi-step mode."""
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(5, 2, 6, 8, 8, generator=g)
-    stages = [ChannelAffine.of(torch.rand(6, generator=g), torch.randn(6, generator=g)), Center(3)]
+    stages = [ChannelAffine.of(torch.rand(6, generator=g), torch.randn(6, generator=g)), Center(3),
+              Pad((1, 2, 0, 3)), Pad((2, 1, 1, 1), "replicate"), Pad((1, 1, 2, 0), "reflect"), Pad((0, 0, 0, 0))]
     for m in stages:
         with torch.no_grad(), streaming(m):
             fast = [m(x).clone() for x in xs]

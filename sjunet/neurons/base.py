@@ -126,10 +126,12 @@ def compiled_kernel(fn: Callable) -> Callable:
 
 
 #: pixel-steps (input pixels × simulated steps, over a run) after which the compiled kernels have paid for
-#: their compile: on the 2-core development machine compiling takes 5–8 s (inductor's cache warm; about
-#: 20 s the first time on a machine) and saves about 0.1 µs per pixel-step of a width-16 U-Net at 512²
-#: (``python -m sjunet.benchmarks step_cost``: the eager and compiled rows); twice the break-even
-COMPILE_PAYS_AFTER = 1.5e8
+#: their compile, with a margin of 2: on the 2-core development machine (one thread, loaded) the first
+#: compile of a process took 8.4 s and saved 33 ms per step of a width-16 U-Net at 512² (0.13 µs per
+#: pixel-step; MONAI's BasicUNet: 70 ms per step after a 1.8 s compile) — ``python -m sjunet.benchmarks
+#: step_cost``, its eager and compiled rows. ``sjunet evaluate`` of the 5 EM test images at T ≤ 100
+#: (1.3e8) compiles; a short validation does not.
+COMPILE_PAYS_AFTER = 1.2e8
 
 
 def compile_pays(pixel_steps: float, device: "torch.device | str" = "cpu") -> bool:

@@ -52,11 +52,13 @@ AUTO = "auto"
 
 def memory_chunk(step_bytes: int, T: int, device: torch.device | str = "cpu") -> int:
     """Steps per multi-step chunk: as many as keep the largest tensor of a chunk (``step_bytes``
-    per step) within :func:`cache_bytes`, at least 1 and at most T. Measured crossover (``python
-    -m sjunet.benchmarks step_cost``, crossover table): on a CPU, multi-step chunks beat single
-    steps while a chunk's largest activation fits in the last-level cache and lose once it does
-    not; at 512² a width-16 U-Net's largest tensor (32 MB) already fills it, so the chunk is 1."""
-    return int(max(1, min(T, cache_bytes(device) // max(1, int(step_bytes)))))
+    per step) within a quarter of the last-level cache on a CPU (a layer's input and output chunks
+    live together, and the cores share the cache), within :func:`cache_bytes` on a GPU; at least 1
+    and at most T. Measured crossover (``python -m sjunet.benchmarks step_cost``, crossover table,
+    width-16 U-Net, 32 MiB cache): multi-step chunks beat single steps by 15–40 % at 64²–128² and
+    lose from 256² on (its largest tensor, 8 MB, a quarter of the cache); at 512² the chunk is 1."""
+    budget = cache_bytes(device) // (4 if torch.device(device).type == "cpu" else 1)
+    return int(max(1, min(T, budget // max(1, int(step_bytes)))))
 
 
 def check_chunk(chunk: int | str) -> int | str:

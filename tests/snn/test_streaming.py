@@ -105,8 +105,8 @@ def test_chunk_by_memory(snn, monkeypatch):
         Sizes(snn).run(x)
     functional.reset_net(snn)
     largest = max(sizes)
-    for budget, chunk in [(int(3.5 * largest), 3), (largest - 1, 1), (100 * largest, 20)]:
-        monkeypatch.setattr(simulation, "cache_bytes", lambda device="cpu", b=budget: b)
+    for budget, chunk in [(int(3.5 * largest), 3), (largest - 1, 1), (100 * largest, 20)]:  # a quarter of the cache
+        monkeypatch.setattr(simulation, "cache_bytes", lambda device="cpu", b=budget: 4 * b)
         assert auto_chunk(snn, x, 20) == chunk
 
 

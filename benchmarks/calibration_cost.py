@@ -8,7 +8,9 @@ then times, interleaved, 3 repetitions each (after one untimed warm-up of each),
 ANN forward over all batches (``torch.no_grad``, eval), ``sjunet.calibrate(model, batches)``, and
 SpikingJelly's stock converter (``sjunet.conversion.recipe.convert_stock``, its calibration included; CPU
 only) where it converts the model. Reports each as a ratio to the ANN forward (the target of
-issue 20: calibrate ≤ 2.5×). Timings only; nothing here is asserted.
+issue 29: calibrate ≤ 1.5×), and the profile's breakdown of both runs (conv / activation /
+plumbing / the estimators' statistics, :func:`benchmarks.common.step_breakdown`). Timings only;
+nothing here is asserted.
 """
 from __future__ import annotations
 
@@ -76,10 +78,12 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
             stock_note = f"stock converter: does not convert this model ({type(e).__name__}: {str(e)[:120]})"
     else:
         stock_note = "stock converter: not timed (it runs on the CPU only)"
-    from .common import interleaved_medians
+    from .common import PARTS, interleaved_medians, step_breakdown
 
     med, times = interleaved_medians(runs, p["reps"], sync)
     ann_s = next(iter(med.values()))
+    parts = {"ANN forward": step_breakdown(forward),
+             "sjunet.calibrate": step_breakdown(lambda: calibrate(ann, xs, progress=False, device=device))}
     lines = [(f"Calibration cost ({profile} profile, device {device}, {what}, {len(xs)} batches of {xs[0].shape[0]}, "
               f"model {model or 'random-weight U-Net'}, medians of {p['reps']} interleaved repetitions, "
               f"{torch.get_num_threads()} threads)"), "",
@@ -88,8 +92,15 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
         lines.append(f"| {k} | {v:.4f} | {v / ann_s:.2f} | {', '.join(f'{t:.4f}' for t in times[k])} |")
     if stock_note:
         lines += ["", stock_note]
+    names = [*PARTS, "statistics"]
+    lines += ["", "Profile breakdown (torch.profiler, share of the run's CPU time; 'neuron': the ANN's activations; "
+              "'statistics': the estimators' work on the recorded tensors):", "",
+              "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k, b in parts.items():
+        lines.append(f"| {k} | " + " | ".join(f"{100 * b.get(n, 0.0):.1f} %" for n in names) + " |")
     table = "\n".join(lines)
     path = write_results("calibration", profile, table, {
         "profile": profile, "settings": p, "model": model, "data": what, "device": str(device), "times": times,
-        "medians": med, "ratios": {k: v / ann_s for k, v in med.items()}, "stock_note": stock_note})
+        "medians": med, "ratios": {k: v / ann_s for k, v in med.items()}, "stock_note": stock_note,
+        "breakdown": parts})
     return {"table": table, "path": str(path)}

@@ -283,3 +283,71 @@ def interleaved_medians(runs: dict, reps: int, sync=lambda: None) -> tuple[dict[
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}, times
 
+
+
+#: the parts of a step the profile breakdown reports
+PARTS = ("conv", "neuron", "plumbing")
+
+
+def _part_of(m) -> str | None:
+    """The part a module's own work belongs to: synaptic layers (convolutions, transposed ones,
+    linear layers) ``conv``; neurons — and in an ANN its activations — ``neuron``; None for the rest
+    (plumbing: pooling, concatenation, padding, norms, gains, joins and everything between modules)."""
+    from spikingjelly.activation_based import neuron as sj_neuron
+    from torch import nn
+
+    from sjunet.layers.dims import CONV_T_TYPES, CONV_TYPES
+    from sjunet.neurons import is_neuron
+
+    if isinstance(m, CONV_TYPES + CONV_T_TYPES + (nn.Linear,)):
+        return "conv"
+    if is_neuron(m) or isinstance(m, (sj_neuron.BaseNode, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.ELU,
+                                      nn.GELU, nn.SiLU, nn.Hardtanh)):
+        return "neuron"
+    return None
+
+
+def step_breakdown(run) -> dict[str, float]:
+    """Shares of ``run()``'s CPU time (``torch.profiler``, self time of every op) spent in
+    convolutions, neurons (an ANN: activations) and plumbing (everything else), by the innermost
+    module an op runs in: every module of a part — of any network ``run`` calls, including the
+    graph calibration traces — is wrapped in a ``record_function`` range by global forward hooks
+    for the profiled run; a range the library itself names ``sjunet.part::<name>`` (calibration's
+    ``statistics``) is a part of its own. Returns the shares (summing to 1) and ``seconds`` (the
+    profiled run's CPU time, profiler overhead included)."""
+    import torch
+    from torch.nn.modules import module as nn_module
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    open_ranges: dict[int, list] = {}
+
+    def pre(mod, args):
+        part = _part_of(mod)
+        if part is not None:
+            r = record_function(f"sjunet.part::{part}")
+            open_ranges.setdefault(id(mod), []).append(r)
+            r.__enter__()
+
+    def post(mod, args, out):
+        stack = open_ranges.get(id(mod))
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+    handles = [nn_module.register_module_forward_pre_hook(pre), nn_module.register_module_forward_hook(post)]
+    try:
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    totals = dict.fromkeys(PARTS, 0.0)
+    for e in prof.events():
+        part, p = "plumbing", e
+        while p is not None:
+            if p.name.startswith("sjunet.part::"):  # ours, or a range the library labels (statistics)
+                part = p.name.split("::", 1)[1]
+                break
+            p = p.cpu_parent
+        totals[part] = totals.get(part, 0.0) + e.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {**{k: v / whole for k, v in totals.items()}, "seconds": whole / 1e6}

@@ -1,19 +1,26 @@
 """Observing the ANN for calibration (spec §4): which tensors, the one pass, dead layers."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch import fx, nn
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from sjunet.calibration.approximation import FOLDS, DeviationStats, cross_validated_outputs, measure_gap, norm_nodes
-from sjunet.calibration.percentile import COARSE_BINS, DEFAULT_BUDGET, Budget, StreamingPercentile, top_capacity
+from sjunet.calibration.percentile import (COARSE_BINS, DEFAULT_BUDGET, Budget, Scratch, StreamingPercentile,
+                                           top_capacity)
 from sjunet.calibration.store import CalibrationStats, TensorStats, write_stats
 from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope
 from sjunet.io import model_fingerprint, provenance
+
+
+#: the profiler range of the estimators' work (the calibration benchmark's "statistics" share)
+STATISTICS = "sjunet.part::statistics"
 
 
 def trace_for_conversion(model: nn.Module, example_shape: Iterable[int] | None = None) -> fx.GraphModule:
@@ -67,6 +74,73 @@ def signed_relus(gm: fx.GraphModule) -> dict[str, str]:
     the two coincide on the positive side."""
     return {n.name: n.args[0].name for n in gm.graph.nodes
             if kind_of(gm, n) == "relu" and relu_slope(module_of(gm, n)) is not None}
+
+
+def merged_cats(gm: fx.GraphModule, nodes: list[RecordedNode], signed: dict[str, str]) -> dict[str, list[str]]:
+    """The concatenations whose statistics calibration merges from their parts' instead of
+    observing them (their values are their parts' values: a quarter of a U-Net's recorded values
+    read once instead of twice) -> their parts, in graph order. A part qualifies when its own
+    estimator sees exactly its values as the concatenation's does: by magnitude, or a ReLU's output
+    (never negative); a leaky ReLU's estimator sees its input, so such a part does not."""
+    roles = {r.name: r.role for r in nodes}
+    out: dict[str, list[str]] = {}
+    for n in gm.graph.nodes:
+        if roles.get(n.name) != "cat" or n.name in signed:
+            continue
+        parts = [q.name for q in cat_parts(n)]
+        if all(q in roles and q not in signed and roles[q] != "input" for q in parts):
+            out[n.name] = parts
+    return out
+
+
+class _Merges:
+    """The concatenations of :func:`merged_cats` in one calibration: each part's top buffer is
+    sized for the largest concatenation it is (transitively) part of — known from the first batch,
+    so a part's first-batch tensor waits (a copy) until those concatenations have been computed —
+    and the concatenations' estimators are built from their parts' at the end (:meth:`unions`)."""
+
+    def __init__(self, merged: dict[str, list[str]]) -> None:
+        self.merged = merged
+        self.containing: dict[str, set[str]] = {}  # part -> the merged concatenations holding it
+        for c in reversed(list(merged)):  # an outer concatenation first: its parts inherit it
+            for q in merged[c]:
+                self.containing.setdefault(q, set()).update({c} | self.containing.get(c, set()))
+        self.numel: dict[str, int] = {}  # first-batch sizes
+        self.channels: dict[str, int] = {}
+        self.pending: dict[str, list[torch.Tensor]] = {}
+
+    def took(self, t: str, out: torch.Tensor, est: dict, scratch: Scratch, first_batch: bool) -> bool:
+        """Whether estimator ``t``'s tensor ``out`` is handled here: a merged concatenation's (never
+        observed), or a part's in the first batch (observed once its buffer can be sized)."""
+        if t in self.merged:
+            if first_batch:
+                self.numel.setdefault(t, out.numel())
+                self.channels.setdefault(t, int(out.shape[1]))
+                self._release(est, scratch)
+            return True
+        if first_batch and t in self.containing:
+            self.numel.setdefault(t, out.numel())
+            self.pending.setdefault(t, []).append(out.detach().clone())  # a later in-place op cannot change it
+            self._release(est, scratch)
+            return True
+        return False
+
+    def _release(self, est: dict, scratch: Scratch) -> None:
+        for t in list(self.pending):
+            cats = self.containing[t]
+            if all(c in self.numel for c in cats):
+                est[t].share = max(self.numel[c] / self.numel[t] for c in cats)
+                for out in self.pending.pop(t):
+                    est[t].observe(out, scratch)
+
+    def unions(self, est: dict, p: float, n_batches: int, magnitude: dict[str, bool], **kwargs) -> None:
+        """Replace each merged concatenation's estimator by the union of its parts' (in graph order: a
+        concatenation of concatenations merges its parts first)."""
+        for c, parts in self.merged.items():
+            share = max((self.numel[o] / self.numel[c] for o in self.containing.get(c, ())), default=1.0)
+            capacity = top_capacity(p, math.ceil(n_batches * self.numel[c] * share))
+            est[c] = StreamingPercentile.union([est[q] for q in parts], capacity, self.channels[c], p=p,
+                                               magnitude=magnitude[c], **kwargs)
 
 
 def _batches_of(data: Iterable) -> Iterable[torch.Tensor]:
@@ -141,9 +215,10 @@ def calibrate(
     nodes = recorded_nodes(gm)
     signed = signed_relus(gm)
     budget = Budget(max_buffer)
+    magnitude = {r.name: r.role not in ("input", "relu") or r.name in signed for r in nodes}
+    merges = _Merges(merged_cats(gm, nodes, signed))  # concatenations whose statistics are their parts' merged
     est = {r.name: StreamingPercentile(p, n_batches, positive_only, nbins=nbins, budget=budget,
-                                       magnitude=r.role not in ("input", "relu") or r.name in signed)
-           for r in nodes}
+                                       magnitude=magnitude[r.name]) for r in nodes}
     # which estimators each node's output feeds: its own, and a leaky node's is its input (signed_relus)
     targets: dict[str, list[str]] = {}
     for r in nodes:
@@ -153,6 +228,7 @@ def calibrate(
     folds = {k: [DeviationStats(m) for _ in range(FOLDS)] for k, m in norms.items()}  # sample i: fold i % FOLDS
     out_name = _output_name(gm)
     seen = {"offset": 0, "input_shape": None, "output_shape": None}
+    scratch = Scratch()  # the estimators' temporaries, shared: a batch allocates nothing large
 
     def observe(name, out):
         if name in norm_of:
@@ -160,11 +236,14 @@ def calibrate(
             for f, d in enumerate(folds[norm_of[name]]):
                 d.add(out[fold == f])
         for t in targets.get(name, ()):
-            est[t].observe(out)
+            with record_function(STATISTICS):
+                if not merges.took(t, out, est, scratch, first_batch=seen["offset"] == 0):
+                    est[t].observe(out, scratch)
         if name == out_name and isinstance(out, torch.Tensor):
             seen["output_shape"] = list(out.shape[1:])
 
     _run(gm, observe, data, n_batches, device, seen, "calibrate" if progress else None)
+    merges.unions(est, p, n_batches, positive_only=positive_only, nbins=nbins, magnitude=magnitude)
 
     # the second pass, only where the one pass could not give the exact percentile
     redo: dict[str, StreamingPercentile] = {}

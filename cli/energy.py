@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from sjunet.cli.options import (InputError, ann_from_options, check_T, claim_output, data_opt, dataset_opt,
-                                fail_cleanly, force_option, model_options, opt_opt, parse_dataset_options, parse_steps)
+from sjunet.cli.options import (InputError, ann_from_options, check_T, chunk_option, claim_output, data_opt,
+                                dataset_opt, fail_cleanly, force_option, model_options, opt_opt, parse_dataset_options,
+                                parse_steps)
 
 
 @click.command()
@@ -19,7 +20,7 @@ from sjunet.cli.options import (InputError, ann_from_options, check_T, claim_out
 @click.argument("more_t", nargs=-1, type=int, metavar="")
 @click.option("--limit", type=int, default=None)
 @click.option("--mode", type=click.Choice(["multi", "step"]), default="step", show_default=True)
-@click.option("--chunk", default=4, show_default=True)
+@chunk_option
 @click.option("-o", "--output", type=click.Path(), default=None, help="write the frontier as JSON")
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @force_option

@@ -6,9 +6,9 @@ import json
 
 import click
 
-from sjunet.cli.options import (InputError, ann_channels, ann_from_options, check_T, claim_output, data_opt,
-                                dataset_opt, fail_cleanly, force_option, model_options, opt_opt, parse_dataset_options,
-                                parse_steps)
+from sjunet.cli.options import (InputError, ann_channels, ann_from_options, check_T, chunk_option, claim_output,
+                                data_opt, dataset_opt, fail_cleanly, force_option, model_options, opt_opt,
+                                parse_dataset_options, parse_steps)
 
 
 @click.command()
@@ -21,9 +21,11 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
               help="time steps: --T 10 20 50 100, --T 10,20 or --T 10 --T 20")
 @click.argument("more_t", nargs=-1, type=int, metavar="")
 @click.option("--mode", type=click.Choice(["multi", "step"]), default="step", show_default=True,
-              help="step-by-step (memory independent of T; the faster one on CPU) or multi-step (layer by layer, "
-                   "chunks of --chunk steps; try it on a GPU)")
-@click.option("--chunk", default=4, show_default=True)
+              help="step-by-step (memory independent of T) or multi-step (layer by layer, chunks of --chunk steps)")
+@chunk_option
+@click.option("--compile", "compiled", type=click.Choice(["auto", "on", "off"]), default="auto",
+              show_default=True, help="run the neurons' step kernels compiled by torch.compile (the same numbers): auto where the "
+                   "evaluation is long enough to pay for the compile and a compiler is present")
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images")
 @click.option("--protocol", type=click.Choice(["whole", "tiled", "patch"]), default="whole", show_default=True,
               help="whole: each image padded to the size rule and run once (tiled only when over the memory budget); "
@@ -45,8 +47,8 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
 @force_option
 @opt_opt
 @fail_cleanly
-def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, limit, protocol,
-             patch, stride, tile, tile_overlap, max_pixels, pad, output, device, force, opt):
+def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, compiled, limit,
+             protocol, patch, stride, tile, tile_overlap, max_pixels, pad, output, device, force, opt):
     """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN) on whole images (or tiles, or
     the paper's patches: --protocol); under torchrun the images are split across the processes and the
     metrics merged."""
@@ -94,8 +96,9 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
             raise InputError(f"{snn} was converted from model {conv.get('ann_fingerprint')}, not from this ANN "
                              f"({info.fingerprint}); pixel agreement would be meaningless")
         result["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
-                         "mode": mode, "chunk": chunk, "device": device}
-    result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device, protocol=proto))
+                         "mode": mode, "chunk": chunk, "compile": compiled, "device": device}
+    result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device, protocol=proto,
+                              compiled={"on": True, "off": False}.get(compiled, "auto")))
     result["provenance"] = provenance()
     if distributed.world().main:
         if output is not None:

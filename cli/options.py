@@ -140,6 +140,25 @@ def model_options(fn):
     return wrapper
 
 
+def _chunk(ctx, param, value):
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"--chunk takes a positive integer or 'auto' (chosen by memory), got {value!r}")
+    return n
+
+
+def chunk_option(fn):
+    """``--chunk``: steps per multi-step chunk, or ``auto`` (by memory: :func:`sjunet.snn.simulation.memory_chunk`)."""
+    return click.option("--chunk", default="auto", show_default=True, callback=_chunk,
+                        help="steps per multi-step chunk (--mode multi): a number, or auto — as many as keep a "
+                             "chunk's largest tensor in the last-level cache")(fn)
+
+
 def force_option(fn):
     return click.option("--force", is_flag=True, help="replace an existing output (default: refuse it)")(fn)
 

@@ -187,10 +187,11 @@ class counting:
 
 
 @torch.no_grad()
-def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int | Sequence[int], chunk: int = 4):
+def spike_counts(snn: fx.GraphModule, x: torch.Tensor, T: int | Sequence[int], chunk: int | str = "auto"):
     """Simulate ``x`` ([B, C, H, W]) for max(T) steps (multi-step chunks of ``chunk``; 1:
-    single-step) and return every source layer's spike counts (shape [B, C, H, W]) by module path;
-    for several T, ``{t: {path: (spikes, events)}}`` snapshots of one simulation."""
+    single-step; ``"auto"``: by memory, :func:`sjunet.snn.simulation.memory_chunk`) and return
+    every source layer's spike counts (shape [B, C, H, W]) by module path; for several T,
+    ``{t: {path: (spikes, events)}}`` snapshots of one simulation."""
     steps = sorted({int(t) for t in ([T] if isinstance(T, int) else T)})
     if not steps or steps[0] < 1:
         raise ValueError(f"T must be positive integers, got {T}")
@@ -349,7 +350,7 @@ def count_energy(
     ann: nn.Module | None,
     batches: Iterable,
     T: int | Sequence[int],
-    chunk: int = 4,
+    chunk: int | str = "auto",
     e_mac: float = E_MAC,
     e_ac: float = E_AC,
 ) -> EnergyReport | dict[int, EnergyReport]:
@@ -377,7 +378,8 @@ def count_energy(
 
 
 def energy_frontier(snn: fx.GraphModule, dataset, T: Sequence[int], ann: nn.Module | None = None,
-                    limit: int | None = None, mode: str = "step", chunk: int = 4, multiple: int | None = None,
+                    limit: int | None = None, mode: str = "step", chunk: int | str = "auto",
+                    multiple: int | None = None,
                     progress: bool = False, device: str = "cpu") -> dict:
     """Metric and energy at every T from one simulation of each evaluated input: the evaluation's
     own (:func:`sjunet.evaluation.loops.evaluate_snn`: whole images by default, padded to the size rule,
@@ -405,7 +407,7 @@ def energy_frontier(snn: fx.GraphModule, dataset, T: Sequence[int], ann: nn.Modu
 
 
 def count_energy_on(snn: fx.GraphModule, dataset, T: int | Sequence[int], ann: nn.Module | None = None,
-                    limit: int | None = None, chunk: int = 4, multiple: int | None = None):
+                    limit: int | None = None, chunk: int | str = "auto", multiple: int | None = None):
     """:func:`count_energy` over the first ``limit`` images of a dataset (items ``(x [C, H, W], y)``),
     each reflect-padded to the SNN's size multiple as in evaluation and counted at that padded
     size (datasets evaluated by patches, such as DRIVE, are counted as whole padded images)."""

@@ -250,11 +250,12 @@ def predict(fn: Callable[[torch.Tensor], Outputs], x: torch.Tensor, dataset, mul
 
 
 def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu", snn: bool = False,
-                    mode: str = "step", chunk: int = 4) -> float | None:
+                    mode: str = "step", chunk: int | str = "auto") -> float | None:
     """Live activation elements per input pixel of ``net``: its largest activation (a module's
-    output; × ``chunk`` steps in multi-step mode) plus, for an SNN, the state of its memory modules
-    (neurons, static-input caches), which does not grow with T. Measured on one small probe (None
-    when the probe fails: then images run whole)."""
+    output; × ``chunk`` steps in multi-step mode — a chunk chosen by memory, ``"auto"``, keeps its
+    largest tensor within the cache budget, so it counts as one step) plus, for an SNN, the state of
+    its memory modules (neurons, static-input caches), which does not grow with T. Measured on one
+    small probe (None when the probe fails: then images run whole)."""
     from spikingjelly.activation_based.base import MemoryModule
 
     rule = shape_rule(net) or {}
@@ -286,7 +287,7 @@ def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu
     finally:
         for h in handles:
             h.remove()
-    steps = int(chunk) if snn and mode == "multi" else 1
+    steps = int(chunk) if snn and mode == "multi" and chunk != "auto" else 1
     return (largest[0] * steps + state[0]) / math.prod(hw)
 
 

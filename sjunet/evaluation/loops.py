@@ -11,6 +11,7 @@ Progress bars advance per tile / window (ANN) and per simulated step (SNN).
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Sequence
 
@@ -22,6 +23,7 @@ from sjunet.distributed import merge_meter, resolve_device, shard
 from sjunet.evaluation.layout import (Outputs, activation_cost, budget, needs_cost, plan, protocol_record, run_layout,
                                       tileable)
 from sjunet.evaluation.protocol import Protocol, check_protocol, make_protocol
+from sjunet.neurons import compile_pays, is_neuron, set_compiled
 from sjunet.snn.model import size_rule
 from sjunet.snn.simulation import simulate
 from sjunet.tasks import Task, task_for
@@ -34,7 +36,7 @@ def ann_fn(model: nn.Module) -> Callable[[torch.Tensor], Outputs]:
     return fn
 
 
-def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "step", chunk: int = 4,
+def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "step", chunk: int | str = "auto",
            on_checkpoint=None) -> Callable[[torch.Tensor], Outputs]:
     def fn(x):
         return simulate(snn, x, T, mode=mode, chunk=chunk, on_checkpoint=on_checkpoint)
@@ -76,12 +78,12 @@ class _Progress:
         self.bar.close()
 
 
-def check_options(T: Sequence[int] | None = None, chunk: int | None = None, limit: int | None = None) -> None:
+def check_options(T: Sequence[int] | None = None, chunk: int | str | None = None, limit: int | None = None) -> None:
     """One clear line for nonsensical evaluation options (before any work)."""
     if T is not None and (not list(T) or min(int(t) for t in T) < 1):
         raise ValueError(f"--T takes positive integers, got {list(T)}")
-    if chunk is not None and int(chunk) < 1:
-        raise ValueError(f"--chunk must be a positive integer, got {chunk}")
+    if chunk is not None and chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ValueError(f"--chunk must be a positive integer or 'auto' (chosen by memory), got {chunk}")
     if limit is not None and int(limit) < 1:
         raise ValueError(f"--limit must be a positive integer (or left out for every image), got {limit}")
 
@@ -159,15 +161,20 @@ def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: 
 
 
 def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = None, reference: nn.Module | None = None,
-                 mode: str = "step", chunk: int = 4, limit: int | None = None, multiple: int | None = None,
+                 mode: str = "step", chunk: int | str = "auto", limit: int | None = None, multiple: int | None = None,
                  progress: bool = True, device: str = "cpu", on_checkpoint=None,
-                 protocol: "Protocol | str | None" = None) -> dict:
+                 protocol: "Protocol | str | None" = None, compiled: bool | str = "auto") -> dict:
     """Metrics of an SNN at every T in ``T`` (one simulation up to max T per image), with pixel
     agreement against ``reference`` (the ANN, run on the same tiles / windows) when given, the
     protocol and timings. ``on_checkpoint(t, x)`` is called at every requested step of every
-    simulated input (:func:`sjunet.snn.simulation.simulate`)."""
+    simulated input (:func:`sjunet.snn.simulation.simulate`). ``chunk``: steps per multi-step chunk
+    (``"auto"``: by memory). ``compiled``: run the neurons' step kernels compiled by ``torch.compile``
+    (``"auto"``: where the run is long enough to pay for the compile and a compiler is present,
+    :func:`sjunet.neurons.compile_pays`; the same numbers either way); ``timing.compiled`` says which ran."""
     task = task or task_for(dataset)
     check_options(T, chunk, limit)
+    if compiled not in (True, False, "auto"):
+        raise ValueError(f"compiled must be True, False or 'auto', got {compiled!r}")
     p = make_protocol(protocol, dataset)
     device = resolve_device(device)
     multiple = multiple or size_rule(snn)
@@ -183,6 +190,13 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
     cost = activation_cost(snn, dataset.in_channels, multiple, device, snn=True, mode=mode,
                            chunk=chunk) if needs_cost(p) else None
     can_tile = tileable(snn)
+    if compiled == "auto":
+        pixels = math.prod(dataset[indices[0]][0].shape[1:]) if indices else 0
+        compiled = compile_pays(pixels * max(T) * len(indices), device)
+    neurons = [m for m in snn.modules() if is_neuron(m)]
+    was = [m.compiled for m in neurons]
+    if compiled and set_compiled(snn, True) is not None:
+        compiled = False  # no compiler here: eager
     bar = _Progress(len(indices), f"evaluate SNN T<={max(T)}", "step", progress)
     steps = (lambda m, inputs, out: bar.update(int(inputs[0].shape[0]) if mode == "multi" else 1))
     hook = snn.register_forward_hook(steps) if progress else None
@@ -212,13 +226,15 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
         if hook is not None:
             hook.remove()
         bar.close()
+        for m, c in zip(neurons, was):
+            m.compiled = c
     for m in [*meters.values(), *([ann_meter] if ann_meter is not None else [])]:
         merge_meter(m)
     local = max(len(indices), 1)
     result = {"T": {str(t): meters[t].result() for t in T},
               "protocol": protocol_record(p, layouts),
               "timing": {"images": n, "snn_seconds_per_image": t_snn / local, "max_T": max(T),
-                         "snn_seconds_per_step": t_snn / local / max(T)}}
+                         "snn_seconds_per_step": t_snn / local / max(T), "compiled": bool(compiled)}}
     if ann_meter is not None:
         result["ann"] = ann_meter.result()
         result["timing"]["ann_seconds_per_image"] = t_ann / local
@@ -232,11 +248,12 @@ def evaluate(
     snn: nn.Module | None = None,
     T: Sequence[int] = (10, 20, 50, 100),
     mode: str = "step",
-    chunk: int = 4,
+    chunk: int | str = "auto",
     limit: int | None = None,
     progress: bool = True,
     device: str = "cpu",
     protocol: "Protocol | str | None" = None,
+    compiled: bool | str = "auto",
 ) -> dict:
     """``sjunet evaluate`` on objects: metrics of an ANN and/or an SNN on a dataset object under
     ``protocol`` (default: whole images), the SNN at every T with pixel agreement against the ANN
@@ -251,7 +268,7 @@ def evaluate(
                                                                             if hasattr(dataset, "describe") else {})}}
     if snn is not None:
         result.update(evaluate_snn(snn, dataset, T, task, reference=model, mode=mode, chunk=chunk, limit=limit,
-                                   progress=progress, device=device, protocol=p))
+                                   progress=progress, device=device, protocol=p, compiled=compiled))
     else:
         metrics, record, seconds = _evaluate_ann(model.to(device), dataset, task, device, limit, progress, p, None)
         result.update({"ann": metrics, "protocol": record,

@@ -10,7 +10,9 @@ else of it).
   its kind in :mod:`sjunet.graph.kinds`, its file vocabulary in :mod:`sjunet.snn.record` and its
   fan-out in :mod:`sjunet.evaluation.fanout`;
 * :mod:`.static_synapse` — :class:`~sjunet.layers.static_synapse.StaticInputSynapse`, the first
-  (analog) synaptic layer under static coding.
+  (analog) synaptic layer under static coding;
+* :mod:`.buffers` — buffers reused across simulation steps (:class:`~sjunet.layers.buffers.Buffered`,
+  :func:`~sjunet.layers.buffers.streaming`): what lets neurons and stages allocate nothing per step.
 
 Tests: ``tests/layers/``.
 """

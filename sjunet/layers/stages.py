@@ -25,6 +25,11 @@ accumulated over T steps, used by spiking-flow fine-tuning (:mod:`sjunet.trainin
 * :class:`Normalize` — the norm's division, per sample in the ANN (calibration), by a fixed σ̂
   once set; never in an SNN: conversion folds 1/σ̂ into the affine after it.
 
+Without autograd the stages a step runs through allocate nothing: gains, centring, padding, the
+spiking max-pool and :class:`Concat` write into buffers reused across steps while the network
+streams (:mod:`sjunet.layers.buffers`); a pad of zeros passes its input through. The numbers are
+those of the out-of-place forms, which run under autograd.
+
 Every class but :class:`Normalize` has ``spec()`` (constructor arguments as plain data) so an SNN file rebuilds it
 without code from the file (:mod:`sjunet.snn.file`).
 """
@@ -37,6 +42,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import base
 from torch import nn
 
+from sjunet.layers.buffers import Buffered
 from sjunet.layers.dims import functional, per_channel
 
 
@@ -45,6 +51,12 @@ def _per_image(fn, x: torch.Tensor, step_mode: str) -> torch.Tensor:
     if step_mode == "m":
         return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
     return fn(x)
+
+
+def _needs_grad(*ts: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on ``ts``: then a stage computes out of place (as ever);
+    otherwise it writes into its step buffer (:mod:`sjunet.layers.buffers`), the same numbers."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def _plain(v: Any) -> Any:
@@ -95,7 +107,7 @@ class Resample(nn.Module, base.StepModule):
         return self._fn(ref)(x)
 
 
-class Pad(nn.Module, base.StepModule):
+class Pad(Buffered, nn.Module, base.StepModule):
     """Padding of the last one, two or three dimensions (``F.pad`` order: left, right, top, bottom,
     front, back); ``mode`` constant (zeros only), reflect, replicate or circular."""
 
@@ -124,8 +136,33 @@ class Pad(nn.Module, base.StepModule):
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, self.pad, mode=self.mode)
 
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_fn` without allocating (no autograd): a pad of zeros passes the tensor through; a
+        zero pad copies it into the interior of a buffer whose border was zeroed once; reflect and
+        replicate write into a buffer (the same kernels, so the same numbers); crops and circular
+        padding as ``F.pad``."""
+        nd = len(self.pad) // 2
+        if not any(self.pad):
+            return x
+        if _needs_grad(x) or self.mode == "circular" or min(self.pad) < 0 or x.dim() < nd + 1:
+            return self._fn(x)
+        shape = list(x.shape)
+        for i in range(nd):
+            shape[-1 - i] += self.pad[2 * i] + self.pad[2 * i + 1]
+        out = self.step_buffer("out", shape, x)
+        if self.mode != "constant":
+            fn = getattr(torch._C._nn, f"{'reflection' if self.mode == 'reflect' else 'replication'}_pad{nd}d")
+            return fn(x, self.pad, out=out)
+        key = (out.data_ptr(), tuple(out.shape))
+        if not self.streaming or self.__dict__.get("_zeroed") != key:  # a new buffer: its border is zeroed
+            out.zero_()
+            self._zeroed = key if self.streaming else None
+        inner = (..., *(slice(self.pad[2 * i], shape[-1 - i] - self.pad[2 * i + 1]) for i in reversed(range(nd))))
+        out[inner].copy_(x)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _per_image(self._fn, x, self.step_mode)
+        return _per_image(self._step, x, self.step_mode)
 
     def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
         return self._fn(x)
@@ -142,7 +179,7 @@ class Pad(nn.Module, base.StepModule):
         return tuple(reversed((pairs + [0] * nd)[:nd]))
 
 
-class ChannelAffine(nn.Module, base.StepModule):
+class ChannelAffine(Buffered, nn.Module, base.StepModule):
     """``y = scale_c · x + shift_c`` over the channel dimension (the one before the
     ``spatial_dims`` spatial axes: −3 for images, −4 for volumes); ``shift=False`` for a gain."""
 
@@ -174,8 +211,12 @@ class ChannelAffine(nn.Module, base.StepModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nd = self.spatial_dims
-        y = x * per_channel(self.scale, nd)
-        return y + per_channel(self.shift, nd) if self.shift is not None else y
+        scale = per_channel(self.scale, nd)
+        if _needs_grad(x, self.scale, self.shift) or torch.result_type(x, self.scale) != x.dtype:
+            y = x * scale
+            return y + per_channel(self.shift, nd) if self.shift is not None else y
+        out = torch.mul(x, scale, out=self.step_buffer("out", x.shape, x))
+        return out if self.shift is None else out.add_(per_channel(self.shift, nd))  # (not addcmul: it fuses)
 
     def flow(self, x: torch.Tensor, T: float = 1.0) -> torch.Tensor:
         nd = self.spatial_dims
@@ -183,13 +224,15 @@ class ChannelAffine(nn.Module, base.StepModule):
         return y + T * per_channel(self.shift, nd) if self.shift is not None else y
 
 
-class SpikingMaxPool2d(base.MemoryModule):
+class SpikingMaxPool2d(Buffered, base.MemoryModule):
     """Max-pooling of accumulated spikes: o_t = maxpool(S_t) − maxpool(S_{t−1}), S_t = Σ_{τ≤t} x_τ,
     over as many spatial axes as its kernel has (an int kernel: ``spatial_dims``, 2 by default).
 
-    One memory (``acc``: S, reset by ``functional.reset_net``). Σ_t o_t = maxpool(S_T), which
-    tends to T × the ANN's max-pool as each input's rate converges (spec §11). The unit of the
-    input passes through (max-pooling commutes with a positive per-channel scale).
+    Memories (reset by ``functional.reset_net``): ``acc`` = S and, without autograd, ``pooled`` =
+    maxpool(S_{t−1}), so a step pools once and allocates only the pooled sums
+    (:mod:`sjunet.layers.buffers`). Σ_t o_t = maxpool(S_T), which tends to T × the ANN's max-pool
+    as each input's rate converges (spec §11). The unit of the input passes through (max-pooling
+    commutes with a positive per-channel scale).
 
     For energy counting it is an event source: with ``record_spikes`` on, ``spike_count`` and
     ``event_count`` both count its non-zero outputs (one graded event each) over the steps.
@@ -210,6 +253,7 @@ class SpikingMaxPool2d(base.MemoryModule):
         self.step_mode = step_mode
         self.record_spikes = False
         self.register_memory("acc", 0.0)
+        self.register_memory("pooled", 0.0)  # maxpool(S_{t−1}), kept by the in-place step
         self.register_memory("spike_count", 0.0)
         self.register_memory("event_count", 0.0)
 
@@ -246,18 +290,50 @@ class SpikingMaxPool2d(base.MemoryModule):
             self.spike_count = n if isinstance(self.spike_count, float) else self.spike_count + n
             self.event_count = self.spike_count
 
-    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.acc, float):  # first step: S_0 = 0, maxpool(0) = 0
-            self.acc = x
-            o = self.pool(x)
+    def _in_place(self, x: torch.Tensor) -> bool:
+        return not (torch.is_grad_enabled() and (x.requires_grad or (isinstance(self.acc, torch.Tensor)
+                                                                      and self.acc.requires_grad)))
+
+    def _step_into(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """One step in place: S += x (a buffer of its own), o = maxpool(S) − maxpool(S_prev), the
+        previous pooled sums kept instead of pooled again (the same numbers); ``out`` (None: the
+        first step, whose output is maxpool(S) itself) receives o."""
+        if isinstance(self.acc, float):
+            prev = None
+            self.acc = self.step_buffer("acc", x.shape, x).copy_(x)
         else:
-            prev = self.pool(self.acc)
-            self.acc = self.acc + x
-            o = self.pool(self.acc) - prev
+            prev = self.pooled if isinstance(self.pooled, torch.Tensor) else self.pool(self.acc)
+            self.acc.add_(x)
+        pooled = self.pooled = self.pool(self.acc)
+        if prev is None:
+            return pooled if out is None else out.copy_(pooled)
+        return torch.sub(pooled, prev, out=self.step_buffer("out", pooled.shape, pooled) if out is None else out)
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._in_place(x):
+            o = self._step_into(x, None)
+        else:
+            self.pooled = 0.0  # kept by the in-place step only
+            if isinstance(self.acc, float):  # first step: S_0 = 0, maxpool(0) = 0
+                self.acc = x.clone()  # its own tensor: an in-place step may add to it later
+                o = self.pool(x)
+            else:
+                prev = self.pool(self.acc)
+                self.acc = self.acc + x
+                o = self.pool(self.acc) - prev
         self._count(o, False)
         return o
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if self._in_place(x_seq):  # step by step: the same numbers as single-step mode
+            first = self._step_into(x_seq[0], None)
+            out = self.step_buffer("out_seq", (x_seq.shape[0], *first.shape), first)
+            out[0].copy_(first)
+            for t in range(1, x_seq.shape[0]):
+                self._step_into(x_seq[t], out[t])
+            self._count(out, True)
+            return out
+        self.pooled = 0.0
         sums = torch.cumsum(x_seq, 0)
         if not isinstance(self.acc, float):
             sums = sums + self.acc
@@ -309,6 +385,42 @@ class AdaptiveAvgPool(nn.Module, base.StepModule):
         return self._fn(x)
 
 
+class Concat(Buffered, nn.Module, base.StepModule):
+    """``torch.cat`` of step tensors along ``dim`` (of a single step; one more in multi-step mode),
+    written into a buffer reused across steps while streaming (:mod:`sjunet.layers.buffers`): the
+    concatenation of a converted graph copies its parts once per step and allocates nothing.
+    It replaces SpikingJelly's step-mode ``cat`` adapter at load and conversion
+    (:func:`sjunet.snn.file.adapt`); graphs and files still record a ``torch.cat``."""
+
+    #: what graph analysis reads of SpikingJelly's adapter (``kind_of`` -> "cat"), kept alike
+    op_name = "cat"
+
+    def __init__(self, dim: int = 1, step_mode: str = "s") -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.step_mode = step_mode
+
+    @property
+    def op_kwargs(self) -> dict:
+        return {"dim": self.dim}
+
+    def supported_step_mode(self):
+        return ("s", "m")
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, step_mode={self.step_mode}"
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        d = self.dim + 1 if self.step_mode == "m" and self.dim >= 0 else self.dim
+        if self.step_mode == "m" and d in (0, 1 - xs[0].dim()):
+            raise ValueError("a concatenation along the batch axis has no multi-step form")
+        if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+            return torch.cat(xs, d)
+        shape = list(xs[0].shape)
+        shape[d] = sum(x.shape[d] for x in xs)
+        return torch.cat(xs, d, out=self.step_buffer("out", shape, xs[0]))
+
+
 NORM_KINDS = ("instance_norm", "group_norm", "layer_norm")
 MAX_GROUPS = 65_536
 
@@ -326,7 +438,7 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(x.shape[0], groups, -1)
 
 
-class Center(nn.Module, base.StepModule):
+class Center(Buffered, nn.Module, base.StepModule):
     """Subtract the per-sample mean over each group of channels and all positions (spec §11: the
     linear half of instance / group / layer norm; ``groups`` = C for instance norm, 1 for layer
     norm). Linear, no bias: on synaptic currents it runs per time step, and Σ_t of the centred
@@ -349,7 +461,10 @@ class Center(nn.Module, base.StepModule):
 
     def _fn(self, x: torch.Tensor) -> torch.Tensor:
         g = _grouped(x, self.groups)
-        return (g - g.mean(-1, keepdim=True)).reshape(x.shape)
+        if _needs_grad(x):
+            return (g - g.mean(-1, keepdim=True)).reshape(x.shape)
+        out = self.step_buffer("out", g.shape, g)
+        return torch.sub(g, g.mean(-1, keepdim=True), out=out).view(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _per_image(self._fn, x, self.step_mode)

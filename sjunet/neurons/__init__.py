@@ -3,7 +3,8 @@
 The parts, lowest first (none imports this package's ``__init__``, so nothing imports upward):
 
 * :mod:`.base` — **the neuron interface** (:class:`SpikingNeuron`, :func:`is_neuron`,
-  :func:`set_recording`), threshold ladders (:func:`threshold_ladder`, :func:`validate_ladder`,
+  :func:`set_recording`; the in-place step every neuron type implements, :meth:`SpikingNeuron.step_into`,
+  with its optional compiled kernels, :func:`set_compiled`), threshold ladders (:func:`threshold_ladder`, :func:`validate_ladder`,
   :func:`is_halving`, :data:`LADDERS`), the :data:`NeuronFactory` type with :func:`refuse_signed`, and
   the :class:`AdvancedByStep` mixin; it imports no other neuron module;
 * :mod:`.mt` — the multi-threshold neuron (:func:`mt_step`, :class:`MultiThresholdNode`;
@@ -22,8 +23,9 @@ layer) is a layer, not a neuron; it is re-exported here as before.
 Every name below is importable from ``sjunet.neurons``.
 """
 from sjunet.layers.static_synapse import StaticInputSynapse
-from sjunet.neurons.base import (LADDERS, AdvancedByStep, NeuronFactory, SpikingNeuron, is_halving, is_neuron,
-                                 named_ladder, refuse_signed, set_recording, threshold_ladder, validate_ladder)
+from sjunet.neurons.base import (LADDERS, AdvancedByStep, NeuronFactory, SpikingNeuron, compile_pays, compile_status,
+                                 is_halving, is_neuron, named_ladder, refuse_signed, set_compiled, set_recording,
+                                 threshold_ladder, validate_ladder)
 from sjunet.neurons.mt import IFNode, MultiThresholdNode, mt_step, mt_step_surrogate
 from sjunet.neurons.peers import MultiLevelNode, RealSpikeNode, ml_factory, rs_factory
 from sjunet.neurons.registry import FACTORIES, NEURON_TYPES, mt_factory
@@ -31,6 +33,7 @@ from sjunet.neurons.signed import SignedMultiThresholdNode, leaky, signed_mt_ste
 
 __all__ = ["AdvancedByStep", "FACTORIES", "LADDERS", "named_ladder", "IFNode", "MultiLevelNode", "MultiThresholdNode", "NEURON_TYPES",
            "NeuronFactory", "RealSpikeNode", "SignedMultiThresholdNode", "SpikingNeuron", "StaticInputSynapse",
-           "is_halving", "is_neuron", "leaky", "ml_factory", "mt_factory", "mt_step", "mt_step_surrogate",
+           "compile_pays", "compile_status", "set_compiled", "is_halving", "is_neuron", "leaky", "ml_factory",
+           "mt_factory", "mt_step", "mt_step_surrogate",
            "refuse_signed", "rs_factory", "set_recording", "signed_mt_step", "signed_mt_step_surrogate",
            "threshold_ladder", "validate_ladder"]

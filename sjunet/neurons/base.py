@@ -35,6 +35,8 @@ import torch
 from spikingjelly.activation_based import neuron
 from torch import nn
 
+from sjunet.layers.buffers import Buffered, tiles
+
 
 def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[float, ...]:
     """Thresholds ``(top, top·ratio, top·ratio², …)`` of length ``n``.
@@ -90,9 +92,93 @@ def is_halving(thresholds: Sequence[float]) -> bool:
     return all(b * 2.0 == a for a, b in zip(thresholds, thresholds[1:]))
 
 
-class SpikingNeuron(neuron.BaseNode):
+#: the step kernels compiled so far, by their eager function (one compile per kernel and process)
+_KERNELS: dict[Callable, Callable] = {}
+
+
+def compile_status(device: "torch.device | str" = "cpu") -> str | None:
+    """None when ``torch.compile`` can build the neurons' step kernels for ``device`` here (CPU:
+    inductor and a C++ compiler; CUDA: Triton), else the reason it cannot, in one line."""
+    try:
+        import torch._inductor.config  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure means no compiler
+        return f"torch.compile is unavailable ({type(e).__name__}: {e})"
+    if torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "torch.compile needs Triton for CUDA kernels, and it is not installed"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001
+        return f"torch.compile's CPU backend (inductor) finds no C++ compiler ({type(e).__name__}: {str(e)[:120]})"
+    return None
+
+
+def compiled_kernel(fn: Callable) -> Callable:
+    """``fn`` (an in-place step kernel) compiled by ``torch.compile`` (inductor; dynamic shapes, so
+    one compile serves every layer; the same numbers as eager, checked by the tests)."""
+    k = _KERNELS.get(fn)
+    if k is None:
+        k = _KERNELS[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return k
+
+
+#: pixel-steps (input pixels × simulated steps, over a run) after which the compiled kernels have paid for
+#: their compile, with a margin of 2: on the 2-core development machine (one thread, loaded) the first
+#: compile of a process took 8.4 s and saved 33 ms per step of a width-16 U-Net at 512² (0.13 µs per
+#: pixel-step; MONAI's BasicUNet: 70 ms per step after a 1.8 s compile) — ``python -m sjunet.benchmarks
+#: step_cost``, its eager and compiled rows. ``sjunet evaluate`` of the 5 EM test images at T ≤ 100
+#: (1.3e8) compiles; a short validation does not.
+COMPILE_PAYS_AFTER = 1.2e8
+
+
+def compile_pays(pixel_steps: float, device: "torch.device | str" = "cpu") -> bool:
+    """Whether a run of ``pixel_steps`` (input pixels × steps, summed over its images) is long enough
+    for the compiled kernels to win, compile included, and a compiler is present (``compiled="auto"``
+    of :func:`sjunet.evaluation.evaluate_snn`)."""
+    return pixel_steps >= COMPILE_PAYS_AFTER and compile_status(device) is None
+
+
+def set_compiled(module: nn.Module, on: bool = True) -> str | None:
+    """Run the step kernels of every neuron in ``module`` compiled (``on``) or eager. Returns None,
+    or (``on`` where :func:`compile_status` says no compiler is present) the reason the neurons
+    stay eager."""
+    why = compile_status(next((p.device for p in module.parameters()), "cpu")) if on else None
+    for m in module.modules():
+        if is_neuron(m):
+            m.compiled = on and why is None
+    return why
+
+
+class SpikingNeuron(Buffered, neuron.BaseNode):
     """The neuron interface (module docstring). Subclasses implement the SpikingJelly step
-    functions and keep ``acc_output`` / ``spike_count`` when ``record`` / ``record_spikes``."""
+    functions and keep ``acc_output`` / ``spike_count`` when ``record`` / ``record_spikes``.
+
+    **The in-place step** (issue 29: a neuron step that costs what a ReLU costs). SpikingJelly's
+    functional forwards are pure: every step allocates a new membrane and a new output, which on a
+    CPU costs more than the arithmetic. A subclass that also implements :meth:`step_into` — the same
+    step, written into ``out`` with its state tensors updated in place — gets module forwards
+    (single- and multi-step) that run it whenever no gradient is asked for (:meth:`in_place`):
+
+    * the states named in :attr:`inplace_memories` are tensors owned by the neuron (while
+      :func:`sjunet.layers.buffers.streaming` is on, the same storage across steps and images, refilled
+      with the reset value after ``functional.reset_net``; :meth:`init_state` fills them);
+    * the output goes into :meth:`step_buffer` ``"out"`` (reused across steps while streaming; a
+      multi-step chunk writes step t into ``out[t]``);
+    * counting spikes and recording the flow cost nothing unless ``record_spikes`` / ``record``;
+    * its elementwise kernels (the ``*_step_into`` functions) go through :meth:`kernel`, so
+      :func:`set_compiled` can run them fused by ``torch.compile`` (one pass instead of six to ten).
+
+    The pure functional step stays the reference (autograd, SpikingJelly's functional API), and
+    :meth:`step_into` must give the same numbers bit for bit (tests compare them on random inputs).
+    """
+
+    #: memories that :meth:`step_into` updates in place (made owned tensors before the first step)
+    inplace_memories: tuple[str, ...] = ("v",)
+    #: run the step kernels compiled (:func:`set_compiled`); off: eager
+    compiled: bool = False
 
     record: bool
     record_spikes: bool
@@ -121,6 +207,94 @@ class SpikingNeuron(neuron.BaseNode):
         """d activation / d input where ``gate`` = [input > 0] (booleans): the straight-through
         factor of spiking-flow fine-tuning. A ReLU's is the gate itself."""
         return gate
+
+    # -- the in-place step (class docstring) -------------------------------------------------
+    def step_into(self, xs: tuple[torch.Tensor, ...], out: torch.Tensor, states: list) -> list:
+        """One step on inputs ``xs`` (one tensor for a neuron; more for a multi-input node), its
+        output written into ``out``, the tensors of :attr:`inplace_memories` in ``states`` (ordered
+        as the memories) updated in place; returns the states (accumulators may be new tensors).
+        Not implemented: the neuron runs its functional step only."""
+        raise NotImplementedError
+
+    def kernel(self, fn: Callable) -> Callable:
+        """The step kernel ``fn`` as this neuron runs it: compiled when :attr:`compiled`
+        (:func:`compiled_kernel`), else ``fn`` itself. :meth:`step_into` calls its kernels through it."""
+        return compiled_kernel(fn) if self.compiled else fn
+
+    def run_kernel(self, fn: Callable, tensors: tuple[torch.Tensor, ...], *args, tile: bool = True):
+        """Run the elementwise kernel ``fn(*tensors, *args)`` (:meth:`kernel`). Eager on a CPU and
+        with ``tile``, over cache-sized tiles of the flattened tensors (:func:`sjunet.layers.buffers.tiles`:
+        its six to ten passes then read the cache, not memory; elementwise, so the same numbers)
+        when every tensor is contiguous and of one size; returns what ``fn`` returns (None when
+        tiled: a kernel asked for more than its outputs is not tiled)."""
+        n = tensors[0].numel()
+        if (self.compiled or not tile or tensors[0].device.type != "cpu"
+                or not all(t.is_contiguous() and t.numel() == n for t in tensors)):
+            return self.kernel(fn)(*tensors, *args)
+        parts = tiles(n, tensors[0].element_size(), 2 * len(tensors))
+        if len(parts) == 1:
+            return fn(*tensors, *args)
+        flat = [t.view(-1) for t in tensors]
+        for sl in parts:
+            fn(*(f[sl] for f in flat), *args)
+        return None
+
+    def state_shape(self, name: str, x: torch.Tensor) -> tuple[int, ...]:
+        """Shape of in-place memory ``name`` for a step input ``x`` (default: ``x``'s)."""
+        return tuple(x.shape)
+
+    def init_state(self, name: str, buf: torch.Tensor, value, x: torch.Tensor) -> torch.Tensor:
+        """Fill ``buf`` with the initial value of memory ``name`` (``value``: its reset value)."""
+        return buf.fill_(value)
+
+    def in_place(self, x: torch.Tensor) -> bool:
+        """Whether the in-place step runs: implemented, no forward hook on this neuron (a monitor
+        keeping outputs or states gets fresh tensors at every step, as SpikingJelly's own
+        neurons give), and no gradient can flow through this step (autograd off, or nothing here
+        requires one: input, states, parameters, a surrogate)."""
+        if type(self).step_into is SpikingNeuron.step_into or self.store_v_seq or self._forward_hooks:
+            return False  # a hook (a SpikingJelly monitor) may keep outputs or states: fresh tensors for it
+        if not torch.is_grad_enabled():
+            return True
+        if self.surrogate_gradient or x.requires_grad:
+            return False
+        if any(p.requires_grad for p in self.parameters(recurse=False)):
+            return False
+        return not any(isinstance(v, torch.Tensor) and v.requires_grad for v in self._memories.values())
+
+    def _owned_states(self, x: torch.Tensor) -> list:
+        states = []
+        for name, value in self._memories.items():
+            if name in self.inplace_memories:
+                shape = self.state_shape(name, x)
+                if not (isinstance(value, torch.Tensor) and tuple(value.shape) == shape and value.dtype == x.dtype
+                        and value.device == x.device):
+                    init = value if not isinstance(value, torch.Tensor) else self._memories_rv[name]
+                    value = self.init_state(name, self.step_buffer(name, shape, x), init, x)
+            states.append(value)
+        return states
+
+    def _keep(self, states: list) -> None:
+        for name, value in zip(self._memories, states, strict=True):
+            self._memories[name] = value
+
+    def single_step_forward(self, x: torch.Tensor, *args, **kwargs):
+        if not self.in_place(x):
+            return super().single_step_forward(x, *args, **kwargs)
+        states = self._owned_states(x)
+        out = self.step_buffer("out", x.shape, x)
+        self._keep(self.step_into((x, *args), out, states))
+        return out
+
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if not self.in_place(x_seq):
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        states = self._owned_states(x_seq[0])
+        out = self.step_buffer("out", x_seq.shape, x_seq)
+        for t in range(x_seq.shape[0]):
+            states = self.step_into((x_seq[t], *(a[t] for a in args)), out[t], states)
+        self._keep(states)
+        return out
 
     def output_flow(self) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

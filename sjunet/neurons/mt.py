@@ -61,19 +61,20 @@ def mt_step(
 
     At most one spike per threshold per step; reset by subtraction keeps the residue. With the
     halving ladder this is a floor quantiser with a cap,
-    ``o = θ_N · clamp(floor(V/θ_N), 0, 2^N − 1)``, which is what runs (a few fused elementwise
+    ``o = θ_N · clamp(floor(V · (1/θ_N)), 0, 2^N − 1)``, which is what runs (a few elementwise
     ops); other ladders run the comparison loop. ``≥`` (not the official code's ``>``) is the
-    floor quantiser Theorem 3.1 assumes.
+    floor quantiser Theorem 3.1 assumes. The floor takes V times 1/θ_N: exact when θ_N is a power
+    of two (every named ladder), else within one rounding of V/θ_N at a quantisation boundary.
 
-    Returns ``(o, v_new, n_spikes)``; ``n_spikes`` (spikes emitted this step, Σ_i s_i) is
-    ``None`` unless ``count_spikes``.
+    This is the reference step; :meth:`MultiThresholdNode.step_into` runs the same arithmetic in
+    place (equal bit for bit). Returns ``(o, v_new, n_spikes)``; ``n_spikes`` (spikes emitted this
+    step, Σ_i s_i) is ``None`` unless ``count_spikes``.
     """
     v = v + x
     if is_halving(thresholds):
         lo = thresholds[-1]
         levels = (1 << len(thresholds)) - 1
-        # five elementwise passes, two allocations: k = clamp(floor(V/θ_N)), o = kθ_N, V -= o
-        k = torch.floor_divide(v, lo).clamp_(0, levels)
+        k = torch.floor(v * (1.0 / lo)).clamp_(0, levels)
         n = popcount(k.to(torch.int32), len(thresholds)).to(x.dtype) if count_spikes else None
         o = k.mul_(lo)
         return o, v.sub_(o), n
@@ -86,6 +87,30 @@ def mt_step(
         if n is not None:
             n = n + s
     return o, v, n
+
+
+def mt_step_into(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, thresholds: Sequence[float],
+                 count_spikes: bool = False) -> torch.Tensor | None:
+    """:func:`mt_step` in place, equal to it bit for bit: the membrane ``v`` is updated and o(t)
+    written into ``out`` (neither may alias ``x``). Returns the spike count of the step when
+    ``count_spikes``, else None. With a halving ladder, six elementwise passes and no allocation:
+    V += I, k = floor(V·(1/θ_N)) clamped to [0, 2^N − 1], o = kθ_N, V −= o."""
+    v.add_(x)
+    if is_halving(thresholds):
+        lo = thresholds[-1]
+        k = torch.mul(v, 1.0 / lo, out=out).floor_().clamp_(0, (1 << len(thresholds)) - 1)
+        n = popcount(k.to(torch.int32), len(thresholds)).to(out.dtype) if count_spikes else None
+        v.sub_(out.mul_(lo))
+        return n
+    out.zero_()
+    n = torch.zeros_like(out) if count_spikes else None
+    for th in thresholds:
+        s = v >= th
+        out.add_(s, alpha=th)
+        v.add_(s, alpha=-th)  # V − θ·s: subtraction takes no boolean tensor
+        if n is not None:
+            n.add_(s)
+    return n
 
 
 class MultiThresholdNode(SpikingNeuron):
@@ -168,6 +193,18 @@ class MultiThresholdNode(SpikingNeuron):
         if acc.dtype != dtype and dtype == torch.int32:
             acc = acc.to(torch.int32)
         return acc + q.to(acc.dtype)
+
+    def step_into(self, xs, out, states):
+        """:func:`mt_step_into`, recorded as the functional step records (the same numbers)."""
+        v, acc_out, count, events = states
+        n = self.run_kernel(mt_step_into, (xs[0], v, out), self.thresholds, self.record_spikes,
+                            tile=not self.record_spikes)
+        if self.record:
+            acc_out = self._accumulate_flow(acc_out, out if is_halving(self.thresholds) else out.clone())
+        if n is not None:
+            count = self._accumulate(count, n)
+            events = self._accumulate(events, (out != 0).to(out.dtype))
+        return [v, acc_out, count, events]
 
     def _step(self, x, v):
         if self.surrogate_gradient and torch.is_grad_enabled():

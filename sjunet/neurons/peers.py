@@ -118,6 +118,51 @@ def rs_step(x: torch.Tensor, v: torch.Tensor, amplitude, threshold: float = 1.0,
     return amplitude * s, v, s
 
 
+def _charge_into(x: torch.Tensor, v: torch.Tensor, decay: float) -> None:
+    """h = τ·v + I(t) in place (τ = 1: v + I)."""
+    (v if decay == 1.0 else v.mul_(decay)).add_(x)
+
+
+def _fire_into(v: torch.Tensor, th, s: torch.Tensor, reset: str) -> torch.Tensor:
+    """s = Θ(h − θ) into ``s`` (a float tensor; ``h ≥ θ`` is ``h − θ ≥ 0`` for finite values) and
+    the reset of ``v`` = h in place (the same numbers as the functional steps)."""
+    torch.ge(v, th, out=s)
+    if reset == "subtract":
+        if isinstance(th, torch.Tensor):
+            v.addcmul_(s, th, value=-1.0)  # h + (−s)·θ = h − θ·s
+        else:
+            v.add_(s, alpha=-th)
+    else:
+        v.mul_(1.0 - s)
+    return s
+
+
+def ml_step_into(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor,
+                 thresholds: torch.Tensor, decay: float = 1.0, reset: str = "subtract",
+                 amplitude: float = 1.0) -> torch.Tensor:
+    """:func:`ml_step` in place, equal to it bit for bit: ``v`` [K, *x.shape] updated, o(t) written
+    into ``out``; ``scratch`` has ``v``'s shape, ``thresholds`` is the [K, 1, …] tensor of the levels.
+    Returns the spike count n (``out`` itself when the amplitude is 1, else a new tensor)."""
+    _charge_into(x, v, decay)
+    s = _fire_into(v, thresholds, scratch, reset)
+    n = torch.sum(s, 0, out=out)
+    if amplitude == 1.0:
+        return n
+    n = n.clone()
+    out.mul_(amplitude)
+    return n
+
+
+def rs_step_into(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor, amplitude,
+                 threshold: float = 1.0, decay: float = 1.0, reset: str = "subtract") -> torch.Tensor:
+    """:func:`rs_step` in place, equal to it bit for bit: ``v`` updated, o(t) = a ⊙ s written into
+    ``out``; returns the spikes s (``scratch``)."""
+    _charge_into(x, v, decay)
+    s = _fire_into(v, threshold, scratch, reset)
+    torch.mul(amplitude, s, out=out)
+    return s
+
+
 def _acc(acc, value: torch.Tensor):
     return value.clone() if isinstance(acc, float) else acc + value
 
@@ -162,6 +207,21 @@ class _PeerNode(AdvancedByStep, SpikingNeuron):
         if isinstance(self.acc_input, float):
             raise RuntimeError("input_current() needs a simulation with recording on (set_recording)")
         return self.acc_input
+
+    def _step_into(self, x, v, out):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def step_into(self, xs, out, states):
+        """The peer's in-place step (:func:`ml_step_into`, :func:`rs_step_into`), recorded as
+        :meth:`_advance` records (the same numbers)."""
+        x = xs[0]
+        v, acc_out, count, events, acc_in = states
+        n = self._step_into(x, v, out)
+        if self.record:
+            acc_out, acc_in = _acc(acc_out, out), _acc(acc_in, x)
+        if self.record_spikes:
+            count, events = _acc(count, n), _acc(events, (n != 0).to(n.dtype))
+        return [v, acc_out, count, events, acc_in]
 
     def _advance(self, x, states):
         v, acc_out, count, events, acc_in = states
@@ -226,6 +286,17 @@ class MultiLevelNode(_PeerNode):
 
     def _step(self, x, v):
         return ml_step(x, v, self.thresholds, self.decay, self.reset_mode, self.amplitude, self._spike_fn())
+
+    def state_shape(self, name, x):
+        return (len(self.thresholds), *x.shape)
+
+    def init_state(self, name, buf, value, x):
+        return buf.copy_(torch.tensor(self.v_init, dtype=buf.dtype).view(-1, *([1] * x.dim())).expand_as(buf))
+
+    def _step_into(self, x, v, out):
+        th = torch.tensor(self.thresholds, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
+        return self.kernel(ml_step_into)(x, v, out, self.step_buffer("spikes", v.shape, v), th, self.decay,
+                                         self.reset_mode, self.amplitude)
 
 
 class RealSpikeNode(_PeerNode):
@@ -301,6 +372,13 @@ class RealSpikeNode(_PeerNode):
 
     def _step(self, x, v):
         return rs_step(x, v, self._amp(x), self.threshold, self.decay, self.reset_mode, self._spike_fn())
+
+    def init_state(self, name, buf, value, x):
+        return buf.fill_(self.v_init)
+
+    def _step_into(self, x, v, out):
+        return self.kernel(rs_step_into)(x, v, out, self.step_buffer("spikes", x.shape, x), self._amp(x),
+                                         self.threshold, self.decay, self.reset_mode)
 
 
 def _fold(conv: nn.Module, a: torch.Tensor, where: str) -> None:
@@ -384,5 +462,5 @@ def rs_factory(thresholds: Sequence[float] = (1.0,), v_init: float = 0.0) -> Neu
     return factory
 
 
-__all__ = ["ML_REFERENCE", "MultiLevelNode", "RS_REFERENCE", "RealSpikeNode", "ml_factory", "ml_step",
-           "reparameterize_real_spikes", "rs_factory", "rs_step"]
+__all__ = ["ML_REFERENCE", "MultiLevelNode", "RS_REFERENCE", "RealSpikeNode", "ml_factory", "ml_step", "ml_step_into",
+           "reparameterize_real_spikes", "rs_factory", "rs_step", "rs_step_into"]

@@ -35,7 +35,7 @@ def _signed_charge(v: torch.Tensor, thresholds: Sequence[float], count_spikes: b
     if is_halving(thresholds):
         lo = thresholds[-1]
         levels = (1 << len(thresholds)) - 1
-        k = torch.floor_divide(v, lo).clamp_(-levels, levels)
+        k = torch.floor(v * (1.0 / lo)).clamp_(-levels, levels)
         n = popcount(k.abs().to(torch.int32), len(thresholds)).to(v.dtype) if count_spikes else None
         return k.mul_(lo), n
     m = torch.zeros_like(v)
@@ -79,7 +79,8 @@ def signed_mt_step(
     carries amplitude θ_i while M ≥ 0 and α·θ_i while M < 0 — so a negative spike from a neuron whose
     count is below zero outputs −α·θ_i, and a spike that moves M back across zero cancels exactly
     what the earlier ones emitted. With the halving ladder both loops are one signed floor
-    quantiser, ``k = clamp(floor(V/θ_N), −(2^N − 1), 2^N − 1)``, ``m = kθ_N`` (what runs).
+    quantiser, ``k = clamp(floor(V·(1/θ_N)), −(2^N − 1), 2^N − 1)``, ``m = kθ_N`` (what runs; exact for a
+    power-of-two θ_N, see :func:`~sjunet.neurons.mt.mt_step`).
     α (``negative_slope``) is a number or a per-channel [C] tensor broadcast over dim 1 of
     ``x`` [B, C, ...] (PReLU); any finite α (PReLU's may be negative or > 1).
 
@@ -108,6 +109,37 @@ def signed_mt_step(
     new = charge + m
     o = leaky(new, negative_slope) - (leaky(charge, negative_slope) if isinstance(charge, torch.Tensor) else 0.0)
     return o, v.sub_(m), new, n
+
+
+def _leaky_into(x: torch.Tensor, negative_slope, out: torch.Tensor) -> torch.Tensor:
+    """:func:`leaky` written into ``out`` (the same numbers: x > 0 ? x : x·α)."""
+    if isinstance(negative_slope, torch.Tensor):
+        return torch.where(x > 0, x, x * _per_channel(negative_slope, x), out=out)
+    return torch._C._nn.leaky_relu(x, negative_slope, out=out)
+
+
+def signed_mt_step_into(x: torch.Tensor, v: torch.Tensor, charge: torch.Tensor, out: torch.Tensor,
+                        scratch: torch.Tensor, thresholds: Sequence[float], negative_slope,
+                        count_spikes: bool = False) -> torch.Tensor | None:
+    """:func:`signed_mt_step` in place, equal to it bit for bit: the membrane ``v`` and the charge M
+    (a tensor: zeros before the first step) are updated, o(t) written into ``out``; ``scratch`` is a
+    tensor of ``out``'s shape for the step's charge. Returns the spike count when ``count_spikes``.
+    With a halving ladder and a scalar α, ten elementwise passes and no allocation."""
+    v.add_(x)
+    if is_halving(thresholds):
+        lo = thresholds[-1]
+        levels = (1 << len(thresholds)) - 1
+        m = torch.mul(v, 1.0 / lo, out=scratch).floor_().clamp_(-levels, levels)
+        n = popcount(m.abs().to(torch.int32), len(thresholds)).to(v.dtype) if count_spikes else None
+        m.mul_(lo)
+    else:
+        m, n = _signed_charge(v, thresholds, count_spikes)
+    v.sub_(m)
+    _leaky_into(charge, negative_slope, out)  # f_α(M(t − 1))
+    charge.add_(m)  # M(t)
+    f_new = _leaky_into(charge, negative_slope, scratch)  # the step's charge m is spent
+    torch.sub(f_new, out, out=out)
+    return n
 
 
 def signed_mt_step_surrogate(x: torch.Tensor, v: torch.Tensor, charge, thresholds: Sequence[float], negative_slope,
@@ -222,6 +254,20 @@ class SignedMultiThresholdNode(AdvancedByStep, MultiThresholdNode):
                                                     self.surrogate_function)
             return o, v, charge, None
         return signed_mt_step(x, v, charge, self.thresholds, self.negative_slope, count_spikes=self.record_spikes)
+
+    inplace_memories = ("v", "charge")
+
+    def step_into(self, xs, out, states):
+        """:func:`signed_mt_step_into`, counted as the functional step counts (the same numbers)."""
+        v, acc_out, count, events, charge = states
+        scratch = self.step_buffer("charge_step", out.shape, out)
+        n = self.run_kernel(signed_mt_step_into, (xs[0], v, charge, out, scratch), self.thresholds,
+                            self.negative_slope, self.record_spikes,
+                            tile=not (self.record_spikes or isinstance(self.negative_slope, torch.Tensor)))
+        if n is not None:
+            count = self._accumulate(count, n)
+            events = self._accumulate(events, (out != 0).to(out.dtype))
+        return [v, acc_out, count, events, charge]
 
     def _advance(self, x, states):
         v, acc_out, count, events, charge = states

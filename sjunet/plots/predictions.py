@@ -33,7 +33,7 @@ def decode(task, x: torch.Tensor, out: torch.Tensor) -> np.ndarray:
 
 
 def predictions(systems: Mapping[str, tuple[nn.Module, int | None]], dataset, indices: Sequence[int],
-                mode: str = "step", chunk: int = 4, device: str = "cpu") -> list[dict]:
+                mode: str = "step", chunk: int | str = "auto", device: str = "cpu") -> list[dict]:
     """Per image index: ``{"input", "truth", "outputs": {system: picture}, "scores": {system: score}}``.
     ``systems``: label -> (network, T); T ``None`` is an ANN."""
     from sjunet.distributed import resolve_device

@@ -35,12 +35,13 @@ from typing import Any
 import torch
 from spikingjelly.activation_based.ann2snn.recipes.step_mode_adapters import (
     _RATE_CODING_STATELESS_MODULE_TYPES,
+    _StepModeTensorOp,
     adapt_step_mode_graph,
 )
 from torch import fx, nn
 
 from sjunet.io import SNN_KIND, ArtifactError, jsonable, tensor_digest, write_bytes_atomic
-from sjunet.layers.stages import ChannelAffine
+from sjunet.layers.stages import ChannelAffine, Concat
 from sjunet.neurons import NEURON_TYPES, StaticInputSynapse, is_neuron
 from sjunet.snn.record import (BAD_ARG_NAMES, BUILD_ERRORS, IDENT, MAX_CAT_PARTS, MAX_DEPTH, MAX_NAME, MAX_NODES,
                                MAX_PARAMS, MAX_RECORD_CHARS, NODE_KEYS, NODE_OPS, SEGMENT, STAGES, SUB_RESERVED,
@@ -322,8 +323,13 @@ def _built(t: str, args: dict, path: str) -> nn.Module:
 
 
 def adapt(gm: fx.GraphModule) -> fx.GraphModule:
-    """SpikingJelly's step-mode adaptation of a converted graph (multi-step layers)."""
-    return adapt_step_mode_graph(gm, context="SpikingUNetRecipe", wrap_module_types=_RATE_CODING_STATELESS_MODULE_TYPES)
+    """SpikingJelly's step-mode adaptation of a converted graph (multi-step layers), its ``cat``
+    adapters then made :class:`~sjunet.layers.stages.Concat` stages (the same op, into a reused buffer)."""
+    gm = adapt_step_mode_graph(gm, context="SpikingUNetRecipe", wrap_module_types=_RATE_CODING_STATELESS_MODULE_TYPES)
+    for name, m in list(gm.named_children()):
+        if isinstance(m, _StepModeTensorOp) and m.op_name == "cat":
+            setattr(gm, name, Concat(m.op_kwargs["dim"], step_mode=m.step_mode))
+    return gm
 
 
 def _hash(tensors: dict[str, torch.Tensor], record: dict) -> str:

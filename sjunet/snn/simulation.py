@@ -7,11 +7,17 @@ Segmentation takes its argmax over classes, denoising uses it as the noise map.
 
 Two modes give the same numbers:
 
+* ``step`` — single-step mode, one step at a time (memory independent of T). The default: on a
+  CPU and whole 512² images a step costs about one ANN forward (``python -m sjunet.benchmarks
+  step_cost``);
 * ``multi`` — SpikingJelly multi-step mode, layer by layer over ``[t, B, …]`` for chunks of
-  ``chunk`` steps (memory grows with the chunk, not with T);
-* ``step`` — single-step mode, one step at a time (memory independent of T). The default: on
-  CPU it was also the faster one (a step cost 0.95–1.16 ANN forwards on a 512x512 EM image,
-  multi-step chunks of 4: 1.18–1.67; ``python -m sjunet.benchmarks step_cost``).
+  ``chunk`` steps (memory grows with the chunk, not with T). ``chunk="auto"`` (the default) takes
+  as many steps as keep a chunk's largest tensor within the last-level cache
+  (:func:`memory_chunk`): on small images multi-step chunks win (the per-module overhead is shared
+  by the chunk), on large ones a chunk of one step — run in single-step mode — is the fastest.
+
+Every run streams (:func:`sjunet.layers.buffers.streaming`): neurons update their state in place and
+write their output, like concatenations and spiking max-pools, into buffers reused across steps.
 
 The state is reset (``functional.reset_net``) before every input, so a batch-size change
 cannot leak or silently re-initialise state.
@@ -26,6 +32,7 @@ from spikingjelly.activation_based import functional
 from torch import nn
 
 from sjunet.graph import apply_post
+from sjunet.layers.buffers import cache_bytes, streaming
 from sjunet.neurons import is_neuron, set_recording
 from sjunet.snn.model import record_of, shape_rule
 
@@ -39,13 +46,105 @@ def _as_steps(T: int | Sequence[int]) -> list[int]:
     return steps
 
 
+#: ``chunk="auto"``: steps per multi-step chunk chosen by memory (:func:`memory_chunk`)
+AUTO = "auto"
+
+
+def memory_chunk(step_bytes: int, T: int, device: torch.device | str = "cpu") -> int:
+    """Steps per multi-step chunk: as many as keep the largest tensor of a chunk (``step_bytes``
+    per step) within a quarter of the last-level cache on a CPU (a layer's input and output chunks
+    live together, and the cores share the cache), within :func:`cache_bytes` on a GPU; at least 1
+    and at most T. Measured crossover (``python -m sjunet.benchmarks step_cost``, crossover table,
+    width-16 U-Net, 32 MiB cache): multi-step chunks beat single steps by 15–40 % at 64²–128² and
+    lose from 256² on (its largest tensor, 8 MB, a quarter of the cache); at 512² the chunk is 1."""
+    budget = cache_bytes(device) // (4 if torch.device(device).type == "cpu" else 1)
+    return int(max(1, min(T, budget // max(1, int(step_bytes)))))
+
+
+def check_chunk(chunk: int | str) -> int | str:
+    """``chunk`` as given: a positive integer, or ``"auto"``; anything else is refused in one line."""
+    if chunk == AUTO:
+        return chunk
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be a positive integer or 'auto', got {chunk!r}")
+    return chunk
+
+
+class _Stepper:
+    """Advances a network on a static input, step by step or in multi-step chunks; chunks of one
+    step run in single-step mode (the same numbers, no multi-step overhead). ``chunk="auto"``
+    measures the largest tensor of the first step (run in single-step mode) and takes
+    :func:`memory_chunk` for the rest."""
+
+    def __init__(self, snn: nn.Module, x: torch.Tensor, mode: str, chunk: int | str, T: int) -> None:
+        self.snn, self.x, self.T = snn, x, T
+        self.chunk = 1 if mode == "step" else chunk
+        self.mode = None
+
+    def _set(self, mode: str) -> None:
+        if mode != self.mode:
+            functional.set_step_mode(self.snn, mode)
+            self.mode = mode
+
+    def _probe(self) -> tuple[torch.Tensor, int]:
+        from torch.nn.modules.module import register_module_forward_hook
+
+        largest = [0]
+        mine = set(map(id, self.snn.modules())) - {id(self.snn)}
+
+        def hook(m, _inputs, out):  # global, so the modules keep their fast paths (hooked ones do not)
+            if id(m) in mine:
+                for o in (out if isinstance(out, (tuple, list)) else (out,)):
+                    if isinstance(o, torch.Tensor):
+                        largest[0] = max(largest[0], o.numel() * o.element_size())
+
+        handle = register_module_forward_hook(hook)
+        try:
+            self._set("s")
+            y = self.snn(self.x)
+        finally:
+            handle.remove()
+        return y, largest[0]
+
+    def run(self, n: int):
+        """Yield the outputs of the next ``n`` steps, one per step."""
+        done = 0
+        while done < n:
+            if self.chunk == AUTO:
+                y, step_bytes = self._probe()
+                self.chunk = memory_chunk(step_bytes, self.T, self.x.device)
+                done += 1
+                yield y
+                continue
+            c = min(self.chunk, n - done)
+            if self.chunk == 1:
+                self._set("s")
+                yield self.snn(self.x)
+            else:
+                self._set("m")
+                yield from self.snn(self.x.unsqueeze(0).expand(c, *self.x.shape))
+            done += c
+
+
+@torch.no_grad()
+def auto_chunk(snn: nn.Module, x: torch.Tensor, T: int) -> int:
+    """The chunk ``simulate(snn, x, T, mode="multi")`` takes (``chunk="auto"``): one probe step."""
+    functional.reset_net(snn)
+    with streaming(snn):
+        stepper = _Stepper(snn, x, "multi", AUTO, T)
+        for _ in stepper.run(1):
+            pass
+    functional.reset_net(snn)
+    return int(stepper.chunk)
+
+
 @torch.no_grad()
 def simulate(
     snn: nn.Module,
     x: torch.Tensor,
     T: int | Sequence[int],
     mode: str = "step",
-    chunk: int = 4,
+    chunk: int | str = AUTO,
     post: bool = True,
     on_checkpoint=None,
 ) -> dict[int, torch.Tensor]:
@@ -54,10 +153,12 @@ def simulate(
     Returns ``{t: I_in^L(t) / t}`` for every requested ``t`` (one run serves them all), with the
     ANN's output-side ops (sigmoid, softmax; stripped at conversion) applied when ``post``.
     ``on_checkpoint(t, x)`` is called when step ``t`` of the requested ones is reached (before the
-    state is reset): energy counting reads the neurons' counters there.
+    state is reset): energy counting reads the neurons' counters there. ``mode="multi"`` runs
+    chunks of ``chunk`` steps (``"auto"``: by memory, :func:`memory_chunk`). The network streams
+    (:func:`sjunet.layers.buffers.streaming`): a step allocates nothing, and its buffers stay for the next
+    input (:func:`sjunet.layers.buffers.release_buffers` frees them).
     """
-    if chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk}")
+    check_chunk(chunk)
     if mode not in MODES:
         raise ValueError(f"unknown simulation mode {mode!r}; choose one of {MODES}")
     if x.dim() not in (4, 5):
@@ -66,23 +167,18 @@ def simulate(
     check_input(snn, x)
     steps = _as_steps(T)
     functional.reset_net(snn)
-    functional.set_step_mode(snn, "m" if mode == "multi" else "s")
     out: dict[int, torch.Tensor] = {}
-    acc: torch.Tensor | torch.Tensor = 0.0
+    acc: torch.Tensor | None = None
     t = 0
-    for target in steps:
-        while t < target:
-            if mode == "step":
-                acc = acc + snn(x)
-                t += 1
-            else:
-                c = min(chunk, target - t)
-                for y in snn(x.unsqueeze(0).expand(c, *x.shape)):
-                    acc = acc + y  # step by step, so both modes sum in the same order
-                t += c
-        out[target] = acc / target
-        if on_checkpoint is not None:
-            on_checkpoint(target, x)
+    with streaming(snn):
+        stepper = _Stepper(snn, x, mode, chunk, steps[-1])
+        for target in steps:
+            for y in stepper.run(target - t):  # step by step, so both modes sum in the same order
+                acc = y + 0.0 if acc is None else acc.add_(y)  # its own tensor: y may be a reused buffer
+            t = target
+            out[target] = acc / target
+            if on_checkpoint is not None:
+                on_checkpoint(target, x)
     functional.reset_net(snn)
     rec = record_of(snn)
     ops = rec.post if post and rec is not None else None
@@ -97,20 +193,14 @@ def check_input(snn: nn.Module, x: torch.Tensor) -> None:
     check_input_size(shape_rule(snn), x.shape[2:])
 
 
-def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:
+def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int | str = 1) -> None:
     """Advance ``snn`` by T steps on static input ``x`` without resetting it (for recorders):
-    single-step mode when ``chunk <= 1``, else multi-step chunks of ``chunk`` steps."""
-    if chunk <= 1:
-        functional.set_step_mode(snn, "s")
-        for _ in range(T):
-            snn(x)
-        return
-    functional.set_step_mode(snn, "m")
-    t = 0
-    while t < T:
-        c = min(chunk, T - t)
-        snn(x.unsqueeze(0).expand(c, *x.shape))
-        t += c
+    single-step mode when ``chunk`` is 1, else multi-step chunks of ``chunk`` steps (``"auto"``:
+    by memory, :func:`memory_chunk`). The network streams (:func:`sjunet.layers.buffers.streaming`)."""
+    check_chunk(chunk)
+    with streaming(snn):
+        for _ in _Stepper(snn, x, "multi", chunk, T).run(T):
+            pass
 
 
 @dataclass
@@ -154,6 +244,7 @@ def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_in
                 spikes[n] = m.spike_count
             del i_in
             m.reset()
+            m.release_buffers()
     finally:
         set_recording(snn, False)
         functional.reset_net(snn)  # frees membranes and the I_in accumulators

@@ -259,7 +259,7 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
                                  runner)
 
         def validate():
-            r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=4, limit=opts.val_limit, multiple=multiple,
+            r = evaluate_snn(snn, val_ds, [opts.T], task, limit=opts.val_limit, multiple=multiple,
                              progress=False, device=opts.device)
             val = r["T"][str(opts.T)]
             return task.score(val), val

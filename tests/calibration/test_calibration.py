@@ -40,6 +40,68 @@ def test_streaming_percentile_is_exact(p, magnitude):
         assert est.capacity <= 0.001 * 4 * 20_000 + 2  # a thousandth of the bound N is buffered
 
 
+@pytest.mark.parametrize("p", [99.9, 99.0])
+@pytest.mark.parametrize("magnitude", [False, True])
+def test_streaming_percentile_fast_paths_stay_exact(p, magnitude):
+    """Batches large enough for every fast path (issue 29): the first batch's provisional threshold
+    from a strided sample, the block-maximum search, survivors waiting in the buffer's spare room,
+    shared scratch temporaries — exact as ever, and equal to the plain path (no scratch)."""
+    from sjunet.calibration.percentile import Scratch
+
+    g = torch.Generator().manual_seed(2)
+    chunks = [torch.randn(400_000, generator=g) * s for s in (1.0, 0.3, 2.0, 1.0, 0.7)]
+    chunks[2] = (chunks[2] * 4).round() / 4  # ties
+    chunks[3][::1000] = 50.0  # a batch of outliers: many survivors, the plain comparison
+    if not magnitude:
+        chunks = [torch.relu(c) for c in chunks]
+    fast, plain = (StreamingPercentile(p, batches=len(chunks), magnitude=magnitude) for _ in range(2))
+    scratch = Scratch()
+    for c in chunks:
+        fast.observe(c, scratch)
+        plain.observe(c)
+    allv = torch.cat(chunks)
+    allv = (allv.abs() if magnitude else allv).numpy()
+    assert fast.dropped and fast.exact() and fast.percentile(p) == np.float32(_exact(allv, p))
+    assert fast.percentile(p) == plain.percentile(p) and fast.count == plain.count == allv.size
+    counts, edges = fast.coarse_histogram()
+    assert np.array_equal(counts, plain.coarse_histogram()[0]) and counts.sum() == allv.size
+
+
+def test_a_concatenation_merged_from_its_parts_equals_observing_it():
+    """A concatenation's estimator built from its parts' (StreamingPercentile.union; each part's
+    buffer sized for the whole with ``share``) equals the one that observes the concatenation:
+    exact percentile, count, min, max and histogram; a part that dropped too much is judged so."""
+    g = torch.Generator().manual_seed(4)
+    a = [torch.relu(torch.randn(2, 3, 64, 64, generator=g)) * 3 for _ in range(4)]
+    b = [torch.randn(2, 5, 64, 64, generator=g).abs() * s for s in (1.0, 2.0, 0.5, 1.0)]
+    whole = StreamingPercentile(99.9, batches=4, magnitude=True)
+    parts = [StreamingPercentile(99.9, batches=4, magnitude=m, share=8 / c) for m, c in ((False, 3), (True, 5))]
+    for x, y in zip(a, b):
+        whole.observe(torch.cat([x, y], 1))
+        parts[0].observe(x)
+        parts[1].observe(y)
+    u = StreamingPercentile.union(parts, whole.capacity, 8, p=99.9, magnitude=True)
+    assert u.exact() and whole.exact() and u.percentile() == whole.percentile()
+    assert (u.count, u.min, u.max, u.channels) == (whole.count, whole.min, whole.max, 8)
+    assert all(np.array_equal(x, y) for x, y in zip(u.coarse_histogram(), whole.coarse_histogram()))
+    small = StreamingPercentile(99.9, batches=4, magnitude=True)  # sized for itself only
+    for y in b:
+        small.observe(y * 10)  # the largest values of the union are all its own
+    assert not StreamingPercentile.union([parts[0], small], whole.capacity, 8, p=99.9, magnitude=True).exact()
+
+
+def test_bincount_in_slices_per_thread_equals_torch():
+    from sjunet.calibration.percentile import bincount
+
+    idx = torch.randint(0, 200, (1 << 19,), generator=torch.Generator().manual_seed(0)).to(torch.int16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert torch.equal(bincount(idx, 201), torch.bincount(idx, minlength=201))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_positive_only_and_lower_percentiles_within_the_buffer():
     g = torch.Generator().manual_seed(1)
     chunks = [torch.randn(5_000, generator=g) for _ in range(3)]

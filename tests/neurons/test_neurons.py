@@ -137,3 +137,116 @@ def test_named_ladders_and_the_theorem_ladder_quantises_the_unit_interval_finer(
         o, _, _ = mt_step(v, torch.full_like(v, ladder[-1] / 2), ladder)
         errs[name] = float((o - v).abs().max())
     assert errs["theorem"] <= 1 / 32 + 1e-6 and errs["paper"] >= 1 / 8 - 1e-3
+
+
+# ------------------------------------------------------------------ the in-place step (issue 29)
+
+def _cases():
+    """(name, module factory, reference step ``ref(x, state) -> (o, state, n)``, initial state)."""
+    from sjunet.neurons import MultiLevelNode, RealSpikeNode, SignedMultiThresholdNode, signed_mt_step
+    from sjunet.neurons.peers import ML_REFERENCE, RS_REFERENCE, ml_step, rs_step
+
+    def mt(ladder, v0):
+        return (lambda: MultiThresholdNode(ladder, v_init=v0),
+                lambda x, s: (lambda o, v, n: (o, v, n))(*mt_step(x, s, ladder, count_spikes=True)),
+                lambda x: torch.full_like(x, v0))
+
+    def signed(ladder, alpha):
+        def ref(x, s):
+            o, v, ch, n = signed_mt_step(x, s[0], s[1], ladder, alpha, count_spikes=True)
+            return o, (v, ch), n
+        return (lambda: SignedMultiThresholdNode(ladder, negative_slope=alpha, v_init=0.03), ref,
+                lambda x: (torch.full_like(x, 0.03), 0.0))
+
+    def ml(kw):
+        m = MultiLevelNode(**kw)
+        return (lambda: MultiLevelNode(**kw),
+                lambda x, s: ml_step(x, s, m.thresholds, m.decay, m.reset_mode, m.amplitude), m._v0)
+
+    def rs(kw):
+        m = RealSpikeNode(**kw)
+        amp = torch.linspace(0.5, 1.5, 3).view(-1, 1, 1)
+
+        def make():
+            n = RealSpikeNode(**kw)
+            n.amplitude.data = amp.reshape(-1).clone()
+            return n
+        return make, lambda x, s: rs_step(x, s, amp, m.threshold, m.decay, m.reset_mode), \
+            lambda x: torch.full_like(x, m.v_init)
+
+    return {"mt paper": mt((2.0, 1.0, 0.5, 0.25), 0.125), "mt theorem": mt((0.5, 0.25, 0.125, 0.0625), 0.0),
+            "mt halving, θ_N not a power of two": mt((1.5, 0.75, 0.375), 0.1), "if": mt((1.0,), 0.5),
+            "mt, not halving": mt((1.5, 1.0, 0.3), 0.0), "signed": signed((2.0, 1.0, 0.5, 0.25), 0.1),
+            "prelu per channel": signed((0.5, 0.25, 0.125, 0.0625), torch.tensor([0.1, -0.3, 1.7])),
+            "signed, not halving": signed((1.5, 1.0, 0.3), 0.2), "ml": ml({}), "ml reference": ml(ML_REFERENCE),
+            "rs": rs({}), "rs reference": rs(RS_REFERENCE)}
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+@pytest.mark.parametrize("mode", ["s", "m"])
+def test_in_place_step_equals_the_reference_step_bit_for_bit(case, mode):
+    """The module's in-place step (SpikingNeuron.step_into: state updated in place, output into a
+    reused buffer) gives exactly the numbers of the pure *_step function, on random inputs with
+    values at and around the thresholds, in both step modes, streaming or not, recording or not."""
+    from sjunet.layers.buffers import streaming
+
+    make, ref, init = _cases()[case]
+    g = torch.Generator().manual_seed(7)
+    xs = torch.randn(7, 2, 3, 6, 5, generator=g) * 1.5
+    xs[1, 0, 0] = 0.25  # exactly a threshold of several ladders
+    state = init(xs[0])
+    want, count = [], 0
+    for x in xs:
+        o, state, n = ref(x, state)
+        want.append(o)
+        count = count + n
+    for stream, record in [(True, False), (False, True)]:
+        n = make()
+        n.step_mode = mode
+        set_recording(n, record)
+        with torch.no_grad(), streaming(n, stream):
+            got = [n(x).clone() for x in xs] if mode == "s" else list(torch.cat([n(xs[:3]).clone(), n(xs[3:]).clone()]))
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), (case, stream, record)
+        v = state[0] if isinstance(state, tuple) else state
+        assert torch.equal(n.v, v)
+        if record:
+            assert torch.equal(n.spike_count, count)
+            assert torch.allclose(n.output_flow(), torch.stack(want).sum(0), atol=1e-4)
+
+
+def test_in_place_step_over_cache_tiles_equals_the_reference():
+    """A layer larger than a cache tile runs the eager kernel tile by tile: still the same numbers."""
+    from sjunet.layers.buffers import streaming, tiles
+    from sjunet.neurons import SignedMultiThresholdNode, signed_mt_step
+
+    xs = torch.randn(2, 1, 16, 320, 320, generator=torch.Generator().manual_seed(3))
+    assert len(tiles(xs[0].numel(), 4, 6)) > 1
+    n, s = MultiThresholdNode((0.5, 0.25, 0.125, 0.0625), v_init=0.03), SignedMultiThresholdNode(v_init=0.1)
+    with torch.no_grad(), streaming(n), streaming(s):
+        got = [(n(x).clone(), s(x).clone()) for x in xs]
+    v, w, ch = torch.full_like(xs[0], 0.03), torch.full_like(xs[0], 0.1), 0.0
+    for x, (a, b) in zip(xs, got):
+        o, v, _ = mt_step(x, v, n.thresholds)
+        q, w, ch, _ = signed_mt_step(x, w, ch, s.thresholds, 0.01)
+        assert torch.equal(a, o) and torch.equal(b, q)
+
+
+def test_compiled_kernels_equal_the_eager_ones():
+    """The optional compiled path (torch.compile, inductor) runs the same kernels fused: the same
+    numbers; where no compiler is present it is refused with the reason and the neurons stay eager."""
+    from sjunet.neurons.base import compile_status, set_compiled
+    from sjunet.neurons import SignedMultiThresholdNode
+
+    why = compile_status()
+    if why is not None:
+        n = MultiThresholdNode()
+        assert set_compiled(n) == why and not n.compiled
+        pytest.skip(why)
+    xs = torch.randn(4, 2, 4, 9, 7, generator=torch.Generator().manual_seed(1)) * 2
+    for make in (lambda: MultiThresholdNode(v_init=0.125), lambda: SignedMultiThresholdNode(negative_slope=0.1)):
+        eager, fused = make(), make()
+        assert set_compiled(fused) is None and fused.compiled
+        with torch.no_grad():
+            for x in xs:
+                assert torch.equal(eager(x), fused(x))
+        assert torch.equal(eager.v, fused.v)

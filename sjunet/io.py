@@ -326,6 +326,16 @@ def tensor_digest(tensors: dict[str, torch.Tensor], h: Any = None) -> Any:
     return h
 
 
+def nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity (None when all are
+    finite): weights loaded from a file are refused with it (README, "What sjunet refuses")."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.numel():
+            if not bool(torch.isfinite(t).all()):
+                return name
+    return None
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 (16 hex) of a model's architecture (module tree) and every parameter/buffer value."""
     h = hashlib.sha256()
@@ -418,7 +428,7 @@ def torch_load_data(path: str | os.PathLike) -> Any:
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     """Load an sjunet checkpoint (``weights_only=True``) and check its ``kind``."""
     path = Path(path)
-    if kind == SNN_KIND or (path.is_file() and _is_safetensors(path)):
+    if kind == SNN_KIND or (path.is_file() and is_safetensors(path)):
         raise ArtifactError(f"{path}: is an SNN file; load it with sjunet.load_snn")
     ckpt = torch_load_data(path)
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
@@ -429,7 +439,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     return ckpt
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(9)

@@ -147,9 +147,11 @@ def test_a_crafted_arch_declaring_a_huge_network_allocates_nothing(tmp_path):
     m = SpikingFCNNet(in_channels=1, out_channels=2, width=2).eval()
     ck = {"kind": ANN_KIND, "state_dict": m.state_dict(), "fingerprint": model_fingerprint(m),
           "arch": {"factory": "sjunet.models.fcn:SpikingFCNNet",
-                   "kwargs": {"in_channels": 1, "out_channels": 2, "width": 200000}}}
+                   "kwargs": {"in_channels": 1, "out_channels": 2, "width": 60000}}}
     err = refused_cleanly(load_ann, _write(ck, tmp_path), "checkpoint")
     assert "do not fit" in str(err) or "does not build" in str(err)
+    ck["arch"]["kwargs"]["width"] = 200000  # beyond what a file may give: refused before anything is built
+    assert "'width'" in str(refused_cleanly(load_ann, _write(ck, tmp_path), "checkpoint"))
 
 
 # ------------------------------------------------------------------ the fuzz layer

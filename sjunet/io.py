@@ -246,7 +246,7 @@ def check_output_kind(path: str | os.PathLike) -> None:
 
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent (or under a file: said by the caller)
         return
     except OSError as e:
         raise ArtifactError(f"cannot use the output {path}: {e.strerror or e}") from None

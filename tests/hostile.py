@@ -27,7 +27,7 @@ def read_snn(path: Path) -> tuple[dict, dict]:
 
 def write_snn(path: Path, record: dict, tensors: dict) -> Path:
     """Save ``record`` with ``tensors``, its content hash recomputed (the hash is unkeyed)."""
-    from sjunet import snnfile
+    from sjunet.snn import file as snnfile
 
     record = {**record, "content_sha256": snnfile._hash(tensors, record)}
     save_file(tensors, str(path), metadata={"sjunet": json.dumps(record)})

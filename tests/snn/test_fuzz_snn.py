@@ -502,8 +502,8 @@ def valid3(tmp_path_factory) -> Valid:
 def load_and_run(path: Path) -> None:
     """What every verb does with an SNN file: load it, then simulate a step on a small input of its
     calibration size (the shape and memory checks run before anything is allocated)."""
-    from sjunet.recipe import load_snn
-    from sjunet.simulation import simulate
+    from sjunet.conversion.recipe import load_snn
+    from sjunet.snn import simulate
 
     net, rec = load_snn(path)
     shape = rec["conversion"]["example_shape"]
@@ -523,7 +523,7 @@ def test_fuzz_amplifying_record_fields(valid, valid3, data, family, volume):
     convolution padding beyond its kernel, a neuron number that overflows, a join along another
     dimension — with the hash recomputed: refused in one line naming the file, at load or before the
     run, within bounded memory and time; or harmless (then it runs, bounded all the same)."""
-    from sjunet.snn_shapes import BudgetError
+    from sjunet.snn.shapes import BudgetError
 
     v = valid3 if volume else valid
     nd = 3 if volume else 2

@@ -1,4 +1,4 @@
-"""What a converted network's own shapes allow (``sjunet.snn_shapes``): the shape propagation is torch's
+"""What a converted network's own shapes allow (``sjunet.snn.shapes``): the shape propagation is torch's
 own arithmetic (checked against real runs), the recorded size multiples pass their bound, and the
 memory budget refuses in one line before anything runs."""
 from __future__ import annotations
@@ -7,11 +7,13 @@ import pytest
 import torch
 
 import sjunet
-from sjunet import snn_shapes
+from sjunet.snn import shapes as snn_shapes
 from sjunet.models import UNet
 from sjunet.models.zoo_nets import PadCatUNet
-from sjunet.simulation import simulate
-from sjunet.snn_shapes import BudgetError, RecordError, check_budget, checked_graph, parse_bytes, plan
+from sjunet.snn import simulate
+from sjunet.snn.file import check_graph as checked_graph
+from sjunet.snn.shapes import BudgetError, RecordError, check_budget, parse_bytes, plan
+from sjunet.snn.simulation import check_run
 
 
 def _converted(net, shape):
@@ -94,4 +96,4 @@ def test_the_budget_comes_from_the_environment(nets, monkeypatch):
 def test_a_network_made_in_memory_without_a_graph_record_is_not_planned():
     from torch import nn
 
-    assert snn_shapes.check_run(nn.Conv2d(1, 1, 3), (1, 1, 8, 8)) is None
+    assert check_run(nn.Conv2d(1, 1, 3), (1, 1, 8, 8)) is None

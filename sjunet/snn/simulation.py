@@ -30,7 +30,8 @@ from sjunet.graph import apply_post
 from sjunet.neurons import is_neuron, set_recording
 from sjunet.snn.file import check_graph
 from sjunet.snn.model import record_of, shape_rule
-from sjunet.snn.shapes import BudgetError, Plan, RecordError, check_budget, plan
+from sjunet.snn.footprint import BudgetError, Plan, check_budget, plan
+from sjunet.snn.shapes import RecordError
 
 MODES = ("multi", "step")
 
@@ -98,7 +99,7 @@ _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary
 def check_run(net: nn.Module, x_shape: Sequence[int], mode: str = "step", chunk: int = 1, device="cpu") -> Plan | None:
     """Before ``net`` runs on a batch of shape ``x_shape`` ([B, C, *spatial]): the shapes of a network
     rebuilt from a record (a :class:`~sjunet.snn.model.SpikingUNet` with a graph record; None for any
-    other module) and the memory of the run against the budget (:mod:`sjunet.snn.shapes`), in one
+    other module) and the memory of the run against the budget (:mod:`sjunet.snn.footprint`), in one
     line naming the file, the node and the field. Cached per network and input shape."""
     rec = record_of(net)
     graph = rec.graph if rec is not None else None

@@ -523,7 +523,7 @@ def test_fuzz_amplifying_record_fields(valid, valid3, data, family, volume):
     convolution padding beyond its kernel, a neuron number that overflows, a join along another
     dimension — with the hash recomputed: refused in one line naming the file, at load or before the
     run, within bounded memory and time; or harmless (then it runs, bounded all the same)."""
-    from sjunet.snn.shapes import BudgetError
+    from sjunet.snn.footprint import BudgetError
 
     v = valid3 if volume else valid
     nd = 3 if volume else 2

@@ -1,4 +1,4 @@
-"""What a converted network's own shapes allow (``sjunet.snn.shapes``): the shape propagation is torch's
+"""What a converted network's own shapes allow (``sjunet.snn.shapes``, ``sjunet.snn.footprint``): the shape propagation is torch's
 own arithmetic (checked against real runs), the recorded size multiples pass their bound, and the
 memory budget refuses in one line before anything runs."""
 from __future__ import annotations
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import sjunet
-from sjunet.snn import shapes as snn_shapes
+from sjunet.snn import footprint, shapes as snn_shapes
 from sjunet.models import UNet
 from sjunet.models.zoo_nets import PadCatUNet
 from sjunet.snn import simulate
 from sjunet.snn.file import check_graph as checked_graph
-from sjunet.snn.shapes import BudgetError, RecordError, check_budget, parse_bytes, plan
+from sjunet.snn.footprint import BudgetError, check_budget, parse_bytes, plan
+from sjunet.snn.shapes import RecordError
 from sjunet.snn.simulation import check_run
 
 
@@ -79,18 +80,18 @@ def test_memory_grows_with_the_batch_and_the_chunk_and_the_budget_refuses_in_one
 
 def test_the_budget_comes_from_the_environment(nets, monkeypatch):
     snn, shape = nets["unet2d"]
-    monkeypatch.setenv(snn_shapes.BUDGET_ENV, "1K")
-    with pytest.raises(BudgetError, match=snn_shapes.BUDGET_ENV):
+    monkeypatch.setenv(footprint.BUDGET_ENV, "1K")
+    with pytest.raises(BudgetError, match=footprint.BUDGET_ENV):
         simulate(snn, torch.rand(1, *shape), 1)
-    monkeypatch.setenv(snn_shapes.BUDGET_ENV, "64G")
+    monkeypatch.setenv(footprint.BUDGET_ENV, "64G")
     simulate(snn, torch.rand(1, *shape), 1)
     assert parse_bytes("1.5G") == int(1.5 * 2**30) and parse_bytes("512M") == 512 * 2**20 and parse_bytes(4096) == 4096
     for bad in ("lots", "-1G", "0", ""):
         with pytest.raises(ValueError):
             parse_bytes(bad)
-    monkeypatch.delenv(snn_shapes.BUDGET_ENV)
-    limit, source = snn_shapes.memory_budget()
-    assert limit == int(snn_shapes.machine_memory() * snn_shapes.BUDGET_FRACTION) and "RAM" in source
+    monkeypatch.delenv(footprint.BUDGET_ENV)
+    limit, source = footprint.memory_budget()
+    assert limit == int(footprint.machine_memory() * footprint.BUDGET_FRACTION) and "RAM" in source
 
 
 def test_a_network_made_in_memory_without_a_graph_record_is_not_planned():

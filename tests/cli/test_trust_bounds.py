@@ -297,3 +297,13 @@ def test_an_image_declaring_a_huge_size_is_refused_from_its_header(nets, tmp_pat
         png_header_bomb(target, 12000, 12000, rows=12000)
         assert target.stat().st_size < 200_000
     refused(["evaluate", "-m", nets["ann"], "-d", "em", "--data", root], target.name)
+
+
+def test_the_memory_budget_refuses_before_the_run_and_can_be_raised(nets, tmp_path):
+    """A run is estimated from the record and the input before anything is allocated; --memory-budget
+    sets the limit (default: half of the machine's RAM)."""
+    args = ["evaluate", "--snn", nets[3], *SEG3D]
+    refused([*args, "--memory-budget", "1M"], "memory budget", "--memory-budget")
+    refused([*args, "--memory-budget", "lots"], "--memory-budget")
+    r = CliRunner().invoke(main, [str(a) for a in args] + ["--memory-budget", "8G"])
+    assert r.exit_code == 0, r.output

@@ -11,8 +11,10 @@ Trust rules (README, "What sjunet refuses and why"):
   (:mod:`sjunet.snn.file`); a file that needs unpickling of anything else is refused;
 * fingerprints are verified on load (:func:`sjunet.models.checkpoint.load_ann` recomputes the model's);
 * a long run never overwrites a result it was not asked to (:func:`output_guard`): an existing
-  output is refused unless ``--force`` or ``--resume``, and one run at a time holds an exclusive
-  lock on it;
+  output (a dangling symbolic link too) is refused unless ``--force`` or ``--resume``, one run at a
+  time holds an exclusive lock on it, and an output is a regular file or absent — never a device,
+  a FIFO or a socket, even with ``--force`` (:func:`check_output_kind`);
+* weights read from a file are finite (:func:`nonfinite` names the first tensor that is not);
 * written files get the usual permissions (``0666 & ~umask``), not ``mkstemp``'s 0600, and
   temporaries of a killed run are removed by the next write of the same file.
 """

@@ -23,7 +23,7 @@ from hostile import (NOT_FILES, adaptive, first, insert_module, make_not_a_file,
                      late, png_header_bomb, read_snn, resample, set_string_length, tiff_header_bomb, write_em,
                      write_snn)
 from sjunet.cli.main import main
-from sjunet.io import ANN_KIND, output_guard
+from sjunet.io import output_guard
 from sjunet.models import UNet
 
 MAX_SECONDS = 15.0

@@ -8,8 +8,9 @@ mean, count and a coarse histogram, and writes them atomically to HDF5.
 
 The parts: :mod:`.observe` (what is recorded, :func:`calibrate`), :mod:`.percentile` (the streaming
 percentile), :mod:`.approximation` (instance/group/layer norms: the fixed deviation and its gap),
-:mod:`.store` (the HDF5 schema, :class:`CalibrationStats`, :func:`write_stats`) and :mod:`.reader`
-(:func:`read_stats`: a file is data, checked before it is used). A new recorded statistic is a field
+:mod:`.store` (the HDF5 schema, :class:`CalibrationStats`, :func:`write_stats`), :mod:`.reader`
+(:func:`read_stats`: a file is data, checked before it is used) and :mod:`.hdf5_bounds` (what libhdf5
+would allocate or walk, read from the raw file before h5py touches it). A new recorded statistic is a field
 of :class:`TensorStats` (written in :mod:`.store`, checked in :mod:`.reader`); tests: ``tests/calibration/``.
 This folder is installed as ``sjunet.calibration`` (setup.cfg).
 """

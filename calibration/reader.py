@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import re
 from pathlib import Path
@@ -20,13 +19,15 @@ from typing import Any
 import h5py
 import numpy as np
 
+from sjunet.calibration.hdf5_bounds import MAX_STRING as BOUNDS_MAX_STRING
+from sjunet.calibration.hdf5_bounds import RawHDF5, Refused, object_address
 from sjunet.calibration.store import NODE_ATTRS, SCHEMA, CalibrationStats, TensorStats, content_hash
 from sjunet.io import ArtifactError
 
 # Bounds of what read_stats accepts (calibrate writes 256-bin histograms; a few thousand nodes).
 MAX_NODES = 100_000
 MAX_BINS = 1 << 20
-MAX_STRING = 16 << 20  # characters of one string attribute (JSON included)
+MAX_STRING = BOUNDS_MAX_STRING  # bytes of one string attribute (JSON included)
 MAX_JSON_DEPTH = 64
 MAX_DECLARED_BYTES = 256 << 20  # all datasets together, decompressed
 MAX_EXPANSION = 1000  # declared bytes per byte of file
@@ -227,56 +228,6 @@ def _check_sigmas(arrays: dict[str, tuple], approximation: dict | None) -> None:
             raise _Refused(f"node {name!r}: 'sigma' holds a value that is not a positive finite deviation")
 
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_GCOL = b"GCOL\x01"
-
-
-def _sizeof_lengths(mm: mmap.mmap, file_size: int) -> int | None:
-    """The superblock's "size of lengths" (at byte 0, 512, 1024, 2048, … as libhdf5 looks for it)."""
-    off = 0
-    while off + 16 <= file_size:
-        if mm[off:off + 8] == _HDF5_SIGNATURE:
-            n = mm[off + 14] if mm[off + 8] in (0, 1) else mm[off + 10]
-            return n if n in (2, 4, 8, 16, 32) else None
-        off = 512 if off == 0 else off * 2
-    return None
-
-
-def _check_global_heaps(path: Path, file_size: int) -> None:
-    """Refuse a corrupt HDF5 global heap before libhdf5 sees it.
-
-    String attributes live in global heap collections ("GCOL"). libhdf5 walks a collection's
-    objects when it loads one (``H5HG__cache_heap_deserialize``) and loops forever on a free-space
-    object of size 0 — one flipped bit, in native code nothing can interrupt — and records an object
-    that overruns its collection (later copied out of bounds). So every collection signature in the
-    file is walked the same way first: objects must tile it exactly, at most 65 537 of them, and all
-    walks together at most one object per 16 bytes of file (collections do not overlap)."""
-    if file_size < 32:
-        return
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        size_len = _sizeof_lengths(mm, file_size)
-        if size_len is None:
-            return  # not an HDF5 file libhdf5 can open: it refuses it itself
-        hdr = (8 + size_len + 7) // 8 * 8  # collection header and object header, 8-aligned
-        budget = file_size // 16 + 65_537
-        o = mm.find(_GCOL)
-        while o >= 0:
-            size = int.from_bytes(mm[o + 8:o + 8 + size_len], "little") if o + 8 + size_len <= file_size else 0
-            if hdr <= size <= file_size - o:  # else libhdf5 refuses to load it (past the end / too small)
-                p, end, n = o + hdr, o + size, 0
-                while p < end and p + hdr <= end:
-                    idx = int.from_bytes(mm[p:p + 2], "little")
-                    obj = int.from_bytes(mm[p + 8:p + 8 + size_len], "little")
-                    need = hdr + (obj + 7) // 8 * 8 if idx else obj
-                    if need == 0 or need > end - p:
-                        raise _Refused(f"corrupt HDF5 global heap at byte {o} (object {idx} of {obj} bytes "
-                                       f"does not fit its collection)")
-                    p, n, budget = p + need, n + 1, budget - 1
-                    if n > 65_537 or budget < 0:
-                        raise _Refused(f"corrupt HDF5 global heap at byte {o} (too many objects)")
-            o = mm.find(_GCOL, o + 1)
-
-
 def read_stats(path: str | os.PathLike) -> CalibrationStats:
     """Read statistics written by :func:`~sjunet.calibration.store.write_stats`; a wrong, foreign, old, altered or crafted
     file is refused with one :class:`~sjunet.io.ArtifactError` line naming it.
@@ -286,10 +237,13 @@ def read_stats(path: str | os.PathLike) -> CalibrationStats:
     :data:`MAX_BINS` bins, ``len(bin_edges) == len(histogram) + 1``, only deflate/shuffle/fletcher32
     filters, bounded chunks, no external storage) is checked first, and all of them together may
     declare at most :data:`MAX_DECLARED_BYTES` and :data:`MAX_EXPANSION` times the file's size.
-    That bounds what decompression can allocate before the hash is compared. Global heaps (where
-    string attributes live) are walked before libhdf5 loads them (:func:`_check_global_heaps`: a
-    corrupt one hangs it). Attributes are checked for type and shape before they are read, strings
-    are bounded (:data:`MAX_STRING`),
+    That bounds what decompression can allocate before the hash is compared. What libhdf5 cannot
+    bound itself is read from the raw file first (:mod:`sjunet.calibration.hdf5_bounds`): global
+    heaps (where string attributes live) are walked before libhdf5 loads them (a corrupt one hangs
+    it), and every object's variable-length attributes have their stored lengths bounded before
+    h5py reads them (libhdf5 allocates the stored length first: a 4-byte edit asked for 4 GB).
+    Attributes are checked for type and shape before they are read, strings are bounded
+    (:data:`MAX_STRING`),
     JSON nesting too, and the node count (:data:`MAX_NODES`); links must be stored (hard) links.
     The hash is unkeyed, so none of these checks relies on it.
     """
@@ -297,22 +251,32 @@ def read_stats(path: str | os.PathLike) -> CalibrationStats:
     if not path.is_file():
         raise ArtifactError(f"{path}: no such statistics file (make one with `sjunet calibrate`)")
     try:
-        file_size = path.stat().st_size
-        _check_global_heaps(path, file_size)
-    except _Refused as e:
+        raw = RawHDF5(path)
+    except Refused as e:
         raise ArtifactError(f"{path}: refused, not a valid statistics file — {e}; re-run `sjunet calibrate`") from None
     except (OSError, ValueError) as e:
         raise ArtifactError(f"{path}: cannot read it ({_oneline(e)})") from None
+    with raw:
+        return _read_bounded(raw, path)
+
+
+def _read_bounded(raw: RawHDF5, path: Path) -> CalibrationStats:
+    """:func:`read_stats` once the raw file is open: global heaps walked, then h5py, every object's
+    attribute lengths bounded from the raw file before its attributes are read."""
+    try:
+        raw.check_heaps()
+    except Refused as e:
+        raise ArtifactError(f"{path}: refused, not a valid statistics file — {e}; re-run `sjunet calibrate`") from None
     try:
         f = h5py.File(path, "r")
     except Exception as e:  # noqa: BLE001 - OSError for a non-HDF5 file, anything for a crafted one
         raise ArtifactError(f"{path}: not an HDF5 file ({_oneline(e)})") from None
     try:
         with f:
-            return _read(f, path, file_size)
+            return _read(f, path, raw.size, raw)
     except ArtifactError:
         raise
-    except _Refused as e:
+    except (_Refused, Refused) as e:
         raise ArtifactError(f"{path}: refused, not a valid statistics file — {e}; re-run `sjunet calibrate`") from None
     except RecursionError:
         raise ArtifactError(f"{path}: refused, not a valid statistics file — nested too deeply; "
@@ -326,8 +290,9 @@ def _oneline(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def _read(f: h5py.File, path: Path, file_size: int) -> CalibrationStats:
-    # 1. file attributes: types first, then the schema, then values
+def _read(f: h5py.File, path: Path, file_size: int, raw: RawHDF5) -> CalibrationStats:
+    # 1. file attributes: their stored lengths bounded (raw file), types first, then the schema, then values
+    raw.check_attributes(object_address(f), "file")
     if "schema" not in f.attrs:
         raise ArtifactError(f"{path}: not an sjunet calibration file (no schema)")
     schema = _read_attr(f, "schema", "str", "file")
@@ -381,6 +346,7 @@ def _read(f: h5py.File, path: Path, file_size: int) -> CalibrationStats:
     for name in order:
         where = f"node {name!r}"
         n = _child(nodes_group, name, h5py.Group, where)
+        raw.check_attributes(object_address(n), where)
         a = {k: _read_attr(n, k, kinds.get(k, "float"), where) for k in NODE_ATTRS}
         if not 0 < len(a["role"]) <= 64:
             raise _Refused(f"{where}: role {_show(a['role'])} is not a role name")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from sjunet.cli.options import (InputError, ann_channels, ann_from_options, check_images_fit, claim_output, data_opt,
-                                dataset_opt, fail_cleanly, force_option, model_options, opt_opt, parse_dataset_options)
+                                dataset_opt, fail_cleanly, force_option, model_options, opt_opt, parse_dataset_options,
+                                writing)
 
 
 @click.command()
@@ -42,7 +43,7 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
     check_compatible(ds, *ann_channels(ann, info), info.task)
     check_images_fit(ds, ann, padded=False, what="the ANN")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
-    with warnings.catch_warnings():
+    with writing(output, force), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dead layers are listed below
         stats = calibrate_fn(ann, loader, output=output, p=percentile, positive_only=positive_only,
                              max_batches=max_batches, device=device,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from sjunet.cli.options import InputError, ann_from_options, claim_output, fail_cleanly, force_option, model_options
+from sjunet.cli.options import (InputError, ann_from_options, claim_output, fail_cleanly, force_option, model_options,
+                                writing)
 
 
 @click.command()
@@ -41,13 +42,16 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
                          f"got {thresholds!r}") from None
     ConversionOptions(norm, neuron, ladder, v_init).check()
     claim_output(output, force)
-    ann, info = ann_from_options(model, arch, arch_kwargs, weights)
-    snn = convert_fn(ann, stats, norm=norm, neuron=neuron, thresholds=ladder, v_init=v_init,
-                     model_info=info.to_record(), accept_gap=accept_gap)
-    snn.record.task = info.task or ({"kind": task} if task else None)
+    from sjunet.calibration import read_stats
     from sjunet.conversion.recipe import save_snn
 
-    save_snn(snn, output, {"model": info.to_record(), "stats": str(stats)})
+    ann, info = ann_from_options(model, arch, arch_kwargs, weights)
+    calibration = read_stats(stats)
+    with writing(output, force):
+        snn = convert_fn(ann, calibration, norm=norm, neuron=neuron, thresholds=ladder, v_init=v_init,
+                         model_info=info.to_record(), accept_gap=accept_gap)
+        snn.record.task = info.task or ({"kind": task} if task else None)
+        save_snn(snn, output, {"model": info.to_record(), "stats": str(stats)})
     conv = snn.record.conversion
     click.echo(f"converted ({norm}-wise, {neuron}): {len(conv.neurons)} neuron layers, {len(conv.gains)} gains, "
                f"{len(conv.dead_layers)} dead-layer fallbacks -> {output}")

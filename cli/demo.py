@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from sjunet.cli.options import InputError, check_T, fail_cleanly, parse_dataset_options, parse_steps
+from sjunet.cli.options import InputError, check_T, fail_cleanly, parse_dataset_options, parse_steps, writing
 
 
 @click.command()
@@ -34,7 +34,8 @@ def demo(task, out, epochs, T, more_t, opt):
     check_writable(Path(out) / task / "report.md")
     click.echo(f"demo {task}: training a small U-Net, calibrating, converting and simulating; everything goes to "
                f"{Path(out) / task}/")
-    r = run_demo(task, out, epochs=epochs, T=steps, dataset_options=dataset_options)
+    with writing(Path(out) / task / "report.md", force=True):  # the demo replaces its folder; one demo at a time
+        r = run_demo(task, out, epochs=epochs, T=steps, dataset_options=dataset_options)
     click.echo(r["report"])
     click.echo("\noutputs:")
     width = max(len(k) for k in r["outputs"])

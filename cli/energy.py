@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from sjunet.cli.options import (InputError, ann_from_options, check_T, chunk_option, claim_output, data_opt,
-                                dataset_opt, fail_cleanly, force_option, model_options, opt_opt, parse_dataset_options,
-                                parse_steps)
+                                dataset_opt, fail_cleanly, force_option, memory_budget_option, model_options, opt_opt,
+                                parse_dataset_options, parse_steps, writing)
 
 
 @click.command()
@@ -25,6 +25,7 @@ from sjunet.cli.options import (InputError, ann_from_options, check_T, chunk_opt
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @force_option
 @opt_opt
+@memory_budget_option
 @fail_cleanly
 def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, more_t, limit, mode, chunk, output, device,
            force, opt):
@@ -50,12 +51,13 @@ def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, more
     if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
         raise InputError(f"the ANN ({info.fingerprint}) is not the one {snn} was converted from "
                          f"({conv.get('ann_fingerprint')}); give that one, or none (MACs from the SNN's graph)")
-    r = energy_frontier(net, ds, T, ann=ann, limit=limit, mode=mode, chunk=chunk, device=device)
-    r["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
-                "finetune": bool(rec.get("finetune"))}
-    r["model"] = info.to_record() if info else None
-    r["dataset"] = {"name": dataset, "split": split, **ds.describe()}
-    if output is not None:
-        write_json({**r, "provenance": provenance(options={"T": T, "limit": limit, "mode": mode, "chunk": chunk})},
-                   output)
+    with writing(output, force):
+        r = energy_frontier(net, ds, T, ann=ann, limit=limit, mode=mode, chunk=chunk, device=device)
+        r["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
+                    "finetune": bool(rec.get("finetune"))}
+        r["model"] = info.to_record() if info else None
+        r["dataset"] = {"name": dataset, "split": split, **ds.describe()}
+        if output is not None:
+            write_json({**r, "provenance": provenance(options={"T": T, "limit": limit, "mode": mode, "chunk": chunk})},
+                       output)
     click.echo(frontier_table(r, label="fine-tuned SNN" if rec.get("finetune") else "SNN"))

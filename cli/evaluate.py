@@ -7,8 +7,8 @@ import json
 import click
 
 from sjunet.cli.options import (InputError, ann_channels, ann_from_options, check_T, chunk_option, claim_output,
-                                data_opt, dataset_opt, fail_cleanly, force_option, model_options, opt_opt,
-                                parse_dataset_options, parse_steps)
+                                data_opt, dataset_opt, fail_cleanly, force_option, memory_budget_option, model_options,
+                                opt_opt, parse_dataset_options, parse_steps, writing)
 
 
 @click.command()
@@ -46,6 +46,7 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @force_option
 @opt_opt
+@memory_budget_option
 @fail_cleanly
 def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, compiled, limit,
              protocol, patch, stride, tile, tile_overlap, max_pixels, pad, output, device, force, opt):
@@ -97,12 +98,13 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
                              f"({info.fingerprint}); pixel agreement would be meaningless")
         result["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
                          "mode": mode, "chunk": chunk, "compile": compiled, "device": device}
-    result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device, protocol=proto,
-                              compiled={"on": True, "off": False}.get(compiled, "auto")))
-    result["provenance"] = provenance()
-    if distributed.world().main:
-        if output is not None:
+    with writing(output, force):
+        result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device, protocol=proto,
+                                  compiled={"on": True, "off": False}.get(compiled, "auto")))
+        result["provenance"] = provenance()
+        if distributed.world().main and output is not None:
             write_json(result, output)
+    if distributed.world().main:
         click.echo(format_result(result))
         click.echo("protocol: " + json.dumps(result["protocol"]))
 

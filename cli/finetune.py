@@ -7,7 +7,8 @@ import json
 import click
 
 from sjunet.cli.options import (InputError, budget_options, check_T, class_weights_opt, data_opt, dataset_opt,
-                                fail_cleanly, is_main, opt_opt, parse_dataset_options, run_loop, stop_note)
+                                fail_cleanly, is_main, memory_budget_option, opt_opt, parse_dataset_options, run_loop,
+                                stop_note)
 
 
 @click.command()
@@ -36,6 +37,7 @@ from sjunet.cli.options import (InputError, budget_options, check_T, class_weigh
 @class_weights_opt
 @budget_options
 @opt_opt
+@memory_budget_option
 @fail_cleanly
 def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, schedule, loss, layer_weight, warmup,
              grad_clip, energy_penalty, method, chunk, seed, device, class_weights, max_minutes, max_iters, val_every,

@@ -9,8 +9,10 @@ one line and exit code 2; a run that fails (a diverged loss) with one line and e
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Iterator
 
 import click
 
@@ -185,15 +187,53 @@ def ann_channels(ann, info) -> tuple[int | None, int | None]:
 
 
 def claim_output(path, force: bool) -> None:
-    """Refuse an existing output unless --force; check the directory is writable, before the work."""
-    from sjunet.io import OutputExistsError, check_writable
+    """Refuse an existing output (a dangling symbolic link too) unless --force, and an output that is not
+    a regular file even with it; check the directory is writable — before the work, writing nothing."""
+    from sjunet.io import OutputExistsError, check_writable, output_exists
 
     if path is None:
         return
     check_writable(path)
-    if Path(path).exists() and not force:
-        raise OutputExistsError(f"output {path} exists: refusing to overwrite it; pass --force to replace it "
+    if output_exists(path) and not force:
+        link = " (a symbolic link)" if Path(path).is_symlink() else ""
+        raise OutputExistsError(f"output {path} exists{link}: refusing to overwrite it; pass --force to replace it "
                                 "(or choose another -o)")
+
+
+@contextlib.contextmanager
+def writing(path, force: bool) -> Iterator[None]:
+    """Hold the output's lock (:func:`sjunet.io.output_guard`) while the work runs and the result is
+    written, the existence checked again under it: of two runs on one output the second is refused.
+    Entered after the inputs are read, so a bad input writes nothing (not even the lock file). Only
+    the main process writes (and locks) under torchrun."""
+    from sjunet.io import output_guard
+
+    if path is None or not is_main():
+        yield
+        return
+    with output_guard(path, force=force):
+        yield
+
+
+def memory_budget_option(fn):
+    """``--memory-budget SIZE`` (e.g. 64G): the memory a run of an SNN may need before it is refused
+    (:mod:`sjunet.snn.footprint`; default half of the machine's RAM). The command never sees it."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, memory_budget=None, **k):
+        from sjunet.snn.footprint import budget_of, parse_bytes
+
+        try:
+            nbytes = None if memory_budget is None else parse_bytes(memory_budget, "--memory-budget")
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        with budget_of(nbytes):
+            return fn(*a, **k)
+
+    return click.option("--memory-budget", default=None, metavar="SIZE",
+                        help="memory an SNN run may need (e.g. 64G, 512M); estimated from the network and the input "
+                             "before anything is allocated (default: half of this machine's RAM)")(wrapper)
 
 
 def budget_options(fn):

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from sjunet.cli.options import (InputError, check_T, claim_output, data_opt, dataset_opt, fail_cleanly, force_option,
-                                opt_opt, parse_dataset_options)
+                                memory_budget_option, opt_opt, parse_dataset_options, writing)
 
 
 @click.group()
@@ -28,6 +28,7 @@ def plot() -> None:
               help="PNG, or .svg/.pdf")
 @force_option
 @opt_opt
+@memory_budget_option
 @fail_cleanly
 def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, style, output, force, opt):
     """ANN activation vs SNN firing rate per neuron, with fitted slope and correlation."""
@@ -39,9 +40,11 @@ def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, styl
     dataset_options = parse_dataset_options(dataset, opt)
     claim_output(output, force)
     ann, _ = load_ann(model)
-    r = plot_fn("activation-vs-rate", model=ann, snn=[load_snn(p)[0] for p in snn], dataset=dataset, data=data, T=T,
-                n_images=n_images, layers=list(layers) or None, style=style, output=output,
-                dataset_options=dataset_options)
+    nets = [load_snn(p)[0] for p in snn]
+    with writing(output, force):
+        r = plot_fn("activation-vs-rate", model=ann, snn=nets, dataset=dataset, data=data, T=T,
+                    n_images=n_images, layers=list(layers) or None, style=style, output=output,
+                    dataset_options=dataset_options)
     for layer, per in r.items():
         click.echo(f"{layer}: " + "  ".join(f"{lab}: slope {v['slope']:.3f} r {v['r']:.3f}" for lab, v in per.items()))
     click.echo(f"-> {output}")
@@ -59,8 +62,9 @@ def plot_metric_vs_t(results, metric, output, force):
     from sjunet.plots.curves import load_results
 
     claim_output(output, force)
-    plot_fn("metric-vs-T", results=[load_results(p) for p in results], stems=[Path(p).stem for p in results],
-            metric=metric, output=output)
+    loaded = [load_results(p) for p in results]
+    with writing(output, force):
+        plot_fn("metric-vs-T", results=loaded, stems=[Path(p).stem for p in results], metric=metric, output=output)
     click.echo(f"-> {output}")
 
 
@@ -78,8 +82,10 @@ def plot_metric_vs_energy(frontiers, metric, labels, output, force):
     from sjunet.plots.curves import load_results
 
     claim_output(output, force)
-    plot_fn("metric-vs-energy", frontiers=[load_results(p, "frontier") for p in frontiers],
-            stems=[Path(p).stem for p in frontiers], metric=metric, labels=list(labels) or None, output=output)
+    loaded = [load_results(p, "frontier") for p in frontiers]
+    with writing(output, force):
+        plot_fn("metric-vs-energy", frontiers=loaded, stems=[Path(p).stem for p in frontiers], metric=metric,
+                labels=list(labels) or None, output=output)
     click.echo(f"-> {output}")
 
 
@@ -97,6 +103,7 @@ def plot_metric_vs_energy(frontiers, metric, labels, output, force):
 @click.option("-o", "--output", default="runs/predictions.png", show_default=True, type=click.Path())
 @force_option
 @opt_opt
+@memory_budget_option
 @fail_cleanly
 def plot_predictions(models, snns, dataset, data, split, images, T, device, output, force, opt):
     """The paper's Figures 4/5: input, ground truth and each system's output for chosen images."""
@@ -132,8 +139,9 @@ def plot_predictions(models, snns, dataset, data, split, images, T, device, outp
     claim_output(output, force)
     ds = get_dataset(dataset, data, split, **dataset_options)
     systems = {label: (load_ann(path)[0] if t is None else load_snn(path)[0], t) for label, path, t in plan}
-    rows = predictions(systems, ds, list(images), device=device)
-    predictions_figure(rows, task_for(ds), output, title=f"{dataset} ({split})")
+    with writing(output, force):
+        rows = predictions(systems, ds, list(images), device=device)
+        predictions_figure(rows, task_for(ds), output, title=f"{dataset} ({split})")
     for r in rows:
         click.echo(f"image {r['index']}: " + "  ".join(f"{k} {v:.4f}" for k, v in r["scores"].items()))
     click.echo(f"-> {output}")
@@ -151,5 +159,7 @@ def plot_histograms(stats, output, force):
     from sjunet.calibration.reader import read_stats
 
     claim_output(output, force)
-    plot_fn("histograms", stats=read_stats(stats), output=output)
+    calibration = read_stats(stats)
+    with writing(output, force):
+        plot_fn("histograms", stats=calibration, output=output)
     click.echo(f"-> {output}")

@@ -11,8 +11,10 @@ Trust rules (README, "What sjunet refuses and why"):
   (:mod:`sjunet.snn.file`); a file that needs unpickling of anything else is refused;
 * fingerprints are verified on load (:func:`sjunet.models.checkpoint.load_ann` recomputes the model's);
 * a long run never overwrites a result it was not asked to (:func:`output_guard`): an existing
-  output is refused unless ``--force`` or ``--resume``, and one run at a time holds an exclusive
-  lock on it;
+  output (a dangling symbolic link too) is refused unless ``--force`` or ``--resume``, one run at a
+  time holds an exclusive lock on it, and an output is a regular file or absent — never a device,
+  a FIFO or a socket, even with ``--force`` (:func:`check_output_kind`);
+* weights read from a file are finite (:func:`nonfinite` names the first tensor that is not);
 * written files get the usual permissions (``0666 & ~umask``), not ``mkstemp``'s 0600, and
   temporaries of a killed run are removed by the next write of the same file.
 """
@@ -125,6 +127,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         try:
             yield tmp_path
             os.chmod(tmp_path, 0o666 & ~_umask())
+            check_output_kind(path)  # never replace a device, a FIFO, a socket or a directory
             os.replace(tmp_path, path)
         except ArtifactError:
             raise
@@ -219,6 +222,50 @@ def _make_parent(path: Path) -> None:
 MIN_FREE_BYTES = 64 * 1024
 
 
+def output_exists(path: str | os.PathLike) -> bool:
+    """Whether something stands at ``path``: a file, or a symbolic link — a dangling one too (a
+    write would replace it: it counts as an existing output)."""
+    return os.path.lexists(path)
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is (None for a regular file)."""
+    import stat
+
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def check_output_kind(path: str | os.PathLike) -> None:
+    """An output is a regular file or absent (or a link to one, or a dangling link): a device, a FIFO,
+    a socket or a directory is refused, even with ``--force`` — writing would replace the node (as
+    root, ``-o /dev/null --force`` would replace the real one) or block on a pipe."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # absent (or under a file: said by the caller)
+        return
+    except OSError as e:
+        raise ArtifactError(f"cannot use the output {path}: {e.strerror or e}") from None
+    kind = _kind(st.st_mode) if not stat.S_ISLNK(st.st_mode) else None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.stat(path)
+        except OSError:
+            target = None  # dangling: an existing output, replaced only with --force
+        kind = _kind(target.st_mode) if target is not None else None
+        if kind:
+            kind = f"a link to {kind}"
+    if kind:
+        raise ArtifactError(f"output {path} is {kind}, not a regular file: sjunet writes only regular files (even "
+                            "with --force) — choose another -o")
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Check, before any long work, that ``path`` can be written (its directory can be created
     and holds a new file); raise :class:`ArtifactError` with one line saying what is wrong."""
@@ -227,6 +274,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     if text.endswith(("/", os.sep)) or path.is_dir():
         raise ArtifactError(f"output {text} is a directory: give a file name (e.g. {path / 'out'}"
                             f"{path.suffix or ''})")
+    check_output_kind(path)
     _make_parent(path)
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -280,7 +328,10 @@ def output_guard(path: str | os.PathLike, force: bool = False, resume: bool = Fa
                  what: str = "output") -> Iterator[Path]:
     """Hold an exclusive lock on ``path`` for a run that will write it.
 
-    * an existing ``path`` is refused unless ``force`` (overwrite) or ``resume`` (continue it);
+    * an existing ``path`` (a dangling symbolic link too) is refused unless ``force`` (overwrite) or
+      ``resume`` (continue it) — checked again once the lock is held, so of two runs started together
+      without ``--force`` the second is refused, never silently replacing the first's result;
+    * ``path`` must be a regular file or absent (:func:`check_output_kind`);
     * the directory must be writable (checked now, not after the work);
     * a second run on the same output is refused while this one holds the lock: ``fcntl.flock``
       on ``.<name>.lock`` beside it, opened with ``O_NOFOLLOW`` (a symlink planted there is
@@ -290,9 +341,14 @@ def output_guard(path: str | os.PathLike, force: bool = False, resume: bool = Fa
     import fcntl
 
     path = check_writable(path)
-    if path.exists() and not (force or resume):
-        raise OutputExistsError(f"{what} {path} exists: refusing to overwrite it; pass --force to replace it "
-                                "or --resume to continue that run (or choose another -o)")
+
+    def refuse_existing() -> None:
+        if output_exists(path) and not (force or resume):
+            link = " (a symbolic link)" if path.is_symlink() else ""
+            raise OutputExistsError(f"{what} {path} exists{link}: refusing to overwrite it; pass --force to replace it "
+                                    "or --resume to continue that run (or choose another -o)")
+
+    refuse_existing()
     lock = lock_path(path)
     fd = _open_lock(lock)
     try:
@@ -304,6 +360,7 @@ def output_guard(path: str | os.PathLike, force: bool = False, resume: bool = Fa
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             raise ArtifactError(f"{what} {path} is being written by another sjunet run ({holder}); "
                                 "wait for it or choose another -o") from None
+        refuse_existing()  # again under the lock: a run that held it may have written the output meanwhile
         with contextlib.suppress(OSError):  # who holds it, for the message above; informational only
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
@@ -324,6 +381,16 @@ def tensor_digest(tensors: dict[str, torch.Tensor], h: Any = None) -> Any:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h
+
+
+def nonfinite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity (None when all are
+    finite): weights loaded from a file are refused with it (README, "What sjunet refuses")."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.numel():
+            if not bool(torch.isfinite(t).all()):
+                return name
+    return None
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -418,7 +485,7 @@ def torch_load_data(path: str | os.PathLike) -> Any:
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     """Load an sjunet checkpoint (``weights_only=True``) and check its ``kind``."""
     path = Path(path)
-    if kind == SNN_KIND or (path.is_file() and _is_safetensors(path)):
+    if kind == SNN_KIND or (path.is_file() and is_safetensors(path)):
         raise ArtifactError(f"{path}: is an SNN file; load it with sjunet.load_snn")
     ckpt = torch_load_data(path)
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
@@ -429,7 +496,7 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
     return ckpt
 
 
-def _is_safetensors(path: Path) -> bool:
+def is_safetensors(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(9)

@@ -47,6 +47,7 @@ from sjunet.layers.stages import ChannelAffine, Normalize, SpikingMaxPool2d
 from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, named_ladder, validate_ladder
 from sjunet.snn import Conversion, SNNRecord, SpikingUNet
 from sjunet.snn import file as snnfile
+from sjunet.snn.record import MAX_NEURON_VALUE
 
 NEURONS = tuple(FACTORIES)
 
@@ -76,6 +77,9 @@ class ConversionOptions:
             raise ValueError(f"--v-init takes 'half', 'zero' or a number, got {self.v_init!r}") from None
         if v != v or v in (float("inf"), float("-inf")):
             raise ValueError(f"--v-init must be finite, got {self.v_init!r}")
+        if abs(v) > MAX_NEURON_VALUE:
+            raise ValueError(f"--v-init must be within ±{MAX_NEURON_VALUE:g} (normalised units: a threshold is about 1), "
+                             f"got {self.v_init!r}")
         return v
 
     def ladder(self) -> tuple[float, ...]:

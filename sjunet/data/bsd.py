@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .common import (
+    check_headers,
     DENOISING,
     DatasetError,
     SJDataset,
@@ -116,7 +117,7 @@ class DenoisingDataset(SJDataset):
     def image(self, i: int) -> np.ndarray:
         """Clean image ``i`` of the split as ``[H, W, in_channels]`` float32 in [0, 1]
         (default: read ``self.files[i]``)."""
-        return read_image(self.files[i], self.in_channels)
+        return read_image(self.files[i], self.in_channels, self.max_image_pixels)
 
     def __len__(self) -> int:
         return self.length
@@ -181,6 +182,7 @@ class BSDTrainDataset(DenoisingDataset):
         self.in_channels = 3 if color else 1
         files = select_split(self._setup(root, split, seed), split, val_images, 0, holdout_val)
         self.files = require_files(files, f"at least one {split} image", self.root)
+        check_headers([[f] for f in self.files], self.max_image_pixels)  # before any decoding
         self.options = {"holdout_val": bool(holdout_val), "val_images": val_images}
         self._configure(
             len(files), crop=crop, eval_crop=crop, sigma_range=sigma_range, sigma=sigma,
@@ -205,6 +207,7 @@ class DenoisingTestSet(DenoisingDataset):
         """
         files = self._setup(root, split, seed)
         self.files = require_files(files, self.WHAT, self.root)
+        check_headers([[f] for f in self.files], self.max_image_pixels)  # before any decoding
         self._configure(
             len(files), crop=None, eval_crop=None, sigma_range=(0.0, 0.0), sigma=sigma,
             samples_per_epoch=None, flip=False,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .common import (
+    check_headers,
     IGNORE_INDEX,
     SEGMENTATION,
     DatasetError,
@@ -184,6 +185,7 @@ class CamSeqDataset(SJDataset):
         n_test = int(round(n * fractions[2] / total))
         pairs = select_split(list(zip(images, labels)), split, n_val, n_test, holdout_val=True)
         require_files(pairs, f"at least one {split} frame (of {n})", self.root)
+        check_headers(pairs, self.max_image_pixels)  # before any decoding
         self.pairs: list[tuple[Path, Path]] = pairs
         self.files += [f for pair in pairs for f in pair]
         self.size = as_size(size, "size")
@@ -205,8 +207,8 @@ class CamSeqDataset(SJDataset):
 
         def read() -> tuple[np.ndarray, np.ndarray]:
             image_path, label_path = self.pairs[i]
-            image = read_image(image_path, 3)
-            raw = read_label(label_path)
+            image = read_image(image_path, 3, self.max_image_pixels)
+            raw = read_label(label_path, self.max_image_pixels)
             if self.colors is None:
                 label = camvid11_index(raw, label_path)
             else:

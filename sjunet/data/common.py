@@ -36,6 +36,9 @@ from torch.utils.data import Dataset
 from .errors import DatasetError
 from .imageio import (  # noqa: F401  (re-exported: the loaders import them from here)
     GRAY_WEIGHTS,
+    MAX_IMAGE_PIXELS,
+    check_headers,
+    image_size,
     binary_label,
     check_same_size,
     format_values,
@@ -79,18 +82,45 @@ def list_images(
     """Image files of ``directory`` with one of ``extensions`` (case-insensitive), naturally sorted.
 
     Returns an empty list when the directory does not exist; callers turn that into a
-    :class:`DatasetError` that says what they expected.
+    :class:`DatasetError` that says what they expected. An entry with an image's name that is not
+    a regular file (a dangling symbolic link, a directory, a FIFO, a device) is refused, naming it:
+    skipping it would silently shift the splits (a validation image would become a test image).
+    A symbolic link to a regular file is read.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return []
     exts = {e.lower() for e in extensions}
-    files = [
-        p
-        for p in directory.iterdir()
-        if p.is_file() and p.suffix.lower() in exts and not (exclude and exclude(p))
-    ]
+    files = []
+    for p in directory.iterdir():
+        if p.suffix.lower() not in exts or (exclude and exclude(p)):
+            continue
+        if not p.is_file():
+            raise DatasetError(f"{p}: {_entry_kind(p)}, not an image file; every image and label of a dataset must be "
+                               "a regular file (or a link to one) — restore it or remove it, so the splits do not shift")
+        files.append(p)
     return sorted(files, key=natural_key)
+
+
+def _entry_kind(p: Path) -> str:
+    """What a directory entry that is not a regular file is, for messages."""
+    import stat
+
+    try:
+        st = p.lstat()
+    except OSError:
+        return "it cannot be read"
+    if stat.S_ISLNK(st.st_mode):
+        return "a dangling symbolic link" if not p.exists() else "a link to something that is not a file"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device"
+    return "not a regular file"
 
 
 def require_files(files: list[Path], expected: str, directory: str | os.PathLike) -> list[Path]:
@@ -118,6 +148,14 @@ def pair_files(
         where = Path(candidates[0]).parent if candidates else "the label directory"
         raise DatasetError(
             f"no {what} file for {len(missing)} image(s) (e.g. {missing[0]}) in {where}"
+        )
+    keys = {key(p) for p in primary}
+    orphans = [c for c in candidates if candidate_key(c) not in keys]
+    if orphans:
+        where = Path(primary[0]).parent if primary else "the image directory"
+        raise DatasetError(
+            f"{orphans[0]}: a {what} without its image in {where} ({len(orphans)} such file(s)); an image is missing "
+            "— restore it or remove the orphan, so the splits do not shift"
         )
     return [by_key[key(p)] for p in primary]
 
@@ -376,6 +414,8 @@ class SJDataset(Dataset):
 
     in_channels: int = 1
     num_classes: int = 0
+    #: the most pixels one of this dataset's image files may declare (checked from its header, before decoding)
+    max_image_pixels: ClassVar[int] = MAX_IMAGE_PIXELS
     #: spatial axes of an item: 2 (``x [C,H,W]``, ``y [H,W]``) or 3 (volumes: ``x [C,D,H,W]``, ``y [D,H,W]``)
     spatial_dims: ClassVar[int] = 2
 

@@ -44,6 +44,7 @@ import torch
 from skimage import exposure
 
 from .common import (
+    check_headers,
     DatasetError,
     IGNORE_INDEX,
     SEGMENTATION,
@@ -148,6 +149,7 @@ class DRIVEDataset(SJDataset):
         if split != "test":
             triples = select_split(triples, split, val_images, 0, holdout_val)
         require_files(triples, f"at least one {split} image", base / "images")
+        check_headers(triples, self.max_image_pixels, what="label or FOV mask")  # before any decoding
         self.triples: list[tuple[Path, Path, Path]] = triples
         self.files = [f for t in triples for f in t]
         self.patch = int(patch)
@@ -176,8 +178,9 @@ class DRIVEDataset(SJDataset):
 
         def read() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             image_path, label_path, mask_path = self.triples[i]
-            image = preprocess(read_image(image_path, 3))
-            vessel, fov = read_label(label_path), read_label(mask_path)
+            image = preprocess(read_image(image_path, 3, self.max_image_pixels))
+            vessel = read_label(label_path, self.max_image_pixels)
+            fov = read_label(mask_path, self.max_image_pixels)
             check_same_size(image_path, image, label_path, vessel)
             check_same_size(image_path, image, mask_path, fov, what="FOV mask")
             fov = binary_label(fov, mask_path).astype(bool)

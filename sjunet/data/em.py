@@ -28,6 +28,7 @@ from .common import (
     SJDataset,
     as_size,
     binary_label,
+    check_headers,
     check_same_size,
     list_images,
     pair_files,
@@ -97,6 +98,7 @@ class EMDataset(SJDataset):
         labels = pair_files(images, list_images(self.root / "labels"), key=lambda p: p.stem)
         chosen = select_split(list(zip(images, labels)), split, val_images, test_images, holdout_val)
         require_files(chosen, f"at least one {split} image", self.root / "images")
+        check_headers(chosen, self.max_image_pixels)  # sizes from the headers, before any decoding
         self.pairs: list[tuple[Path, Path]] = chosen
         self.files = [f for pair in chosen for f in pair]
         self.crop = as_size(crop, "crop")
@@ -121,7 +123,8 @@ class EMDataset(SJDataset):
 
         def read() -> tuple[np.ndarray, np.ndarray]:
             image_path, label_path = self.pairs[i]
-            image, label = read_image(image_path, 1), read_label(label_path)
+            image = read_image(image_path, 1, self.max_image_pixels)
+            label = read_label(label_path, self.max_image_pixels)
             check_same_size(image_path, image, label_path, label)
             return image, binary_label(label, label_path)
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .common import (
+    check_headers,
     SEGMENTATION,
     DatasetError,
     SJDataset,
@@ -44,7 +45,6 @@ from .common import (
     binary_label,
     check_same_size,
     list_images,
-    open_image,
     pair_files,
     random_crop_box_nd,
     read_image,
@@ -106,8 +106,13 @@ class EM3DDataset(SJDataset):
         labels = pair_files(images, list_images(self.root / "labels"), key=lambda p: p.stem)
         self.pairs: list[tuple[Path, Path]] = list(zip(images, labels))
         self.files = [f for pair in self.pairs for f in pair]
-        with open_image(images[0]) as im:
-            width, height = im.size
+        sizes = check_headers(self.pairs, self.max_image_pixels)  # from the headers, before any decoding
+        height, width = sizes[0]
+        odd = next((p for p, s in zip(images, sizes) if s != sizes[0]), None)
+        if odd is not None:
+            h, w = sizes[images.index(odd)]
+            raise DatasetError(f"{odd}: section of {h}x{w} in a stack of {height}x{width} sections; all sections "
+                               "must have one size")
         self.shape = (len(images), height, width)  # D, H, W of the whole stack
         val_x, test_x = int(val_x), int(test_x)
         if not 0 < val_x < test_x < width:
@@ -167,7 +172,8 @@ class EM3DDataset(SJDataset):
         def read_stack() -> tuple[np.ndarray, np.ndarray]:
             images, labels = [], []
             for image_path, label_path in self.pairs:
-                image, label = read_image(image_path, 1), read_label(label_path)
+                image = read_image(image_path, 1, self.max_image_pixels)
+                label = read_label(label_path, self.max_image_pixels)
                 check_same_size(image_path, image, label_path, label)
                 if image.shape[:2] != self.shape[1:]:
                     raise DatasetError(

@@ -11,6 +11,11 @@ Conventions (the loaders, and through them the rest of sjunet, depend on them):
   and 0/255 labels both work;
 * a file that cannot be decoded (truncated, corrupt, not an image) is refused, never zero-filled:
   PIL's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is switched off while a file is decoded;
+* an image's dimensions are read from its header first (``PIL.Image.open`` decodes nothing) and an
+  image declaring more than ``max_pixels`` (:data:`MAX_IMAGE_PIXELS` unless the dataset sets its
+  own, :attr:`~sjunet.data.common.SJDataset.max_image_pixels`) is refused before a byte of it is
+  decoded — a 4 KB TIFF may declare 60000x60000; :func:`check_headers` compares an image's and its
+  label's header sizes before either is decoded;
 * every problem raises one :class:`~sjunet.data.errors.DatasetError` line that names the file and
   says what to do.
 """
@@ -18,8 +23,9 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -37,6 +43,9 @@ MAX_16BIT = 65535
 NEAR_ENDS_FRACTION = 0.99
 #: …where "near" means within this fraction of the range from 0 or from the full scale
 NEAR_END = 0.1
+
+#: images declaring more pixels than this are refused from their header (a dataset may set its own limit)
+MAX_IMAGE_PIXELS = 1 << 24
 
 #: what PIL raises for files it cannot decode
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
@@ -58,27 +67,68 @@ def _decoding(path: str | os.PathLike) -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
+def _header(path: str | os.PathLike, max_pixels: int) -> Image.Image:
+    """The lazily opened image of ``path`` (its header read, nothing decoded), refused when it
+    declares more than ``max_pixels`` pixels."""
+    try:
+        with _decoding(path), warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise DatasetError(f"{path}: the image declares more pixels than PIL will decode (a decompression bomb); "
+                           f"sjunet reads images of at most {max_pixels} pixels: remove or replace it") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise DatasetError(f"{path}: the image declares {h}x{w} (HxW) = {w * h} pixels, more than the {max_pixels} "
+                           "this dataset reads; nothing was decoded — remove or replace the file (or downscale it)")
+    return im
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(H, W)`` of an image from its header alone (nothing decoded; over ``max_pixels`` refused)."""
+    with _header(path, max_pixels) as im:
+        w, h = im.size
+    return h, w
+
+
+def check_headers(groups: Sequence[Sequence[str | os.PathLike]], max_pixels: int = MAX_IMAGE_PIXELS,
+                  what: str = "label") -> list[tuple[int, int]]:
+    """Each group's ``(H, W)`` from the headers (an image and its label, mask …: all of one size),
+    before anything is decoded; one :class:`DatasetError` line naming the file(s) otherwise."""
+    sizes = []
+    for group in groups:
+        first = image_size(group[0], max_pixels)
+        for other in group[1:]:
+            size = image_size(other, max_pixels)
+            if size != first:
+                raise DatasetError(f"{group[0]} is {first[0]}x{first[1]} (HxW) but its {what} {other} is "
+                                   f"{size[0]}x{size[1]}; an image and its {what} must have the same size: replace "
+                                   "the mismatched file")
+        sizes.append(first)
+    return sizes
+
+
 @contextmanager
-def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
-    """The fully decoded PIL image of ``path``, closed on exit. PIL opens files lazily, so the
-    pixels are decoded here (``load``), where a truncated or corrupt file raises
-    :class:`DatasetError` naming it, not later in ``np.asarray``."""
-    with _decoding(path):
-        im = Image.open(path)
+def open_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """The fully decoded PIL image of ``path``, closed on exit. Its header is checked first (at most
+    ``max_pixels`` pixels); PIL opens files lazily, so the pixels are decoded here (``load``), where
+    a truncated or corrupt file raises :class:`DatasetError` naming it, not later in ``np.asarray``."""
+    im = _header(path, max_pixels)
     with im:
         with _decoding(path):
             im.load()
         yield im
 
 
-def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
+def read_image(path: str | os.PathLike, channels: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read an image as ``float32`` ``[H, W, channels]`` in ``[0, 1]``, scaled by its bit depth
     (see the module docstring).
 
     ``channels=1`` converts colour images with the weighted sum :data:`GRAY_WEIGHTS` (computed in
     floating point, no rounding); ``channels=3`` replicates gray images.
     """
-    with open_image(path) as im:
+    with open_image(path, max_pixels) as im:
         arr = _unit_values(im, path, channels)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -123,12 +173,12 @@ def _unit_values(im: Image.Image, path: str | os.PathLike, channels: int) -> np.
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
+def read_label(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read a label image's stored integers unchanged: ``[H, W]`` for index/gray/palette images
     (palette images give their indices), ``[H, W, 3]`` for colour-coded RGB labels. The dtype is
     the file's (``uint8``; ``uint16`` or ``int32`` for 16/32-bit files); bilevel images give 0/255.
     Float images are refused: a label holds integers."""
-    with open_image(path) as im:
+    with open_image(path, max_pixels) as im:
         if im.mode == "F":
             raise DatasetError(
                 f"{path}: float label image; save labels as 8- or 16-bit integer images "

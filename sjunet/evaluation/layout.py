@@ -291,6 +291,17 @@ def activation_cost(net: nn.Module, in_channels: int, multiple: int, device="cpu
     return (largest[0] * steps + state[0]) / math.prod(hw)
 
 
+def call_shapes(layout: Layout, lead: tuple[int, int], protocol: Protocol) -> set[tuple[int, ...]]:
+    """The input shapes the network is called with under ``layout``: ``lead`` (batch, channels) and the
+    padded image, each tile's window, or a batch of patch windows."""
+    nd = len(layout.padded)
+    if layout.kind == "tiled":
+        return {(*lead, *(t[2 * i + 1] - t[2 * i] for i in range(nd))) for t in layout.tiles}
+    if layout.kind == "patch":
+        return {(min(protocol.batch, layout.windows) * lead[0], lead[1], protocol.patch, protocol.patch)}
+    return {(*lead, *layout.padded)}
+
+
 def tileable(net: nn.Module) -> bool:
     rule = shape_rule(net) or {}
     return not rule.get("shape")

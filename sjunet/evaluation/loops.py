@@ -20,12 +20,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sjunet.distributed import merge_meter, resolve_device, shard
-from sjunet.evaluation.layout import (Outputs, activation_cost, budget, needs_cost, plan, protocol_record, run_layout,
-                                      tileable)
+from sjunet.evaluation.layout import (Outputs, activation_cost, budget, call_shapes, needs_cost, plan, protocol_record,
+                                      run_layout, tileable)
 from sjunet.evaluation.protocol import Protocol, check_protocol, make_protocol
 from sjunet.neurons import compile_pays, is_neuron, set_compiled
 from sjunet.snn.model import size_rule
-from sjunet.snn.simulation import simulate
+from sjunet.snn.simulation import check_run, simulate
 from sjunet.tasks import Task, task_for
 
 
@@ -190,6 +190,11 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
     cost = activation_cost(snn, dataset.in_channels, multiple, device, snn=True, mode=mode,
                            chunk=chunk) if needs_cost(p) else None
     can_tile = tileable(snn)
+    if indices:  # the first image's calls: shapes and memory checked before any work (one line naming the field)
+        x = dataset[indices[0]][0]
+        lay = plan(p, x.shape[1:], multiple, cost, can_tile, budget(device))
+        for shape in call_shapes(lay, (1, int(x.shape[0])), p):
+            check_run(snn, shape, mode, chunk, device)
     if compiled == "auto":
         pixels = math.prod(dataset[indices[0]][0].shape[1:]) if indices else 0
         compiled = compile_pays(pixels * max(T) * len(indices), device)

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from sjunet.io import ANN_KIND, ArtifactError, file_fingerprint, load_checkpoint, model_fingerprint
+from sjunet.io import ANN_KIND, ArtifactError, file_fingerprint, load_checkpoint, model_fingerprint, nonfinite
+from sjunet.models.arch_kwargs import check_arch_kwargs
 from sjunet.models.external import ModelInfo, build_arch, load_weights, parse_arch_kwargs, resolve_arch
+from sjunet.models.offline import no_network
 from sjunet.models.unet import UNet, UNetConfig
 
 #: the model classes a checkpoint may name without the user confirming them with ``--arch``: exact
@@ -76,14 +78,14 @@ def _checkpoint_arch(path: Path, ckpt: dict, trust_arch: str | None) -> tuple[An
     if len(repr(kwargs)) > MAX_KWARGS_BYTES:
         raise ArtifactError(f"{path}: the checkpoint's architecture arguments are implausibly large")
     if factory in ALLOWED_ARCHITECTURES:
+        kwargs = check_arch_kwargs(factory, kwargs, str(path))  # before anything is imported
         mod_name, cls_name = ALLOWED_ARCHITECTURES[factory]
         try:
-            ctor = getattr(importlib.import_module(mod_name), cls_name)
+            with no_network(f"importing {mod_name} for {path}"):
+                ctor = getattr(importlib.import_module(mod_name), cls_name)
         except ImportError as e:
             raise ArtifactError(f"{path}: the checkpoint's architecture {factory} needs {mod_name.split('.')[0]} "
                                 f"({e}); install it (pip install -e '.[zoo]')") from None
-        if factory == "segmentation_models_pytorch:Unet":
-            kwargs = {**kwargs, "encoder_weights": None}  # weights come from the checkpoint, never a download
         return ctor, kwargs
     if trust_arch is not None and factory == trust_arch:
         return resolve_arch(trust_arch), kwargs
@@ -109,8 +111,10 @@ def _fits(path: Path, ctor: Any, kwargs: dict, sd: dict[str, torch.Tensor]) -> N
     and buffer against the tensors the file holds, before the real model is built: a record that
     declares a network larger than its tensors (depth 1000, width 60000) is refused here."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), no_network(f"building the architecture of {path}"):
             probe = ctor(**kwargs)
+    except ArtifactError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure of a constructor on a file's arguments
         raise ArtifactError(f"{path}: the checkpoint's architecture record does not build "
                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
@@ -146,6 +150,10 @@ def load_ann(path: str | os.PathLike, trust_arch: str | None = None) -> tuple[nn
         raise ArtifactError(f"{path}: the checkpoint has no valid fingerprint, so its integrity cannot be checked; "
                             "sjunet refuses it — retrain it with `sjunet train` (or use --arch/--weights)")
     sd = _state_dict_record(path, ckpt)
+    bad = nonfinite(sd)
+    if bad:
+        raise ArtifactError(f"{path}: tensor {bad!r} holds NaN or infinite values — the checkpoint is corrupt or "
+                            "came from a diverged run; retrain it (or use an earlier checkpoint)")
     if ckpt.get("arch") is not None:
         ctor, kwargs = _checkpoint_arch(path, ckpt, trust_arch)
     else:
@@ -160,8 +168,11 @@ def load_ann(path: str | os.PathLike, trust_arch: str | None = None) -> tuple[nn
         ctor, kwargs = UNet, {"config": cfg}
     _fits(path, ctor, kwargs, sd)
     try:
-        model = ctor(**kwargs)
+        with no_network(f"building the model of {path}"):
+            model = ctor(**kwargs)
         model.load_state_dict(sd)
+    except ArtifactError:
+        raise
     except Exception as e:  # noqa: BLE001 - shapes were checked; anything left is a malformed record
         raise ArtifactError(f"{path}: the checkpoint does not rebuild its model "
                             f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sjunet.io import ArtifactError, torch_load_data
+from sjunet.io import ArtifactError, nonfinite, torch_load_data
+from sjunet.models.offline import no_network
 
 
 @dataclass
@@ -73,12 +74,14 @@ def resolve_arch(spec: str):
 
 def build_arch(spec: str, kwargs: dict | None = None) -> nn.Module:
     """``build_arch("monai.networks.nets:BasicUNet", {"spatial_dims": 2, ...})``: import the module,
-    call the factory with the keyword arguments, check it returns an ``nn.Module``."""
-    factory = resolve_arch(spec)
-    try:
-        model = factory(**(kwargs or {}))
-    except TypeError as e:
-        raise ValueError(f"--arch {spec}: the factory does not take these --arch-kwargs ({e})") from None
+    call the factory with the keyword arguments (the network switched off: sjunet downloads nothing,
+    :mod:`sjunet.models.offline`), check it returns an ``nn.Module``."""
+    with no_network(f"--arch {spec}"):
+        factory = resolve_arch(spec)
+        try:
+            model = factory(**(kwargs or {}))
+        except TypeError as e:
+            raise ValueError(f"--arch {spec}: the factory does not take these --arch-kwargs ({e})") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"--arch {spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -98,6 +101,10 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a ``state_dict`` file (``weights_only=True``) into ``model``; a mismatch is one line."""
     path = Path(path)
     sd = _state_dict_of(torch_load_data(path), path)
+    bad = nonfinite(sd)
+    if bad:
+        raise ArtifactError(f"{path}: tensor {bad!r} holds NaN or infinite values — the weights are corrupt or "
+                            "came from a diverged run")
     try:
         model.load_state_dict(sd)
     except RuntimeError:

@@ -8,8 +8,13 @@ The parts, lowest first:
   :class:`SNNRecord`) and :func:`size_rule`, the one size rule of the library;
 * :mod:`.file` — the SNN file: safetensors tensors + a plain record that rebuilds the graph (no code
   runs from a file), fingerprinted;
+* :mod:`.shapes` — what the network's own shapes allow: the record's size fields and module
+  arguments bounded by the graph (checked at load);
+* :mod:`.footprint` — the shapes and the memory of one run on one input (and the memory budget),
+  known before anything is allocated;
 * :mod:`.simulation` — T-step simulation and decoding (:func:`simulate`), the flow record
-  fine-tuning uses.
+  fine-tuning uses; :func:`~.simulation.check_run` runs :mod:`.footprint` before a network from a
+  record runs.
 
 A new module type an SNN may hold (a neuron, a stage) is registered in :mod:`.record`'s vocabulary
 (neurons: :data:`sjunet.neurons.registry.NEURON_TYPES`); tests: ``tests/snn/``. Writing and reading files from a

@@ -40,12 +40,13 @@ from spikingjelly.activation_based.ann2snn.recipes.step_mode_adapters import (
 )
 from torch import fx, nn
 
-from sjunet.io import SNN_KIND, ArtifactError, jsonable, tensor_digest, write_bytes_atomic
+from sjunet.io import SNN_KIND, ArtifactError, is_safetensors, jsonable, nonfinite, tensor_digest, write_bytes_atomic
 from sjunet.layers.stages import ChannelAffine, Concat
 from sjunet.neurons import NEURON_TYPES, StaticInputSynapse, is_neuron
 from sjunet.snn.record import (BAD_ARG_NAMES, BUILD_ERRORS, IDENT, MAX_CAT_PARTS, MAX_DEPTH, MAX_NAME, MAX_NODES,
                                MAX_PARAMS, MAX_RECORD_CHARS, NODE_KEYS, NODE_OPS, SEGMENT, STAGES, SUB_RESERVED,
                                TOP_RESERVED, check_module, construct, first_line, short_repr)
+from sjunet.snn.shapes import check_record, spatial_dims
 
 FORMAT = "sjunet-snn/2"
 
@@ -158,7 +159,7 @@ def _check_path(p: Any, modules: dict) -> None:
             raise ArtifactError(f"module path {p!r} lies inside module {'.'.join(parts[:i + 1])!r}")
 
 
-def _check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
+def check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
     """Check the graph record as data: its nodes (vocabulary, references to earlier nodes only, one
     input, one output) and modules (:func:`check_module`). Returns the nodes and checked modules."""
     if not isinstance(spec, dict) or set(spec) != {"nodes", "modules"}:
@@ -173,6 +174,7 @@ def _check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
     for p, ms in mspecs.items():
         _check_path(p, mspecs)
         modules[p] = check_module(ms, f"module {p!r}")
+    nd = spatial_dims(modules)
     env: dict[str, str] = {}  # node name -> op
     called = set()
     for i, e in enumerate(nodes):
@@ -213,7 +215,7 @@ def _check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
                 _ref(a, env, what)
             called.add(target)
         elif target == "torch.cat":
-            _check_cat(args, kwargs, env, what)
+            _check_cat(args, kwargs, env, what, nd)
         elif target == "operator.add":
             if kwargs or len(args) != 2:
                 raise ArtifactError(f"{what}: operator.add takes exactly two node arguments")
@@ -228,9 +230,10 @@ def _check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
     return nodes, modules
 
 
-def _check_cat(args: list, kwargs: dict, env: dict, what: str) -> None:
+def _check_cat(args: list, kwargs: dict, env: dict, what: str, nd: int = 2) -> None:
     """``torch.cat(parts[, dim])``: parts a list (or tuple) of 1..MAX_CAT_PARTS node references,
-    dim an integer in -4..3 (the tensors are 4-D images; a converted U-Net joins along channels)."""
+    dim the channel dimension (1, or -3 for 4-D image batches, -4 for 5-D volume batches: a
+    converted U-Net joins along channels only)."""
     allowed = {"dim"} if args else {"tensors", "dim"}
     if len(args) > 2 or set(kwargs) - allowed or (len(args) == 2 and "dim" in kwargs) or not (args or "tensors" in kwargs):
         raise ArtifactError(f"{what}: torch.cat takes a list of nodes and a dim, got {len(args)} arguments and "
@@ -243,8 +246,10 @@ def _check_cat(args: list, kwargs: dict, env: dict, what: str) -> None:
     for a in parts:
         _ref(a, env, what)
     dim = args[1] if len(args) == 2 else kwargs.get("dim", 0)
-    if type(dim) is not int or not -4 <= dim < 4:
-        raise ArtifactError(f"{what}: torch.cat dim must be an integer in -4..3 (4-D images), got {short_repr(dim)}")
+    if type(dim) is not int or dim not in (1, -(nd + 1)):
+        kind = "5-D volume batches [B, C, D, H, W]" if nd == 3 else "4-D image batches [B, C, H, W]"
+        raise ArtifactError(f"{what}: torch.cat dim must be the channel dimension, 1 or {-(nd + 1)} ({kind}: a "
+                            f"converted U-Net joins along channels), got {short_repr(dim)}")
 
 
 def _meta_check(modules: dict[str, tuple[str, dict]], shapes: dict[str, tuple[int, ...]] | None) -> None:
@@ -297,7 +302,7 @@ def build_graph(spec: dict, tensors: dict[str, torch.Tensor] | None = None) -> f
     built for real (:func:`_meta_check`). Any problem raises one-line :class:`ArtifactError`.
     """
     try:
-        nodes, modules = _check_graph(spec)
+        nodes, modules = check_graph(spec)
         _meta_check(modules, None if tensors is None else {k: tuple(v.shape) for k, v in tensors.items()})
         built = {p: _built(t, args, p) for p, (t, args) in modules.items()}
         g, env = fx.Graph(), {}
@@ -420,6 +425,9 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as e:
+        if is_safetensors(path):
+            raise ArtifactError(f"{path}: not a valid SNN file — its safetensors header or data is broken "
+                                f"({first_line(e, 200)}); regenerate it with `sjunet convert`") from None
         try:  # say what it is instead, without running anything from it
             torch_load_data(path)
         except ArtifactError as inner:
@@ -442,6 +450,10 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
         if not t.dtype.is_floating_point or t.dim() > 5:  # a Conv3d's weight: 5-D
             raise ArtifactError(f"{path}: tensor {short_repr(name)} is {t.dim()}-D {t.dtype}; an SNN holds "
                                 "floating-point tensors of at most 5 dimensions")
+    bad = nonfinite(tensors)
+    if bad:
+        raise ArtifactError(f"{path}: tensor {short_repr(bad)} holds NaN or infinite values — the file is corrupt or "
+                            "came from a diverged run; regenerate it with `sjunet convert` (or `sjunet finetune`)")
     try:
         digest = _hash(tensors, record)
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
@@ -450,6 +462,7 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
         raise ArtifactError(f"{path}: integrity check failed — its tensors or record changed after it was written "
                             "(content hash mismatch); regenerate it with `sjunet convert`")
     try:
+        check_record(record, *check_graph(record["graph"]))
         return rebuild(record["graph"], tensors), record
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {first_line(e, 700)}") from None

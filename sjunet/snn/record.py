@@ -42,6 +42,8 @@ MAX_PAD = 4096  #: each amount of a Pad stage (negative: cropping)
 MAX_SCALE = 64.0  #: a Resample's scale factor
 MAX_SIZE = 16_384  #: a Resample's output size, per side
 MAX_THRESHOLDS = 32  #: entries of a neuron's list argument (threshold ladder, v_init per level)
+#: magnitude of a neuron's number (a threshold, v_init, a decay, a slope: normalised units, about 1)
+MAX_NEURON_VALUE = 1e6
 MAX_CAT_PARTS = 1024
 MAX_PARAMS = 2**28  #: parameter elements of a graph built without the file's tensors to compare with
 
@@ -237,10 +239,20 @@ def _neuron_value(v: Any, default: Any, what: str) -> Any:
     if isinstance(v, list) and not isinstance(default, str):
         if not 1 <= len(v) <= MAX_THRESHOLDS:
             raise ArtifactError(f"{what} must be a list of 1..{MAX_THRESHOLDS} numbers, got {short_repr(v)}")
-        return [_number(u, what) for u in v]
+        return [_neuron_number(u, what) for u in v]
     if type(v) is int:
         return _int(v, -(2**20), 2**20, what)
-    return _number(v, what)
+    return _neuron_number(v, what)
+
+
+def _neuron_number(v: Any, what: str) -> float | int:
+    """A neuron's number: finite and within ±:data:`MAX_NEURON_VALUE` (normalised units: a threshold
+    is about 1; a larger value overflows float32 membranes or never lets a neuron fire)."""
+    v = _number(v, what)
+    if abs(v) > MAX_NEURON_VALUE:
+        raise ArtifactError(f"{what} must be within ±{MAX_NEURON_VALUE:g} (normalised units: a threshold is about 1), "
+                            f"got {short_repr(v)}")
+    return v
 
 
 def _neuron_args(cls: type, args: Any, what: str) -> dict:

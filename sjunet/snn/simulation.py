@@ -24,6 +24,7 @@ cannot leak or silently re-initialise state.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,7 +35,10 @@ from torch import nn
 from sjunet.graph import apply_post
 from sjunet.layers.buffers import cache_bytes, streaming
 from sjunet.neurons import is_neuron, set_recording
+from sjunet.snn.file import check_graph
 from sjunet.snn.model import record_of, shape_rule
+from sjunet.snn.footprint import BudgetError, Plan, check_budget, plan
+from sjunet.snn.shapes import RecordError
 
 MODES = ("multi", "step")
 
@@ -164,7 +168,7 @@ def simulate(
     if x.dim() not in (4, 5):
         raise ValueError(f"expected an image batch [B, C, H, W] or a volume batch [B, C, D, H, W], got shape "
                          f"{tuple(x.shape)}")
-    check_input(snn, x)
+    check_input(snn, x, mode, chunk)
     steps = _as_steps(T)
     functional.reset_net(snn)
     out: dict[int, torch.Tensor] = {}
@@ -185,12 +189,46 @@ def simulate(
     return {t: apply_post(ops, y) for t, y in out.items()} if ops else out
 
 
-def check_input(snn: nn.Module, x: torch.Tensor) -> None:
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def check_run(net: nn.Module, x_shape: Sequence[int], mode: str = "step", chunk: int = 1, device="cpu") -> Plan | None:
+    """Before ``net`` runs on a batch of shape ``x_shape`` ([B, C, *spatial]): the shapes of a network
+    rebuilt from a record (a :class:`~sjunet.snn.model.SpikingUNet` with a graph record; None for any
+    other module) and the memory of the run against the budget (:mod:`sjunet.snn.footprint`), in one
+    line naming the file, the node and the field. Cached per network and input shape."""
+    rec = record_of(net)
+    graph = rec.graph if rec is not None else None
+    if not isinstance(graph, dict):
+        return None
+    source = (getattr(net, "source", None) or {}).get("path")
+    prefix = f"{source}: " if source else ""
+    cache = _PLANS.setdefault(net, {})
+    key = (id(graph), tuple(int(v) for v in x_shape[1:]))
+    try:
+        if key not in cache:
+            if ("graph", id(graph)) not in cache:
+                cache[("graph", id(graph))] = check_graph(graph)
+            nodes, modules = cache[("graph", id(graph))]
+            cache[key] = plan(nodes, modules, key[1])
+        p = cache[key]
+        check_budget(p, int(x_shape[0]), mode, chunk, device)
+    except RecordError as e:
+        raise RecordError(f"{prefix}{e}") from None
+    except BudgetError as e:
+        raise BudgetError(f"{prefix}{e}") from None
+    return p
+
+
+def check_input(snn: nn.Module, x: torch.Tensor, mode: str = "step", chunk: int = 1) -> None:
     """Refuse an input size the conversion's shape-specialised constants (padding, interpolation
-    and pooling sizes computed from shapes) do not hold for (its ``size_rule``)."""
+    and pooling sizes computed from shapes) do not hold for (its ``size_rule``); for a network
+    rebuilt from a record, refuse one whose shapes a field makes impossible or whose run would
+    exceed the memory budget (:func:`check_run`), before anything runs."""
     from sjunet.graph import check_input_size
 
     check_input_size(shape_rule(snn), x.shape[2:])
+    check_run(snn, tuple(x.shape), mode, chunk, x.device)
 
 
 def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int | str = 1) -> None:
@@ -198,6 +236,7 @@ def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int | str = 1) -> 
     single-step mode when ``chunk`` is 1, else multi-step chunks of ``chunk`` steps (``"auto"``:
     by memory, :func:`memory_chunk`). The network streams (:func:`sjunet.layers.buffers.streaming`)."""
     check_chunk(chunk)
+    check_input(snn, x, "step" if chunk == 1 else "multi", chunk)
     with streaming(snn):
         for _ in _Stepper(snn, x, "multi", chunk, T).run(T):
             pass
@@ -227,7 +266,7 @@ def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_in
     into a boolean gate as soon as the simulation ends and then dropped, unless ``keep_inputs``.
     Spikes are counted only with ``count_spikes`` (spike-budget fine-tuning).
     """
-    check_input(snn, x)
+    check_input(snn, x, "step" if chunk <= 1 else "multi", chunk)
     functional.reset_net(snn)
     neurons = {n: m for n, m in snn.named_modules() if is_neuron(m)}
     set_recording(snn, True, spikes=count_spikes)

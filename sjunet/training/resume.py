@@ -334,6 +334,8 @@ def load_resume_state(last: str | Path, kind: str, *, model: nn.Module, optimize
             raise _Corrupt("state_dict does not have this model's tensors")
         for k, t in mine.items():
             _check_tensor(sd[k], f"state_dict[{k!r}]", t.dtype, tuple(t.shape))
+            if (t.is_floating_point() and sd[k].numel()) and not bool(torch.isfinite(sd[k]).all()):
+                raise _Corrupt(f"state_dict[{k!r}] holds NaN or infinite values")
         _check_optimizer(saved["optimizer"], optimizer)
         if scheduler is None:
             if saved["scheduler"] is not None:

@@ -543,7 +543,8 @@ def test_regression_huge_string_attribute(base):
     with variant(base) as path:
         set_attr(path, "/", "data", json.dumps({"note": "x" * (17 << 20)}))
         assert rehash(path)
-        assert "characters long" in str(refused(path))
+        err = str(refused(path))  # now from the raw file, before h5py allocates it
+        assert "'data'" in err and "byte string" in err
 
 
 @pytest.mark.parametrize("lam", [1e-30, 1e30])
@@ -614,3 +615,36 @@ def test_write_stats_on_full_disk(base, full_disk):
     assert target.read_bytes() == before
     assert not [p.name for p in full_disk.iterdir() if p.name.endswith(".tmp")]
     read_stats(target)
+
+
+# ------------------------------------------------------------------ stored string lengths (issue 27)
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_string_lengths(base, data):
+    """The stored length of a variable-length string attribute (4 bytes beside its heap address)
+    edited — huge, just over the file, or with the address pointing elsewhere: libhdf5 allocates
+    the length before it reads the string, so the reader must refuse it from the raw file first."""
+    from hostile import set_string_length, string_descriptors
+
+    n = len(string_descriptors(base.read_bytes()))
+    which = data.draw(st.integers(0, n - 1), label="string")
+    size = base.stat().st_size
+    length = data.draw(st.one_of(st.integers(size + 1, 2**32 - 1), st.sampled_from([2**32 - 1, 2**31, 17 << 20])),
+                       label="length")
+    address = data.draw(st.one_of(st.none(), st.integers(0, 2**64 - 1), st.integers(0, size)), label="address")
+    with variant(base) as path:
+        set_string_length(path, which, length, address)
+        t0 = time.monotonic()
+        refused(path)
+        assert time.monotonic() - t0 < 5.0
+
+
+def test_regression_string_length_0xffffffff_refused_in_bounded_memory(base):
+    """Reported: a 4-byte edit (one string's stored length set to 0xffffffff) took 4.7 GB and 33 s."""
+    from hostile import set_string_length
+
+    for address in (None, 0):
+        with variant(base) as path:
+            set_string_length(path, 0, 0xFFFFFFFF, address)
+            assert "string" in str(refused(path))

@@ -170,7 +170,7 @@ def test_bad_evaluation_options(pipeline, extra, needle):
           else ["evaluate", "--snn", snn, *DATA, *extra], needle)
 
 
-@pytest.mark.parametrize("v_init", ["nan", "inf", "abc"])
+@pytest.mark.parametrize("v_init", ["nan", "inf", "abc", "1e308"])
 def test_bad_v_init(pipeline, tmp_path, v_init):
     _, ann, stats, _ = pipeline
     fails(["convert", "-m", ann, "--stats", stats, "--v-init", v_init, "-o", tmp_path / "x.safetensors"], "--v-init")

@@ -309,7 +309,7 @@ def test_truncated_file_is_refused(which: str, load_truncated: bool, tmp_path: P
     rng = np.random.default_rng(5)
     write_em(tmp_path, image=rng.integers(0, 256, (H, W), dtype=np.uint8))
     path = tmp_path / which / "2.png"
-    big = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    big = rng.integers(0, 256, (H, W), dtype=np.uint8)  # the header's size fits its partner: the data is cut
     Image.fromarray(big if which == "images" else (big > 127).astype(np.uint8) * 255).save(path)
     truncate(path)
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", load_truncated)

@@ -1,5 +1,6 @@
 """An ANN checkpoint is data: it never chooses code to run, its fingerprint is mandatory, and what it
 declares is checked against the tensors it holds before anything is allocated (issue 18)."""
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ from sjunet.models.checkpoint import ALLOWED_ARCHITECTURES, load_ann
 for _lib in ("monai.networks.nets", "segmentation_models_pytorch"):
     pytest.importorskip(_lib)
 
-FUZZ = settings(max_examples=40, deadline=None,
+#: examples per fuzz test (SJUNET_FUZZ_EXAMPLES=500 for a longer hunt)
+EXAMPLES = int(os.environ.get("SJUNET_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -147,9 +150,11 @@ def test_a_crafted_arch_declaring_a_huge_network_allocates_nothing(tmp_path):
     m = SpikingFCNNet(in_channels=1, out_channels=2, width=2).eval()
     ck = {"kind": ANN_KIND, "state_dict": m.state_dict(), "fingerprint": model_fingerprint(m),
           "arch": {"factory": "sjunet.models.fcn:SpikingFCNNet",
-                   "kwargs": {"in_channels": 1, "out_channels": 2, "width": 200000}}}
+                   "kwargs": {"in_channels": 1, "out_channels": 2, "width": 60000}}}
     err = refused_cleanly(load_ann, _write(ck, tmp_path), "checkpoint")
     assert "do not fit" in str(err) or "does not build" in str(err)
+    ck["arch"]["kwargs"]["width"] = 200000  # beyond what a file may give: refused before anything is built
+    assert "'width'" in str(refused_cleanly(load_ann, _write(ck, tmp_path), "checkpoint"))
 
 
 # ------------------------------------------------------------------ the fuzz layer
@@ -223,3 +228,51 @@ def test_fuzz_bytes_of_a_valid_checkpoint(tiny, data):
     p.write_bytes(bytes(raw))
     refused_cleanly(load_ann, p, "checkpoint", allow_success=True)  # a flip may hit unused bytes
 
+
+
+# ------------------------------------------------------------------ no network from a file (issue 27)
+
+HUB_PREFIXES = ["hf-hub:", "hf_hub:", "tu-hf-hub:", "tu-hf_hub:", "HF-HUB:", "tu-HF_HUB:", "http://", "https://",
+                "file://", "/", "./", "../", "~/", "local-dir:", "timm/", "tu-timm/", "s3://", "tu-../", "ftp:"]
+hub_names = st.builds(lambda p, s: p + s, st.sampled_from(HUB_PREFIXES),
+                      st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-./:", max_size=30))
+#: per allowed factory, its arguments whose strings a library looks up (names, encoders, layers)
+STRING_KWARGS = {
+    "segmentation_models_pytorch:Unet": ["encoder_name", "encoder_weights", "decoder_attention_type", "activation",
+                                         "decoder_interpolation", "decoder_use_norm"],
+    "monai.networks.nets:BasicUNet": ["act", "norm", "upsample", "dropout"],
+    "monai.networks.nets:UNet": ["act", "norm", "adn_ordering"],
+    "sjunet.models.nnunet:plain_conv_unet": ["norm", "nonlin"],
+    "sjunet.models.unet:UNet": ["pool"],
+}
+
+
+@FUZZ
+@given(factory=st.sampled_from(sorted(STRING_KWARGS)), data=st.data(),
+       value=st.one_of(hub_names, st.text(max_size=40), st.lists(hub_names, min_size=1, max_size=2),
+                       st.tuples(hub_names, st.dictionaries(st.text(max_size=8), hub_names, max_size=2))))
+def test_fuzz_hub_names_in_factory_kwargs(tiny, factory, data, value):
+    """A name a library would look up — an encoder on a model hub, a URL, a path, a layer name — in
+    an allowed factory's arguments: refused before any import, or built locally; never a socket."""
+    from hostile import no_sockets
+
+    key = data.draw(st.sampled_from(STRING_KWARGS[factory]), label="argument")
+    ck = _ckpt(tiny, arch={"factory": factory, "kwargs": {key: list(value) if isinstance(value, tuple) else value}})
+    with no_sockets() as attempts:
+        err = refused_cleanly(load_ann, _write(ck), "checkpoint")
+    assert not attempts, f"{factory} {key}={value!r} reached the network: {attempts}"
+    assert isinstance(err, ArtifactError)
+
+
+@pytest.mark.parametrize("name", ["tu-hf-hub:evil/model", "hf-hub:evil/model", "tu-hf_hub:evil/model",
+                                  "https://evil.example/model", "/etc/passwd", "tu-../../x"])
+def test_a_hub_encoder_is_refused_before_importing_the_library(tiny, name):
+    """Reported: encoder_name "tu-hf-hub:evil/model" made timm fetch a config from a model hub."""
+    from hostile import no_sockets
+
+    ck = _ckpt(tiny, arch={"factory": "segmentation_models_pytorch:Unet",
+                           "kwargs": {"encoder_name": name, "encoder_weights": None, "in_channels": 1, "classes": 2}})
+    t0 = time.monotonic()
+    with no_sockets() as attempts:
+        err = refused_cleanly(load_ann, _write(ck), "checkpoint")
+    assert "encoder_name" in str(err) and not attempts and time.monotonic() - t0 < 5

@@ -355,8 +355,8 @@ def test_fuzz_cat_dim(valid, dim, which):
     rec = valid.rec()
     node(rec, which)["kwargs"]["dict"]["dim"] = dim
     path = write(valid, rec)
-    if type(dim) is int and -4 <= dim < 4:
-        snnfile.load(path)  # a 4-D dimension: loads (running it is another matter)
+    if type(dim) is int and dim in (1, -3):
+        snnfile.load(path)  # the channel dimension of a 4-D batch: loads
         done(path)
     else:
         refused(path)
@@ -482,3 +482,98 @@ def test_not_a_safetensors_file_is_refused(valid):
     refused(write(valid, raw=(2**62).to_bytes(8, "little") + b"{}"))
     with pytest.raises(ArtifactError, match="no such file"):
         snnfile.load(valid.scratch / "missing.safetensors")
+
+
+# ------------------------------------------------------------- 4. amplifying fields (issue 27)
+
+@pytest.fixture(scope="module")
+def valid3(tmp_path_factory) -> Valid:
+    """A 3-D SNN (a depth-2 U-Net of volumes: a 4-fold reduction per axis)."""
+    torch.manual_seed(0)
+    net = UNet(in_channels=1, out_channels=2, base_width=4, depth=2, spatial_dims=3).eval()
+    stats = sjunet.calibrate(net, [torch.rand(2, 1, 8, 16, 16)], progress=False)
+    d = tmp_path_factory.mktemp("snn3")
+    path = sjunet.save_snn(sjunet.convert(net, stats), d / "snn.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        record = json.loads(f.metadata()["sjunet"])
+    return Valid(path, load_file(str(path)), record, tmp_path_factory.mktemp("cases3"))
+
+
+def load_and_run(path: Path) -> None:
+    """What every verb does with an SNN file: load it, then simulate a step on a small input of its
+    calibration size (the shape and memory checks run before anything is allocated)."""
+    from sjunet.conversion.recipe import load_snn
+    from sjunet.snn import simulate
+
+    net, rec = load_snn(path)
+    shape = rec["conversion"]["example_shape"]
+    simulate(net, torch.zeros(1, *shape[1:]), 1)
+
+
+BIG = st.one_of(st.integers(2, 64), st.integers(65, 1 << 20), st.sampled_from([128, 256, 512, 4096, 16384]))
+AMPLIFYING = ["size_multiples", "size_multiple", "size_rule", "resample-scale", "resample-size", "pad", "adaptive",
+              "conv-padding", "conv-dilation", "conv-stride", "transpose-stride", "pool", "v_init", "cat-dim"]
+
+
+@FUZZ
+@given(data=st.data(), family=st.sampled_from(AMPLIFYING), volume=st.booleans())
+def test_fuzz_amplifying_record_fields(valid, valid3, data, family, volume):
+    """A record field that asks for more than the network's own shapes allow — a size rule larger
+    than its reduction, a resample, a pad, an adaptive pool that grows a tensor past the input, a
+    convolution padding beyond its kernel, a neuron number that overflows, a join along another
+    dimension — with the hash recomputed: refused in one line naming the file, at load or before the
+    run, within bounded memory and time; or harmless (then it runs, bounded all the same)."""
+    from sjunet.snn.footprint import BudgetError
+
+    v = valid3 if volume else valid
+    nd = 3 if volume else 2
+    rec = v.rec()
+    conv = rec["conversion"]
+    big = data.draw(BIG, label="size")
+    at = data.draw(st.sampled_from([n["name"] for n in rec["graph"]["nodes"][1:-1]]), label="after")
+    if family == "size_multiples":
+        conv["size_multiples"] = data.draw(st.one_of(st.just([big] * nd), st.lists(BIG, min_size=1, max_size=4),
+                                                     st.just(big), st.just(str(big))), label="value")
+    elif family == "size_multiple":
+        conv["size_multiple"] = data.draw(st.one_of(st.just(big), st.just(str(big)), st.just([big])), label="value")
+    elif family == "size_rule":
+        conv["size_rule"] = {"shape": None, "multiple": big, "multiples": [big] * nd, "nodes": [],
+                             "example_shape": conv["example_shape"]}
+    elif family == "resample-scale":
+        insert_module(rec, "rs", {"type": "Resample", "args": {"mode": "nearest", "scale_factor": float(
+            data.draw(st.floats(1.01, 64.0), label="scale")), "size": None, "align_corners": None}}, after=at)
+    elif family == "resample-size":
+        insert_module(rec, "rs", {"type": "Resample", "args": {"mode": "nearest", "scale_factor": None,
+                                                               "size": [min(big, 16384)] * nd, "align_corners": None}},
+                      after=at)
+    elif family == "pad":
+        amount = data.draw(st.integers(-4096, 4096), label="amount")
+        mode = data.draw(st.sampled_from(["constant", "reflect", "replicate", "circular"]), label="mode")
+        insert_module(rec, "pd", {"type": "Pad", "args": {"pad": [amount] * (2 * nd), "mode": mode}}, after=at)
+    elif family == "adaptive":
+        insert_module(rec, "ap", {"type": "AdaptiveAvgPool", "args": {"output_size": [min(big, 16384)] * nd}}, after=at)
+    elif family in ("conv-padding", "conv-dilation", "conv-stride", "transpose-stride", "pool"):
+        kind = {"transpose-stride": "ConvTranspose", "pool": "AvgPool"}.get(family, "Conv")
+        paths = [p for p, s in rec["graph"]["modules"].items()
+                 if (s["args"]["layer"]["type"] if s["type"] == "StaticInputSynapse" else s["type"]).startswith(kind)]
+        args = module_args(rec["graph"], data.draw(st.sampled_from(paths), label="module"))
+        key = {"conv-padding": "padding", "conv-dilation": "dilation", "conv-stride": "stride",
+               "transpose-stride": "stride", "pool": data.draw(st.sampled_from(["kernel_size", "stride", "padding"]))
+               }[family]
+        args[key] = [min(big, 64 if key != "padding" else 1024)] * nd
+    elif family == "v_init":
+        neuron = next(p for p, s in rec["graph"]["modules"].items() if s["type"] == "MultiThresholdNode")
+        rec["graph"]["modules"][neuron]["args"]["v_init"] = data.draw(
+            st.sampled_from([1e308, -1e308, 1e38, 3.4e38, 1e7, 1e6 + 1]), label="v_init")
+    else:
+        node(rec, "cat")["kwargs"]["dict"]["dim"] = data.draw(st.integers(-8, 8), label="dim")
+    path = write(v, rec)
+    err = refused_cleanly(load_and_run, path, "snn", exc=(ArtifactError, BudgetError), allow_success=True)
+    assert err is None or str(path) in str(err), f"the refusal does not name the file: {err}"
+    done(path)
+
+
+@pytest.mark.parametrize("volume", [False, True])
+def test_a_converted_network_passes_its_own_shape_checks(valid, valid3, volume):
+    """The bounds never refuse what conversion writes: the record's own fields and shapes pass."""
+    load_and_run((valid3 if volume else valid).path)

@@ -112,6 +112,9 @@ class LoopOptions:
     #: iterations / minutes of the budgets already spent on the run's behalf before the loop (lr trials)
     reserved_iters: int = 0
     reserved_minutes: float = 0.0
+    #: what one validation takes (minutes), when the caller measured it before the loop (fine-tuning's
+    #: input, validated before the lr trials): the budget clock keeps room for the final validation
+    validation_minutes: float = 0.0
     #: the relative margin a validation must beat the baseline (the input) by to replace it (0: any gain)
     min_gain: float = 0.0
     #: the name of the selection metric, for messages ("f1_vessel"; :attr:`sjunet.tasks.SegmentationTask.metric`)
@@ -238,7 +241,7 @@ def fit(
     st: dict[str, Any] = {"epoch": 0, "iteration": 0, "step": 0, "order": None, "history": [], "best": None,
                           "baseline": None, "loss_sum": 0.0, "loss_count": 0, "minutes_before": 0.0}
     what_out = str(output) if output is not None else "the output"
-    clock = {"validation": 0.0, "iteration": 0.0}  # minutes of the last validation and the last iteration
+    clock = {"validation": options.validation_minutes, "iteration": 0.0}  # minutes of the last ones
 
     def written() -> str:
         b = st["best"]
@@ -250,7 +253,8 @@ def fit(
         t_val = time.monotonic()
         with rng_preserved():
             score, val = validate()
-        clock["validation"] = (time.monotonic() - t_val) / 60  # what the final validation will take
+        measured = (time.monotonic() - t_val) / 60  # what the final validation will take
+        clock["validation"] = max(measured, options.validation_minutes) if at else measured
         score = float(score)
         where = at or _label(epoch, iteration, per_epoch)
         if not math.isfinite(score):

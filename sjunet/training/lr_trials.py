@@ -136,7 +136,8 @@ def lr_range_test(snn: nn.Module, step, train_ds, validate: Callable, optimizer:
     when no trial beats the input, ``fallback`` is returned as the rate."""
     from torch.utils.data import DataLoader
 
-    from sjunet.training.loop import make_optimizer, rng_preserved
+    from sjunet.rng import rng_preserved
+    from sjunet.training.run import make_optimizer
 
     t_start = clock()
     start = {k: v.detach().clone() for k, v in snn.state_dict().items()}

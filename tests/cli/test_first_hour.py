@@ -246,7 +246,7 @@ def test_a_degenerate_model_is_named_and_recorded(tmp_path, monkeypatch):
     """One class everywhere (or a constant image) is detected on the validation data; ``train``
     records the reason in its checkpoint, so every later command can repeat it."""
     from sjunet.data import get_dataset
-    from sjunet.degenerate import KEY, check_model, recorded, warning_line
+    from sjunet.evaluation.degenerate import KEY, check_model, recorded, warning_line
 
     val = get_dataset("demo-seg", None, "val", size=32, num_items=4)
 
@@ -268,7 +268,7 @@ def test_a_degenerate_model_is_named_and_recorded(tmp_path, monkeypatch):
     assert "same constant" in check_model(Const(torch.zeros(1, 1, 1, 1)), den, multiple=1)
     assert check_model(nn.Conv2d(1, 1, 3, padding=1), den, multiple=1) is None
 
-    import sjunet.training as training
+    import sjunet.training.ann as training
 
     monkeypatch.setattr(training, "check_model", lambda *a, **k: "it predicts one class ('background')")
     out = tmp_path / "ann.pt"

@@ -11,9 +11,9 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
                                 parse_steps)
 
 
-@click.command()
+@click.command(short_help="Metrics of an ANN and/or SNN at every T.")
 @model_options
-@click.option("--snn", type=click.Path(), default=None, help="converted SNN")
+@click.option("--snn", type=click.Path(), default=None, help="converted SNN (default: none, the ANN only)")
 @dataset_opt
 @data_opt
 @click.option("--split", default="test", show_default=True)
@@ -24,7 +24,7 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
               help="step-by-step (memory independent of T; the faster one on CPU) or multi-step (layer by layer, "
                    "chunks of --chunk steps; try it on a GPU)")
 @click.option("--chunk", default=4, show_default=True)
-@click.option("--limit", type=int, default=None, help="evaluate only the first N images")
+@click.option("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
 @click.option("--protocol", type=click.Choice(["whole", "tiled", "patch"]), default="whole", show_default=True,
               help="whole: each image padded to the size rule and run once (tiled only when over the memory budget); "
                    "tiled: always in tiles; patch: the paper's overlapping windows, averaged (--patch, --stride)")
@@ -40,7 +40,8 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
                    "per pixel)")
 @click.option("--pad", type=click.Choice(["reflect", "zero"]), default=None,
               help="padding up to the size rule (default: reflect; zero for --protocol patch)")
-@click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="write metrics JSON here (default: print them only)")
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @force_option
 @opt_opt

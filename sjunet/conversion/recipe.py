@@ -41,7 +41,7 @@ from sjunet.calibration.store import CalibrationStats
 from sjunet.conversion.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
 from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
                           relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
-from sjunet.io import ArtifactError, file_fingerprint, model_fingerprint, provenance
+from sjunet.io import DEGENERATE_KEY, ArtifactError, file_fingerprint, model_fingerprint, provenance
 from sjunet.conversion.ladders import TOLERANCE as LADDER_TOLERANCE
 from sjunet.conversion.ladders import LadderChoice, layer_ladders
 from sjunet.layers.dims import set_spatial_dims
@@ -260,6 +260,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             "size_multiple": size_multiple(self.shapes, tuple(shape[2:])),
             "approximations": self.approximations,
             "approximation_gap": _gap_record(self.stats.approximation, self.accept_gap) if self.approximations else None,
+            # a broken ANN (one class everywhere, a constant image), as calibration recorded it: repeated downstream
+            **({DEGENERATE_KEY: self.stats.data[DEGENERATE_KEY]} if self.stats.data.get(DEGENERATE_KEY) else {}),
         }
 
 

@@ -25,12 +25,14 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from sjunet.io import DEGENERATE_KEY
+
 #: a denoising output whose max − min is below this fraction of the inputs' max − min is constant
 CONSTANT_RANGE = 1e-4
 #: items :func:`check_model` runs
 CHECK_ITEMS = 4
 #: the record key the reason is stored under (checkpoint, statistics data description, SNN conversion record)
-KEY = "model_degenerate"
+KEY = DEGENERATE_KEY
 
 
 class OutputCheck:

@@ -27,7 +27,7 @@ def test_every_default_is_shown():
             if not shown and "default" not in (p.help or "").lower():
                 missing.append(f"{' '.join(path)} {p.opts[-1]}")
     assert missing == []
-    out = " ".join(CliRunner().invoke(main, ["finetune", "--help"], terminal_width=100).output.split())
+    out = " ".join(CliRunner().invoke(main, ["finetune", "--help"], terminal_width=100).output.split()).lower()
     assert "[default: auto]" in out and "[default: label]" in out and "default: none, no time limit" in out
 
 

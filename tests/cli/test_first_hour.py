@@ -277,3 +277,27 @@ def test_a_degenerate_model_is_named_and_recorded(tmp_path, monkeypatch):
                                 progress=False)
     ckpt = torch.load(out, weights_only=True)
     assert summary["degenerate"] == ckpt[KEY] == recorded(ckpt) == "it predicts one class ('background')"
+
+
+def test_every_command_repeats_a_broken_model_warning(snn_file, tmp_path):
+    """A checkpoint that ``train`` found broken: ``calibrate``, ``convert``, ``finetune`` and ``energy``
+    each say so in one line, and carry the note into what they write."""
+    from sjunet.conversion.recipe import load_snn
+    from sjunet.calibration.reader import read_stats
+    from sjunet.evaluation.degenerate import KEY
+
+    ckpt = torch.load(snn_file.parent / "ann.pt", weights_only=True)
+    ckpt[KEY] = "it predicts one class ('background') on every pixel of 8 images"
+    ann = tmp_path / "ann.pt"
+    torch.save(ckpt, ann)
+    stats, snn = tmp_path / "stats.h5", tmp_path / "snn.safetensors"
+    outs = [_ok(["calibrate", "-m", str(ann), *DATA, "-o", str(stats)]),
+            _ok(["convert", "-m", str(ann), "--stats", str(stats), "-o", str(snn)]),
+            _ok(["finetune", "--snn", str(snn), *DATA, "--T", "1", "--lr", "1e-4", "--max-iters", "1",
+                 "-o", str(tmp_path / "ft.safetensors")]),
+            _ok(["energy", "--snn", str(snn), "-m", str(ann), *DATA, "--T", "1", "--limit", "1"])]
+    for out in outs:
+        lines = [line for line in out.splitlines() if "looks broken" in line]
+        assert len(lines) == 1 and "one class ('background')" in lines[0], out
+    assert read_stats(stats).data[KEY] == ckpt[KEY]
+    assert load_snn(snn)[1]["conversion"][KEY] == ckpt[KEY]

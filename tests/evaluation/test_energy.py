@@ -398,3 +398,8 @@ def test_frontier_metrics_and_energy_match_their_separate_runs():
         assert f["T"][str(t)]["energy"]["ratios"]["sop"] == pytest.approx(sep[t].ratios["sop"])
     assert f["ann"] == ev["ann"]
     assert "NeuroBench" in frontier_table(f) and "| ANN |" in frontier_table(f)
+    assert "Columns:" in frontier_table(f) and "Columns:" not in frontier_table(f, legend=False)
+    key = f["metric"]
+    zero = {**f, "ann": {**f["ann"], key: 0.0}}  # a broken ANN scores 0: its ratios are "—", never nan
+    rows = [line for line in frontier_table(zero).splitlines() if line.startswith("| SNN |")]
+    assert rows and all(line.split("|")[4].strip() == "—" for line in rows) and "nan" not in frontier_table(zero)

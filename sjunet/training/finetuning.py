@@ -230,7 +230,9 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
                     + (f" (it beat the input: training continues from its weights)" if result.kept is not None
                        else " (no trial beat the input: the recipe's rate, from the input)")
                     + f"  ({trial_minutes:.2f} min)")
-        if auto_lr and (not resume or opts.max_iters is not None):  # the same plan on --resume: one budget
+        if result is not None:  # the iterations the trials ran (a clock may have cut them short)
+            loop_opts.reserved_iters = sum(result.iters.values())
+        elif auto_lr and resume and opts.max_iters is not None:  # the same plan on --resume: one budget
             loop_opts.reserved_iters = per_rate * len(LR_CANDIDATES)
         loop_opts.reserved_minutes = trial_minutes
         loop_opts.validation_minutes = input_minutes  # what the run's final validation will take

@@ -376,8 +376,13 @@ def convert(
 
     ``stats`` is a :class:`CalibrationStats` (``sjunet.calibrate(model, batches)``) or the path of
     an HDF5 file from ``sjunet calibrate``; statistics of another model are refused.
-    ``thresholds``: the ladder, largest first, or a name of :data:`sjunet.neurons.base.LADDERS`
-    (``"theorem"``: Theorem 3.1's (0.5, 0.25, 0.125, 0.0625), for T = 1–4). ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.base.SpikingNeuron`;
+    ``thresholds``: ``None`` — the neuron's default: for MT ``"auto"``, one ladder per layer chosen from
+    its calibration histogram (:mod:`sjunet.conversion.ladders`: halving powers of two whose top covers
+    the layer's maximum, the fewest levels whose expected one-step error is within
+    ``ladder_tolerance`` of the layer's RMS value; recorded in ``conversion.ladders``) — or a name of
+    :data:`sjunet.neurons.base.LADDERS` (``"paper"``: (2, 1, 0.5, 0.25), the paper tables';
+    ``"theorem"``: Theorem 3.1's (0.5, 0.25, 0.125, 0.0625); ``"uncapped"``), or the ladder itself,
+    largest first. ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.base.SpikingNeuron`;
     for leaky ReLU / PReLU nodes ``factory(relu_name, negative_slope=α)``) replaces the ``neuron``
     name's factory. Instance / group / layer norms are converted with the fixed deviations σ̂ of
     the statistics (:mod:`sjunet.calibration.approximation`); when the gap that costs the ANN

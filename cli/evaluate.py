@@ -113,10 +113,13 @@ def format_result(r: dict) -> str:
         rows.append((f"SNN T={t}", m))
     if not rows:
         return json.dumps(r, indent=2)
+    from sjunet.metrics import metric_label
+
     keys = [k for k in rows[-1][1] if isinstance(rows[-1][1][k], float) and k != "num_images" and not k.startswith("iou_")]
-    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines = ["| model | " + " | ".join(metric_label(k) for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for name, m in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(("—" if m[k] != m[k] else f"{m[k]:.4f}") if k in m else ""
+                                                 for k in keys) + " |")
     if "timing" in r:
         lines.append("timing: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["timing"].items()}))
     return "\n".join(lines)

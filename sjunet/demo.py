@@ -21,7 +21,7 @@ from sjunet.calibration import calibrate
 from sjunet.conversion.recipe import convert, save_snn
 from sjunet.data import get_dataset
 from sjunet.evaluation import evaluate
-from sjunet.io import provenance, write_json
+from sjunet.io import DEGENERATE_KEY, provenance, write_json
 from sjunet.training import TrainOptions, train
 
 DEMOS = {
@@ -99,7 +99,8 @@ def run_demo(task: str = "seg", out: str | Path = "runs/demo", epochs: int | Non
                         "demo's; the SNNs' agreement with it still shows what the conversion keeps")
     ds = get_dataset(cfg["dataset"], None, "train", seed=0, **opts)
     stats = calibrate(ann, DataLoader(ds, batch_size=16), output=stats_path, progress=progress,
-                      data_description={"dataset": cfg["dataset"], "split": "train", **ds.describe()})
+                      data_description={"dataset": cfg["dataset"], "split": "train", **ds.describe(),
+                                        **({DEGENERATE_KEY: broken} if broken else {})})
     test = get_dataset(cfg["dataset"], None, "test", seed=0, **opts)
     results: dict = {}
     lines = [f"demo {task}: {cfg['dataset']}, U-Net width {cfg['width']} depth {cfg['depth']}, {cfg['epochs']} epochs"

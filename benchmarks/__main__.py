@@ -14,6 +14,8 @@ BENCHMARKS = {
     "step_cost": ".step_cost",
     "tables12": (".paper_tables", "tables12"),
     "ladders": (".paper_tables", "ladders"),
+    "ladderstudy": ".ladder_study",
+    "demos": ".demos",
     "energy": ".energy_frontier",
     "ablation": (".paper_tables", "ablation"),
     "zoo": ".zoo",

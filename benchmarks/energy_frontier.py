@@ -62,7 +62,7 @@ def best_point(frontier: dict, key: str, tolerance: float = 0.01) -> dict | None
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", dataset: str | None = None) -> dict:
     from sjunet.conversion.recipe import convert, save_snn
     from sjunet.data import get_dataset
-    from sjunet.evaluation.report import frontier_table, metric_key
+    from sjunet.evaluation.report import FRONTIER_LEGEND, frontier_table, metric_key
     from sjunet.plots.curves import metric_vs_energy
 
     from .common import RESULTS, write_results
@@ -102,7 +102,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
         lines = [f"## {name} ({key}; ANN {frontiers['converted']['ann'][key]:.4f}; "
                  f"{val_limit(p['limit'], name)} test images)", ""]
         for label, f in frontiers.items():
-            lines += [f"### {label}", "", frontier_table(f, label=label, key=key), ""]
+            lines += [f"### {label}", "", frontier_table(f, label=label, key=key, legend=False), ""]
         lines += ["Cheapest point within 1 % of the ANN (SOP convention):", "",
                   "| SNN | T | metric (× ANN) | SOP E × ANN | NeuroBench E × ANN | paper E × ANN |",
                   "|---|---|---|---|---|---|"]
@@ -113,6 +113,6 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
         parts.append("\n".join(lines))
         payload[name] = {"frontiers": frontiers, "best": best, "figure": str(fig)}
     table = (f"Energy frontiers ({profile} profile; E_MAC 4.6 pJ, E_AC 0.9 pJ; ratios = SNN/ANN per image)\n\n"
-             + "\n\n".join(parts))
+             + FRONTIER_LEGEND + "\n\n" + "\n\n".join(parts))
     path = write_results("energy", profile, table, {"profile": profile, "settings": p, "datasets": payload})
     return {"table": table, "path": str(path), "figures": figures}

@@ -56,6 +56,12 @@ RECIPE_PROFILES = {
 }
 
 
+
+def _ladder_of(snn):
+    """The ladder a row's SNN was converted with: a list, or ``"auto"`` (a ladder per layer)."""
+    t = snn.record.conversion.thresholds
+    return t if isinstance(t, str) else list(t or [])
+
 def _key(r: dict) -> str:
     """A row's headline metric (the one fine-tuning selects on: :attr:`sjunet.tasks.SegmentationTask.metric`)."""
     return r["metric"]
@@ -107,7 +113,7 @@ def _run(bench: str, p: dict, profile: str, data, device: str, dataset: str | No
                             "minutes": p["ft_minutes"], **({"trial_iters": p["trial_iters"]} if "trial_iters" in p else {})})
             after = evaluate_snn(load_snn(out / f"ft{tag}_T{T}.safetensors")[0], test, [T], task, **ev)
             rows.append({"id": f"{name}@{T}", "dataset": name, "T": T, "ann_fingerprint": stats.model_fingerprint,
-                         "thresholds": list(snn.record.conversion.thresholds or []),
+                         "thresholds": _ladder_of(snn),
                          "metric": task.metric, "test_images": len(test) if ev["limit"] is None else ev["limit"],
                          "ann": conv["ann"], "converted": conv["T"][str(T)], "finetuned": after["T"][str(T)], **ft})
             write_results(bench, profile, _table(rows, p, profile), {"profile": profile, "settings": p, "rows": rows})
@@ -125,20 +131,36 @@ def _cells(r: dict) -> tuple[str, float, str, str]:
     return k, a, f"{c:.4f} ({ratio(c, a):.3f})", f"{f:.4f} ({ratio(f, a):.3f})"
 
 
+def carried(val_change: float, test_change: float, improved: bool) -> str:
+    """Validation-to-test agreement of a kept checkpoint: "yes" when the test change has the
+    validation change's sign, "no" when not, "=" when the input was kept (nothing changed)."""
+    if not improved:
+        return "="
+    return "yes" if (val_change > 0) == (test_change > 0) else "no"
+
+
 def _table(rows: list[dict], p: dict, profile: str) -> str:
-    ladder = f"threshold ladder {p['ladder']!r}" if p.get("ladder") else "the default threshold ladder (2, 1, 0.5, 0.25)"
+    ladder = (f"threshold ladder {p['ladder']!r}" if p.get("ladder")
+              else "the default threshold ladders (one per layer, sjunet.conversion.ladders)")
     lines = [f"Spiking-flow fine-tuning ({profile} profile; {ladder}; default recipe; budget {p['ft_minutes']} min per T, lr "
              "auto included; whole images; cells: value (× ANN)). The checkpoint is chosen on validation (its "
-             "before → after on the left); test is reported, never used to choose.", "",
+             "before → after on the left); test is reported, never used to choose. *val → test*: whether the kept "
+             "checkpoint's validation change carried over to the test images with its sign (= when the input was "
+             "kept: both changes are 0). *clock*: minutes by the clock of the lr trials (their validations "
+             "included) + training, then the set-up (data, validation of the input) not charged to the budget.", "",
              "| dataset | metric | T | validation: input → kept | ANN (test) | converted (test) | fine-tuned (test) | "
-             "test change | kept | lr | steps | minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "test change | val → test | kept | lr | steps | clock: trials + training; set-up (min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         k, a, conv, ft = _cells(r)
         delta = r["finetuned"][k] - r["converted"][k]
+        tm = r.get("timing") or {}
+        clock = (f"{tm.get('lr_trials', 0):.2f} + {tm.get('training', 0):.2f} = "
+                 f"{tm.get('lr_trials', 0) + tm.get('training', 0):.2f}; "
+                 f"{tm.get('setup', 0) + tm.get('baseline_validation', 0):.2f}" if tm else f"{r['minutes']:.1f} in all")
         lines.append(f"| {r['dataset']} | {k} | {r['T']} | {r['val_before']:.4f} → {r['val_after']:.4f} | {a:.4f} | "
-                     f"{conv} | {ft} | {delta:+.4f} | {'fine-tuned' if r['improved'] else 'input'} | {r['lr']:g} | "
-                     f"{r['steps']} | {r['minutes']:.1f} |")
+                     f"{conv} | {ft} | {delta:+.4f} | {carried(r['val_after'] - r['val_before'], delta, r['improved'])} | "
+                     f"{'fine-tuned' if r['improved'] else 'input'} | {r['lr']:g} | {r['steps']} | {clock} |")
     n = {r["dataset"]: r.get("test_images") for r in rows}
     lines += ["", "Test images: " + ", ".join(f"{d} {v if v is not None else 'all'}" for d, v in n.items())]
     return "\n".join(lines)

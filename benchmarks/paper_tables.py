@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from .common import _previous_rows
-from .tables_common import DATASETS, PROFILES, _ann, _eval_options, _metric_keys, _prepare, _stats
+from .tables_common import (DATASETS, PAPER_LADDER, PROFILES, _ann, _eval_options, _metric_keys, _prepare, _stats,
+                            paper_ladder)
 
 
 def _finetune(p: dict, d: dict, data, device: str, snn_path: Path, output: Path, T: int) -> float:
@@ -111,7 +112,7 @@ def tables12(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
         task = task_for(test)
         T, T2 = d["T"], max(1, d["T"] // 2)
         snn_path = RESULTS / profile / name / "snn.safetensors"
-        convert(ann, stats, output=snn_path, sources={"model": ann_path})
+        convert(ann, stats, thresholds=PAPER_LADDER, output=snn_path, sources={"model": ann_path})
         snn, _ = load_snn(snn_path)
         ev = _eval_options(p, ann, device)
         conv = evaluate_snn(snn, test, [T2, T], task, **ev)
@@ -213,7 +214,8 @@ def ablation(profile: str = "cpu", model=None, data=None, device: str = "cpu", d
     for norm, neuron in ABLATION:
         label = f"{norm}-wise {neuron.upper()}"
         snn_path = out / f"snn_{norm}_{neuron}.safetensors"
-        convert(ann, stats, norm=norm, neuron=neuron, output=snn_path, sources={"model": str(out / "ann.pt")})
+        convert(ann, stats, norm=norm, neuron=neuron, thresholds=paper_ladder(neuron), output=snn_path,
+                sources={"model": str(out / "ann.pt")})
         conv = evaluate_snn(load_snn(snn_path)[0], test, [T, long_T], task, **ev)
         ft_path = out / f"snn_{norm}_{neuron}_ft_T{T}.safetensors"
         ft_min = _finetune(p, d, data, device, snn_path, ft_path, T)

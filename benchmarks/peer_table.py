@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 
+from .tables_common import paper_ladder
 from .tables_common import val_limit as _pick  # a profile setting per dataset ("*": the rest)
 
 #: cpu: BPTT at the paper's T (10–50) does not fit a CPU budget: every dataset at T = 4 here; direct training
@@ -124,7 +125,7 @@ def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", datase
             row = {"id": rid, "dataset": name, "system": system, "T": T, "ann_fingerprint": stats.model_fingerprint}
             if how == "FT":
                 conv_path = out / f"{neuron}_converted.safetensors"
-                save_snn(convert(ann, stats, neuron=neuron), conv_path)
+                save_snn(convert(ann, stats, neuron=neuron, thresholds=paper_ladder(neuron)), conv_path)
                 conv = evaluate_snn(load_snn(conv_path)[0], test, [T], task, reference=ann, limit=limit,
                                     progress=False, device=device)
                 row["converted"] = conv["T"][str(T)]

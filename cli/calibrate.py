@@ -6,10 +6,10 @@ import click
 
 from sjunet.cli.options import (InputError, ann_channels, ann_from_options, check_images_fit, claim_output, data_opt,
                                 dataset_opt, fail_cleanly, force_option, model_options, opt_opt, parse_dataset_options,
-                                writing)
+                                warn_broken, writing)
 
 
-@click.command()
+@click.command(short_help="Record activation statistics (λ, histograms) to HDF5.")
 @model_options
 @dataset_opt
 @data_opt
@@ -32,6 +32,7 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
 
     from sjunet.calibration import calibrate as calibrate_fn
     from sjunet.data import get_dataset
+    from sjunet.distributed import resolve_device
     from sjunet.evaluation import check_compatible
 
     if batch_size < 1 or (max_batches is not None and max_batches < 1):
@@ -43,12 +44,16 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
     check_compatible(ds, *ann_channels(ann, info), info.task)
     check_images_fit(ds, ann, padded=False, what="the ANN")
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
+    from sjunet.evaluation.degenerate import KEY, check_model, recorded
+
+    # a broken ANN (one class everywhere, a constant image): as train recorded it, or seen on this data
+    broken = recorded(info.checkpoint) or check_model(ann, ds, device=resolve_device(device))
     with writing(output, force), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # dead layers are listed below
         stats = calibrate_fn(ann, loader, output=output, p=percentile, positive_only=positive_only,
                              max_batches=max_batches, device=device,
                              data_description={"dataset": dataset, "split": split, **ds.describe(),
-                                               "model": info.to_record()})
+                                               "model": info.to_record(), **({KEY: broken} if broken else {})})
     relus = {k: v for k, v in stats.nodes.items() if v.role in ("relu", "cat", "add")}
     click.echo(f"{len(stats.nodes)} tensors recorded ({len(relus)} ReLU/cat/add scales); "
                f"λ range {min(v.percentile for v in relus.values()):.4g}..{max(v.percentile for v in relus.values()):.4g}")
@@ -60,4 +65,5 @@ def calibrate(model, arch, arch_kwargs, weights, dataset, data, split, percentil
     if gap_line(stats.approximation):
         click.echo(gap_line(stats.approximation) + (" — above the conversion threshold: `sjunet convert` will need "
                                                      "--accept-gap" if gap_refusal(stats.approximation) else ""))
+    warn_broken({KEY: broken})
     click.echo(f"-> {output}")

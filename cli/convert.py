@@ -5,42 +5,49 @@ from __future__ import annotations
 import click
 
 from sjunet.cli.options import (InputError, ann_from_options, claim_output, fail_cleanly, force_option, model_options,
-                                writing)
+                                warn_broken, writing)
+from sjunet.conversion.ladders import TOLERANCE
 
 
-@click.command()
+@click.command(short_help="Convert the ANN into a Spiking-UNet (an SNN file).")
 @model_options
 @click.option("--stats", "-s", required=True, type=click.Path(), help="HDF5 from `sjunet calibrate`")
 @click.option("--norm", type=click.Choice(["connection", "layer"]), default="connection", show_default=True)
 @click.option("--neuron", type=click.Choice(["mt", "if", "ml", "rs"]), default="mt", show_default=True,
               help="mt: multi-threshold; if: integrate-and-fire; ml, rs: the paper's peers (sjunet.neurons.peers)")
 @click.option("--thresholds", default=None,
-              help="comma-separated ladder, largest first (default 2,1,0.5,0.25 for mt, 1 for if and rs, 3,2,1 for ml), "
-                   "or a name: paper (2,1,0.5,0.25) or theorem (0.5,0.25,0.125,0.0625: Theorem 3.1's optimum for the "
-                   "normalised [0, 1] — better at T = 1–4)")
+              help="the threshold ladder. Default for mt: auto — one ladder per layer from its calibration histogram "
+                   "(halving powers of two whose top covers the layer's maximum, the fewest levels within "
+                   "--ladder-tolerance); for if and rs: 1; for ml: 3,2,1. Or a name: paper (2,1,0.5,0.25, the paper's "
+                   "Table 4), theorem (0.5,0.25,0.125,0.0625, Theorem 3.1's optimum for [0, 1]: capped at 0.9375), "
+                   "uncapped (1,0.5,0.25,0.125,0.0625); or comma-separated thresholds, largest first")
+@click.option("--ladder-tolerance", type=float, default=TOLERANCE, show_default=True,
+              help="with --thresholds auto: the largest expected one-step error of a layer, as a fraction of its RMS "
+                   "value (smaller: more levels, more spikes, closer to the ANN at T = 1–2)")
 @click.option("--v-init", default="half", show_default=True,
               help="membrane potential after reset: half (θ_min/2, rounding), zero (the paper) or a number")
 @click.option("--task", type=click.Choice(["segmentation", "denoising"]), default=None,
-              help="what the --arch model does (recorded in the SNN; sjunet checkpoints know it)")
+              help="what the --arch model does, recorded in the SNN (default: the checkpoint's; none for --arch)")
 @click.option("--accept-gap", is_flag=True,
               help="convert even when the instance/group/layer norms' fixed deviations cost the ANN more than the "
                    "thresholds (pixel agreement < 0.98, or relative error > 0.1); `sjunet finetune` recovers most of it")
 @click.option("-o", "--output", default="runs/snn.safetensors", show_default=True, type=click.Path())
 @force_option
 @fail_cleanly
-def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, v_init, task, accept_gap, output, force):
+def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, ladder_tolerance, v_init, task, accept_gap,
+            output, force):
     """Convert the ANN into a Spiking-UNet with SpikingJelly's converter and the sjunet recipe."""
     from sjunet.conversion.recipe import ConversionOptions, convert as convert_fn
 
-    try:
-        from sjunet.neurons import LADDERS
+    from sjunet.neurons import AUTO, LADDERS
 
-        ladder = LADDERS[thresholds] if thresholds in LADDERS else (
+    try:
+        ladder = LADDERS[thresholds] if thresholds in LADDERS else thresholds if thresholds == AUTO else (
             tuple(float(t) for t in thresholds.split(",")) if thresholds else None)
     except ValueError:
-        raise InputError(f"--thresholds takes comma-separated numbers or a name ({', '.join(LADDERS)}), "
+        raise InputError(f"--thresholds takes comma-separated numbers or a name ({AUTO}, {', '.join(LADDERS)}), "
                          f"got {thresholds!r}") from None
-    ConversionOptions(norm, neuron, ladder, v_init).check()
+    ConversionOptions(norm, neuron, ladder, v_init, ladder_tolerance).check()
     claim_output(output, force)
     from sjunet.calibration import read_stats
     from sjunet.conversion.recipe import save_snn
@@ -49,12 +56,28 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     calibration = read_stats(stats)
     with writing(output, force):
         snn = convert_fn(ann, calibration, norm=norm, neuron=neuron, thresholds=ladder, v_init=v_init,
-                         model_info=info.to_record(), accept_gap=accept_gap)
+                         model_info=info.to_record(), accept_gap=accept_gap, ladder_tolerance=ladder_tolerance)
+        from sjunet.evaluation.degenerate import KEY, recorded
+
+        broken = recorded(snn.record.conversion.extra, info.checkpoint)  # from the statistics, or the checkpoint
+        if broken:
+            snn.record.conversion.extra[KEY] = broken
         snn.record.task = info.task or ({"kind": task} if task else None)
         save_snn(snn, output, {"model": info.to_record(), "stats": str(stats)})
     conv = snn.record.conversion
     click.echo(f"converted ({norm}-wise, {neuron}): {len(conv.neurons)} neuron layers, {len(conv.gains)} gains, "
                f"{len(conv.dead_layers)} dead-layer fallbacks -> {output}")
+    if conv.ladders:
+        levels = [len(c["thresholds"]) for c in conv.ladders.values()]
+        steps = [c["thresholds"][-1] for c in conv.ladders.values()]
+        worst = max(c["relative"] for c in conv.ladders.values())
+        click.echo(f"threshold ladders: one per layer (auto), {min(levels)}–{max(levels)} levels, smallest "
+                   f"threshold {min(steps):g}–{max(steps):g} of the layer's scale; expected one-step "
+                   f"error ≤ {worst:.1%} of each layer's RMS value (tolerance {ladder_tolerance:g}); per layer in the "
+                   "file's conversion.ladders")
+    else:
+        click.echo(f"threshold ladder: {', '.join(f'{t:g}' for t in conv.thresholds or [])} in every layer")
+    warn_broken({KEY: broken})
     if conv.approximations:
         from sjunet.calibration.approximation import gap_line
 

@@ -6,10 +6,10 @@ import click
 
 from sjunet.cli.options import (InputError, ann_from_options, check_T, chunk_option, claim_output, data_opt,
                                 dataset_opt, fail_cleanly, force_option, memory_budget_option, model_options, opt_opt,
-                                parse_dataset_options, parse_steps, writing)
+                                parse_dataset_options, parse_steps, warn_broken, writing)
 
 
-@click.command()
+@click.command(short_help="Metric and energy at every T (three conventions).")
 @click.option("--snn", required=True, type=click.Path())
 @model_options
 @dataset_opt
@@ -18,10 +18,11 @@ from sjunet.cli.options import (InputError, ann_from_options, check_T, chunk_opt
 @click.option("--T", "T", multiple=True, default=("1,2,4,8,16",), show_default=True,
               help="time steps, all from one simulation: --T 1 2 4 8 16 or --T 20")
 @click.argument("more_t", nargs=-1, type=int, metavar="")
-@click.option("--limit", type=int, default=None)
+@click.option("--limit", type=int, default=None, help="the first N images of the split (default: all)")
 @click.option("--mode", type=click.Choice(["multi", "step"]), default="step", show_default=True)
 @chunk_option
-@click.option("-o", "--output", type=click.Path(), default=None, help="write the frontier as JSON")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="write the frontier as JSON (default: print the table only)")
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @force_option
 @opt_opt
@@ -51,6 +52,12 @@ def energy(snn, model, arch, arch_kwargs, weights, dataset, data, split, T, more
     if ann is not None and conv.get("ann_fingerprint") not in (None, info.fingerprint):
         raise InputError(f"the ANN ({info.fingerprint}) is not the one {snn} was converted from "
                          f"({conv.get('ann_fingerprint')}); give that one, or none (MACs from the SNN's graph)")
+    from sjunet.distributed import resolve_device
+    from sjunet.evaluation.degenerate import KEY, check_model, recorded
+
+    broken = recorded(conv, info.checkpoint if info else None) or (
+        check_model(ann, ds, device=resolve_device(device)) if ann is not None else None)
+    warn_broken({KEY: broken})
     with writing(output, force):
         r = energy_frontier(net, ds, T, ann=ann, limit=limit, mode=mode, chunk=chunk, device=device)
         r["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),

@@ -11,9 +11,9 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
                                 opt_opt, parse_dataset_options, parse_steps, writing)
 
 
-@click.command()
+@click.command(short_help="Metrics of an ANN and/or SNN at every T.")
 @model_options
-@click.option("--snn", type=click.Path(), default=None, help="converted SNN")
+@click.option("--snn", type=click.Path(), default=None, help="converted SNN (default: none, the ANN only)")
 @dataset_opt
 @data_opt
 @click.option("--split", default="test", show_default=True)
@@ -21,12 +21,13 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
               help="time steps: --T 10 20 50 100, --T 10,20 or --T 10 --T 20")
 @click.argument("more_t", nargs=-1, type=int, metavar="")
 @click.option("--mode", type=click.Choice(["multi", "step"]), default="step", show_default=True,
-              help="step-by-step (memory independent of T) or multi-step (layer by layer, chunks of --chunk steps)")
+              help="step-by-step (memory independent of T; the faster one on CPU) or multi-step (layer by layer, "
+                   "chunks of --chunk steps; try it on a GPU)")
 @chunk_option
 @click.option("--compile", "compiled", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="run the neurons' step kernels compiled by torch.compile (the same numbers): auto where the "
                    "evaluation is long enough to pay for the compile and a compiler is present")
-@click.option("--limit", type=int, default=None, help="evaluate only the first N images")
+@click.option("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
 @click.option("--protocol", type=click.Choice(["whole", "tiled", "patch"]), default="whole", show_default=True,
               help="whole: each image padded to the size rule and run once (tiled only when over the memory budget); "
                    "tiled: always in tiles; patch: the paper's overlapping windows, averaged (--patch, --stride)")
@@ -42,7 +43,8 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
                    "per pixel)")
 @click.option("--pad", type=click.Choice(["reflect", "zero"]), default=None,
               help="padding up to the size rule (default: reflect; zero for --protocol patch)")
-@click.option("-o", "--output", type=click.Path(), default=None, help="write metrics JSON here")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="write metrics JSON here (default: print them only)")
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @force_option
 @opt_opt
@@ -117,10 +119,13 @@ def format_result(r: dict) -> str:
         rows.append((f"SNN T={t}", m))
     if not rows:
         return json.dumps(r, indent=2)
+    from sjunet.metrics import metric_label
+
     keys = [k for k in rows[-1][1] if isinstance(rows[-1][1][k], float) and k != "num_images" and not k.startswith("iou_")]
-    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines = ["| model | " + " | ".join(metric_label(k) for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for name, m in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(("—" if m[k] != m[k] else f"{m[k]:.4f}") if k in m else ""
+                                                 for k in keys) + " |")
     if "timing" in r:
         lines.append("timing: " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r["timing"].items()}))
     return "\n".join(lines)

@@ -8,10 +8,10 @@ import click
 
 from sjunet.cli.options import (InputError, budget_options, check_T, class_weights_opt, data_opt, dataset_opt,
                                 fail_cleanly, is_main, memory_budget_option, opt_opt, parse_dataset_options, run_loop,
-                                stop_note)
+                                stop_note, warn_broken)
 
 
-@click.command()
+@click.command(short_help="Fine-tune a converted SNN with spiking flow.")
 @click.option("--snn", required=True, type=click.Path(exists=True), help="converted SNN from `sjunet convert`")
 @dataset_opt
 @data_opt
@@ -19,15 +19,20 @@ from sjunet.cli.options import (InputError, budget_options, check_T, class_weigh
 @click.option("-o", "--output", default="runs/snn_ft.safetensors", show_default=True, type=click.Path())
 @click.option("--epochs", default=10, show_default=True)
 @click.option("--batch-size", default=4, show_default=True)
-@click.option("--lr", default=None, help="learning rate, or auto (a short trial of 1e-5…3e-4 on the validation split); default: the library's (the paper: 1e-6)")
+@click.option("--lr", default="auto", show_default=True,
+              help="learning rate, or auto: a short trial of 1e-5, 3e-5, 1e-4, 3e-4 (at most a quarter of "
+                   "--max-minutes by the clock, validations included; a trial that beats the input is continued "
+                   "from) — the paper: 1e-6")
 @click.option("--optimizer", type=click.Choice(["adam", "rmsprop", "sgd"]), default="adam", show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
-@click.option("--loss", type=click.Choice(["label", "distill", "both"]), default=None,
-              help="label loss (Eq. 11/12), distillation from the ANN the SNN came from, or both (default: the library's)")
-@click.option("--layer-weight", type=float, default=None, help="weight of per-layer rate distillation (0: off)")
-@click.option("--warmup", type=int, default=None, help="iterations of linear learning-rate warm-up")
-@click.option("--grad-clip", type=float, default=None, help="clip each step's gradient norm to this")
-@click.option("--energy-penalty", type=float, default=None,
+@click.option("--loss", type=click.Choice(["label", "distill", "both"]), default="label", show_default=True,
+              help="label loss (Eq. 11/12), distillation from the ANN the SNN came from, or both")
+@click.option("--layer-weight", type=float, default=0.0, show_default=True,
+              help="weight of per-layer rate distillation (0: off)")
+@click.option("--warmup", type=int, default=0, show_default=True, help="iterations of linear learning-rate warm-up")
+@click.option("--grad-clip", type=float, default=None,
+              help="clip each step's gradient norm to this (default: none, no clipping)")
+@click.option("--energy-penalty", type=float, default=0.0, show_default=True,
               help="spike budget: add β × (SOP-convention energy / ANN energy) to the loss (0: off)")
 @click.option("--method", type=click.Choice(["flow", "bptt"]), default="flow", show_default=True,
               help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
@@ -66,6 +71,7 @@ def finetune(snn, dataset, data, T, output, epochs, batch_size, lr, optimizer, s
                            chunk=chunk, seed=seed, max_minutes=max_minutes, max_iters=max_iters, val_every=val_every,
                            device=device, dataset_options=dataset_options, class_weights=class_weights, **given)
     net, _ = load_snn(snn)
+    warn_broken(net.record.conversion.to_dict(), what=f"the ANN {snn} was converted from")
     _, s = run_loop(finetune_fn, net, opts, resume=resume, force=force)
     if not is_main():
         return

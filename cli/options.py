@@ -106,15 +106,21 @@ dataset_opt = click.option("--dataset", "-d", default="em", show_default=True,
                            help="dataset name: em, drive, camseq, bsd, set12, bsd68, cbsd68, demo-seg, demo-denoise "
                                 "(volumes, for 3-D U-Nets: em3d, demo-seg3d)")
 data_opt = click.option("--data", type=click.Path(), default=None,
-                        help="dataset directory (or the parent data directory, e.g. ../shared/data)")
+                        help="dataset directory (or the parent data directory, e.g. ../shared/data); default: "
+                             "$SJUNET_DATA (the demo data sets need none)")
 opt_opt = click.option("--opt", multiple=True, help="dataset option KEY=VALUE (JSON value), repeatable; e.g. --opt crop=128")
 
 
 model_opts = [
-    click.option("--model", "-m", type=click.Path(), default=None, help="ANN checkpoint from `sjunet train`"),
-    click.option("--arch", default=None, help="your own U-Net: package.module:factory, e.g. monai.networks.nets:BasicUNet"),
-    click.option("--arch-kwargs", default=None, help="JSON keyword arguments of the --arch factory"),
-    click.option("--weights", type=click.Path(), default=None, help="state_dict file of the --arch model (weights only)"),
+    click.option("--model", "-m", type=click.Path(), default=None,
+                 help="ANN checkpoint from `sjunet train` (default: none; or give --arch with --weights)"),
+    click.option("--arch", default=None, help="your own U-Net: package.module:factory, e.g. "
+                                                "monai.networks.nets:BasicUNet (default: none; or give -m)"),
+    click.option("--arch-kwargs", default=None,
+                 help="JSON keyword arguments of the --arch factory (default: none, the factory's defaults)"),
+    click.option("--weights", type=click.Path(), default=None,
+                 help="state_dict file of the --arch model, weights only (default: none — refused unless "
+                      "--random-weights)"),
     click.option("--random-weights", is_flag=True,
                  help="with --arch and no --weights: use the randomly initialised model on purpose (benchmarks)"),
 ]
@@ -240,12 +246,14 @@ def budget_options(fn):
     """--max-minutes, --max-iters, --val-every, --resume and --force (shared by train and finetune)."""
     for option in reversed([
         click.option("--max-minutes", type=float, default=None,
-                     help="time budget of the training (and of finetune's lr-auto trials, at most a quarter of it); "
-                          "loading the data and validating the input are not counted: stop at the first iteration "
-                          "past it, validate and save (--resume continues)"),
+                     help="time budget of the training, validations included (and of finetune's lr-auto trials, at "
+                          "most a quarter of it by the clock); loading the data and validating the input are not "
+                          "counted: the run stops when one more iteration and its final validation would pass it, "
+                          "validates and saves (--resume continues). Default: none, no time limit"),
         click.option("--max-iters", type=int, default=None,
                      help="iteration budget, counted from the start of the run (any epoch size); finetune's lr-auto "
-                          "trials count against it (at most a quarter; skipped when too small)"),
+                          "trials count against it (at most a quarter; skipped when too small). Default: none, "
+                          "--epochs decides"),
         click.option("--val-every", type=int, default=None, help="validate every N iterations (default: each epoch)"),
         click.option("--resume", is_flag=True, help="continue from <output>.last.pt, e.g. runs/ann.pt.last.pt (bit-identical to an uninterrupted run)"),
         click.option("--force", is_flag=True, help="replace an existing output (default: refuse it)"),
@@ -282,6 +290,17 @@ def stop_note(s: dict) -> str:
                                           if k in t and (k != "baseline_validation" or s.get("baseline")))
                      + " (--max-minutes and --max-iters count lr trials and training only)")
     return "".join(line + "\n" for line in lines)
+
+
+def warn_broken(*records, what: str = "the ANN") -> str | None:
+    """Repeat, in one line, a broken-model reason recorded in any of ``records`` (a checkpoint, the
+    statistics' data description, an SNN's conversion record: :func:`sjunet.evaluation.degenerate.recorded`)."""
+    from sjunet.evaluation.degenerate import recorded, warning_line
+
+    reason = recorded(*records)
+    if reason and is_main():
+        click.echo(warning_line(reason, what))
+    return reason
 
 
 def headline(s: dict, entry: dict) -> str:

@@ -9,12 +9,12 @@ from sjunet.cli.options import (InputError, check_T, claim_output, data_opt, dat
                                 memory_budget_option, opt_opt, parse_dataset_options, writing)
 
 
-@click.group()
+@click.group(short_help="Figures: activation vs rate, metric vs T or energy, …")
 def plot() -> None:
     """Figures: activation-vs-rate (paper Fig. 3), metric-vs-T, metric-vs-energy, calibration histograms."""
 
 
-@plot.command("activation-vs-rate")
+@plot.command("activation-vs-rate", short_help="The paper's Figure 3: ANN activation vs SNN rate.")
 @click.option("--model", "-m", required=True, type=click.Path(exists=True), help="ANN checkpoint")
 @click.option("--snn", multiple=True, required=True, type=click.Path(exists=True),
               help="converted SNN(s), repeatable (e.g. layer-wise and connection-wise)")
@@ -50,7 +50,7 @@ def plot_activation_vs_rate(model, snn, dataset, data, T, n_images, layers, styl
     click.echo(f"-> {output}")
 
 
-@plot.command("metric-vs-T")
+@plot.command("metric-vs-T", short_help="Metric against T from `sjunet evaluate` results.")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--metric", default=None, help="metric key (default: every f1_* / psnr / miou)")
 @click.option("-o", "--output", default="runs/metric_vs_T.png", show_default=True, type=click.Path())
@@ -68,7 +68,7 @@ def plot_metric_vs_t(results, metric, output, force):
     click.echo(f"-> {output}")
 
 
-@plot.command("metric-vs-energy")
+@plot.command("metric-vs-energy", short_help="Metric against energy from `sjunet energy` results.")
 @click.argument("frontiers", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--metric", default=None, help="metric key (default: the hard class's F1, mIoU or PSNR)")
 @click.option("--label", "labels", multiple=True, help="one label per frontier (default: from each SNN's record)")
@@ -89,7 +89,7 @@ def plot_metric_vs_energy(frontiers, metric, labels, output, force):
     click.echo(f"-> {output}")
 
 
-@plot.command("predictions")
+@plot.command("predictions", short_help="Figures 4/5: every system's output on test images.")
 @click.option("-m", "--model", "models", multiple=True, help="an ANN checkpoint, as LABEL=PATH or PATH (label U-Net)")
 @click.option("--snn", "snns", multiple=True, required=True,
               help="an SNN file as LABEL=PATH[@T] (repeat; T defaults to --T)")
@@ -147,7 +147,7 @@ def plot_predictions(models, snns, dataset, data, split, images, T, device, outp
     click.echo(f"-> {output}")
 
 
-@plot.command("histograms")
+@plot.command("histograms", short_help="Calibration histograms with their λ.")
 @click.argument("stats", type=click.Path(exists=True))
 @click.option("-o", "--output", default="runs/histograms.png", show_default=True, type=click.Path())
 @force_option

@@ -7,7 +7,8 @@ import json
 import click
 
 from sjunet.cli.options import (InputError, budget_options, check_T, class_weights_opt, data_opt, dataset_opt,
-                                fail_cleanly, headline, is_main, opt_opt, parse_dataset_options, run_loop, stop_note)
+                                fail_cleanly, headline, is_main, opt_opt, parse_dataset_options, run_loop, stop_note,
+                                warn_broken)
 
 
 def _check_training_data(dataset: str, data, seed: int, options: dict, multiple: int, what: str) -> None:
@@ -18,7 +19,7 @@ def _check_training_data(dataset: str, data, seed: int, options: dict, multiple:
     check_fits(get_dataset(dataset, data, "train", seed=seed, **options), multiple, padded=False, what=what)
 
 
-@click.command()
+@click.command(short_help="Train the ANN U-Net (or --spiking: an SNN).")
 @dataset_opt
 @data_opt
 @click.option("-o", "--output", default="runs/ann.pt", show_default=True, type=click.Path())
@@ -33,11 +34,14 @@ def _check_training_data(dataset: str, data, seed: int, options: dict, multiple:
 @click.option("--up-relu/--no-up-relu", default=False, show_default=True, help="ReLU after each up-convolution")
 @click.option("--pool", type=click.Choice(["avg", "max"]), default="avg", show_default=True,
               help="down-sampling of sjunet's U-Net (the paper: avg)")
-@click.option("--arch", default=None, help="train another U-Net instead: package.module:factory")
-@click.option("--arch-kwargs", default=None, help="JSON keyword arguments of the --arch factory")
+@click.option("--arch", default=None,
+              help="train another U-Net instead: package.module:factory (default: none, sjunet's U-Net)")
+@click.option("--arch-kwargs", default=None,
+              help="JSON keyword arguments of the --arch factory (default: none, the factory's defaults)")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant", show_default=True)
 @click.option("--warmup", default=0, show_default=True, help="iterations of linear learning-rate warm-up")
-@click.option("--grad-clip", type=float, default=None, help="clip each step's gradient norm to this")
+@click.option("--grad-clip", type=float, default=None,
+              help="clip each step's gradient norm to this (default: none, no clipping; 1.0 with --spiking)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @click.option("--spiking", is_flag=True, help="train a Spiking-UNet directly (surrogate gradient through time; "
@@ -99,3 +103,4 @@ def train(dataset, data, output, epochs, batch_size, lr, optimizer, width, depth
     if is_main():
         click.echo(f"{stop_note(s)}best: {best['at']} ({headline(s, best)}): {json.dumps(best['val'])}"
                    f"  -> {output}")
+        warn_broken({"model_degenerate": s.get("degenerate")}, what=f"the ANN ({output})")

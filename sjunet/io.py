@@ -39,6 +39,9 @@ from torch import nn
 
 #: checkpoint ``kind`` values
 ANN_KIND = "sjunet-ann"
+#: the record key under which a broken ANN (one class everywhere, a constant image) is noted in the
+#: checkpoint, the statistics' data description and the SNN's conversion record (sjunet.evaluation.degenerate)
+DEGENERATE_KEY = "model_degenerate"
 SNN_KIND = "sjunet-snn"
 
 

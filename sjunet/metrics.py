@@ -116,6 +116,35 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") or "class"
 
 
+#: names and units of the metric keys, for axis labels, panel titles and table headers
+_LABELS = {"psnr": ("PSNR", "dB"), "ssim": ("SSIM", ""), "miou": ("mIoU", ""), "accuracy": ("pixel accuracy", ""),
+           "agreement": ("pixel agreement with the ANN", ""),
+           "psnr_vs_reference": ("PSNR of the SNN's output against the ANN's", "dB")}
+
+
+def metric_unit(key: str) -> str:
+    """The unit of a metric key (``"dB"`` for PSNR; ``""`` for the unitless scores in [0, 1])."""
+    return _LABELS.get(key, ("", ""))[1]
+
+
+def metric_label(key: str, unit: bool = True) -> str:
+    """A metric key as people read it, with its unit: ``f1_vessel`` → ``F1 (vessel)``, ``psnr`` →
+    ``PSNR (dB)``, ``miou`` → ``mIoU``, ``jaccard_membrane`` → ``IoU (membrane)``."""
+    for prefix, name in (("f1_", "F1"), ("jaccard_", "IoU"), ("iou_", "IoU")):
+        if key.startswith(prefix):
+            return f"{name} ({key[len(prefix):]})"
+    name, u = _LABELS.get(key, (key, ""))
+    return f"{name} ({u})" if unit and u else name
+
+
+def format_metric(key: str, value: float | None, digits: int = 4) -> str:
+    """``"F1 (vessel) 0.6123"``, ``"PSNR 27.12 dB"``: a value with its metric's name and unit."""
+    if value is None or value != value:
+        return f"{metric_label(key, unit=False)} —"
+    u = metric_unit(key)
+    return f"{metric_label(key, unit=False)} {value:.{2 if u == 'dB' else digits}f}" + (f" {u}" if u else "")
+
+
 def segmentation_metrics(cm: ArrayLike, class_names: Sequence[str] | None = None) -> dict[str, float]:
     """Metrics of an accumulated confusion matrix.
 

@@ -2,7 +2,9 @@
 :class:`~sjunet.snn.model.SpikingUNet` out.
 
 The parts: :mod:`.normalization` (paper Eq. 7/8: layer-wise and connection-wise normalization, the
-per-part scaling of concatenations and the gains of residual joins, as a plan) and :mod:`.recipe`
+per-part scaling of concatenations and the gains of residual joins, as a plan), :mod:`.ladders` (the
+threshold ladder of each neuron layer, chosen from its calibration histogram: the default of MT
+neurons) and :mod:`.recipe`
 (the SpikingJelly ``ann2snn`` recipe that applies the plan and puts neurons in: :func:`convert`;
 SpikingJelly's stock converter as the peer: :func:`convert_stock`; :func:`save_snn` /
 :func:`load_snn`). A new normalization is a name in :data:`sjunet.conversion.normalization.NORMS` with

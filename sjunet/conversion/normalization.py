@@ -119,7 +119,7 @@ ASSUMED_UNITS = {"connection": connection_wise_units, "layer": layer_wise_units}
 
 class _Planner:
     def __init__(self, gm: fx.GraphModule, stats: CalibrationStats, method: str, shapes: dict,
-                 max_output: float = 1.0) -> None:
+                 max_output: "float | Callable[[str], float]" = 1.0) -> None:
         self.gm, self.stats, self.method, self.shapes = gm, stats, method, shapes
         self.max_output = max_output
         self.kinds = {n: kind_of(gm, n) for n in gm.graph.nodes}
@@ -131,7 +131,10 @@ class _Planner:
     def lam(self, relu: fx.Node) -> float:
         lam = self.stats.scale(relu.name)
         cap = relu_cap(module_of(self.gm, relu))
-        return min(lam, cap / self.max_output) if cap is not None else lam
+        if cap is None:
+            return lam
+        top = self.max_output(relu.name) if callable(self.max_output) else self.max_output
+        return min(lam, cap / top)
 
     def single_user(self, n: fx.Node) -> fx.Node | None:
         users = data_users(self.gm, n)
@@ -274,12 +277,14 @@ class _Planner:
 
 
 def plan_normalization(gm: fx.GraphModule, stats: CalibrationStats, method: str = "connection",
-                       shapes: dict[str, tuple[int, ...]] | None = None, max_output: float = 1.0) -> NormalizationPlan:
+                       shapes: dict[str, tuple[int, ...]] | None = None,
+                       max_output: "float | Callable[[str], float]" = 1.0) -> NormalizationPlan:
     """Compute units, per-layer and per-part scale factors and edge gains for the canonical graph
     ``gm`` (BN folded; :func:`sjunet.graph.canonical.canonical_graph`).
 
     ``max_output``: the neurons' largest output per step in normalised units (the sum of the
-    threshold ladder: 3.75 for MT, 1 for IF). A capped ReLU (``ReLU6``, ``Hardtanh(0, a)``) gets
+    threshold ladder: 3.75 for the paper's MT ladder, 1 for IF), or a function of the ReLU node's
+    name giving it per layer (per-layer ladders). A capped ReLU (``ReLU6``, ``Hardtanh(0, a)``) gets
     λ = min(percentile, a / max_output), so a saturated neuron outputs exactly the cap a."""
     if method not in NORMS:
         raise ValueError(f"unknown normalization {method!r}; choose one of {NORMS}")

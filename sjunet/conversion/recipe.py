@@ -41,10 +41,13 @@ from sjunet.calibration.store import CalibrationStats
 from sjunet.conversion.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
 from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
                           relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
-from sjunet.io import ArtifactError, file_fingerprint, model_fingerprint, provenance
+from sjunet.io import DEGENERATE_KEY, ArtifactError, file_fingerprint, model_fingerprint, provenance
+from sjunet.conversion.ladders import TOLERANCE as LADDER_TOLERANCE
+from sjunet.conversion.ladders import LadderChoice, layer_ladders
 from sjunet.layers.dims import set_spatial_dims
 from sjunet.layers.stages import ChannelAffine, Normalize, SpikingMaxPool2d
-from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, named_ladder, validate_ladder
+from sjunet.neurons import (AUTO, FACTORIES, NeuronFactory, StaticInputSynapse, named_ladder, per_layer_factory,
+                            validate_ladder)
 from sjunet.snn import Conversion, SNNRecord, SpikingUNet
 from sjunet.snn import file as snnfile
 from sjunet.snn.record import MAX_NEURON_VALUE
@@ -54,21 +57,36 @@ NEURONS = tuple(FACTORIES)
 
 @dataclass(frozen=True)
 class ConversionOptions:
-    """Options of :func:`convert`. ``thresholds=None`` means the neuron's default ladder
-    ((2, 1, 0.5, 0.25) for MT, (1,) for IF)."""
+    """Options of :func:`convert`. ``thresholds``: a ladder (largest first), ``"auto"`` (one ladder
+    per layer, chosen from its calibration histogram: :mod:`sjunet.conversion.ladders`, within
+    ``ladder_tolerance``) or ``None``: the neuron's default (:data:`sjunet.neurons.FACTORIES`:
+    ``"auto"`` for MT, (1,) for IF)."""
 
     norm: str = "connection"
     neuron: str = "mt"
-    thresholds: tuple[float, ...] | None = None
+    thresholds: tuple[float, ...] | str | None = None
     v_init: str | float = "half"
+    ladder_tolerance: float = LADDER_TOLERANCE
 
-    def initial_potential(self) -> float:
+    @property
+    def per_layer(self) -> bool:
+        """Whether each layer gets its own ladder (``thresholds="auto"``, or the neuron's default is)."""
+        return self.resolved() == AUTO
+
+    def resolved(self) -> tuple[float, ...] | str:
+        """The ladder asked for: the given one, or the neuron's default."""
+        if self.thresholds is not None:
+            return self.thresholds
+        return FACTORIES[self.neuron][0] if self.neuron in FACTORIES else (1.0,)
+
+    def initial_potential(self, ladder: Sequence[float] | None = None) -> float:
         """Membrane potential after reset: ``"half"`` = θ_N/2 (half the smallest threshold, which
         turns the floor quantiser into rounding and removes the systematic under-estimate of rates
         at small T; Bu et al., ICLR 2022), ``"zero"`` = 0 (the paper), or a finite number
-        (normalised units)."""
+        (normalised units). ``ladder``: a layer's own (per-layer ladders)."""
         if self.v_init == "half":
-            return self.ladder()[-1] / 2
+            ladder = ladder or self.ladder()
+            return ladder[-1] / 2 if ladder else 0.0
         if self.v_init == "zero":
             return 0.0
         try:
@@ -82,22 +100,33 @@ class ConversionOptions:
                              f"got {self.v_init!r}")
         return v
 
-    def ladder(self) -> tuple[float, ...]:
-        if self.thresholds is not None:
-            return validate_ladder(self.thresholds)
-        return FACTORIES[self.neuron][0] if self.neuron in FACTORIES else (1.0,)
+    def ladder(self) -> tuple[float, ...] | None:
+        """The one ladder of every layer (``None`` with per-layer ladders)."""
+        r = self.resolved()
+        return None if r == AUTO else validate_ladder(named_ladder(r))
 
     def check(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"unknown --norm {self.norm!r}: choose one of {', '.join(NORMS)}")
         if self.neuron not in FACTORIES:
             raise ValueError(f"unknown --neuron {self.neuron!r}: choose one of {', '.join(FACTORIES)}")
+        if not (isinstance(self.ladder_tolerance, (int, float)) and 0 < self.ladder_tolerance < 1):
+            raise ValueError(f"--ladder-tolerance must be a number in (0, 1), got {self.ladder_tolerance!r}")
+        if self.per_layer:
+            if self.neuron != "mt":
+                raise ValueError(f"--thresholds {AUTO} (a ladder per layer) is for MT neurons; --neuron {self.neuron} "
+                                 "takes a fixed ladder")
+            self.initial_potential((1.0,))
+            return
         ladder = self.ladder()
         if self.neuron == "if" and len(ladder) != 1:
             raise ValueError(f"--neuron if takes exactly one threshold, got {ladder}")
         self.initial_potential()
 
-    def factory(self) -> NeuronFactory:
+    def factory(self, ladders: "dict[str, LadderChoice] | None" = None) -> NeuronFactory:
+        """The neuron factory: the ladder's, or with per-layer ``ladders`` each layer's own."""
+        if ladders is not None:
+            return per_layer_factory({relu: (c.ladder, self.initial_potential(c.ladder)) for relu, c in ladders.items()})
         return FACTORIES[self.neuron][1](self.ladder(), self.initial_potential())
 
 
@@ -117,6 +146,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         self.canonical: Trace | None = None
         self.graph_record: dict | None = None
         self.shapes: dict | None = None
+        self.ladders: dict[str, LadderChoice] | None = None  # per-layer ladders (thresholds "auto")
+        self.factory: NeuronFactory | None = None
 
     def validate(self, converter) -> None:
         self.options.check()
@@ -146,7 +177,21 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
 
     def calibrate(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
         self.shapes = tensor_shapes(fx_model, self.stats.data["input_shape"])
-        max_output = (self.neuron_factory or self.options.factory())("probe").max_output
+        relus = {n.name: relu_slope(module_of(fx_model, n)) for n in fx_model.graph.nodes
+                 if kind_of(fx_model, n) == "relu"}
+        if self.neuron_factory is None and self.options.per_layer:
+            # each layer's ladder from its histogram in units of its percentile (a capped ReLU's λ may
+            # then shrink to cap / the ladder's max output: its saturation is the cap)
+            self.ladders = layer_ladders(self.stats, {r: self.stats.scale(r) for r in relus},
+                                         self.options.ladder_tolerance, self.options.v_init)
+        self.factory = self.neuron_factory or self.options.factory(self.ladders)
+        tops: dict[str, float] = {}
+
+        def max_output(relu: str) -> float:
+            if relu not in tops:
+                tops[relu] = build_neuron(self.factory, relu, relus.get(relu)).max_output
+            return tops[relu]
+
         self.plan = plan_normalization(fx_model, self.stats, self.options.norm, self.shapes, max_output)
         return fx_model
 
@@ -155,7 +200,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         apply_plan(fx_model, self.plan)
         _insert_gains(fx_model, self.plan)
         set_spatial_dims(fx_model)  # the gains broadcast over the network's spatial axes
-        factory = self.neuron_factory or self.options.factory()
+        factory = self.factory
         for node in list(fx_model.graph.nodes):
             k = kind_of(fx_model, node)
             if k == "relu":
@@ -191,7 +236,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         # volumes: the multiple of each axis (an anisotropic U-Net pools some axes less)
         per_axis = {} if nd == 2 else {"size_multiples": list(size_multiples(self.shapes, tuple(shape[2:])))}
         return per_axis | {
-            "options": {**asdict(opts), "thresholds": list(opts.ladder()), "v_init_value": opts.initial_potential(),
+            "options": {**asdict(opts), "thresholds": AUTO if opts.per_layer else list(opts.ladder()),
+                        "v_init_value": None if opts.per_layer else opts.initial_potential(),
                         "neuron_factory": None if self.neuron_factory is None else getattr(
                             self.neuron_factory, "__name__", type(self.neuron_factory).__name__)},
             "ann_fingerprint": self.ann_fingerprint,
@@ -203,6 +249,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             "neurons": {targets[r]: {"relu": r, "lambda": lam, "fallback": self.stats.nodes[r].fallback,
                                      "cap": plan.caps.get(r), "negative_slope": _slope_record(gm, r)}
                         for r, lam in plan.neurons.items()},
+            # per-layer ladders: each layer's choice and its expected one-step error (sjunet.conversion.ladders)
+            "ladders": None if self.ladders is None else {r: c.to_dict() for r, c in self.ladders.items()},
             "gains": [{"source": g.source, "consumer": g.consumer, "min": float(g.gain.min()),
                        "max": float(g.gain.max())} for g in plan.gains],
             "dead_layers": sorted(self.stats.dead),
@@ -216,6 +264,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             "size_multiple": size_multiple(self.shapes, tuple(shape[2:])),
             "approximations": self.approximations,
             "approximation_gap": _gap_record(self.stats.approximation, self.accept_gap) if self.approximations else None,
+            # a broken ANN (one class everywhere, a constant image), as calibration recorded it: repeated downstream
+            **({DEGENERATE_KEY: self.stats.data[DEGENERATE_KEY]} if self.stats.data.get(DEGENERATE_KEY) else {}),
         }
 
 
@@ -323,14 +373,20 @@ def convert(
     neuron_factory: NeuronFactory | None = None,
     model_info: dict | None = None,
     accept_gap: bool = False,
+    ladder_tolerance: float = LADDER_TOLERANCE,
 ) -> SpikingUNet:
     """Convert ``model`` (any ``nn.Module`` the converter understands) into a Spiking-UNet with
     SpikingJelly's converter and our recipe.
 
     ``stats`` is a :class:`CalibrationStats` (``sjunet.calibrate(model, batches)``) or the path of
     an HDF5 file from ``sjunet calibrate``; statistics of another model are refused.
-    ``thresholds``: the ladder, largest first, or a name of :data:`sjunet.neurons.base.LADDERS`
-    (``"theorem"``: Theorem 3.1's (0.5, 0.25, 0.125, 0.0625), for T = 1–4). ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.base.SpikingNeuron`;
+    ``thresholds``: ``None`` — the neuron's default: for MT ``"auto"``, one ladder per layer chosen from
+    its calibration histogram (:mod:`sjunet.conversion.ladders`: halving powers of two whose top covers
+    the layer's maximum, the fewest levels whose expected one-step error is within
+    ``ladder_tolerance`` of the layer's RMS value; recorded in ``conversion.ladders``) — or a name of
+    :data:`sjunet.neurons.base.LADDERS` (``"paper"``: (2, 1, 0.5, 0.25), the paper tables';
+    ``"theorem"``: Theorem 3.1's (0.5, 0.25, 0.125, 0.0625); ``"uncapped"``), or the ladder itself,
+    largest first. ``neuron_factory`` (``factory(relu_name) -> module``, a :class:`~sjunet.neurons.base.SpikingNeuron`;
     for leaky ReLU / PReLU nodes ``factory(relu_name, negative_slope=α)``) replaces the ``neuron``
     name's factory. Instance / group / layer norms are converted with the fixed deviations σ̂ of
     the statistics (:mod:`sjunet.calibration.approximation`); when the gap that costs the ANN
@@ -345,7 +401,11 @@ def convert(
     if not isinstance(stats, CalibrationStats):
         stats_path = Path(stats)
         stats = read_stats(stats_path)
-    options = ConversionOptions(norm, neuron, named_ladder(thresholds) if thresholds else None, v_init)
+    if isinstance(thresholds, str) and thresholds != AUTO:
+        thresholds = named_ladder(thresholds)
+    elif thresholds is not None and not isinstance(thresholds, str):
+        thresholds = tuple(float(t) for t in thresholds)
+    options = ConversionOptions(norm, neuron, thresholds, v_init, ladder_tolerance)
     with stages_are_leaves():
         snn = ann2snn.Converter(SpikingUNetRecipe(stats, options, neuron_factory, accept_gap),
                                 device="cpu").convert(model)

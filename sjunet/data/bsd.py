@@ -8,7 +8,8 @@ Items are ``(noisy, noise)`` with ``noise = sigma/255 · N(0, 1)`` and ``noisy =
   are cropped within their 481x321 frame), random horizontal / vertical flips,
   ``sigma ~ U[sigma_range]`` (default [0, 55]) per item, ``samples_per_epoch`` items per epoch
   (default: one per image), item ``i`` from image ``i % n``.
-* ``bsd`` / ``val``: the last ``val_images`` (10) BSD200 images, centre ``crop``, ``sigma``
+* ``bsd`` / ``val``: the last ``val_images`` BSD200 images (40 = 20 % of 200: the rule of every 2-D
+  data set, :func:`~sjunet.data.common.validation_size`), centre ``crop``, ``sigma``
   (default 25), noise from a generator seeded by ``(seed, index, sigma)`` — identical every epoch.
 * ``set12``, ``bsd68`` (grayscale, 1 channel), ``cbsd68`` (colour, 3 channels): split ``test`` only,
   whole images, option ``sigma`` (15 / 25 / 50, default 25), noise seeded by
@@ -41,6 +42,7 @@ from .common import (
     require_files,
     resolve_root,
     select_split,
+    validation_size,
 )
 
 DEFAULT_SIGMA = 25.0
@@ -160,7 +162,7 @@ class BSDTrainDataset(DenoisingDataset):
         sigma: float = DEFAULT_SIGMA,
         samples_per_epoch: int | None = None,
         holdout_val: bool = False,
-        val_images: int = 10,
+        val_images: int | None = None,
         flip: bool = True,
         seed: int = 0,
     ) -> None:
@@ -175,12 +177,16 @@ class BSDTrainDataset(DenoisingDataset):
             sigma: validation noise level.
             samples_per_epoch: training items per epoch (default: number of images).
             holdout_val: exclude the validation images from ``train``.
-            val_images: number of trailing images forming ``val``.
+            val_images: number of trailing images forming ``val`` (``None``:
+                :func:`~sjunet.data.common.validation_size`, 40 of the 200).
             flip: random horizontal and vertical flips in training.
             seed: seed of the crop / flip / noise stream.
         """
         self.in_channels = 3 if color else 1
-        files = select_split(self._setup(root, split, seed), split, val_images, 0, holdout_val)
+        files = self._setup(root, split, seed)
+        if val_images is None:
+            val_images = validation_size(len(files))
+        files = select_split(files, split, val_images, 0, holdout_val)
         self.files = require_files(files, f"at least one {split} image", self.root)
         check_headers([[f] for f in self.files], self.max_image_pixels)  # before any decoding
         self.options = {"holdout_val": bool(holdout_val), "val_images": val_images}

@@ -12,9 +12,11 @@
 
 A frame and its label must have the same size. Images are resized to ``size`` (default 256x256,
 as the paper; bilinear), labels with nearest neighbour. The frames are one video, so splits are
-contiguous blocks of the sorted frames — ``train`` the first 70 %, ``val`` the next 10 %, ``test``
-the last 20 % (option ``fractions``; counts rounded, test takes the remainder) — never
-interleaved, or neighbouring frames would leak.
+contiguous blocks of the sorted frames — ``test`` the last 20 %, ``val`` the block before it, by
+the rule of every 2-D data set (:func:`~sjunet.data.common.validation_size`: max(4, 20 % of the
+non-test frames); 101 frames: 64 train, 17 val, 20 test), ``train`` the rest (option
+``fractions`` = train / val / test fractions instead; counts rounded) — never interleaved, or
+neighbouring frames would leak.
 Training augmentation: random horizontal flip. 3 input channels.
 """
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .common import (
     resolve_root,
     segmentation_item,
     select_split,
+    validation_size,
 )
 
 CAMVID11_CLASSES = (
@@ -56,6 +59,8 @@ CAMVID11_CLASSES = (
 CAMVID11_VOID = 11
 COLOR_TABLE = "label_colors.txt"
 LABEL_SUFFIX = "_L"
+#: the last fifth of the frames is the test block (the validation block precedes it)
+TEST_FRACTION = 0.2
 
 
 def parse_label_colors(path: str | os.PathLike) -> tuple[list[tuple[int, int, int]], list[str]]:
@@ -143,7 +148,7 @@ class CamSeqDataset(SJDataset):
         split: str = "train",
         *,
         size: int | tuple[int, int] | None = (256, 256),
-        fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        fractions: tuple[float, float, float] | None = None,
         flip: bool = True,
         cache: bool = True,
         seed: int = 0,
@@ -153,7 +158,8 @@ class CamSeqDataset(SJDataset):
             root: a directory in either layout, or a data directory holding ``CamSeq01-CamVid11``.
             split: ``train``, ``val`` or ``test`` (contiguous blocks, see the module docstring).
             size: output (H, W) or int; ``None`` keeps the original resolution.
-            fractions: train / val / test fractions of the sorted frames.
+            fractions: train / val / test fractions of the sorted frames (``None``: test 20 %,
+                validation :func:`~sjunet.data.common.validation_size` of the rest).
             flip: random horizontal flip in training.
             cache: keep decoded, resized frames in memory.
             seed: seed of the flip stream.
@@ -178,11 +184,15 @@ class CamSeqDataset(SJDataset):
             self.files = [self.root / COLOR_TABLE]
         self.num_classes = len(self.CLASS_NAMES)
         n = len(images)
-        if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-            raise DatasetError(f"fractions must be three non-negative numbers, got {fractions!r}")
-        total = float(sum(fractions))
-        n_val = int(round(n * fractions[1] / total))
-        n_test = int(round(n * fractions[2] / total))
+        if fractions is None:
+            n_test = int(round(n * TEST_FRACTION))
+            n_val = validation_size(n - n_test)
+        else:
+            if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+                raise DatasetError(f"fractions must be three non-negative numbers, got {fractions!r}")
+            total = float(sum(fractions))
+            n_val = int(round(n * fractions[1] / total))
+            n_test = int(round(n * fractions[2] / total))
         pairs = select_split(list(zip(images, labels)), split, n_val, n_test, holdout_val=True)
         require_files(pairs, f"at least one {split} frame (of {n})", self.root)
         check_headers(pairs, self.max_image_pixels)  # before any decoding
@@ -194,7 +204,9 @@ class CamSeqDataset(SJDataset):
         self.options = {
             "layout": self.layout,
             "size": self.size,
-            "fractions": tuple(fractions),
+            "fractions": tuple(fractions) if fractions is not None else None,
+            "val_frames": n_val,
+            "test_frames": n_test,
             "flip": self.flip,
             "frames": [pairs[0][0].name, pairs[-1][0].name],
         }

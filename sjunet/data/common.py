@@ -24,6 +24,7 @@ Conventions every loader follows (the rest of sjunet depends on them):
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -160,14 +161,35 @@ def pair_files(
     return [by_key[key(p)] for p in primary]
 
 
+#: the validation rule of every 2-D data set (:func:`validation_size`): at least this many whole images…
+MIN_VAL_IMAGES = 4
+#: … and at least this fraction of the training images (the non-test images), whichever is more
+VAL_FRACTION = 0.2
+
+
+def validation_size(pool: int) -> int:
+    """Validation images carved from ``pool`` training (non-test) images: ``max(4, ceil(0.2 · pool))``
+    (:data:`MIN_VAL_IMAGES`, :data:`VAL_FRACTION`), and at least one image left to train on.
+
+    Why: checkpoints are chosen and fine-tuning's gains judged on the validation score, so it must
+    rank them the way the test images would. Measured: a DRIVE validation split of 2 images scored
+    0.47 where the test images scored 0.63, and moved between 0.17 and 0.47 from epoch to epoch;
+    five EM images (20 % of 25) ranked fine-tuning checkpoints as the test images did."""
+    pool = int(pool)
+    return max(0, min(pool - 1, max(MIN_VAL_IMAGES, math.ceil(VAL_FRACTION * pool))))
+
+
 def select_split(
-    files: Sequence[T], split: str, n_val: int, n_test: int = 0, holdout_val: bool = False
+    files: Sequence[T], split: str, n_val: int | None, n_test: int = 0, holdout_val: bool = False
 ) -> list[T]:
     """Contiguous-block split of sorted ``files``: the last ``n_test`` are ``test``; of the rest, the
-    last ``n_val`` are ``val``; ``train`` is the rest, and also includes the ``val`` block unless
-    ``holdout_val`` (so by default ``train`` uses every non-test file, as the papers do)."""
+    last ``n_val`` are ``val`` (``None``: :func:`validation_size` of the rest); ``train`` is the rest,
+    and also includes the ``val`` block unless ``holdout_val`` (so by default ``train`` uses every
+    non-test file, as the papers do)."""
     files = list(files)
     n_trainval = len(files) - n_test
+    if n_val is None:
+        n_val = validation_size(n_trainval)
     if n_trainval - (n_val if holdout_val else 0) <= 0 or n_val > n_trainval or n_test < 0:
         raise DatasetError(
             f"cannot take {n_test} test and {n_val} validation files from {len(files)} files"

@@ -35,10 +35,11 @@ from .common import (
 #: scikit-image sample photographs used by ``demo-denoise`` (all shipped in the wheel)
 DEMO_IMAGES: dict[str, tuple[str, ...]] = {
     "train": (
-        "astronaut", "coffee", "chelsea", "rocket", "moon", "page",
-        "hubble_deep_field", "immunohistochemistry", "brick", "grass", "gravel",
+        "astronaut", "coffee", "chelsea", "rocket", "moon",
+        "hubble_deep_field", "immunohistochemistry", "brick", "grass",
     ),
-    "val": ("text", "clock"),
+    # four photos: the validation rule of every 2-D data set (sjunet.data.common.validation_size)
+    "val": ("text", "clock", "page", "gravel"),
     "test": ("camera", "coins"),
 }  # fmt: skip
 
@@ -205,6 +206,8 @@ class DemoDenoising(DenoisingDataset):
         samples_per_epoch: int | None = 256,
         flip: bool = True,
         seed: int = 0,
+        size: int | None = None,
+        num_items: int | None = None,
     ) -> None:
         """
         Args:
@@ -216,10 +219,22 @@ class DemoDenoising(DenoisingDataset):
             samples_per_epoch: training crops per epoch.
             flip: random flips in training.
             seed: seed of the crop / flip / noise stream.
+            size, num_items: the options every demo data set takes (``demo-seg``, ``demo-seg3d``):
+                ``size`` sets both crops (training and evaluation) to ``size`` × ``size``;
+                ``num_items`` the items of the split (training: crops per epoch; val / test: at
+                most that many photos).
         """
         SJDataset.__init__(self, None, split, seed)
+        if size is not None:
+            crop = eval_crop = int(size)
+        if num_items is not None and int(num_items) < 1:
+            raise DatasetError(f"demo-denoise: num_items must be at least 1, got {num_items}")
         self.in_channels = 3 if color else 1
         self.names = DEMO_IMAGES[split]
+        if num_items is not None and split == "train":
+            samples_per_epoch = int(num_items)
+        elif num_items is not None:
+            self.names = self.names[: int(num_items)]
         self._images = [load_skimage_photo(n, color) for n in self.names]
         self.options = {
             "images": list(self.names),

@@ -25,7 +25,8 @@ Preprocessing (:func:`preprocess`), following the official Spiking-UNet / retina
 
 Splits: ``train`` = the 20 training images (the first 18 with ``holdout_val=True``) as random
 ``patch`` x ``patch`` crops whose centre lies inside the FOV, item ``i`` from image ``i % n``;
-``val`` = the last ``val_images`` (2) training images, whole and FOV-masked like the test images
+``val`` = the last ``val_images`` training images (4 = max(4, 20 % of 20): the rule of every 2-D data
+set, :func:`~sjunet.data.common.validation_size`), whole and FOV-masked like the test images
 (checkpoints are chosen on the same kind of input the test reports: one code path for both);
 ``test`` = the 20 test images, whole
 (``x [1, 584, 565]``), evaluated whole by default (padded to the network's size multiple, run
@@ -62,6 +63,7 @@ from .common import (
     rgb_to_gray,
     segmentation_item,
     select_split,
+    validation_size,
 )
 
 #: clip limit matching OpenCV ``clipLimit=2.0`` with 256 bins
@@ -111,7 +113,7 @@ class DRIVEDataset(SJDataset):
         patch: int = 48,
         samples_per_epoch: int | None = None,
         holdout_val: bool = False,
-        val_images: int = 2,
+        val_images: int | None = None,
         flip: bool = False,
         cache: bool = True,
         seed: int = 0,
@@ -123,7 +125,8 @@ class DRIVEDataset(SJDataset):
             patch: side of the square training patches.
             samples_per_epoch: training patches per epoch (default 2000).
             holdout_val: exclude the validation images from ``train``.
-            val_images: number of trailing training images used for ``val``.
+            val_images: number of trailing training images used for ``val`` (``None``:
+                :func:`~sjunet.data.common.validation_size`, 4 of the 20).
             flip: random horizontal / vertical flips of training patches (off: the paper uses none).
             cache: keep preprocessed images in memory.
             seed: seed of the patch / flip stream.
@@ -146,6 +149,8 @@ class DRIVEDataset(SJDataset):
         labels = pair_files(images, list_images(base / "1st_manual"), _item_id, what="1st_manual")
         masks = pair_files(images, list_images(base / "mask"), _item_id, what="mask")
         triples = list(zip(images, labels, masks))
+        if val_images is None:
+            val_images = validation_size(len(triples)) if split != "test" else None
         if split != "test":
             triples = select_split(triples, split, val_images, 0, holdout_val)
         require_files(triples, f"at least one {split} image", base / "images")

@@ -4,7 +4,8 @@ Layout: ``<root>/images/0.png … 29.png`` (grayscale 512x512) and ``<root>/labe
 with 0 = membrane, 255 = cell interior. Class 0 = membrane, class 1 = interior; labels stored as
 0/1 work too (:func:`~sjunet.data.common.binary_label` decides from each label's set of values).
 
-Split (files in natural order, ``test_images=5``, ``val_images=5``):
+Split (files in natural order, ``test_images=5``, ``val_images`` by the rule of every 2-D data set,
+:func:`~sjunet.data.common.validation_size`: max(4, 20 % of the 25 training images) = 5):
 
 * ``test``  = the last 5 images (25–29), whole 512x512, no augmentation. The ISBI challenge's own
   test labels are not public, so — like the Spiking-UNet paper and most re-implementations —
@@ -40,6 +41,7 @@ from .common import (
     resolve_root,
     segmentation_item,
     select_split,
+    validation_size,
 )
 
 
@@ -76,7 +78,7 @@ class EMDataset(SJDataset):
         samples_per_epoch: int | None = None,
         holdout_val: bool = False,
         test_images: int = 5,
-        val_images: int = 5,
+        val_images: int | None = None,
         cache: bool = True,
         seed: int = 0,
     ) -> None:
@@ -89,13 +91,16 @@ class EMDataset(SJDataset):
             flip: random horizontal and vertical flips in training.
             samples_per_epoch: training items per epoch (default: number of training images).
             holdout_val: exclude the ``val`` images from ``train``.
-            test_images, val_images: sizes of the trailing test block and the validation block.
+            test_images, val_images: sizes of the trailing test block and the validation block
+                (``val_images=None``: :func:`~sjunet.data.common.validation_size` of the non-test images).
             cache: keep decoded images in memory.
             seed: seed of the augmentation stream.
         """
         super().__init__(resolve_root(root, self.DEFAULT_ROOT, _check_layout, self.name), split, seed)
         images = list_images(self.root / "images")
         labels = pair_files(images, list_images(self.root / "labels"), key=lambda p: p.stem)
+        if val_images is None:
+            val_images = validation_size(len(images) - test_images)
         chosen = select_split(list(zip(images, labels)), split, val_images, test_images, holdout_val)
         require_files(chosen, f"at least one {split} image", self.root / "images")
         check_headers(chosen, self.max_image_pixels)  # sizes from the headers, before any decoding

@@ -12,7 +12,9 @@ The parts, lowest first:
 * :mod:`.fanout` — the structural fan-out of every spike source (exact SOPs);
 * :mod:`.energy` — spikes, events, SOPs and MACs, energy in the paper's, the SOP and NeuroBench
   conventions, the metric–energy frontier (:func:`count_energy`, :func:`energy_frontier`);
-* :mod:`.report` — energy reports as Markdown.
+* :mod:`.report` — energy reports as Markdown;
+* :mod:`.degenerate` — a broken ANN (one class everywhere, a constant image): detected on data,
+  recorded in what it makes, and repeated by every command (:func:`~.degenerate.check_model`).
 
 Where to change what: a new protocol in :mod:`.protocol` (with its layout in :mod:`.layout`); a new
 energy convention in :data:`sjunet.evaluation.energy.CONVENTIONS`; a new stage's fan-out in

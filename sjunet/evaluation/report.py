@@ -3,6 +3,7 @@ frontier over T (:func:`frontier_table`), every convention beside the ANN."""
 from __future__ import annotations
 
 from sjunet.evaluation.energy import EnergyReport
+from sjunet.metrics import metric_label
 
 CONVENTION_KEYS = {"paper": "energy_paper_J", "sop": "energy_sop_J", "neurobench": "energy_neurobench_J"}
 
@@ -57,20 +58,39 @@ def metric_key(metrics: dict, frontier: dict | None = None) -> str:
     return "miou" if "miou" in metrics else "psnr"
 
 
-def frontier_table(frontier: dict, label: str = "SNN", key: str | None = None) -> str:
-    """Metric and energy (× ANN, three conventions) at every T of :func:`sjunet.evaluation.energy.energy_frontier`."""
+def frontier_table(frontier: dict, label: str = "SNN", key: str | None = None, legend: bool = True) -> str:
+    """Metric and energy (× ANN, three conventions) at every T of
+    :func:`sjunet.evaluation.energy.energy_frontier`, with :data:`FRONTIER_LEGEND` under it (``legend``)."""
     per_t = frontier["T"]
     first = next(iter(per_t.values()))
     key = key or metric_key(frontier.get("ann") or first["metrics"], frontier)
     ann = (frontier.get("ann") or {}).get(key)
-    lines = [f"| model | T | {key} | × ANN | spikes/img | SOPs/img | paper E × ANN | SOP E × ANN | "
+    lines = [f"| model | T | {metric_label(key)} | × ANN | spikes/img | SOPs/img | paper E × ANN | SOP E × ANN | "
              "NeuroBench E × ANN |", "|---|---|---|---|---|---|---|---|---|"]
     if ann is not None:
         lines.append(f"| ANN | — | {ann:.4f} | 1.000 | — | — | 1 | 1 | 1 |")
     for t, v in per_t.items():
         m, e = v["metrics"][key], v["energy"]
         r = e["ratios"]
-        lines.append(f"| {label} | {t} | {m:.4f} | {m / ann if ann else float('nan'):.3f} | {_fmt(e['spikes'])} | "
-                     f"{_fmt(e['sops'])} | {r.get('paper', float('nan')):.4f} | {r.get('sop', float('nan')):.4f} | "
-                     f"{r.get('neurobench', float('nan')):.4f} |")
-    return "\n".join(lines)
+        lines.append(f"| {label} | {t} | {m:.4f} | {_ratio(m, ann)} | {_fmt(e['spikes'])} | "
+                     f"{_fmt(e['sops'])} | {_num(r.get('paper'))} | {_num(r.get('sop'))} | {_num(r.get('neurobench'))} |")
+    return "\n".join(lines) + ("\n\n" + FRONTIER_LEGEND if legend else "")
+
+
+#: what the columns of :func:`frontier_table` mean (printed under it; README "Energy, three conventions")
+FRONTIER_LEGEND = (
+    "Columns: T — time steps simulated; × ANN — the SNN's metric over the ANN's (— when the ANN scores 0); "
+    "spikes/img — threshold crossings per image over all T steps; SOPs/img — synaptic operations per image "
+    "(each spike × the synapses it reaches); E × ANN — the SNN's energy per image over the ANN's "
+    "(E_MAC 4.6 pJ, E_AC 0.9 pJ): paper = first-layer MACs + one AC per spike (the paper's Table 5), "
+    "SOP = first-layer MACs + one AC per synaptic operation, NeuroBench = first-layer MACs + one MAC per "
+    "graded event × fan-out (README, \"Energy, three conventions\").")
+
+
+def _ratio(m: float, ann: float | None) -> str:
+    """``m / ann`` to 3 decimals, or "—" when the ANN's score is missing or 0 (not ``nan``)."""
+    return f"{m / ann:.3f}" if ann else "—"
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None or v != v else f"{v:.4f}"

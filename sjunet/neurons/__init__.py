@@ -23,17 +23,17 @@ layer) is a layer, not a neuron; it is re-exported here as before.
 Every name below is importable from ``sjunet.neurons``.
 """
 from sjunet.layers.static_synapse import StaticInputSynapse
-from sjunet.neurons.base import (LADDERS, AdvancedByStep, NeuronFactory, SpikingNeuron, compile_pays, compile_status,
-                                 is_halving, is_neuron, named_ladder, refuse_signed, set_compiled, set_recording,
-                                 threshold_ladder, validate_ladder)
+from sjunet.neurons.base import (AUTO, LADDERS, AdvancedByStep, NeuronFactory, SpikingNeuron, compile_pays,
+                                 compile_status, is_halving, is_neuron, named_ladder, refuse_signed, set_compiled,
+                                 set_recording, threshold_ladder, validate_ladder)
 from sjunet.neurons.mt import IFNode, MultiThresholdNode, mt_step, mt_step_surrogate
 from sjunet.neurons.peers import MultiLevelNode, RealSpikeNode, ml_factory, rs_factory
-from sjunet.neurons.registry import FACTORIES, NEURON_TYPES, mt_factory
+from sjunet.neurons.registry import FACTORIES, NEURON_TYPES, mt_factory, per_layer_factory
 from sjunet.neurons.signed import SignedMultiThresholdNode, leaky, signed_mt_step, signed_mt_step_surrogate
 
-__all__ = ["AdvancedByStep", "FACTORIES", "LADDERS", "named_ladder", "IFNode", "MultiLevelNode", "MultiThresholdNode", "NEURON_TYPES",
+__all__ = ["AUTO", "AdvancedByStep", "FACTORIES", "LADDERS", "named_ladder", "IFNode", "MultiLevelNode", "MultiThresholdNode", "NEURON_TYPES",
            "NeuronFactory", "RealSpikeNode", "SignedMultiThresholdNode", "SpikingNeuron", "StaticInputSynapse",
            "compile_pays", "compile_status", "set_compiled", "is_halving", "is_neuron", "leaky", "ml_factory",
-           "mt_factory", "mt_step", "mt_step_surrogate",
+           "mt_factory", "per_layer_factory", "mt_step", "mt_step_surrogate",
            "refuse_signed", "rs_factory", "set_recording", "signed_mt_step", "signed_mt_step_surrogate",
            "threshold_ladder", "validate_ladder"]

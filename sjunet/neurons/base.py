@@ -54,13 +54,19 @@ def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[
     return tuple(float(top * ratio**i) for i in range(n))
 
 
-#: named ladders (``--thresholds NAME``): ``paper`` — the paper's Table 4 choice and the MT default,
-#: (2, 1, 0.5, 0.25), tuned at the paper's T of 10–50; ``theorem`` — Theorem 3.1's optimum for a
-#: membrane in [0, 1], (0.5, 0.25, 0.125, 0.0625). The normalisation puts the 99.9th percentile of
+#: named ladders (``--thresholds NAME``): ``paper`` — the paper's Table 4 choice, (2, 1, 0.5, 0.25),
+#: tuned at the paper's T of 10–50 (the paper-table benchmarks name it); ``theorem`` — Theorem
+#: 3.1's optimum for a membrane in [0, 1], (0.5, 0.25, 0.125, 0.0625); ``uncapped`` — the same step
+#: with a top of 1, (1, 0.5, 0.25, 0.125, 0.0625). The normalisation puts the 99.9th percentile of
 #: every activation at 1, so the paper's top threshold (2) fires for almost nothing and one of its
 #: four bits is idle; the theorem's ladder spends all four on [0, 1] (one step at 1/16 instead of
-#: 1/4), which matters at T = 1–2 and costs a cap of 0.9375 per step on the rare values above 1.
-LADDERS: dict[str, tuple[float, ...]] = {"paper": threshold_ladder(4), "theorem": threshold_ladder(4, top=0.5)}
+#: 1/4), which matters at T = 1–2 and costs a cap of 0.9375 per step on the rare values above 1 —
+#: a plateau in T; the uncapped ladder lifts the cap to 1.9375 at the price of one more level.
+#: The MT default is neither: ``"auto"``, a ladder per layer (:mod:`sjunet.conversion.ladders`).
+LADDERS: dict[str, tuple[float, ...]] = {"paper": threshold_ladder(4), "theorem": threshold_ladder(4, top=0.5),
+                                         "uncapped": threshold_ladder(5, top=1.0)}
+#: ``--thresholds auto``: a ladder per layer, chosen from its calibration histogram (:mod:`sjunet.conversion.ladders`)
+AUTO = "auto"
 
 
 def named_ladder(thresholds: "str | Sequence[float] | None") -> "tuple[float, ...] | None":
@@ -69,8 +75,8 @@ def named_ladder(thresholds: "str | Sequence[float] | None") -> "tuple[float, ..
         return None
     if isinstance(thresholds, str):
         if thresholds not in LADDERS:
-            raise ValueError(f"unknown threshold ladder {thresholds!r}; name one of {', '.join(LADDERS)} or give the "
-                             "thresholds, largest first")
+            raise ValueError(f"unknown threshold ladder {thresholds!r}; name one of {', '.join(LADDERS)}, {AUTO} "
+                             "(a ladder per layer) or give the thresholds, largest first")
         return LADDERS[thresholds]
     return tuple(float(t) for t in thresholds)
 

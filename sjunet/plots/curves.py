@@ -10,7 +10,13 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 
+from sjunet.metrics import metric_label
 from sjunet.plots.figures import NORM_LABELS as _NORM_LABELS, save_figure
+
+#: panel titles of the energy conventions (spec §12; README "Energy, three conventions")
+CONVENTION_TITLES = {"paper": "paper: first-layer MACs + spikes (no fan-out)",
+                     "sop": "SOP: first-layer MACs + spikes × fan-out",
+                     "neurobench": "NeuroBench: graded events × fan-out as MACs"}
 
 
 #: the largest results file read (an `sjunet evaluate` / `energy` JSON is a few kB)
@@ -231,14 +237,15 @@ def metric_vs_T(
             ax.set_xticklabels([str(t) for t in ts])
             ax.minorticks_off()
         ax.set_xlabel("time steps T")
-        ax.set_ylabel(m)
-        ax.set_title(m, fontsize=10)
+        ax.set_ylabel(metric_label(m))
+        ax.set_title(metric_label(m), fontsize=10)
         ax.grid(alpha=0.3, which="both")
         if len(loaded) > 3:  # many lines: the legend goes beside the panel, not over the curves
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         else:
             ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(title or f"SNN {', '.join(metrics)} vs number of time steps T (dashed: ANN)", fontsize=11)
+    fig.suptitle(title or f"SNN {', '.join(metric_label(m) for m in metrics)} vs number of time steps T (dashed: ANN)",
+                 fontsize=11)
     save_figure(fig, output)
     return out
 
@@ -313,10 +320,11 @@ def metric_vs_energy(
                 ax.plot([ann_e], [ann_m], "*", color="k", ms=12, label=f"ANN ({ann_m:.4g})" if len(anns) == 1 else None)
         ax.set_xscale("log")
         ax.set_xlabel(f"energy per image (J), {conv} convention")
-        ax.set_ylabel(metric)
-        ax.set_title(conv, fontsize=10)
+        ax.set_ylabel(metric_label(metric))
+        ax.set_title(CONVENTION_TITLES.get(conv, conv), fontsize=10)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title or f"{metric} against energy (log scale); star: the ANN", fontsize=11)
+    fig.suptitle(title or f"{metric_label(metric)} against energy per image (log scale); star: the ANN; "
+                 "points: time steps T", fontsize=11)
     save_figure(fig, output)
     return out

@@ -92,6 +92,7 @@ def predictions_figure(rows: list[dict], task, output: str | os.PathLike, title:
     central ``zoom`` fraction of each side), marked with a box on the input."""
     from matplotlib.patches import Rectangle
 
+    from sjunet.metrics import format_metric
     from sjunet.plots.figures import plt, save_figure
 
     seg = task.kind == "segmentation"
@@ -110,11 +111,14 @@ def predictions_figure(rows: list[dict], task, output: str | os.PathLike, title:
             _show(ax, pic, seg and c > 0, classes)
             score = row["scores"].get(label)
             item = "volume" if row.get("slice") else "image"
-            ax.set_title(f"{label}" + (f"\n{score:.4f}" if score is not None else f"\n{item} {row['index']}"),
-                         fontsize=8)
+            ax.set_title(f"{label}" + (f"\n{format_metric(task.metric, score)}" if score is not None
+                                       else f"\n{item} {row['index']}"), fontsize=8)
             if not seg:
                 ax.add_patch(Rectangle((left, top), zw, zh, fill=False, edgecolor="lime", linewidth=1))
                 _show(axes[r * per_image + 1, c], pic[top:top + zh, left:left + zw], False, classes)
+    names = list(getattr(task, "class_names", None) or [])
+    if seg and classes == 2 and len(names) == 2:  # which class is which colour
+        title = (f"{title} — " if title else "") + f"white: {names[1]}, black: {names[0]}"
     where = rows[0].get("slice") if rows else None
     if where:  # volumes: the pictures are one slice of each
         title = (f"{title} — " if title else "") + (f"middle slice of each volume along depth (z = {where['index']} "

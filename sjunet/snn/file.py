@@ -45,7 +45,7 @@ from sjunet.layers.stages import ChannelAffine, Concat
 from sjunet.neurons import NEURON_TYPES, StaticInputSynapse, is_neuron
 from sjunet.snn.record import (BAD_ARG_NAMES, BUILD_ERRORS, IDENT, MAX_CAT_PARTS, MAX_DEPTH, MAX_NAME, MAX_NODES,
                                MAX_PARAMS, MAX_RECORD_CHARS, NODE_KEYS, NODE_OPS, SEGMENT, STAGES, SUB_RESERVED,
-                               TOP_RESERVED, check_module, construct, first_line, short_repr)
+                               TOP_RESERVED, check_ladder_record, check_module, construct, first_line, short_repr)
 from sjunet.snn.shapes import check_record, spatial_dims
 
 FORMAT = "sjunet-snn/2"
@@ -446,6 +446,10 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
     for key, types in _FIELD_TYPES.items():
         if not isinstance(record.get(key), types):
             raise ArtifactError(f"{path}: the record's {key!r} has type {type(record[key]).__name__}; the file is corrupt")
+    try:
+        check_ladder_record(record.get("conversion"))
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {first_line(e, 300)}; the file is corrupt") from None
     for name, t in tensors.items():
         if not t.dtype.is_floating_point or t.dim() > 5:  # a Conv3d's weight: 5-D
             raise ArtifactError(f"{path}: tensor {short_repr(name)} is {t.dim()}-D {t.dtype}; an SNN holds "

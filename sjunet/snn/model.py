@@ -61,6 +61,8 @@ class Conversion:
     size_multiples: list | None = None  #: volumes: the multiple of each axis (D, H, W)
     approximations: list | None = None
     approximation_gap: dict | None = None
+    #: per-layer ladders (``thresholds="auto"``): ReLU node -> the choice and its expected error (sjunet.conversion.ladders)
+    ladders: dict | None = None
     extra: dict = field(default_factory=dict)
     #: the record's keys, in order (a key whose value is None is written only when it was there)
     keys: tuple = field(default=(), repr=False, compare=False)

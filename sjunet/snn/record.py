@@ -308,6 +308,41 @@ def check_module(spec: Any, what: str, nested: bool = False) -> tuple[str, dict]
     raise ArtifactError(f"{what}: unknown module type {short_repr(t)}")
 
 
+def check_ladder_record(conversion: Any) -> None:
+    """The conversion record's ladder fields, which people and tables read: ``options.thresholds`` —
+    a list of at most :data:`MAX_THRESHOLDS` positive finite numbers, ``"auto"`` (a ladder per
+    layer) or absent — and ``ladders`` — absent, null, or per ReLU node an object whose
+    ``thresholds`` is such a list and whose other values are numbers or booleans. Files written
+    before per-layer ladders carry a list and no ``ladders``: they pass as they are."""
+    if not isinstance(conversion, dict):
+        return
+    options = conversion.get("options")
+    th = options.get("thresholds") if isinstance(options, dict) else None
+
+    def ladder(v: Any, what: str) -> None:
+        if not isinstance(v, list) or not 1 <= len(v) <= MAX_THRESHOLDS:
+            raise ArtifactError(f"{what} must be a list of 1 to {MAX_THRESHOLDS} thresholds, got {short_repr(v)}")
+        for t in v:
+            if not _number(t, what) > 0:
+                raise ArtifactError(f"{what} must be positive, got {short_repr(t)}")
+
+    if th is not None and th != "auto":
+        ladder(th, "conversion.options.thresholds")
+    ladders = conversion.get("ladders")
+    if ladders is None:
+        return
+    if not isinstance(ladders, dict) or len(ladders) > MAX_NODES:
+        raise ArtifactError(f"conversion.ladders must be an object (ReLU node -> its ladder), got {short_repr(ladders)}")
+    for node, choice in ladders.items():
+        what = f"conversion.ladders[{short_repr(node)}]"
+        if not isinstance(choice, dict):
+            raise ArtifactError(f"{what} must be an object, got {short_repr(choice)}")
+        ladder(choice.get("thresholds"), f"{what}.thresholds")
+        for k, v in choice.items():
+            if k != "thresholds" and not isinstance(v, bool):
+                _number(v, f"{what}.{short_repr(k)}")
+
+
 def construct(t: str, args: dict) -> nn.Module:
     if t == "StaticInputSynapse":
         return StaticInputSynapse(construct(*args["layer"]))

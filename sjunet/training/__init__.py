@@ -11,6 +11,8 @@ The parts, lowest first:
 * :mod:`.distill` — distillation from the ANN rebuilt from the SNN;
 * :mod:`.flow` — spiking flow (paper §3.4, Algorithm 1): the differentiable pass on accumulated
   quantities, the losses (Eq. 11/12), the spike budget;
+* :mod:`.lr_trials` — ``--lr auto``: a short trial of a few rates, on the clock (validations
+  counted, a subset when needed, a trial that beats the input kept);
 * :mod:`.finetuning` — ``sjunet finetune`` (:func:`finetune`): the flow in the loop, lr trials, the
   input as the bar;
 * :mod:`.direct` — ``sjunet train --spiking``: direct training of Spiking-UNets (the paper's DT).

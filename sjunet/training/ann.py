@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from sjunet.evaluation import degenerate
+from sjunet.evaluation.degenerate import check_model
 from sjunet.io import ANN_KIND, model_fingerprint, provenance, torch_save_atomic
 from sjunet.models import UNet, UNetConfig
 from sjunet.models.external import build_arch
@@ -181,6 +183,9 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
 
         def save_best(entry: dict, history: list) -> None:
             kept["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            # one class everywhere / a constant image on the validation images: recorded, so every later
+            # command repeats the warning (sjunet.evaluation.degenerate)
+            kept["degenerate"] = check_model(model, val_ds, device=opts.device, multiple=multiple)
             torch_save_atomic({
                 "kind": ANN_KIND,
                 "model_config": config.to_dict() if config is not None else None,
@@ -197,6 +202,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
                 "val": entry["val"],
                 "score": entry["score"],
                 "history": history,
+                degenerate.KEY: kept["degenerate"],
                 "provenance": provenance(),
             }, output)
 
@@ -220,5 +226,8 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
 
         model.load_state_dict(load_checkpoint(output, ANN_KIND)["state_dict"])
     model.eval()
+    if "degenerate" not in kept and w.main:  # resumed, no new best: the check of the checkpoint kept
+        kept["degenerate"] = check_model(model, val_ds, device=opts.device, multiple=multiple)
     return model, {**summary, "output": str(output), "best_epoch": best["epoch"], "best_val": best["val"],
-                   "task": task_to_dict(task), "class_weights": weights_record}
+                   "task": task_to_dict(task), "class_weights": weights_record,
+                   "degenerate": kept.get("degenerate")}

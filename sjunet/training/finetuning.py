@@ -2,10 +2,11 @@
 :mod:`sjunet.training.flow` in the shared loop (:func:`sjunet.training.loop.fit`), with the converted
 SNN's own validation score as the bar: the output is never worse on validation than the input.
 
-``lr="auto"`` (the default) tries each of :data:`LR_CANDIDATES` for a few iterations on the
-validation split (:func:`lr_range_test`, :func:`plan_lr_trials`: at most a quarter of the budgets,
-counted against them); a fine-tuned checkpoint replaces the input only when it beats it by more than
-:data:`MIN_GAIN` of its score.
+``lr="auto"`` (the default) tries each of :data:`~sjunet.training.lr_trials.LR_CANDIDATES` for a few
+iterations (:mod:`sjunet.training.lr_trials`: by the clock, validations included, at most a quarter
+of the budgets and counted against them; a trial that beats the input is continued from); a
+fine-tuned checkpoint replaces the input only when it beats it by more than :data:`MIN_GAIN` of its
+score.
 """
 from __future__ import annotations
 
@@ -23,40 +24,14 @@ from tqdm.auto import tqdm
 from sjunet.snn.model import SpikingUNet, input_fingerprint, size_rule
 from sjunet.training.distill import Teacher
 from sjunet.training.flow import METHODS, FlowModule, LossWeights, SopPenalty, finetune_loss
+from sjunet.training.lr_trials import (LR_CANDIDATES, LR_FALLBACK, LR_TRIAL_ITERS, LR_TRIAL_SHARE,  # noqa: F401
+                                       lr_range_test, plan_lr_trials, plan_trials)
 
-#: learning rates ``lr="auto"`` tries, and the iterations it gives each
-LR_CANDIDATES = (1e-5, 3e-5, 1e-4, 3e-4)
-LR_TRIAL_ITERS = 20
-#: the share of a fine-tuning budget (``max_minutes``, ``max_iters``) the ``lr="auto"`` trials may take
-LR_TRIAL_SHARE = 0.25
-#: fewer trial iterations per rate than this and the trials are skipped (``--max-iters`` too small)
-LR_TRIAL_MIN = 2
-#: the rate ``lr="auto"`` uses when the trials are skipped
-LR_FALLBACK = 1e-4
 #: a fine-tuned checkpoint replaces the input only when it beats the input's validation score by
 #: more than this fraction of it: smaller gains are the validation images' noise (measured: +0.010 dB
 #: on BSD validation crops came with −0.015 dB on BSD68; every gain above 0.1 % in the fine-tuning
 #: tables carried over to the test images with its sign)
 MIN_GAIN = 1e-3
-
-
-def plan_lr_trials(max_iters: int | None, iters: int = LR_TRIAL_ITERS,
-                   candidates=LR_CANDIDATES) -> tuple[int, str]:
-    """Iterations per rate of the ``lr="auto"`` trials under an iteration budget, and why when it is
-    fewer than ``iters``: the trials take at most :data:`LR_TRIAL_SHARE` of ``max_iters`` (split over
-    the rates; they count against it), and are skipped (0) when that leaves fewer than
-    :data:`LR_TRIAL_MIN` per rate — then the rate is :data:`LR_FALLBACK`."""
-    if max_iters is None:
-        return iters, ""
-    per = min(iters, int(max_iters * LR_TRIAL_SHARE) // len(candidates))
-    if per < LR_TRIAL_MIN:
-        return 0, (f"--max-iters {max_iters} is too small for the learning-rate trials (a quarter of it, "
-                   f"{int(max_iters * LR_TRIAL_SHARE)}, leaves under {LR_TRIAL_MIN} iterations for each of "
-                   f"{len(candidates)} rates): trials skipped, lr {LR_FALLBACK:g}")
-    if per < iters:
-        return per, (f"{per} iterations per rate (a quarter of --max-iters {max_iters}, counted against it; "
-                     f"{iters} without a budget)")
-    return per, ""
 
 
 @dataclass
@@ -70,7 +45,8 @@ class FinetuneOptions:
     T: int = 10
     epochs: int = 10
     batch_size: int = 4
-    #: a learning rate, or "auto": the best of :data:`LR_CANDIDATES` after a short trial each (:func:`lr_range_test`);
+    #: a learning rate, or "auto": the best of :data:`LR_CANDIDATES` after a short trial each
+    #: (:func:`sjunet.training.lr_trials.lr_range_test`);
     #: "auto" is the default, chosen by the ablation ``python -m sjunet.benchmarks ftrecipe`` (widths 16 and 64)
     lr: float | str = "auto"
     optimizer: str = "adam"
@@ -100,63 +76,6 @@ class FinetuneOptions:
     class_weights: str = "auto"
 
 
-def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "adam", candidates=LR_CANDIDATES,
-                  iters: int = LR_TRIAL_ITERS, batch_size: int = 4, seed: int = 0, grad_clip: float | None = None,
-                  device: str = "cpu", max_seconds: float | None = None, progress: bool = False,
-                  baseline: float | None = None, fallback: float = LR_FALLBACK) -> tuple[float, dict[float, float]]:
-    """Try each learning rate for ``iters`` iterations from the same weights and data, validate,
-    and return ``(the best, {lr: validation score})``; the weights are restored afterwards, and
-    the global random state is left as it was. A trial whose loss is not finite scores −inf.
-    Ties (within 1e-6) go to the smaller rate. With ``max_seconds`` each rate's training stops
-    after its equal share of that time (at least one iteration each). ``progress`` shows a bar
-    over all the trial iterations.
-
-    ``baseline``: the input's validation score. When no trial beats it, the trials have seen only
-    the first dip of fine-tuning (measured: at T = 1 on EM every rate is below the input after 20
-    iterations, and every rate is above it after 80), which ranks the rates by how little they
-    moved — the smallest would win and then learn nothing in the budget. Then ``fallback`` (the
-    recipe's rate) is returned instead."""
-    from torch.utils.data import DataLoader
-
-    from sjunet.rng import rng_preserved
-    from sjunet.training.run import make_optimizer
-
-    start = {k: v.detach().clone() for k, v in snn.state_dict().items()}
-    params = [p for p in snn.parameters() if p.requires_grad]
-    scores: dict[float, float] = {}
-    bar = tqdm(total=iters * len(candidates), desc="lr trials", disable=not progress, leave=False)
-    with rng_preserved():
-        for lr in candidates:
-            bar.set_postfix(lr=f"{lr:g}")
-            snn.load_state_dict(start)
-            opt = make_optimizer(optimizer, params, lr)
-            loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True,
-                                generator=torch.Generator().manual_seed(seed))
-            finite, t0 = True, time.monotonic()
-            for i, (x, y) in enumerate(loader):
-                if i >= iters or (i and max_seconds is not None
-                                  and time.monotonic() - t0 > max_seconds / len(candidates)):
-                    break
-                loss = step(x.to(device), y.to(device))
-                if not torch.isfinite(loss.detach()):
-                    finite = False
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                opt.step()
-                bar.update(1)
-            scores[lr] = validate()[0] if finite else -math.inf
-    bar.close()
-    snn.load_state_dict(start)
-    top = max(scores.values())
-    if baseline is not None and top <= baseline:
-        return fallback, scores
-    best = min(lr for lr, v in scores.items() if v >= top - 1e-6)
-    return best, scores
-
-
 def finetune_record(record: dict) -> dict | None:
     """The fine-tuning part of an SNN file's record (``None`` for a converted, not fine-tuned SNN):
     ``kept`` (``"input"`` or where the best validation was), ``score``, ``input_score``,
@@ -183,8 +102,12 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
     ``class_weights``. Raises :class:`sjunet.training.loop.DivergedError` on a non-finite loss or score.
 
     Budgets: ``max_minutes`` and ``max_iters`` bound the optimisation — the ``lr="auto"`` trials
-    (at most a quarter of either, :func:`plan_lr_trials`) and the training iterations together;
-    loading the data and validating the input SNN are not counted (they are timed and reported).
+    (by the clock, their validations included: at most a quarter of either,
+    :func:`~sjunet.training.lr_trials.plan_trials`, :func:`~sjunet.training.lr_trials.plan_lr_trials`)
+    and the training iterations with their validations together; loading the data and validating
+    the input SNN are not counted (they are timed and reported: ``timing``). A trial that beats
+    the input is continued from (``lr_kept``). The summary adds ``lr_trial_images`` (validation
+    images each trial was scored on; ``None``: all) and ``lr_trials_input`` (the input's score on them).
     """
     from sjunet.conversion.recipe import load_snn, save_snn
     from sjunet.data import check_fits
@@ -258,44 +181,64 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
             return finetune_loss(snn, task, x, y, opts.T, opts.method, opts.chunk, teacher, weights, penalty,
                                  runner)
 
-        def validate():
-            r = evaluate_snn(snn, val_ds, [opts.T], task, limit=opts.val_limit, multiple=multiple,
+        def validate(limit: int | None = None):
+            lim = opts.val_limit if limit is None else (limit if opts.val_limit is None else min(limit, opts.val_limit))
+            r = evaluate_snn(snn, val_ds, [opts.T], task, limit=lim, multiple=multiple,
                              progress=False, device=opts.device)
             val = r["T"][str(opts.T)]
             return task.score(val), val
 
-        lr, trials = opts.lr, None
-        measured: dict = {}  # the input's validation (score, metrics), when the lr trials measured it
+        lr, trials, result = opts.lr, None, None
+        measured: dict = {}  # the input's validation (score, metrics), measured before the trials
         per_rate, why = plan_lr_trials(opts.max_iters, opts.lr_trial_iters) if auto_lr else (0, "")
-        trial_minutes = 0.0
+        trial_minutes = input_minutes = 0.0
+        n_val = len(val_ds) if opts.val_limit is None else min(opts.val_limit, len(val_ds))
         if auto_lr and resume:  # the rate the interrupted run chose (its trials are not repeated)
             lr = _resumed_lr(last)
         elif auto_lr and per_rate == 0:
             lr = LR_FALLBACK
             say(f"--lr auto: {why}")
-        elif auto_lr:  # the trials take at most a quarter of each budget, and count against it
-            say(f"--lr auto: trying {len(LR_CANDIDATES)} learning rates ({', '.join(f'{c:g}' for c in LR_CANDIDATES)}), "
-                f"{per_rate} iterations each" + (f" — {why}" if why else "")
-                + (f", at most {opts.max_minutes * LR_TRIAL_SHARE:.2f} min of training (a quarter of --max-minutes)"
-                   if opts.max_minutes is not None else "")
-                + f", each then validated on {task.metric}…")
-            t_trials = time.monotonic()
-            measured["input"] = validate()  # the bar the trials must beat to rank the rates at all
-            input_score = measured["input"][0]
-            lr, trials = lr_range_test(snn, step, train_ds, validate, opts.optimizer, iters=per_rate,
+        elif auto_lr:
+            say(f"finetune: validating the input SNN on {n_val} validation images (its {task.metric} is the bar, "
+                "and what a trial's validation costs)…")
+            t_input = time.monotonic()
+            measured["input"] = validate()
+            input_minutes = (time.monotonic() - t_input) / 60
+            plan = plan_trials(opts.max_minutes, input_minutes * 60, n_val)
+            if plan.skip:
+                lr = LR_FALLBACK
+                say(f"--lr auto: {plan.skip}")
+            else:
+                on = f"the first {plan.val_items} of {n_val} validation images" if plan.val_items else \
+                    f"all {n_val} validation images"
+                say(f"--lr auto: trying {len(LR_CANDIDATES)} learning rates ({', '.join(f'{c:g}' for c in LR_CANDIDATES)}),"
+                    f" up to {per_rate} iterations each" + (f" — {why}" if why else "")
+                    + (f"; at most {plan.seconds / 60:.2f} min by the clock, validations included (a quarter of "
+                       f"--max-minutes)" if plan.seconds is not None else "")
+                    + f"; each validated on {on}…")
+                result = lr_range_test(snn, step, train_ds, validate, opts.optimizer, iters=per_rate,
                                        batch_size=opts.batch_size, seed=opts.seed, grad_clip=opts.grad_clip,
-                                       device=opts.device, max_seconds=None if opts.max_minutes is None
-                                       else opts.max_minutes * 60 * LR_TRIAL_SHARE, progress=show,
-                                       baseline=input_score)
-            trial_minutes = (time.monotonic() - t_trials) / 60
-            say(f"learning-rate trials (validation {task.metric}; the input: {input_score:.4f}): " + ", ".join(
-                f"{k:g}: {v:.4f}" for k, v in trials.items()) + f" -> {lr:g}"
-                + (" (no trial beat the input: the recipe's rate)" if max(trials.values()) <= input_score else "")
-                + f"  ({trial_minutes:.2f} min)")
-        if auto_lr and (not resume or opts.max_iters is not None):  # the same plan on --resume: one budget
+                                       device=opts.device, progress=show, baseline=measured["input"][0],
+                                       max_seconds=None if plan.train_seconds is None
+                                       else plan.train_seconds * len(LR_CANDIDATES),
+                                       val_items=plan.val_items, min_gain=MIN_GAIN)
+                lr, trials, trial_minutes = result.lr, result.scores, result.seconds / 60
+                if result.state is not None:  # the best trial beat the input: training continues from it
+                    snn.load_state_dict(result.state["model"])
+                say(f"learning-rate trials (validation {task.metric} on {on}; the input: {result.input_score:.4f}): "
+                    + ", ".join(f"{k:g}: {v:.4f}" for k, v in trials.items()) + f" -> {lr:g}"
+                    + (f" (it beat the input: training continues from its weights)" if result.kept is not None
+                       else " (no trial beat the input: the recipe's rate, from the input)")
+                    + f"  ({trial_minutes:.2f} min)")
+        if result is not None:  # the iterations the trials ran (a clock may have cut them short)
+            loop_opts.reserved_iters = sum(result.iters.values())
+        elif auto_lr and resume and opts.max_iters is not None:  # the same plan on --resume: one budget
             loop_opts.reserved_iters = per_rate * len(LR_CANDIDATES)
         loop_opts.reserved_minutes = trial_minutes
+        loop_opts.validation_minutes = input_minutes  # what the run's final validation will take
         optimizer = make_optimizer(opts.optimizer, params, lr)
+        if result is not None and result.state is not None:
+            optimizer.load_state_dict(result.state["optimizer"])  # the kept trial's moments, at its rate
         total = opts.epochs * math.ceil(len(train_ds) / opts.batch_size)  # --max-iters is a budget, not the length
         sched = make_schedule(optimizer, opts.schedule, total, opts.warmup, lr)
 
@@ -331,7 +274,7 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
                     "warmup": opts.warmup, "grad_clip": opts.grad_clip, "energy_penalty": opts.energy_penalty,
                     "epochs": opts.epochs if opts.schedule == "cosine" else None,  # the cosine spans the epochs
                     "class_weights": list(class_weights) if class_weights is not None else None}
-        def validate_once():  # the input's validation, measured for the trials, is not repeated by fit
+        def validate_once():  # the input's validation, measured before the trials, is not repeated by fit
             return measured.pop("input") if "input" in measured else validate()
 
         summary = fit(snn, step, train_ds, validate_once, loop_opts, save_best, optimizer=optimizer, scheduler=sched,
@@ -348,10 +291,14 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
         snn.source = {"path": str(output), "fingerprint": file_fingerprint(output)} if w.main else None
     best, base = summary["best"], summary["baseline"]
     timing = dict(summary["timing"])
-    timing["setup"] = max(0.0, timing["setup"] - trial_minutes)
+    timing["setup"] = max(0.0, timing["setup"] - trial_minutes - input_minutes)
+    timing["baseline_validation"] = timing.get("baseline_validation", 0.0) + input_minutes
     timing["lr_trials"] = trial_minutes
     return snn, {**summary, "output": str(output), "before": base["val"] if base else None,
                  "kept": best["at"] if best else None, "lr": lr, "lr_trials": trials, "lr_trial_iters": per_rate,
+                 "lr_kept": result.kept if result is not None else None,
+                 "lr_trial_images": result.val_items if result is not None else None,
+                 "lr_trials_input": result.input_score if result is not None else None,
                  "timing": timing, "class_weights": weights_record}
 
 

@@ -25,7 +25,7 @@ This module is the method (steps 1–4 on a batch: :func:`finetune_loss`, :func:
 is never worse on validation than its input (when nothing beats the input, the output is the input
 SNN, and its record says so). Defaults differ from the paper deliberately: Adam with cosine decay
 and ``lr="auto"`` — a short trial of 1e-5 … 3e-4 on the validation split
-(:func:`sjunet.training.finetuning.lr_range_test`), chosen over fixed rates and over distillation by
+(:func:`sjunet.training.lr_trials.lr_range_test`), chosen over fixed rates and over distillation by
 the ablation ``python -m sjunet.benchmarks ftrecipe`` at widths 16 and 64 — where the paper's 1e-6 is
 far too slow on CPU budgets; the label loss alone (distillation from the ANN is an option,
 ``loss="both"``); the best checkpoint chosen on a validation split carved from the training images.

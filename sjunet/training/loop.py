@@ -23,8 +23,10 @@ loss of a batch (the *step*) and in what they save.
   the input's score (fine-tuning: 0.1 %) — smaller gains are the validation set's noise.
 * **Budgets.** They bound the *training*: ``max_minutes`` counts from the first training step
   (set-up — loading, preprocessing — and the baseline validation are not counted; they are
-  timed and reported in the summary's ``timing``), and is checked after every iteration (stop at
-  the first iteration past it, validate, save); ``max_iters`` counts steps from the start of the
+  timed and reported in the summary's ``timing``), and is checked after every iteration: the run
+  stops when one more iteration and the validation that ends it (both measured: the last ones'
+  durations) would pass it, then validates and saves — so validations count, and the run ends
+  within its minutes; ``max_iters`` counts steps from the start of the
   run, independent of the epoch size. Work a caller did for the run before the loop (the
   ``lr auto`` trials of fine-tuning) is charged to the same budgets through
   ``reserved_iters`` / ``reserved_minutes``. ``val_every`` validates every N steps instead of
@@ -110,6 +112,9 @@ class LoopOptions:
     #: iterations / minutes of the budgets already spent on the run's behalf before the loop (lr trials)
     reserved_iters: int = 0
     reserved_minutes: float = 0.0
+    #: what one validation takes (minutes), when the caller measured it before the loop (fine-tuning's
+    #: input, validated before the lr trials): the budget clock keeps room for the final validation
+    validation_minutes: float = 0.0
     #: the relative margin a validation must beat the baseline (the input) by to replace it (0: any gain)
     min_gain: float = 0.0
     #: the name of the selection metric, for messages ("f1_vessel"; :attr:`sjunet.tasks.SegmentationTask.metric`)
@@ -236,6 +241,7 @@ def fit(
     st: dict[str, Any] = {"epoch": 0, "iteration": 0, "step": 0, "order": None, "history": [], "best": None,
                           "baseline": None, "loss_sum": 0.0, "loss_count": 0, "minutes_before": 0.0}
     what_out = str(output) if output is not None else "the output"
+    clock = {"validation": options.validation_minutes, "iteration": 0.0}  # minutes of the last ones
 
     def written() -> str:
         b = st["best"]
@@ -244,8 +250,11 @@ def fit(
         return f"{what_out} holds the best so far ({'the input' if b['at'] == 'input' else b['at']})"
 
     def run_validation(epoch: int, iteration: int, at: str | None = None) -> dict:
+        t_val = time.monotonic()
         with rng_preserved():
             score, val = validate()
+        measured = (time.monotonic() - t_val) / 60  # what the final validation will take
+        clock["validation"] = max(measured, options.validation_minutes) if at else measured
         score = float(score)
         where = at or _label(epoch, iteration, per_epoch)
         if not math.isfinite(score):
@@ -311,6 +320,11 @@ def fit(
     def used_minutes() -> float:
         return (time.monotonic() - t_train) / 60 + options.reserved_minutes
 
+    def out_of_time() -> bool:
+        """Whether one more iteration and the validation that ends the run would pass --max-minutes
+        (measured: the last iteration's and the last validation's durations), so the run stops in time."""
+        return used_minutes() + clock["iteration"] + clock["validation"] >= options.max_minutes
+
     stopped = None
     if st["epoch"] >= options.epochs:
         stopped = "epochs"
@@ -336,6 +350,7 @@ def fit(
         recent: list[float] = []
         try:
             for k, (x, y) in enumerate(loader):
+                t_iter = time.monotonic()
                 x, y = x.to(options.device), y.to(options.device)
                 loss = step(x, y)
                 value = float(loss.detach())
@@ -357,6 +372,7 @@ def fit(
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                clock["iteration"] = (time.monotonic() - t_iter) / 60
                 st["iteration"] += 1
                 st["step"] += 1
                 st["loss_sum"] += value
@@ -372,7 +388,7 @@ def fit(
                     stopped = "epochs"
                 elif options.max_iters is not None and used_iters() >= options.max_iters:
                     stopped = "max_iters"
-                elif options.max_minutes is not None and used_minutes() >= options.max_minutes:
+                elif options.max_minutes is not None and out_of_time():
                     stopped = "max_minutes"
                 if options.max_minutes is not None and w.active:
                     stopped = distributed.decide(stopped)  # rank 0's clock
@@ -381,6 +397,10 @@ def fit(
                 if due:
                     run_validation(epoch, done_iteration)
                     model.train(options.train_mode)
+                    if stopped is None and options.max_minutes is not None:
+                        # the next iteration and its final validation would not fit: this one ends the run
+                        late = "max_minutes" if out_of_time() else None
+                        stopped = distributed.decide(late) if w.active else late
                 if due or end_of_epoch:
                     save_last()
                 if stopped is not None or end_of_epoch:

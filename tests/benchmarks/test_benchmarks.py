@@ -24,7 +24,8 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
             "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers",
-            "calibration": "calibration", "protocol": "protocol", "ftladder": "ftladder", "volume": "volume"}[name]
+            "calibration": "calibration", "protocol": "protocol", "ftladder": "ftladder", "volume": "volume",
+            "ladderstudy": "ladderstudy", "demos": "demos"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table
@@ -40,6 +41,19 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     payload = json.loads(js.read_text())
     if name == "ftladder":  # the rows were converted with the named ladder, and say so
         assert all(r["thresholds"] == [0.5, 0.25, 0.125, 0.0625] for r in payload["rows"])
+    if name == "tables12":  # a paper table names the paper's ladder: its numbers do not move with the default
+        from sjunet.conversion.recipe import load_snn
+
+        for d in ("demo-seg", "demo-denoise"):
+            rec = load_snn(tmp_path / "smoke" / d / "snn.safetensors")[1]
+            assert rec["conversion"]["options"]["thresholds"] == [2.0, 1.0, 0.5, 0.25]
+    if name == "ladderstudy":  # every candidate converted as named, at every T, with the three energies
+        for d in payload["datasets"].values():
+            f = d["frontiers"]
+            assert f["paper"]["conversion"]["options"]["thresholds"] == [2.0, 1.0, 0.5, 0.25]
+            assert f["auto"]["conversion"]["options"]["thresholds"] == "auto" and f["auto"]["conversion"]["ladders"]
+            assert all(set(v["energy"]["ratios"]) == {"paper", "sop", "neurobench"} for c in f.values()
+                       for v in c["T"].values())
     if name == "protocol":  # the same images whole and by patches: the same ANN on each, so comparable
         runs = payload["runs"]
         assert {r["protocol"]["protocol"] for r in runs.values()} == {"whole", "patch"}

@@ -197,7 +197,107 @@ def test_demo_draws_its_predictions_and_says_where_everything_went(tmp_path):
     figure = tmp_path / "seg" / "predictions.png"
     assert figure.read_bytes()[:4] == b"\x89PNG"
     assert str(figure) in out and str(tmp_path / "seg" / "snn_layer.safetensors") in out
-    for word in ("MT:", "T:", "layer-wise", "agreement:", "psnr_vs_reference:"):
+    for word in ("MT:", "T:", "layer-wise", "agreement:", "PSNR against the ANN (dB):"):
         assert word in out, word
     assert "agreement" in (tmp_path / "seg" / "report.md").read_text()
     json.loads((tmp_path / "seg" / "summary.json").read_text())
+
+
+def test_every_demo_takes_the_same_quick_options():
+    """``--quick`` and ``--opt size=… --opt num_items=…`` mean the same for every demo task: each demo
+    data set takes both, in every split."""
+    from sjunet.data import get_dataset
+    from sjunet.demo import DEMOS, QUICK
+
+    for task, cfg in DEMOS.items():
+        for opts in (QUICK[task]["dataset_options"], {"size": 32, "num_items": 3}):
+            for split in ("train", "val", "test"):
+                ds = get_dataset(cfg["dataset"], None, split, **opts)
+                assert 1 <= len(ds) <= max(opts["num_items"], 64), (task, split)
+                x, _ = ds[0]
+                assert max(x.shape[1:]) <= max(opts["size"], 64)
+
+
+def test_a_demo_replaces_its_folder_only_when_it_completes(tmp_path, monkeypatch):
+    """A demo stopped midway leaves the previous run's folder as it was (no mix of old and new
+    files); the next complete run replaces it whole."""
+    import sjunet.demo as demo
+
+    old = tmp_path / "seg"
+    old.mkdir()
+    (old / "report.md").write_text("the previous run")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "evaluate", stopped)
+    tiny = {"size": 32, "num_items": 4}
+    with pytest.raises(KeyboardInterrupt):
+        demo.run_demo("seg", tmp_path, epochs=1, T=(1,), progress=False, images=1, dataset_options=tiny)
+    assert sorted(p.name for p in old.iterdir()) == ["report.md"] and (old / "report.md").read_text() == "the previous run"
+    monkeypatch.undo()
+    r = demo.run_demo("seg", tmp_path, epochs=1, T=(1,), progress=False, images=1, dataset_options=tiny)
+    assert "the previous run" not in (old / "report.md").read_text() and (old / "ann.pt").exists()
+    assert r["outputs"]["ANN checkpoint"] == str(old / "ann.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["seg"]  # no partial or old folder left
+
+
+def test_a_degenerate_model_is_named_and_recorded(tmp_path, monkeypatch):
+    """One class everywhere (or a constant image) is detected on the validation data; ``train``
+    records the reason in its checkpoint, so every later command can repeat it."""
+    from sjunet.data import get_dataset
+    from sjunet.evaluation.degenerate import KEY, check_model, recorded, warning_line
+
+    val = get_dataset("demo-seg", None, "val", size=32, num_items=4)
+
+    class Const(nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, x):
+            return self.out.expand(x.shape[0], -1, *x.shape[2:])
+
+    one_class = Const(torch.tensor([2.0, -1.0]).view(1, 2, 1, 1))
+    reason = check_model(one_class, val, multiple=1)
+    assert reason == "it predicts one class ('background') on every pixel of 4 images"
+    assert "looks broken" in warning_line(reason) and "background" in warning_line(reason)
+    torch.manual_seed(0)
+    assert check_model(nn.Conv2d(1, 2, 3, padding=1), val, multiple=1) is None  # random weights: both classes
+    den = get_dataset("demo-denoise", None, "val", size=32, num_items=2)
+    assert "same constant" in check_model(Const(torch.zeros(1, 1, 1, 1)), den, multiple=1)
+    assert check_model(nn.Conv2d(1, 1, 3, padding=1), den, multiple=1) is None
+
+    import sjunet.training.ann as training
+
+    monkeypatch.setattr(training, "check_model", lambda *a, **k: "it predicts one class ('background')")
+    out = tmp_path / "ann.pt"
+    _, summary = training.train(training.TrainOptions(dataset="demo-seg", dataset_options={"size": 32, "num_items": 4},
+                                                      output=str(out), epochs=1, width=4, depth=2, batch_size=4),
+                                progress=False)
+    ckpt = torch.load(out, weights_only=True)
+    assert summary["degenerate"] == ckpt[KEY] == recorded(ckpt) == "it predicts one class ('background')"
+
+
+def test_every_command_repeats_a_broken_model_warning(snn_file, tmp_path):
+    """A checkpoint that ``train`` found broken: ``calibrate``, ``convert``, ``finetune`` and ``energy``
+    each say so in one line, and carry the note into what they write."""
+    from sjunet.conversion.recipe import load_snn
+    from sjunet.calibration.reader import read_stats
+    from sjunet.evaluation.degenerate import KEY
+
+    ckpt = torch.load(snn_file.parent / "ann.pt", weights_only=True)
+    ckpt[KEY] = "it predicts one class ('background') on every pixel of 8 images"
+    ann = tmp_path / "ann.pt"
+    torch.save(ckpt, ann)
+    stats, snn = tmp_path / "stats.h5", tmp_path / "snn.safetensors"
+    outs = [_ok(["calibrate", "-m", str(ann), *DATA, "-o", str(stats)]),
+            _ok(["convert", "-m", str(ann), "--stats", str(stats), "-o", str(snn)]),
+            _ok(["finetune", "--snn", str(snn), *DATA, "--T", "1", "--lr", "1e-4", "--max-iters", "1",
+                 "-o", str(tmp_path / "ft.safetensors")]),
+            _ok(["energy", "--snn", str(snn), "-m", str(ann), *DATA, "--T", "1", "--limit", "1"])]
+    for out in outs:
+        lines = [line for line in out.splitlines() if "looks broken" in line]
+        assert len(lines) == 1 and "one class ('background')" in lines[0], out
+    assert read_stats(stats).data[KEY] == ckpt[KEY]
+    assert load_snn(snn)[1]["conversion"][KEY] == ckpt[KEY]

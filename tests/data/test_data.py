@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from sjunet.data.common import validation_size
 import torch
 from PIL import Image
 
@@ -208,13 +210,13 @@ def test_camseq_original_layout(tmp_path: Path) -> None:
     write_camseq32(tmp_path)
     ds = get_dataset("camseq", tmp_path, "train", size=None)
     assert ds.layout == "camseq32" and ds.num_classes == 3 and ds.CLASS_NAMES == ("Animal", "Archway", "Void")
-    assert ds.in_channels == 3 and len(ds) == 7
+    assert ds.in_channels == 3 and len(ds) == 8 - validation_size(8) == 4  # frames 0..3; val 4..7
     x, y = get_dataset("camseq", tmp_path, "test", size=None)[0]
     check_segmentation_item((x, y), 3, 3, (6, 8))
     assert y[0, 0] == IGNORE_INDEX and y[5, 7] == 2 and y[1, 1] == 0 and y[1, 5] == 1
     assert float(x[0, 0, 0]) == pytest.approx(8 * 20 / 255)  # test = frames 8, 9
     resized = get_dataset("camseq", tmp_path, "val", size=(12, 16))
-    assert len(resized) == 1 and resized[0][0].shape == (3, 12, 16) and resized[0][1].shape == (12, 16)
+    assert len(resized) == 4 and resized[0][0].shape == (3, 12, 16) and resized[0][1].shape == (12, 16)
     assert resized.describe()["class_names"] == ["Animal", "Archway", "Void"]
     (tmp_path / "0016E5_00003_L.png").unlink()
     with pytest.raises(DatasetError, match="no label file"):
@@ -252,7 +254,7 @@ def test_drive() -> None:
     check_segmentation_item((x, y), 1, 2, (48, 48))
     assert int(y[24, 24]) != IGNORE_INDEX  # patch centres lie inside the field of view
     val = get_dataset("drive", data, "val")
-    assert val.options["images"] == ["39_training.tif", "40_training.tif"] and len(val) == 2
+    assert val.options["images"] == [f"{i}_training.tif" for i in range(37, 41)] and len(val) == 4  # max(4, 20 % of 20)
     check_segmentation_item(val[1], 1, 2, (584, 565))  # validated whole, like the test images
     test = get_dataset("drive", data, "test")
     assert len(test) == 20
@@ -267,7 +269,7 @@ def test_drive() -> None:
 def test_camseq_camvid11() -> None:
     data = real("CamSeq01-CamVid11")
     splits = {s: get_dataset("camseq", data, s) for s in ("train", "val", "test")}
-    assert [len(d) for d in splits.values()] == [71, 10, 20]
+    assert [len(d) for d in splits.values()] == [64, 17, 20]  # val: 20 % of the 81 non-test frames
     train = splits["train"]
     assert train.layout == "camvid11" and train.num_classes == 11 and train.CLASS_NAMES[3] == "Road"
     names = [[p.name for p, _ in d.pairs] for d in splits.values()]
@@ -285,7 +287,7 @@ def test_bsd_training() -> None:
     assert noisy.shape == noise.shape == (1, 192, 256)
     assert torch.equal(noisy, get_dataset("bsd", data, "train", seed=2)[0][0])
     val = get_dataset("bsd", data, "val", color=True)
-    assert len(val) == 10 and val.in_channels == 3
+    assert len(val) == 40 and val.in_channels == 3  # 20 % of BSD200
     noisy, noise = val[9]
     assert noisy.shape == (3, 192, 256)
     assert abs(float(noise.std()) * 255 - 25) < 1

@@ -46,7 +46,7 @@ def tiny():
     0.75 → 0.5+0.25 (2 spikes/step), 0.25 → 1, 2.0 → 1, 0.0 → 0, 3.75 → 2+1+0.5+0.25 (4)."""
     net = TinyNet().eval()
     stats = calibrate(net, batches(2, b=1, size=4), progress=False)
-    snn = convert(net, stats)
+    snn = convert(net, stats, thresholds="paper")  # the hand counts below are the paper's ladder's
     with torch.no_grad():
         snn.conv1.layer.weight.zero_()
         snn.conv1.layer.bias.copy_(torch.tensor([0.75, 0.25]))
@@ -303,7 +303,7 @@ def test_if_spikes_equal_output_flow(skewed):
 
 def test_mt_spikes_equal_threshold_decomposition(skewed):
     net, data, stats = skewed
-    snn = convert(net, stats, neuron="mt")
+    snn = convert(net, stats, neuron="mt", thresholds="paper")  # the 4-bit decomposition below: (2, 1, 0.5, 0.25)
     outs: dict[str, list] = {}
     hooks = [m.register_forward_hook(lambda m, i, o, name=name: outs.setdefault(name, []).append(o.detach()))
              for name, m in snn.named_modules() if isinstance(m, MultiThresholdNode)]
@@ -398,3 +398,8 @@ def test_frontier_metrics_and_energy_match_their_separate_runs():
         assert f["T"][str(t)]["energy"]["ratios"]["sop"] == pytest.approx(sep[t].ratios["sop"])
     assert f["ann"] == ev["ann"]
     assert "NeuroBench" in frontier_table(f) and "| ANN |" in frontier_table(f)
+    assert "Columns:" in frontier_table(f) and "Columns:" not in frontier_table(f, legend=False)
+    key = f["metric"]
+    zero = {**f, "ann": {**f["ann"], key: 0.0}}  # a broken ANN scores 0: its ratios are "—", never nan
+    rows = [line for line in frontier_table(zero).splitlines() if line.startswith("| SNN |")]
+    assert rows and all(line.split("|")[4].strip() == "—" for line in rows) and "nan" not in frontier_table(zero)

@@ -82,7 +82,7 @@ def test_relu6_saturates_at_the_cap():
     net = _init(Relu6Net(cap=False), seed=2)  # Hardtanh(0, 0.5): most activations above the cap
     with torch.no_grad():
         net.c1.bias.fill_(1.0)
-    err, snn = _errors(net, T=[512])
+    err, snn = _errors(net, T=[512], thresholds="paper")
     assert err[512] < 0.005
     lam = next(iter(snn.record.conversion.neurons.values()))["lambda"]
     assert lam == pytest.approx(0.5 / 3.75)  # λ · (2 + 1 + 0.5 + 0.25) = the cap

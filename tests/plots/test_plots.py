@@ -123,3 +123,58 @@ def test_histograms_from_hdf5(tmp_path):
         histograms(read_stats(h5), tmp_path / "x.png", nodes=["nope"])
     with pytest.raises(TypeError, match="give the statistics as a CalibrationStats"):
         histograms(h5, tmp_path / "x.png")  # the library takes objects; files are read at the edge
+
+
+def _frontier(norm, points, ann=0.8):
+    """An energy frontier (``sjunet energy -o``) whose points crowd each other and the axes: T labels
+    and log-axis tick labels that would overlap if drawn naively."""
+    T = {}
+    for t, (m, e) in points.items():
+        T[str(t)] = {"metrics": {"f1_vessel": m, "agreement": 0.99},
+                     "energy": {"energy_paper_J": e * 0.3, "energy_sop_J": e, "energy_neurobench_J": e * 2.1,
+                                "energy_ann_J": 1e-4, "spikes": 1.0, "sops": 2.0,
+                                "ratios": {"paper": 0.1, "sop": 0.2, "neurobench": 0.3}}}
+    return {"T": T, "ann": {"f1_vessel": ann}, "metric": "f1_vessel",
+            "snn": {"conversion": {"norm": norm, "neuron": "mt"}}}
+
+
+def test_no_text_overlaps_in_the_figures(tmp_path, monkeypatch):
+    """Every text the renderer draws in the PNG — titles, axis and tick labels, legends, the T labels
+    of the energy plot — has a bounding box that meets no other (matplotlib's own renderer measures
+    them, after the layout engine, as when saving); the panels name their metric with its unit."""
+    import sjunet.plots.figures as figures
+    from sjunet.plots.curves import metric_vs_energy
+
+    kept = []
+    monkeypatch.setattr(figures.plt, "close", lambda fig=None: kept.append(fig))
+    crowded = {1: (0.70, 2.0e-5), 2: (0.75, 2.2e-5), 4: (0.78, 2.6e-5), 8: (0.79, 3.4e-5), 16: (0.795, 5.0e-5),
+               32: (0.798, 8.1e-5), 64: (0.799, 1.4e-4)}
+    metric_vs_energy([_frontier("connection", crowded), _frontier("layer", {t: (m - 0.05, e * 1.1)
+                                                                           for t, (m, e) in crowded.items()})],
+                     output=tmp_path / "e.png")
+    r = {"ann": {"psnr": 30.0}, "T": {str(t): {"psnr": 20 + t / 20} for t in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25,
+                                                                              32, 40, 50, 64, 80, 100, 128)}}
+    metric_vs_T([r], output=tmp_path / "t.png")
+    model = SkewedSkipNet().eval()
+    histograms(calibrate(model, batches(), progress=False), tmp_path / "h.png")
+    from sjunet.plots.predictions import predictions_figure
+    from sjunet.tasks import DenoisingTask, SegmentationTask
+
+    g = torch.Generator().manual_seed(0)
+    labels = ["ANN", "SNN connection-wise T=4", "SNN layer-wise T=4"]
+    seg_rows = [{"index": i, "input": torch.rand(48, 48, 1, generator=g).numpy(),
+                 "truth": (torch.rand(48, 48, generator=g) > 0.8).long().numpy(),
+                 "outputs": {k: (torch.rand(48, 48, generator=g) > 0.8).long().numpy() for k in labels},
+                 "scores": {k: 0.61234 for k in labels}} for i in range(2)]
+    predictions_figure(seg_rows, SegmentationTask(2, ["background", "vessel"]), tmp_path / "p.png", title="demo seg")
+    den_rows = [{**r, "truth": r["input"], "outputs": {k: r["input"] for k in labels}, "scores": {k: 27.1 for k in labels}}
+                for r in seg_rows]
+    predictions_figure(den_rows, DenoisingTask(), tmp_path / "d.png", title="demo denoise")
+    assert len(kept) == 5
+    for fig in kept:
+        assert figures.text_overlaps(fig) == [], fig
+    texts = {t.get_text() for fig in kept[:2] for t, _ in figures.drawn_texts(fig)}
+    assert "F1 (vessel)" in texts and "PSNR (dB)" in texts  # each axis names its metric and unit
+    panels = {t.get_text() for fig in kept[3:] for t, _ in figures.drawn_texts(fig)}
+    assert "ANN\nF1 (vessel) 0.6123" in panels and "ANN\nPSNR 27.10 dB" in panels
+    assert sum(t.startswith("T=") for t in texts) >= 2  # the point labels that fit are kept

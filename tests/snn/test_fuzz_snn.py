@@ -350,6 +350,52 @@ def test_fuzz_module_argument(valid, data):
 
 
 @FUZZ
+@given(data=st.data())
+def test_fuzz_conversion_ladder_fields(valid, data):
+    """The per-layer ladder record (``conversion.options.thresholds`` = "auto", ``conversion.ladders``:
+    ReLU node -> its ladder and expected error) that tables and people read: any field of it, or the
+    whole of it, becomes a hostile value. The file loads (a value the checks accept) or is refused
+    in one line naming it — and whatever loads has ladders that read as numbers."""
+    rec = valid.rec()
+    conv = rec["conversion"]
+    assert conv["options"]["thresholds"] == "auto" and conv["ladders"]  # the default writes per-layer ladders
+    relu = data.draw(st.sampled_from(sorted(conv["ladders"])))
+    where = data.draw(st.sampled_from(["options.thresholds", "ladders", "one ladder", "its thresholds", "its field",
+                                       "its threshold"]))
+    value = data.draw(HOSTILE)
+    if where == "options.thresholds":
+        conv["options"]["thresholds"] = value
+    elif where == "ladders":
+        conv["ladders"] = value
+    elif where == "one ladder":
+        conv["ladders"][relu] = value
+    elif where == "its thresholds":
+        conv["ladders"][relu]["thresholds"] = value
+    elif where == "its field":
+        conv["ladders"][relu][data.draw(st.sampled_from(["mae", "spikes", "met", "new"]))] = value
+    else:
+        conv["ladders"][relu]["thresholds"][0] = value
+    if refused_or_loaded(write(valid, rec)):  # it loaded: the record it carries reads as ladders
+        c = rec["conversion"]
+        th = c["options"]["thresholds"]
+        assert th == "auto" or (isinstance(th, list) and all(float(t) > 0 for t in th))
+        for choice in (c.get("ladders") or {}).values():
+            assert all(float(t) > 0 for t in choice["thresholds"])
+
+
+def test_snn_files_from_before_per_layer_ladders_load(valid):
+    """An SNN file written before per-layer ladders — one ladder for every layer in
+    ``options.thresholds``, no ``ladders`` — loads and runs as before."""
+    rec = valid.rec()
+    rec["conversion"]["options"]["thresholds"] = [2.0, 1.0, 0.5, 0.25]
+    del rec["conversion"]["ladders"]
+    path = write(valid, rec)
+    snn, r = snnfile.load(path)
+    assert "ladders" not in r["conversion"] and snn(torch.rand(1, 1, 16, 16)).shape == (1, 2, 16, 16)
+    done(path)
+
+
+@FUZZ
 @given(dim=st.integers(-2**40, 2**40) | st.integers(-8, 8) | HOSTILE, which=st.sampled_from(["cat", "cat_1"]))
 def test_fuzz_cat_dim(valid, dim, which):
     rec = valid.rec()

@@ -48,7 +48,8 @@ def test_convert_returns_a_spiking_unet_with_a_typed_record(skewed):
     assert isinstance(snn, SpikingUNet) and isinstance(snn.record, SNNRecord)
     conv = snn.record.conversion
     assert isinstance(conv, Conversion)
-    assert conv.norm == "connection" and conv.neuron == "mt" and conv.thresholds == [2.0, 1.0, 0.5, 0.25]
+    assert conv.norm == "connection" and conv.neuron == "mt" and conv.thresholds == "auto"
+    assert conv.ladders and all(c["thresholds"] == sorted(c["thresholds"], reverse=True) for c in conv.ladders.values())
     assert conv.lambdas and all(v > 0 for v in conv.lambdas.values())
     assert isinstance(conv.gains, list) and isinstance(conv.layers, dict)
     assert conv.input_channels == 1 and conv.output_channels == net(data[0]).shape[1]

@@ -232,6 +232,35 @@ def test_max_minutes_stops_at_the_next_iteration(tmp_path):
     assert len(s["history"]) == 1 and s["history"][0]["at"] == "epoch 1, iteration 1/4"
 
 
+def test_the_budget_clock_keeps_the_final_validation_inside_max_minutes(tmp_path, monkeypatch):
+    """--max-minutes counts validations: the run stops when one more iteration and the final
+    validation would pass it. A fake clock: an iteration takes 1 s, a validation 20 s; with a
+    budget of 1 min and a 20 s baseline validation (not charged), the run ends — final validation
+    included — within 60 s of the first step, and no later than it had to."""
+    import sjunet.training.loop as loop
+
+    now = [0.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    model, opt, sched = _setup()
+    inner, validate = _step(model), _validate(model)
+
+    def step(x, y):
+        now[0] += 1.0
+        return inner(x, y)
+
+    def timed_validate():
+        now[0] += 20.0
+        return validate()
+
+    options = LoopOptions(epochs=100, batch_size=3, seed=5, progress=False, max_minutes=1.0)
+    s = fit(model, step, Toy(), timed_validate, options, lambda e, h: None, optimizer=opt, scheduler=sched,
+            last=tmp_path / "x.last.pt", kind=KIND, baseline=True, identity={"lr": 1e-2})
+    assert s["stopped"] == "max_minutes"
+    charged = s["timing"]["training"] * 60  # from the first step: iterations and every later validation
+    assert charged <= 60.0 and charged + 1.0 + 20.0 > 60.0  # it stopped in time, and not early
+    assert s["timing"]["baseline_validation"] * 60 == 20.0
+
+
 def test_rng_state_round_trip():
     saved = rng_state()
     a = (random.random(), float(np.random.rand()), torch.rand(2))

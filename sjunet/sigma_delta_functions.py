@@ -192,3 +192,48 @@ def product_macs(op: str, a_shape, b_shape, equation: str | None = None) -> int:
         for c, n in zip(letters, shape):
             sizes[c] = max(sizes.get(c, 1), int(n))
     return int(math.prod(sizes.values()))
+
+
+class Smooth(torch.nn.Module):
+    """An activation of the table in the canonical ANN graph (every spelling — ``nn.SiLU``, ``F.gelu``,
+    ``x.sigmoid()``, ``x * torch.sigmoid(x)``, a channels-last ``nn.LayerNorm`` … — becomes one): what
+    calibration observes and conversion replaces by a :class:`~sjunet.sigma_delta.SigmaDeltaNode` of
+    the same ``function`` and ``params``. A norm's affine is the buffers ``weight`` / ``bias``."""
+
+    def __init__(self, function: str, params: dict | None = None) -> None:
+        super().__init__()
+        lookup(function)
+        self.function = function
+        self.params = check_params(function, params)
+        features = self.params.get("features", 0) if FUNCTIONS[function].features else 0
+        self.register_buffer("weight", torch.ones(features) if features else None)
+        self.register_buffer("bias", torch.zeros(features) if features else None)
+
+    @property
+    def entry(self) -> Function:
+        return FUNCTIONS[self.function]
+
+    def extra_repr(self) -> str:
+        return f"function={self.function}, params={self.params}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return FUNCTIONS[self.function].fn(x, self.params, self.weight, self.bias)
+
+
+class Product(torch.nn.Module):
+    """A product of two activations in the canonical ANN graph (``a * b``, ``torch.mul``, ``matmul``,
+    ``@``, ``bmm``, ``einsum`` of two tensors): replaced at conversion by a
+    :class:`~sjunet.sigma_delta.SigmaDeltaProduct` of the same ``op`` / ``equation``."""
+
+    def __init__(self, op: str = "mul", equation: str | None = None) -> None:
+        super().__init__()
+        if op not in PRODUCTS:
+            raise ValueError(f"unknown product {op!r}; one of {', '.join(PRODUCTS)}")
+        self.op = op
+        self.equation = check_equation(equation) if op == "einsum" else None
+
+    def extra_repr(self) -> str:
+        return f"op={self.op}" + (f", equation={self.equation!r}" if self.equation else "")
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return product(self.op, a, b, self.equation)

@@ -59,7 +59,8 @@ def _p(kind: str, *rest) -> tuple:
 
 
 def _layer_norm(x, p, w, b):
-    return F.layer_norm(x, x.shape[-p["dims"]:], w, b, p["eps"])
+    shape = x.shape[-p["dims"]:]
+    return F.layer_norm(x, shape, None if w is None else w.view(shape), None if b is None else b.view(shape), p["eps"])
 
 
 def _group_norm(x, p, w, b):

@@ -1,5 +1,5 @@
 """Canonical rewrites for Σ-Δ neurons and transformer plumbing (spec §15, issue 26): part of step 2
-of :func:`sjunet.graph.canonical_graph`, run by :func:`sjunet.canonical.canonicalize` after the
+of :func:`sjunet.graph.canonical.canonical_graph`, run by :func:`sjunet.graph.canonical.canonicalize` after the
 output-side ops are stripped. Each rewrite keeps the network's function exactly.
 
 * **constants** (:func:`fold_constants`): every computation that does not depend on the input — a
@@ -9,20 +9,20 @@ output-side ops are stripped. Each rewrite keeps the network's function exactly.
   sigmoid, tanh, hardswish, hardsigmoid, Mish, softplus and softmax in every spelling (module,
   ``F.`` / ``torch.`` function, tensor method, in-place variant), ``x * sigmoid(x)`` (Swish), and a
   layer norm over trailing dimensions (channels-last tokens; over (C, H, W) it stays the fixed-σ̂
-  route of :mod:`sjunet.canonical`) become one :class:`~sjunet.sigma_delta_functions.Smooth` module
-  each — later a :class:`~sjunet.sigma_delta.SigmaDeltaNode`. A softmax's dimension is stored
+  route of :mod:`sjunet.graph.canonical_norms`) become one :class:`~sjunet.neurons.sigma_delta_functions.Smooth` module
+  each — later a :class:`~sjunet.neurons.sigma_delta.SigmaDeltaNode`. A softmax's dimension is stored
   negative (counted from the end), so it means the same axis whatever is prepended (time);
 * **products and constants in arithmetic** (:func:`products`): ``a * b`` / ``torch.mul`` /
   ``.mul()`` of two activations, ``@`` / ``matmul`` / ``bmm`` / ``mm`` and two-operand ``einsum``
-  become a :class:`~sjunet.sigma_delta_functions.Product`; multiplying or dividing by a constant
-  number a :class:`~sjunet.plumbing.Scale`; adding or subtracting a constant tensor or number an
-  :class:`~sjunet.plumbing.AddConstant` (a bias current);
+  become a :class:`~sjunet.neurons.sigma_delta_functions.Product`; multiplying or dividing by a constant
+  number a :class:`~sjunet.layers.plumbing.Scale`; adding or subtracting a constant tensor or number an
+  :class:`~sjunet.layers.plumbing.AddConstant` (a bias current);
 * **plumbing** (:func:`plumbing`): ``view`` / ``reshape`` / ``flatten`` / ``unflatten`` /
-  ``squeeze`` / ``unsqueeze`` → :class:`~sjunet.plumbing.Reshape`; ``permute`` / ``transpose`` /
-  ``.t()`` / ``movedim`` → :class:`~sjunet.plumbing.Permute`; static indexing and slicing,
-  ``narrow`` and the parts of ``chunk`` / ``split`` / ``unbind`` → :class:`~sjunet.plumbing.Index`;
-  ``repeat`` / ``expand`` / ``expand_as`` → :class:`~sjunet.plumbing.Repeat`; ``torch.roll`` →
-  :class:`~sjunet.plumbing.Roll`; float casts vanish. Where the batch goes is *measured*: the graph
+  ``squeeze`` / ``unsqueeze`` → :class:`~sjunet.layers.plumbing.Reshape`; ``permute`` / ``transpose`` /
+  ``.t()`` / ``movedim`` → :class:`~sjunet.layers.plumbing.Permute`; static indexing and slicing,
+  ``narrow`` and the parts of ``chunk`` / ``split`` / ``unbind`` → :class:`~sjunet.layers.plumbing.Index`;
+  ``repeat`` / ``expand`` / ``expand_as`` → :class:`~sjunet.layers.plumbing.Repeat`; ``torch.roll`` →
+  :class:`~sjunet.layers.plumbing.Roll`; float casts vanish. Where the batch goes is *measured*: the graph
   is run on the ``meta`` device with a batch of one and of two, and the one dimension that doubles
   is the batch's (an operation that mixes or drops the batch is refused, naming it);
 * ``F.linear`` with the model's constant weights becomes ``nn.Linear`` (a synaptic layer, like a
@@ -39,42 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from sjunet.graph_base import Blocker, _target_name, _where, module_of
-from sjunet.plumbing import AddConstant, Index, Permute, Repeat, Reshape, Roll, Scale, item_data
-from sjunet.sigma_delta_functions import Product, Smooth
-
-
-def _arg(node: fx.Node, i: int, name: str, default=None):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
-
-
-def _free_path(gm: fx.GraphModule, name: str) -> str:
-    path, k = name, 0
-    while hasattr(gm, path):
-        k += 1
-        path = f"{name}_{k}"
-    return path
-
-
-def _replace(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args: tuple) -> fx.Node:
-    path = _free_path(gm, node.name)
-    gm.add_submodule(path, module)
-    with gm.graph.inserting_before(node):
-        new = gm.graph.call_module(path, args)
-    new.stack_trace = node.stack_trace
-    node.replace_all_uses_with(new)
-    gm.graph.erase_node(node)
-    return new
-
-
-def _block(blockers: list | None, n: fx.Node, label: str, detail: str) -> None:
-    from sjunet.errors import UnsupportedGraphError
-
-    if blockers is None:
-        raise UnsupportedGraphError(f"cannot convert node {n.name!r}{_where(n)}: {detail}")
-    blockers.append(Blocker(n.name, f"{n.op} {_target_name(n.target)}", _where(n), label, detail))
+from sjunet.graph.canonical_ops import add_blocker, free_path, node_arg, replace_with_module
+from sjunet.graph.kinds import module_of, target_name
+from sjunet.graph.refusals import source_line
+from sjunet.layers.plumbing import AddConstant, Index, Permute, Repeat, Reshape, Roll, Scale, item_data
+from sjunet.neurons.sigma_delta_functions import Product, Smooth
 
 
 def _attr(gm: fx.GraphModule, target: str):
@@ -105,7 +74,7 @@ def value_dependent(gm: fx.GraphModule) -> set[fx.Node]:
 
 
 def _buffer(gm: fx.GraphModule, value: torch.Tensor, name: str = "sigma_constant") -> str:
-    path = _free_path(gm, name)
+    path = free_path(gm, name)
     gm.register_buffer(path, value.detach().clone())
     return path
 
@@ -150,7 +119,7 @@ def fold_constants(gm: fx.GraphModule, example_shape=None, notes: list | None = 
         n.replace_all_uses_with(new)
         if notes is not None and any(a not in registered and a.op != "get_attr" for a in n.all_input_nodes):
             notes.append({"node": new.name, "op": "constant", "arg": "value", "value": list(value.shape),
-                          "input_shape": list(shape), "where": _where(n).strip(" ()")})
+                          "input_shape": list(shape), "where": source_line(n).strip(" ()")})
     gm.graph.eliminate_dead_code()
 
 
@@ -219,14 +188,14 @@ _SIGMOIDS = ("sigmoid",)
 def _params_of(name: str, n: fx.Node, m: nn.Module | None, rank: int | None) -> dict:
     """The table parameters of activation node ``n`` (module ``m`` or a call)."""
     if name == "gelu":
-        return {"approximate": getattr(m, "approximate", None) or _arg(n, 1, "approximate", "none")}
+        return {"approximate": getattr(m, "approximate", None) or node_arg(n, 1, "approximate", "none")}
     if name in ("elu", "celu"):
-        return {"alpha": float(m.alpha if m is not None else _arg(n, 1, "alpha", 1.0))}
+        return {"alpha": float(m.alpha if m is not None else node_arg(n, 1, "alpha", 1.0))}
     if name == "softplus":
-        return {"beta": float(m.beta if m is not None else _arg(n, 1, "beta", 1.0)),
-                "threshold": float(m.threshold if m is not None else _arg(n, 2, "threshold", 20.0))}
+        return {"beta": float(m.beta if m is not None else node_arg(n, 1, "beta", 1.0)),
+                "threshold": float(m.threshold if m is not None else node_arg(n, 2, "threshold", 20.0))}
     if name == "softmax":
-        dim = m.dim if m is not None else _arg(n, 1, "dim")
+        dim = m.dim if m is not None else node_arg(n, 1, "dim")
         if not isinstance(dim, int) or rank is None:
             raise KeyError("softmax without an explicit dimension")
         return {"dim": dim - rank if dim >= 0 else dim}
@@ -256,12 +225,12 @@ def smooth_activations(gm: fx.GraphModule, shapes: dict, blockers: list | None =
         try:
             params = _params_of(name, n, m, len(shape) if shape else None)
         except KeyError as e:
-            _block(blockers, n, name, f"{name} {e.args[0]}: give the dimension")
+            add_blocker(blockers, n, name, f"{name} {e.args[0]}: give the dimension")
             continue
         if name == "softmax" and n.kwargs.get("dtype") is not None:
-            _block(blockers, n, name, "softmax with a dtype argument; drop it")
+            add_blocker(blockers, n, name, "softmax with a dtype argument; drop it")
             continue
-        new = _replace(gm, n, Smooth(name, params), (n.args[0],))
+        new = replace_with_module(gm, n, Smooth(name, params), (n.args[0],))
         if name in _SIGMOIDS:
             _swish(gm, new)
     for n in list(gm.graph.nodes):
@@ -276,7 +245,7 @@ def _swish(gm: fx.GraphModule, sig: fx.Node) -> None:
     x = sig.args[0]
     for u in list(sig.users):
         if _is_mul(u) and len(sig.users) == 1 and set(_operands(u)) == {x, sig}:
-            _replace(gm, u, Smooth("silu"), (x,))
+            replace_with_module(gm, u, Smooth("silu"), (x,))
             gm.graph.erase_node(sig)
 
 
@@ -285,12 +254,12 @@ def _layer_norm(gm: fx.GraphModule, n: fx.Node, blockers) -> None:
     if m is not None:
         shape, eps, w, b = tuple(m.normalized_shape), m.eps, m.weight, m.bias
     else:
-        shape, eps = _arg(n, 1, "normalized_shape"), _arg(n, 4, "eps", 1e-5)
+        shape, eps = node_arg(n, 1, "normalized_shape"), node_arg(n, 4, "eps", 1e-5)
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        w, b = _arg(n, 2, "weight"), _arg(n, 3, "bias")
+        w, b = node_arg(n, 2, "weight"), node_arg(n, 3, "bias")
         if any(isinstance(v, fx.Node) and v.op != "get_attr" for v in (w, b)) or isinstance(eps, fx.Node) \
                 or any(isinstance(v, fx.Node) for v in shape):
-            _block(blockers, n, "layer_norm with computed arguments", "a layer norm whose weights, shape or eps are "
+            add_blocker(blockers, n, "layer_norm with computed arguments", "a layer norm whose weights, shape or eps are "
                    "computed rather than the model's constants; use nn.LayerNorm")
             return
         w = _value(gm, w) if w is not None else None
@@ -301,7 +270,7 @@ def _layer_norm(gm: fx.GraphModule, n: fx.Node, blockers) -> None:
         with torch.no_grad():
             smooth.weight.copy_(w.detach().reshape(-1) if w is not None else torch.ones(features))
             smooth.bias.copy_(b.detach().reshape(-1) if b is not None else torch.zeros(features))
-    _replace(gm, n, smooth, (n.args[0],))
+    replace_with_module(gm, n, smooth, (n.args[0],))
 
 
 # ----------------------------------------------------------------------------------- products
@@ -346,18 +315,18 @@ def products(gm: fx.GraphModule, shapes: dict, blockers: list | None = None) -> 
         if _is_mul(n) and len(n.args) == 2 and not n.kwargs:
             a, b = n.args
             if isinstance(a, fx.Node) and isinstance(b, fx.Node) and not is_constant(gm, a) and not is_constant(gm, b):
-                _replace(gm, n, Product("mul"), (a, b))
+                replace_with_module(gm, n, Product("mul"), (a, b))
             elif _number(a) or _number(b):
                 x, c = (b, a) if _number(a) else (a, b)
                 if isinstance(x, fx.Node) and not is_constant(gm, x) and c != 0:
-                    _replace(gm, n, Scale(float(c)), (x,))
+                    replace_with_module(gm, n, Scale(float(c)), (x,))
         elif _is(n, _DIV) and len(n.args) == 2 and not n.kwargs and _number(n.args[1]) and n.args[1] != 0 \
                 and isinstance(n.args[0], fx.Node) and not is_constant(gm, n.args[0]):
-            _replace(gm, n, Scale(1.0 / float(n.args[1])), (n.args[0],))
+            replace_with_module(gm, n, Scale(1.0 / float(n.args[1])), (n.args[0],))
         elif _is(n, (_MATMUL_FUNCTIONS, _MATMUL_METHODS)) and len(n.args) == 2 and not n.kwargs:
             a, b = n.args
             if all(isinstance(v, fx.Node) and not is_constant(gm, v) for v in (a, b)):
-                _replace(gm, n, Product("matmul"), (a, b))
+                replace_with_module(gm, n, Product("matmul"), (a, b))
         elif n.op == "call_function" and n.target is torch.einsum:
             eq, ops = n.args[0], list(n.args[1:])
             if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
@@ -365,9 +334,9 @@ def products(gm: fx.GraphModule, shapes: dict, blockers: list | None = None) -> 
             if isinstance(eq, str) and len(ops) == 2 and all(isinstance(v, fx.Node) and not is_constant(gm, v)
                                                              for v in ops):
                 try:
-                    _replace(gm, n, Product("einsum", eq), tuple(ops))
+                    replace_with_module(gm, n, Product("einsum", eq), tuple(ops))
                 except ValueError as e:
-                    _block(blockers, n, "einsum", f"einsum {eq!r}: {e}")
+                    add_blocker(blockers, n, "einsum", f"einsum {eq!r}: {e}")
         elif (_is(n, _ADD) or _is(n, _SUB)) and len(n.args) == 2 and n.kwargs.get("alpha", 1) == 1:
             a, b = n.args
             sign = -1.0 if _is(n, _SUB) else 1.0
@@ -380,7 +349,7 @@ def products(gm: fx.GraphModule, shapes: dict, blockers: list | None = None) -> 
                 continue
             value = _value(gm, c)
             value = torch.as_tensor(value, dtype=torch.float32) if not isinstance(value, torch.Tensor) else value
-            _replace(gm, n, AddConstant.of(sign * value.float()), (x,))
+            replace_with_module(gm, n, AddConstant.of(sign * value.float()), (x,))
 
 
 # ----------------------------------------------------------------------------------- plumbing
@@ -394,7 +363,7 @@ _SPLITS = ({torch.chunk, torch.split, torch.unbind}, {"chunk", "split", "unbind"
 
 
 def _perm(n: fx.Node, rank: int) -> list[int] | None:
-    t = _target_name(n.target)
+    t = target_name(n.target)
     args = list(n.args[1:])
     if t == "permute":
         dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
@@ -403,13 +372,13 @@ def _perm(n: fx.Node, rank: int) -> list[int] | None:
         return [int(d) % rank for d in dims]
     order = list(range(rank))
     if t in ("transpose", "swapaxes", "swapdims"):
-        d0, d1 = (int(_arg(n, 1, "dim0")) % rank, int(_arg(n, 2, "dim1")) % rank)
+        d0, d1 = (int(node_arg(n, 1, "dim0")) % rank, int(node_arg(n, 2, "dim1")) % rank)
         order[d0], order[d1] = order[d1], order[d0]
         return order
     if t == "t":
         return order[::-1] if rank == 2 else order
     if t == "movedim":
-        src, dst = _arg(n, 1, "source"), _arg(n, 2, "destination")
+        src, dst = node_arg(n, 1, "source"), node_arg(n, 2, "destination")
         src = [src] if isinstance(src, int) else list(src)
         dst = [dst] if isinstance(dst, int) else list(dst)
         src, dst = [s % rank for s in src], [d % rank for d in dst]
@@ -442,19 +411,19 @@ def _static_items(idx) -> list | None:
 
 def _split_item(parent: fx.Node, i: int, shape: tuple[int, ...]) -> list | None:
     """The static index of part ``i`` of a ``chunk`` / ``split`` / ``unbind`` of a tensor of ``shape``."""
-    t = _target_name(parent.target)
+    t = target_name(parent.target)
     rank = len(shape)
     if t == "unbind":
-        dim = int(_arg(parent, 1, "dim", 0)) % rank
+        dim = int(node_arg(parent, 1, "dim", 0)) % rank
         return [item_data(slice(None))] * dim + [item_data(int(i))]
-    dim = int(_arg(parent, 2, "dim", 0)) % rank
+    dim = int(node_arg(parent, 2, "dim", 0)) % rank
     n = shape[dim]
     if t == "chunk":
-        k = int(_arg(parent, 1, "chunks"))
+        k = int(node_arg(parent, 1, "chunks"))
         size = -(-n // k)
         bounds = [(j, min(j + size, n)) for j in range(0, n, size)]
     else:
-        sizes = _arg(parent, 1, "split_size_or_sections")
+        sizes = node_arg(parent, 1, "split_size_or_sections")
         if isinstance(sizes, int):
             bounds = [(j, min(j + sizes, n)) for j in range(0, n, sizes)]
         else:
@@ -468,9 +437,9 @@ def plumbing(gm: fx.GraphModule, one: dict, two: dict, blockers: list | None = N
     """Reshaping, re-indexing, copying and casting of activations → plumbing stages (module
     docstring); ``one`` / ``two``: :func:`full_shapes` for a batch of one and of two."""
 
-    def _replace(gm, n, module, args):  # noqa: F811 - keeps the shapes under the new node's name
+    def _swap(gm, n, module, args):  # replace_with_module, keeping the shapes under the new node's name
         name = n.name
-        new = globals()["_replace"](gm, n, module, args)
+        new = replace_with_module(gm, n, module, args)
         for d in (one, two):
             if name in d:
                 d[new.name] = d[name]
@@ -506,14 +475,14 @@ def plumbing(gm: fx.GraphModule, one: dict, two: dict, blockers: list | None = N
             if one.get(n.name) is None:
                 continue
             if items is None or batch_dim(one.get(n.name), two.get(n.name)) is None:
-                _block(blockers, n, "indexing the batch" if items else "dynamic indexing",
+                add_blocker(blockers, n, "indexing the batch" if items else "dynamic indexing",
                        "indexing that drops or mixes the batch, or that is computed from values, has no per-sample "
                        "form; index with constant ints and slices that keep the batch")
                 continue
-            _replace(gm, n, Index(items), (src,))
+            _swap(gm, n, Index(items), (src,))
             continue
         elif n.op == "call_method" and t == "narrow" or n.op == "call_function" and t is torch.narrow:
-            dim, start, length = int(_arg(n, 1, "dim")), int(_arg(n, 2, "start")), int(_arg(n, 3, "length"))
+            dim, start, length = int(node_arg(n, 1, "dim")), int(node_arg(n, 2, "start")), int(node_arg(n, 3, "length"))
             dim %= len(one[x.name])
             stage = Index([item_data(slice(None))] * dim + [item_data(slice(start, start + length, None))])
         elif n.op == "call_method" and t in ("repeat", "expand", "expand_as") or n.op == "call_function" and t is \
@@ -526,7 +495,7 @@ def plumbing(gm: fx.GraphModule, one: dict, two: dict, blockers: list | None = N
                 stage = Repeat(reps) if bd is not None and reps[bd] == 1 else None
             why = "it repeats along the batch or changes the rank"
         elif n.op == "call_function" and t is torch.roll:
-            shifts, rdims = _arg(n, 1, "shifts"), _arg(n, 2, "dims")
+            shifts, rdims = node_arg(n, 1, "shifts"), node_arg(n, 2, "dims")
             shifts = [shifts] if isinstance(shifts, int) else list(shifts)
             rdims = [rdims] if isinstance(rdims, int) else list(rdims or [])
             if rdims and len(shifts) == len(rdims):
@@ -534,13 +503,13 @@ def plumbing(gm: fx.GraphModule, one: dict, two: dict, blockers: list | None = N
         else:
             continue
         if stage is None:
-            _block(blockers, n, f"reshaping ({_target_name(t)})", f"{_target_name(t)} of activations: "
+            add_blocker(blockers, n, f"reshaping ({target_name(t)})", f"{target_name(t)} of activations: "
                    f"{why or 'its arguments are not constants sjunet could read'}; keep the batch in one dimension")
             continue
         if isinstance(stage, Permute) and batch_dim(one.get(n.name), two.get(n.name)) is None:
-            _block(blockers, n, "batch", "this operation loses track of the batch")
+            add_blocker(blockers, n, "batch", "this operation loses track of the batch")
             continue
-        _replace(gm, n, stage, (x,))
+        _swap(gm, n, stage, (x,))
 
 
 # ----------------------------------------------------------------------------------- linear layers
@@ -550,10 +519,10 @@ def functional_linear(gm: fx.GraphModule, blockers: list | None = None) -> None:
     for n in list(gm.graph.nodes):
         if not (n.op == "call_function" and n.target in (F.linear, torch._C._nn.linear)):
             continue
-        w, b = _arg(n, 1, "weight"), _arg(n, 2, "bias")
+        w, b = node_arg(n, 1, "weight"), node_arg(n, 2, "bias")
         if not (isinstance(w, fx.Node) and w.op == "get_attr") or (b is not None and not (
                 isinstance(b, fx.Node) and b.op == "get_attr")):
-            _block(blockers, n, "linear with computed weights", "F.linear whose weights are computed rather than the "
+            add_blocker(blockers, n, "linear with computed weights", "F.linear whose weights are computed rather than the "
                    "model's constants has no fixed synapses; use nn.Linear")
             continue
         W = _value(gm, w)
@@ -562,13 +531,13 @@ def functional_linear(gm: fx.GraphModule, blockers: list | None = None) -> None:
             lin.weight.copy_(W)
             if b is not None:
                 lin.bias.copy_(_value(gm, b))
-        _replace(gm, n, lin, (n.args[0],))
+        replace_with_module(gm, n, lin, (n.args[0],))
 
 
 def rewrite(gm: fx.GraphModule, example_shape, blockers: list | None = None) -> None:
     """All of the above, in order (constants first: later rewrites see them as ``get_attr``). A
     ``view`` becomes a ``reshape`` first: the same values, and valid after the ``.contiguous()`` that
-    :func:`sjunet.canonical.canonicalize` removed."""
+    :func:`sjunet.graph.canonical.canonicalize` removed."""
     for n in gm.graph.nodes:
         if n.op == "call_method" and n.target == "view" and not any(
                 isinstance(a, torch.dtype) for a in n.args[1:]):

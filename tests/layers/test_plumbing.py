@@ -3,7 +3,7 @@ wherever the batch sits, and rebuilt from their plain-data spec."""
 import pytest
 import torch
 
-from sjunet.plumbing import AddConstant, Index, Permute, Repeat, Reshape, Roll, Scale, item_data
+from sjunet.layers.plumbing import AddConstant, Index, Permute, Repeat, Reshape, Roll, Scale, item_data
 
 CASES = [  # (stage, single-step input shape, what the ANN does)
     (Reshape([1, 6, 4, 2], 0), (3, 6, 8), lambda x: x.reshape(3, 6, 4, 2)),

@@ -2,7 +2,7 @@
 tensors — reshapes, permutations, indexing, ``nn.Linear``, Σ-Δ product inputs — and the synaptic
 layers fed by graded (non-spike) currents.
 
-The exact counter (:mod:`sjunet.fanout`) composes per-axis reachability matrices, which needs every
+The exact counter (:mod:`sjunet.evaluation.fanout`) composes per-axis reachability matrices, which needs every
 stage on a path to act separately on H and W. A reshape of ``[C, H, W]`` into tokens, a permutation
 or a ``Linear`` over the last dimension does not; for a source whose walk meets one, the fan-out of
 each of its elements is counted here, backwards from the sinks:
@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from torch import fx, nn
 
-from sjunet import dims
+from sjunet.layers import dims
 
 
 def full_shapes(gm: fx.GraphModule, input_shape) -> dict[str, tuple[int, ...]]:
@@ -41,7 +41,7 @@ def full_shapes(gm: fx.GraphModule, input_shape) -> dict[str, tuple[int, ...]]:
     single-step mode, on the ``meta`` device; ``input_shape`` is ``(C, *spatial)`` or ``(B, C, *spatial)``."""
     from spikingjelly.activation_based import functional
 
-    from sjunet.graph import Recorder
+    from sjunet.graph.record import Recorder
 
     shape = tuple(int(s) for s in input_shape)[-(dims.spatial_dims(gm) + 1):]
     m = copy.deepcopy(gm)

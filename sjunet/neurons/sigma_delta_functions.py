@@ -1,6 +1,6 @@
 """The functions a Σ-Δ neuron can stand for (spec §15): one table, one line per function.
 
-A Σ-Δ neuron (:mod:`sjunet.sigma_delta`) replaces an activation ``f`` — elementwise (SiLU, GELU,
+A Σ-Δ neuron (:mod:`sjunet.neurons.sigma_delta`) replaces an activation ``f`` — elementwise (SiLU, GELU,
 ELU …) or of a group of elements (softmax, LayerNorm, an exact GroupNorm) — or a product of two
 activations. Nothing in the neuron, the recipe, the SNN file, simulation, flow or energy depends
 on which ``f``: **a new function is one entry of** :data:`FUNCTIONS` **plus its test**.
@@ -198,7 +198,7 @@ def product_macs(op: str, a_shape, b_shape, equation: str | None = None) -> int:
 class Smooth(torch.nn.Module):
     """An activation of the table in the canonical ANN graph (every spelling — ``nn.SiLU``, ``F.gelu``,
     ``x.sigmoid()``, ``x * torch.sigmoid(x)``, a channels-last ``nn.LayerNorm`` … — becomes one): what
-    calibration observes and conversion replaces by a :class:`~sjunet.sigma_delta.SigmaDeltaNode` of
+    calibration observes and conversion replaces by a :class:`~sjunet.neurons.sigma_delta.SigmaDeltaNode` of
     the same ``function`` and ``params``. A norm's affine is the buffers ``weight`` / ``bias``."""
 
     def __init__(self, function: str, params: dict | None = None) -> None:
@@ -224,7 +224,7 @@ class Smooth(torch.nn.Module):
 class Product(torch.nn.Module):
     """A product of two activations in the canonical ANN graph (``a * b``, ``torch.mul``, ``matmul``,
     ``@``, ``bmm``, ``einsum`` of two tensors): replaced at conversion by a
-    :class:`~sjunet.sigma_delta.SigmaDeltaProduct` of the same ``op`` / ``equation``."""
+    :class:`~sjunet.neurons.sigma_delta.SigmaDeltaProduct` of the same ``op`` / ``equation``."""
 
     def __init__(self, op: str = "mul", equation: str | None = None) -> None:
         super().__init__()

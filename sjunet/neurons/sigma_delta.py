@@ -15,7 +15,7 @@ spiking max-pool (§11)      maxpool(S_t) of input sums       the difference its
 ==========================  ===============================  =======================================
 
 with A_t = Σ_{τ≤t} I_τ the input sums, S_t the sum of everything sent, and **Q the signed ladder
-quantiser** of the signed MT neuron (:func:`sjunet.signed_neurons.signed_mt_step`): the MT ladder
+quantiser** of the signed MT neuron (:func:`sjunet.neurons.signed.signed_mt_step`): the MT ladder
 θ_1 > … > θ_N, mirrored below its dead zone [0, θ_N), at most one spike per threshold and sign per
 step; with a halving ladder Q(V) = θ_N · clamp(floor(V / θ_N), −(2^N − 1), 2^N − 1). Q is signed
 for every f, non-negative ones included: t·f(A_t/t) need not grow with t (the mean input can
@@ -80,10 +80,10 @@ from typing import Sequence
 
 import torch
 
-from sjunet.neuron_base import SpikingNeuron, validate_ladder
-from sjunet.sigma_delta_functions import (FUNCTIONS, PRODUCTS, check_equation, check_params, lookup, product,
+from sjunet.neurons.base import SpikingNeuron, validate_ladder
+from sjunet.neurons.sigma_delta_functions import (FUNCTIONS, PRODUCTS, check_equation, check_params, lookup, product,
                                           product_macs)
-from sjunet.signed_neurons import _signed_charge
+from sjunet.neurons.signed import _signed_charge
 
 
 def signed_ladder(v: torch.Tensor, thresholds: Sequence[float], count_spikes: bool = False):
@@ -250,7 +250,7 @@ class _SigmaDelta(SpikingNeuron):
 
 
 class SigmaDeltaNode(_SigmaDelta):
-    """A Σ-Δ neuron for an activation f of :data:`sjunet.sigma_delta_functions.FUNCTIONS` (module
+    """A Σ-Δ neuron for an activation f of :data:`sjunet.neurons.sigma_delta_functions.FUNCTIONS` (module
     docstring): its rate tends to f(mean input) with error O(θ_N / T).
 
     Args:
@@ -331,7 +331,7 @@ class SigmaDeltaNode(_SigmaDelta):
 
 class SigmaDeltaProduct(_SigmaDelta):
     """A two-input Σ-Δ neuron whose rate tends to g(mean a, mean b) for the bilinear g of ``op``
-    (:data:`sjunet.sigma_delta_functions.PRODUCTS`: ``mul`` — gates, squeeze-excitation —,
+    (:data:`sjunet.neurons.sigma_delta_functions.PRODUCTS`: ``mul`` — gates, squeeze-excitation —,
     ``matmul`` and ``einsum`` — attention): module docstring. Called as ``neuron(a, b)``.
 
     Args:

@@ -11,8 +11,8 @@ import torch
 from spikingjelly.activation_based import functional
 
 from sjunet.neurons import MultiThresholdNode
-from sjunet.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct, sigma_delta_step
-from sjunet.sigma_delta_functions import FUNCTIONS, check_equation, check_params, product_macs
+from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct, sigma_delta_step
+from sjunet.neurons.sigma_delta_functions import FUNCTIONS, check_equation, check_params, product_macs
 
 PAPER = (2.0, 1.0, 0.5, 0.25)
 THEOREM = (0.5, 0.25, 0.125, 0.0625)

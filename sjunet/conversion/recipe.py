@@ -43,8 +43,10 @@ from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_s
                           relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
 from sjunet.io import ArtifactError, file_fingerprint, model_fingerprint, provenance
 from sjunet.layers.dims import set_spatial_dims
+from sjunet.layers.plumbing import Scale
 from sjunet.layers.stages import ChannelAffine, Normalize, SpikingMaxPool2d
 from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, named_ladder, validate_ladder
+from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct
 from sjunet.snn import Conversion, SNNRecord, SpikingUNet
 from sjunet.snn import file as snnfile
 
@@ -150,11 +152,20 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         assert self.plan is not None
         apply_plan(fx_model, self.plan)
         _insert_gains(fx_model, self.plan)
+        _fold_scales(fx_model)
         set_spatial_dims(fx_model)  # the gains broadcast over the network's spatial axes
         factory = self.neuron_factory or self.options.factory()
+        ladder, v0 = self.options.ladder(), self.options.initial_potential()
         for node in list(fx_model.graph.nodes):
             k = kind_of(fx_model, node)
-            if k == "relu":
+            if k == "sigma":
+                replace_submodule(fx_model, node.target, sigma_delta_neuron(module_of(fx_model, node),
+                                                                             self.plan.sigma[node.name], ladder, v0))
+            elif k == "product":
+                m = module_of(fx_model, node)
+                a, b, out = self.plan.products[node.name]
+                replace_submodule(fx_model, node.target, SigmaDeltaProduct(m.op, m.equation, ladder, v0, a, b, out))
+            elif k == "relu":
                 replace_submodule(fx_model, node.target, build_neuron(factory, node.name,
                                                                       relu_slope(module_of(fx_model, node))))
             elif k == "maxpool":
@@ -178,6 +189,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         """The conversion record (JSON-able): options, plan summary, fingerprints, graph facts."""
         gm, plan = self.canonical.gm, self.plan
         targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
+        nodes = {n.name: n for n in gm.graph.nodes}
         kinds = {n.name: kind_of(gm, n) for n in gm.graph.nodes}
         inputs = {n.name: n.args[0].name for n in gm.graph.nodes if kinds[n.name] == "synaptic"}
         shape = self.stats.data["input_shape"]
@@ -199,6 +211,11 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             "neurons": {targets[r]: {"relu": r, "lambda": lam, "fallback": self.stats.nodes[r].fallback,
                                      "cap": plan.caps.get(r), "negative_slope": _slope_record(gm, r)}
                         for r, lam in plan.neurons.items()},
+            "sigma_delta": {targets[n]: {"node": n, "function": module_of(gm, nodes[n]).function,
+                                         "in_unit_min": float(u.min()), "in_unit_max": float(u.max()), "lambda": lam}
+                            for n, (u, lam) in plan.sigma.items()}
+                           | {targets[n]: {"node": n, "product": module_of(gm, nodes[n]).op, "a_unit": a, "b_unit": b,
+                                           "lambda": lam} for n, (a, b, lam) in plan.products.items()},
             "gains": [{"source": g.source, "consumer": g.consumer, "min": float(g.gain.min()),
                        "max": float(g.gain.max())} for g in plan.gains],
             "dead_layers": sorted(self.stats.dead),
@@ -290,8 +307,38 @@ def _slope_record(gm: fx.GraphModule, relu: str):
     return a.tolist() if isinstance(a, torch.Tensor) else a
 
 
+def sigma_delta_neuron(m: nn.Module, units: tuple, ladder, v_init: float) -> SigmaDeltaNode:
+    """The Σ-Δ neuron of a :class:`~sjunet.neurons.sigma_delta_functions.Smooth` node: its function,
+    the ladder and V_0 of the conversion, λ_in = the input's unit (a number, or per channel), λ_out =
+    the node's calibrated scale; a norm's affine copied."""
+    u_in, lam = units
+    in_scale = float(u_in[0]) if bool(torch.all(u_in == u_in[0])) else u_in.float()
+    neuron = SigmaDeltaNode(m.function, m.params, ladder, v_init, in_scale=in_scale, out_scale=lam)
+    if m.weight is not None:
+        neuron.weight.copy_(m.weight.detach())
+        neuron.bias.copy_(m.bias.detach())
+    return neuron
+
+
+def _fold_scales(gm: fx.GraphModule) -> None:
+    """A multiplication by a constant number is a unit (the plan scaled it): a positive one leaves no
+    stage, a negative one a sign flip."""
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if isinstance(m, Scale) and kind_of(gm, node) == "scale" and not node.target.startswith("gain_"):
+            if m.factor > 0:
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+            else:
+                replace_submodule(gm, node.target, Scale(-1.0))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
 def _insert_gains(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
-    """A :class:`~sjunet.layers.stages.ChannelAffine` gain on every edge the plan could not fold."""
+    """A gain on every edge the plan could not fold: a number (:class:`~sjunet.layers.plumbing.Scale`,
+    any tensor) where it is uniform, else per channel (:class:`~sjunet.layers.stages.ChannelAffine`)."""
     nodes = {n.name: n for n in gm.graph.nodes}
     done = set()
     for g in plan.gains:
@@ -300,7 +347,8 @@ def _insert_gains(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
         done.add((g.source, g.consumer))
         src, consumer = nodes[g.source], nodes[g.consumer]
         path = f"gain_{g.source}_to_{g.consumer}"
-        gm.add_submodule(path, ChannelAffine.of(g.gain.float()))
+        uniform = bool(torch.all(g.gain == g.gain[0]))
+        gm.add_submodule(path, Scale(float(g.gain[0])) if uniform else ChannelAffine.of(g.gain.float()))
         with gm.graph.inserting_before(consumer):
             gain = gm.graph.call_module(path, (src,))
         consumer.replace_input_with(src, gain)

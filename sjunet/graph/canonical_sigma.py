@@ -342,6 +342,16 @@ def products(gm: fx.GraphModule, shapes: dict, blockers: list | None = None) -> 
             sign = -1.0 if _is(n, _SUB) else 1.0
             const = [is_constant(gm, v) for v in (a, b)]
             if const[0] == const[1]:
+                if sign < 0 and not const[0] and all(isinstance(v, fx.Node) for v in (a, b)):  # a − b: a join
+                    with gm.graph.inserting_before(n):
+                        path = free_path(gm, f"{n.name}_negate")
+                        gm.add_submodule(path, Scale(-1.0))
+                        neg = gm.graph.call_module(path, (b,))
+                        neg.stack_trace = n.stack_trace
+                        add = gm.graph.call_function(operator.add, (a, neg))
+                        add.stack_trace = n.stack_trace
+                    n.replace_all_uses_with(add)
+                    gm.graph.erase_node(n)
                 continue
             x, c = (b, a) if const[0] else (a, b)
             if (sign < 0 and const[0]) or (isinstance(c, fx.Node) and c.op != "get_attr") or not (
@@ -534,28 +544,89 @@ def functional_linear(gm: fx.GraphModule, blockers: list | None = None) -> None:
         replace_with_module(gm, n, lin, (n.args[0],))
 
 
-def rewrite(gm: fx.GraphModule, example_shape, blockers: list | None = None) -> None:
+_REWRITTEN = (Reshape, Permute, Index, Repeat, Roll)
+
+
+def _candidates(gm: fx.GraphModule) -> bool:
+    """Whether anything here applies (a plain CNN skips the shape runs)."""
+    for n in gm.graph.nodes:
+        if n.op in ("call_method", "call_function") and n.target not in (operator.add, torch.cat, operator.getitem) \
+                or (n.op == "call_module" and (_kind(gm, n) or isinstance(module_of(gm, n), nn.LayerNorm))):
+            return True
+        if n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], fx.Node) \
+                and n.args[0].op != "call_function":
+            return True
+    return False
+
+
+def rewrite(gm: fx.GraphModule, example_shape, blockers: list | None = None, specialised: list | None = None) -> None:
     """All of the above, in order (constants first: later rewrites see them as ``get_attr``). A
     ``view`` becomes a ``reshape`` first: the same values, and valid after the ``.contiguous()`` that
-    :func:`sjunet.graph.canonical.canonicalize` removed."""
+    :func:`sjunet.graph.canonical.canonicalize` removed. Stages whose sizes come from the example's
+    shape (a reshape to its token count, a crop computed from shapes, a mask built for its windows)
+    are appended to ``specialised`` — found by running the graph at twice the example's spatial size
+    too (all of them when it does not run there) — so the size rule holds the conversion to sizes it
+    was checked on."""
+    if not _candidates(gm):
+        return
     for n in gm.graph.nodes:
         if n.op == "call_method" and n.target == "view" and not any(
                 isinstance(a, torch.dtype) for a in n.args[1:]):
             n.target = "reshape"
-    fold_constants(gm, example_shape)
+    notes: list = [] if specialised is not None else None
+    fold_constants(gm, example_shape, notes)
     functional_linear(gm, blockers)
     gm.recompile()
-    one = full_shapes(gm, example_shape, 1) if example_shape is not None else {}
+    if example_shape is None:
+        smooth_activations(gm, {}, blockers)
+        products(gm, {}, blockers)
+        return
+    try:
+        one = full_shapes(gm, example_shape, 1)
+    except Exception as e:  # noqa: BLE001 - the model does not run on the example: that is the one cause
+        from sjunet.errors import UnsupportedGraphError
+
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UnsupportedGraphError(
+            f"cannot convert: the model fails on a {'x'.join(map(str, example_shape))} input ({type(e).__name__}: "
+            f"{first}); calibrate on inputs of a size it accepts") from None
     smooth_activations(gm, one, blockers)
     products(gm, one, blockers)
     gm.graph.eliminate_dead_code()
     gm.recompile()
-    if example_shape is not None:
-        one = full_shapes(gm, example_shape, 1)
-        try:
-            two = full_shapes(gm, example_shape, 2)
-        except Exception:  # noqa: BLE001 - a size specialised on a batch of one: every batch-moving op refused
-            two = {}
-        plumbing(gm, one, two, blockers)
+    one = full_shapes(gm, example_shape, 1)
+    try:
+        two = full_shapes(gm, example_shape, 2)
+    except Exception:  # noqa: BLE001 - a size specialised on a batch of one: every batch-moving op refused
+        two = {}
+    plumbing(gm, one, two, blockers)
     gm.graph.eliminate_dead_code()
     gm.recompile()
+    if notes is None:
+        return
+    shape = list(example_shape)
+    bigger = shape[:2] + [2 * v for v in shape[2:]]
+    try:
+        other = full_shapes(gm, bigger, 1)
+    except Exception:  # noqa: BLE001 - it runs on the example's size only
+        other = {}
+    for n in gm.graph.nodes:
+        m = module_of(gm, n)
+        if isinstance(m, _REWRITTEN) and (not other or other.get(n.name) != one.get(n.name) or isinstance(m, Index)):
+            if isinstance(m, Index) and other and other.get(n.name) is not None \
+                    and other.get(n.args[0].name) is not None and _same_cut(one, other, n):
+                continue
+            notes.append({"node": n.name, "op": type(m).__name__, "arg": "spec", "value": m.spec(),
+                          "input_shape": shape, "where": source_line(n).strip(" ()")})
+    specialised.extend(notes)
+
+
+def _same_cut(one: dict, other: dict, n: fx.Node) -> bool:
+    """An index that cuts the same amount from its input at both sizes (a fixed crop, a channel slice)
+    holds at any size; one that keeps a size computed from the example does not."""
+    a_in, a_out = one.get(n.args[0].name), one.get(n.name)
+    b_in, b_out = other.get(n.args[0].name), other.get(n.name)
+    if None in (a_in, a_out, b_in, b_out) or len(a_in) != len(b_in) or len(a_out) != len(b_out):
+        return False
+    return [i - o for i, o in zip(a_in, a_out)] == [i - o for i, o in zip(b_in, b_out)] if len(a_in) == len(
+        a_out) else a_out == b_out

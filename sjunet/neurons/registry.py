@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from sjunet.neurons.base import NeuronFactory, SpikingNeuron, threshold_ladder, validate_ladder
 from sjunet.neurons.mt import MultiThresholdNode
 from sjunet.neurons.peers import MultiLevelNode, RealSpikeNode, ml_factory, rs_factory
+from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct
 from sjunet.neurons.signed import SignedMultiThresholdNode
 
 
@@ -33,7 +34,9 @@ def mt_factory(thresholds: Sequence[float] = (2.0, 1.0, 0.5, 0.25), v_init: floa
 NEURON_TYPES: dict[str, type[SpikingNeuron]] = {"MultiThresholdNode": MultiThresholdNode,
                                                 "SignedMultiThresholdNode": SignedMultiThresholdNode,
                                                 "MultiLevelNode": MultiLevelNode,
-                                                "RealSpikeNode": RealSpikeNode}
+                                                "RealSpikeNode": RealSpikeNode,
+                                                "SigmaDeltaNode": SigmaDeltaNode,
+                                                "SigmaDeltaProduct": SigmaDeltaProduct}
 
 #: neuron name (``--neuron``) -> (default ladder, factory builder)
 FACTORIES: dict[str, tuple[tuple[float, ...], Callable[..., NeuronFactory]]] = {

@@ -79,6 +79,9 @@ def module_spec(m: nn.Module) -> dict:
             in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_plain(m.kernel_size),
             stride=_plain(m.stride), padding=_plain(m.padding), dilation=_plain(m.dilation), groups=m.groups,
             bias=m.bias is not None, padding_mode=m.padding_mode)}
+    if isinstance(m, nn.Linear):
+        return {"type": "Linear", "args": dict(in_features=m.in_features, out_features=m.out_features,
+                                               bias=m.bias is not None)}
     if isinstance(m, (nn.AvgPool2d, nn.AvgPool3d)):
         return {"type": "AvgPool2d" if isinstance(m, nn.AvgPool2d) else "AvgPool3d", "args": dict(
             kernel_size=_plain(m.kernel_size), stride=_plain(m.stride), padding=_plain(m.padding),
@@ -204,7 +207,9 @@ def _check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
         elif op == "call_module":
             if not isinstance(target, str) or target not in modules:
                 raise ArtifactError(f"{what} calls an undeclared module {short_repr(target)}")
-            most = 2 if modules[target][0] == "Resample" else 1
+            most = 2 if modules[target][0] in ("Resample", "SigmaDeltaProduct") else 1
+            if modules[target][0] == "SigmaDeltaProduct" and len(args) != 2:
+                raise ArtifactError(f"{what}: a product neuron takes two node arguments")
             if kwargs or not 1 <= len(args) <= most:
                 raise ArtifactError(f"{what}: module {target!r} ({modules[target][0]}) takes "
                                     f"{'one or two node arguments' if most == 2 else 'one node argument'}")
@@ -242,8 +247,8 @@ def _check_cat(args: list, kwargs: dict, env: dict, what: str) -> None:
     for a in parts:
         _ref(a, env, what)
     dim = args[1] if len(args) == 2 else kwargs.get("dim", 0)
-    if type(dim) is not int or not -4 <= dim < 4:
-        raise ArtifactError(f"{what}: torch.cat dim must be an integer in -4..3 (4-D images), got {short_repr(dim)}")
+    if type(dim) is not int or not -8 <= dim < 8:
+        raise ArtifactError(f"{what}: torch.cat dim must be an integer in -8..7, got {short_repr(dim)}")
 
 
 def _meta_check(modules: dict[str, tuple[str, dict]], shapes: dict[str, tuple[int, ...]] | None) -> None:
@@ -433,9 +438,9 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
         if not isinstance(record.get(key), types):
             raise ArtifactError(f"{path}: the record's {key!r} has type {type(record[key]).__name__}; the file is corrupt")
     for name, t in tensors.items():
-        if not t.dtype.is_floating_point or t.dim() > 5:  # a Conv3d's weight: 5-D
+        if not t.dtype.is_floating_point or t.dim() > 8:  # a Conv3d's weight: 5-D; a constant: up to 8-D
             raise ArtifactError(f"{path}: tensor {short_repr(name)} is {t.dim()}-D {t.dtype}; an SNN holds "
-                                "floating-point tensors of at most 5 dimensions")
+                                "floating-point tensors of at most 8 dimensions")
     try:
         digest = _hash(tensors, record)
     except (ValueError, TypeError, OverflowError, RecursionError) as e:

@@ -116,8 +116,9 @@ def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1) -> None:
 @dataclass
 class FlowRecord:
     """What a recorded simulation leaves, per neuron layer (by module path): the accumulated
-    output flow I_out = Σ_t o(t) (paper Eq. 10), the gate [I_in > 0] and, on request, the
-    accumulated input current I_in = Σ_t I(t) (paper Eq. 9)."""
+    output flow I_out = Σ_t o(t) (paper Eq. 10), the gate [I_in > 0] (for a Σ-Δ neuron, the tuple of
+    its accumulated inputs: the flow takes f' there) and, on request, the accumulated input current
+    I_in = Σ_t I(t) (paper Eq. 9)."""
 
     T: int
     outputs: dict[str, torch.Tensor]
@@ -147,7 +148,8 @@ def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_in
         for n, m in neurons.items():  # read each layer, then free its state at once (a lower peak)
             outs[n] = m.output_flow()
             i_in = m.input_current()
-            gates[n] = i_in > 0
+            # a Σ-Δ neuron's flow needs its accumulated inputs themselves (f' at the mean input)
+            gates[n] = tuple(m.flow_inputs()) if hasattr(m, "flow_vjp") else i_in > 0
             if keep_inputs:
                 ins[n] = i_in
             if count_spikes:

@@ -113,10 +113,10 @@ class NormalizationPlan:
     affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)  # in/out units
     neurons: dict[str, float] = field(default_factory=dict)  # ReLU node -> λ (capped)
     caps: dict[str, float] = field(default_factory=dict)  # ReLU node -> its cap a (ReLU6, Hardtanh(0, a))
-    #: Σ-Δ activation node -> (its input's unit per channel, λ_out)
-    sigma: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict, repr=False)
-    #: Σ-Δ product node -> (λ_a, λ_b, λ_out)
-    products: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: Σ-Δ activation node -> (its input's unit per channel, λ_out, the function's name)
+    sigma: dict[str, tuple[torch.Tensor, float, str]] = field(default_factory=dict, repr=False)
+    #: Σ-Δ product node -> (λ_a, λ_b, λ_out, the product's op)
+    products: dict[str, tuple[float, float, float, str]] = field(default_factory=dict)
     #: constant-addition node -> the unit its constant is divided by
     constants: dict[str, float] = field(default_factory=dict)
 
@@ -180,8 +180,9 @@ class _Planner:
             return 1.0, "output", None
         if k == "add":
             return self.add_unit(c), "join", None
-        if k == "sigma":
-            return self.stats.scale(c.args[0].name), "sigma", None
+        if k == "sigma":  # its input's own percentile, where calibration recorded it
+            src = c.args[0].name
+            return (self.stats.scale(src), "sigma", None) if src in self.stats.nodes else None
         if k in THROUGH_KINDS:
             u = self.single_user(c)
             return self.consumer_demand(u) if u is not None else None
@@ -312,10 +313,11 @@ class _Planner:
                 if cap is not None:
                     caps[n.name] = cap
             elif k == "sigma":
-                sigma[n.name] = (self.unit(n.args[0]), float(self.units[n][0]))
+                sigma[n.name] = (self.unit(n.args[0]), float(self.units[n][0]), module_of(self.gm, n).function)
             elif k == "product":
                 a, b = tensor_inputs(n)
-                products[n.name] = (float(self.unit(a).max()), float(self.unit(b).max()), float(self.units[n][0]))
+                products[n.name] = (float(self.unit(a).max()), float(self.unit(b).max()), float(self.units[n][0]),
+                                    module_of(self.gm, n).op)
             elif k == "constant":
                 constants[n.name] = float(self.units[n][0])
             if k in UNIFORM_KINDS or (k == "synaptic" and isinstance(module_of(self.gm, n), nn.Linear)) or (

@@ -47,10 +47,15 @@ from sjunet.layers.plumbing import Scale
 from sjunet.layers.stages import ChannelAffine, Normalize, SpikingMaxPool2d
 from sjunet.neurons import FACTORIES, NeuronFactory, StaticInputSynapse, named_ladder, validate_ladder
 from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct
+from sjunet.neurons.sigma_delta_functions import Smooth
 from sjunet.snn import Conversion, SNNRecord, SpikingUNet
 from sjunet.snn import file as snnfile
 
 NEURONS = tuple(FACTORIES)
+
+
+#: how instance / group / layer norms convert (:attr:`ConversionOptions.norms`)
+NORM_ROUTES = ("fixed", "exact")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,11 @@ class ConversionOptions:
     neuron: str = "mt"
     thresholds: tuple[float, ...] | None = None
     v_init: str | float = "half"
+    #: instance / group / layer norms over (C, H, W): ``fixed`` — the division by a deviation σ̂ fixed
+    #: from calibration, folded into the affine (local, cheap; an approximation gap); ``exact`` — a Σ-Δ
+    #: group-norm neuron that divides by each sample's own deviation (no gap; non-local, one evaluation
+    #: per element and step)
+    norms: str = "fixed"
 
     def initial_potential(self) -> float:
         """Membrane potential after reset: ``"half"`` = θ_N/2 (half the smallest threshold, which
@@ -93,6 +103,8 @@ class ConversionOptions:
         ladder = self.ladder()
         if self.neuron == "if" and len(ladder) != 1:
             raise ValueError(f"--neuron if takes exactly one threshold, got {ladder}")
+        if self.norms not in NORM_ROUTES:
+            raise ValueError(f"unknown --norms {self.norms!r}: choose one of {', '.join(NORM_ROUTES)}")
         self.initial_potential()
 
     def factory(self) -> NeuronFactory:
@@ -122,7 +134,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
     def before_trace(self, converter, ann: nn.Module) -> nn.Module:
         self.ann_fingerprint = model_fingerprint(ann)
         self.stats.check_model(self.ann_fingerprint)
-        why = gap_refusal(self.stats.approximation, self.accept_gap)
+        why = gap_refusal(self.stats.approximation, self.accept_gap) if self.options.norms == "fixed" else None
         if why:
             raise ApproximationGapError(f"cannot convert {type(ann).__name__}: {why}")
         shape = self.stats.data.get("input_shape")
@@ -135,7 +147,10 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         if signature(fx_model) != signature(self.canonical.gm):
             raise RuntimeError("internal error: SpikingJelly's trace of the canonical graph names nodes differently")
         check_supported(fx_model)
-        self.approximations = fix_deviations(fx_model, self.stats)
+        if self.options.norms == "exact":
+            exact_norms(fx_model)
+        else:
+            self.approximations = fix_deviations(fx_model, self.stats)
         set_spatial_dims(fx_model)
         return fx_model
 
@@ -163,7 +178,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
                                                                              self.plan.sigma[node.name], ladder, v0))
             elif k == "product":
                 m = module_of(fx_model, node)
-                a, b, out = self.plan.products[node.name]
+                a, b, out, _ = self.plan.products[node.name]
                 replace_submodule(fx_model, node.target, SigmaDeltaProduct(m.op, m.equation, ladder, v0, a, b, out))
             elif k == "relu":
                 replace_submodule(fx_model, node.target, build_neuron(factory, node.name,
@@ -189,7 +204,6 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         """The conversion record (JSON-able): options, plan summary, fingerprints, graph facts."""
         gm, plan = self.canonical.gm, self.plan
         targets = {n.name: n.target for n in gm.graph.nodes if n.op == "call_module"}
-        nodes = {n.name: n for n in gm.graph.nodes}
         kinds = {n.name: kind_of(gm, n) for n in gm.graph.nodes}
         inputs = {n.name: n.args[0].name for n in gm.graph.nodes if kinds[n.name] == "synaptic"}
         shape = self.stats.data["input_shape"]
@@ -211,11 +225,11 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             "neurons": {targets[r]: {"relu": r, "lambda": lam, "fallback": self.stats.nodes[r].fallback,
                                      "cap": plan.caps.get(r), "negative_slope": _slope_record(gm, r)}
                         for r, lam in plan.neurons.items()},
-            "sigma_delta": {targets[n]: {"node": n, "function": module_of(gm, nodes[n]).function,
-                                         "in_unit_min": float(u.min()), "in_unit_max": float(u.max()), "lambda": lam}
-                            for n, (u, lam) in plan.sigma.items()}
-                           | {targets[n]: {"node": n, "product": module_of(gm, nodes[n]).op, "a_unit": a, "b_unit": b,
-                                           "lambda": lam} for n, (a, b, lam) in plan.products.items()},
+            "sigma_delta": {targets[n]: {"node": n, "function": f, "in_unit_min": float(u.min()),
+                                         "in_unit_max": float(u.max()), "lambda": lam}
+                            for n, (u, lam, f) in plan.sigma.items()}
+                           | {targets[n]: {"node": n, "product": op, "a_unit": a, "b_unit": b, "lambda": lam}
+                              for n, (a, b, lam, op) in plan.products.items()},
             "gains": [{"source": g.source, "consumer": g.consumer, "min": float(g.gain.min()),
                        "max": float(g.gain.max())} for g in plan.gains],
             "dead_layers": sorted(self.stats.dead),
@@ -272,6 +286,18 @@ def fix_deviations(gm: fx.GraphModule, stats: CalibrationStats) -> list[dict]:
     return out
 
 
+def exact_norms(gm: fx.GraphModule) -> None:
+    """The ``exact`` route of the norms: every :class:`~sjunet.layers.stages.Normalize` (a norm's
+    per-sample division, after its exact centring) becomes a Σ-Δ group-norm activation of the same
+    groups and eps (no affine: the affine stage after it stays), so the SNN divides by each sample's
+    own deviation and there is no approximation gap."""
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if isinstance(m, Normalize):
+            replace_submodule(gm, node.target, Smooth("group_norm", {"groups": m.groups, "eps": m.eps}))
+    gm.recompile()
+
+
 def _gap_record(approximation: dict | None, accepted: bool) -> dict:
     """The conversion record's ``approximation_gap``: calibration's measurement, the thresholds,
     and whether it exceeded them (then it was accepted: otherwise there is no SNN)."""
@@ -311,7 +337,7 @@ def sigma_delta_neuron(m: nn.Module, units: tuple, ladder, v_init: float) -> Sig
     """The Σ-Δ neuron of a :class:`~sjunet.neurons.sigma_delta_functions.Smooth` node: its function,
     the ladder and V_0 of the conversion, λ_in = the input's unit (a number, or per channel), λ_out =
     the node's calibrated scale; a norm's affine copied."""
-    u_in, lam = units
+    u_in, lam = units[:2]
     in_scale = float(u_in[0]) if bool(torch.all(u_in == u_in[0])) else u_in.float()
     neuron = SigmaDeltaNode(m.function, m.params, ladder, v_init, in_scale=in_scale, out_scale=lam)
     if m.weight is not None:
@@ -367,9 +393,15 @@ def convert(
     neuron_factory: NeuronFactory | None = None,
     model_info: dict | None = None,
     accept_gap: bool = False,
+    norms: str = "fixed",
 ) -> SpikingUNet:
     """Convert ``model`` (any ``nn.Module`` the converter understands) into a Spiking-UNet with
     SpikingJelly's converter and our recipe.
+
+    ``norms``: how instance / group / layer norms over (C, H, W) convert — ``"fixed"`` (a deviation
+    fixed from calibration, with its approximation gap) or ``"exact"`` (Σ-Δ group-norm neurons, no
+    gap; :class:`ConversionOptions`). Smooth activations, products and transformer plumbing always
+    convert (Σ-Δ neurons and linear stages, spec §15).
 
     ``stats`` is a :class:`CalibrationStats` (``sjunet.calibrate(model, batches)``) or the path of
     an HDF5 file from ``sjunet calibrate``; statistics of another model are refused.
@@ -389,7 +421,7 @@ def convert(
     if not isinstance(stats, CalibrationStats):
         stats_path = Path(stats)
         stats = read_stats(stats_path)
-    options = ConversionOptions(norm, neuron, named_ladder(thresholds) if thresholds else None, v_init)
+    options = ConversionOptions(norm, neuron, named_ladder(thresholds) if thresholds else None, v_init, norms)
     with stages_are_leaves():
         snn = ann2snn.Converter(SpikingUNetRecipe(stats, options, neuron_factory, accept_gap),
                                 device="cpu").convert(model)

@@ -62,6 +62,8 @@ def full_shapes(gm: fx.GraphModule, input_shape) -> dict[str, tuple[int, ...]]:
 def _structural(m: nn.Module) -> nn.Module:
     """A copy of synaptic layer ``m`` with every weight one and no bias."""
     s = copy.deepcopy(m).to("cpu", torch.float64)
+    if hasattr(s, "step_mode"):
+        s.step_mode = "s"
     with torch.no_grad():
         s.weight.fill_(1.0)
         if getattr(s, "bias", None) is not None:
@@ -82,21 +84,21 @@ def _vjp(fn: Callable, inputs: list[torch.Tensor], wrt: list[int], grad: torch.T
 
 
 def element_fanout(gm: fx.GraphModule, source: fx.Node, shapes: dict[str, tuple[int, ...]],
-                   classify: Callable[[fx.Node], str], apply: Callable[[fx.Node, list], torch.Tensor]) -> tuple[
-                       torch.Tensor, set[str]]:
+                   classify: Callable[[fx.Node, fx.Node], str],
+                   apply: Callable[[fx.Node, list], torch.Tensor]) -> tuple[torch.Tensor, set[str]]:
     """Synapses (and identity-edge accumulates) per element of ``source``'s output, full shape at a
     batch of one, and the terminal synaptic layers reached (module docstring).
 
-    ``classify(u)``: ``"sink"`` (a neuron, the output), ``"compare"`` (a spiking max-pool: a spike
-    entering it reaches no synapse), ``"synaptic"`` or ``"stage"`` (anything routed by its own
-    vector-Jacobian product); ``apply(u, inputs)`` runs stage ``u`` on tensors standing for its node
+    ``classify(u, v)`` (``u`` a user of ``v``): ``"sink"`` (a neuron, the output), ``"compare"`` (a
+    spiking max-pool: a spike entering it reaches no synapse), ``"synaptic"``, ``"skip"`` (reads only
+    ``v``'s shape) or ``"stage"`` (anything routed by its own vector-Jacobian product); ``apply(u, inputs)`` runs stage ``u`` on tensors standing for its node
     inputs (float64, CPU), structurally where its own weights would scale the count (gains)."""
     cone, stack = [], [source]
     seen = {source}
     while stack:
         v = stack.pop()
         for u in v.users:
-            if u in seen or classify(u) != "stage":
+            if u in seen or classify(u, v) != "stage":
                 continue
             seen.add(u)
             cone.append(u)
@@ -107,7 +109,7 @@ def element_fanout(gm: fx.GraphModule, source: fx.Node, shapes: dict[str, tuple[
     for v in reversed(order):
         c = torch.zeros(shapes[v.name], dtype=torch.float64)
         for u in v.users:
-            kind = classify(u)
+            kind = classify(u, v)
             if kind == "sink":
                 c += 1.0
             elif kind == "synaptic":
@@ -125,7 +127,7 @@ def element_fanout(gm: fx.GraphModule, source: fx.Node, shapes: dict[str, tuple[
     return counts[source], terminals
 
 
-def graded_layers(gm: fx.GraphModule, starts: set[str], classify: Callable[[fx.Node], str]) -> list[fx.Node]:
+def graded_layers(gm: fx.GraphModule, starts: set[str], classify: Callable[[fx.Node, fx.Node], str]) -> list[fx.Node]:
     """The synaptic layers fed by the outputs of the layers ``starts`` (module paths) through no
     neuron: evaluated on graded currents every step (module docstring)."""
     out, seen = [], set()
@@ -136,7 +138,7 @@ def graded_layers(gm: fx.GraphModule, starts: set[str], classify: Callable[[fx.N
             if u in seen:
                 continue
             seen.add(u)
-            kind = classify(u)
+            kind = classify(u, v)
             if kind == "synaptic":
                 out.append(u)
                 stack.append(u)

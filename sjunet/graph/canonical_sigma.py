@@ -136,8 +136,9 @@ def _value(gm: fx.GraphModule, a):
 
 def full_shapes(gm: fx.GraphModule, example_shape, batch: int) -> dict[str, tuple[int, ...] | None]:
     """The full shape of every tensor node (the batch included, wherever it sits) for an input of
-    ``example_shape`` with ``batch`` samples, on the ``meta`` device; None where a node is no tensor."""
-    m = copy.deepcopy(gm).to("meta")
+    ``example_shape`` with ``batch`` samples (zeros, no gradient: cheaper than the ``meta`` device for
+    the small example inputs of calibration, and no copy of the model); None where a node is no tensor.
+    The python values of non-tensor nodes (sizes) are kept in :data:`VALUES`."""
     shapes: dict[str, tuple[int, ...] | None] = {}
 
     class _Run(fx.Interpreter):
@@ -149,9 +150,11 @@ def full_shapes(gm: fx.GraphModule, example_shape, batch: int) -> dict[str, tupl
                 VALUES[n.name] = out
             return out
 
-    x = torch.zeros((batch, *tuple(example_shape)[1:]), device="meta")
+    p = next(iter(gm.parameters()), None)
+    x = torch.zeros((batch, *tuple(example_shape)[1:]), dtype=p.dtype if p is not None else torch.float32,
+                    device=p.device if p is not None else "cpu")
     with torch.no_grad():
-        _Run(m).run(x)
+        _Run(gm).run(x)
     return shapes
 
 
@@ -231,6 +234,7 @@ def smooth_activations(gm: fx.GraphModule, shapes: dict, blockers: list | None =
             add_blocker(blockers, n, name, "softmax with a dtype argument; drop it")
             continue
         new = replace_with_module(gm, n, Smooth(name, params), (n.args[0],))
+        shapes[new.name] = shapes.get(n.name)
         if name in _SIGMOIDS:
             _swish(gm, new)
     for n in list(gm.graph.nodes):

@@ -247,8 +247,8 @@ def _check_cat(args: list, kwargs: dict, env: dict, what: str) -> None:
     for a in parts:
         _ref(a, env, what)
     dim = args[1] if len(args) == 2 else kwargs.get("dim", 0)
-    if type(dim) is not int or not -8 <= dim < 8:
-        raise ArtifactError(f"{what}: torch.cat dim must be an integer in -8..7, got {short_repr(dim)}")
+    if type(dim) is not int or not -4 <= dim < 4:  # channels (1), or the last axis of channels-last tokens (-1)
+        raise ArtifactError(f"{what}: torch.cat dim must be an integer in -4..3, got {short_repr(dim)}")
 
 
 def _meta_check(modules: dict[str, tuple[str, dict]], shapes: dict[str, tuple[int, ...]] | None) -> None:

@@ -98,6 +98,8 @@ class FinetuneOptions:
     energy_penalty: float = 0.0
     #: weights of the segmentation loss: "auto", "none" or "w1,w2" (:func:`sjunet.tasks.resolve_class_weights`)
     class_weights: str = "auto"
+    #: how validation feeds images to the SNN (as :attr:`sjunet.training.ann.TrainOptions.protocol`)
+    protocol: dict | str | None = None
 
 
 def lr_range_test(snn: nn.Module, step, train_ds, validate, optimizer: str = "adam", candidates=LR_CANDIDATES,
@@ -260,7 +262,7 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
 
         def validate():
             r = evaluate_snn(snn, val_ds, [opts.T], task, chunk=4, limit=opts.val_limit, multiple=multiple,
-                             progress=False, device=opts.device)
+                             progress=False, device=opts.device, protocol=opts.protocol)
             val = r["T"][str(opts.T)]
             return task.score(val), val
 

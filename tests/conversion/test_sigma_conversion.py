@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import TokenBlock as Block
+
 from sjunet.calibration import calibrate
 from sjunet.conversion.recipe import convert, load_snn, save_snn
 from sjunet.graph import canonical_graph, kind_of
@@ -93,33 +95,6 @@ class Gates(nn.Module):
         se = b * torch.sigmoid(self.se(b.mean((2, 3), keepdim=True)))  # EfficientNet
         crop = F.pad(gated, (1, 1, 1, 1))[:, :, 1:-1, 1:-1]
         return self.head(torch.cat([crop + 0.1, 0.5 * (se - a)], 1))
-
-
-class Block(nn.Module):
-    """A transformer block on patch tokens (UNETR's ViT in small): patch embedding, position
-    embedding, LayerNorm, multi-head self-attention with einsum and softmax, a GELU MLP, residual
-    adds, and the tokens folded back to an image."""
-
-    def __init__(self, dim=8, heads=2):
-        super().__init__()
-        self.embed = nn.Conv2d(1, dim, 4, stride=4)
-        self.pos = nn.Parameter(torch.randn(1, 16, dim) * 0.1)
-        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
-        self.up, self.head = nn.ConvTranspose2d(dim, 4, 4, stride=4), nn.Conv2d(4, 2, 1)
-        self.heads = heads
-
-    def forward(self, x):
-        b = x.shape[0]
-        t = self.embed(x).flatten(2).transpose(1, 2) + self.pos
-        q, k, v = self.qkv(self.n1(t)).reshape(b, -1, 3, self.heads, 4).permute(2, 0, 3, 1, 4)
-        att = torch.einsum("bhqd,bhkd->bhqk", q, k) * 0.5
-        y = (att.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, -1, 8)
-        t = t + self.proj(y)
-        t = t + self.fc2(F.gelu(self.fc1(self.n2(t))))
-        img = t.transpose(1, 2).reshape(b, 8, 4, 4)
-        return self.head(torch.relu(self.up(img)))
 
 
 def test_gates_and_squeeze_excitation_convert_and_converge():

@@ -616,13 +616,23 @@ def rewrite(gm: fx.GraphModule, example_shape, blockers: list | None = None, spe
         other = {}
     for n in gm.graph.nodes:
         m = module_of(gm, n)
-        if isinstance(m, _REWRITTEN) and (not other or other.get(n.name) != one.get(n.name) or isinstance(m, Index)):
-            if isinstance(m, Index) and other and other.get(n.name) is not None \
-                    and other.get(n.args[0].name) is not None and _same_cut(one, other, n):
+        if not isinstance(m, _REWRITTEN) or isinstance(m, (Permute, Roll)):  # a permutation holds at any size
+            continue
+        if other and other.get(n.name) is not None and other.get(n.args[0].name) is not None:
+            if isinstance(m, Reshape) and other[n.name] == one[n.name]:
+                continue  # the same shape at both sizes (a channel vector of squeeze-excitation)
+            if isinstance(m, Repeat) and _ratios(one, n) == _ratios(other, n):
                 continue
-            notes.append({"node": n.name, "op": type(m).__name__, "arg": "spec", "value": m.spec(),
-                          "input_shape": shape, "where": source_line(n).strip(" ()")})
+            if isinstance(m, Index) and _same_cut(one, other, n):
+                continue
+        notes.append({"node": n.name, "op": type(m).__name__, "arg": "spec", "value": m.spec(),
+                      "input_shape": shape, "where": source_line(n).strip(" ()")})
     specialised.extend(notes)
+
+
+def _ratios(shapes: dict, n: fx.Node) -> list:
+    a, b = shapes[n.args[0].name], shapes[n.name]
+    return [q / p for p, q in zip(a, b)] if len(a) == len(b) else []
 
 
 def _same_cut(one: dict, other: dict, n: fx.Node) -> bool:

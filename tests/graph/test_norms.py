@@ -396,6 +396,10 @@ def test_cli_prints_the_gap_and_refuses_unless_accepted(tmp_path):
     r = CliRunner().invoke(main, ["convert", *arch, "--stats", str(stats), "--accept-gap", "-o",
                                   str(tmp_path / "b.safetensors")], catch_exceptions=False)
     assert r.exit_code == 0 and "approximation gap" in r.output, r.output
+    # the exact route (issue 26): Σ-Δ group-norm neurons, no gap to accept or print
+    r = CliRunner().invoke(main, ["convert", *arch, "--stats", str(stats), "--norms", "exact", "-o",
+                                  str(tmp_path / "c.safetensors")], catch_exceptions=False)
+    assert r.exit_code == 0 and "approximation gap" not in r.output and "18 Σ-Δ neuron layers" in r.output, r.output
 
 
 @pytest.mark.parametrize("args", [{"groups": 0}, {"groups": 65537}, {"groups": 2.0}, {"groups": True}, {},

@@ -282,20 +282,24 @@ class FanOut:
     def mean(self) -> float:
         return float(self.map.mean())
 
-    def weigh(self, counts: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``(counts summed over the batch (and channels) onto the map's shape, Σ counts × map)``."""
-        c = counts.to("cpu", torch.float64)
+    def collapse(self, counts: torch.Tensor) -> torch.Tensor:
+        """``counts`` (a source's per-element counts or flows for a batch) summed onto the map's shape:
+        over the batch and channels, or (per element) over the batch — wherever it sits, or merged into
+        a dimension (windows of a Swin block: outermost, as their reshape puts it). Differentiable."""
         if not self.per_element:
-            pos = c.sum(dim=(0, 1))
-            return pos, float((pos * self.map).sum())
+            return counts.sum(dim=(0, 1))
         m = self.map
-        if c.dim() == m.dim() and all(a == b or b == 1 for a, b in zip(c.shape, m.shape)):
-            dims = tuple(i for i, (a, b) in enumerate(zip(c.shape, m.shape)) if a != b)
-            per = c.sum(dim=dims, keepdim=True) if dims else c
-        else:  # the batch merged into a dimension (windows of a Swin block): outermost, as its reshape puts it
-            per = c.reshape(-1, *m.shape).sum(0)
-        per = per.reshape(m.shape)
-        return per, float((per * m).sum())
+        if counts.dim() == m.dim() and all(a == b or b == 1 for a, b in zip(counts.shape, m.shape)):
+            dims = tuple(i for i, (a, b) in enumerate(zip(counts.shape, m.shape)) if a != b)
+            per = counts.sum(dim=dims, keepdim=True) if dims else counts
+        else:
+            per = counts.reshape(-1, *m.shape).sum(0)
+        return per.reshape(m.shape)
+
+    def weigh(self, counts: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(counts collapsed onto the map's shape, Σ counts × map)`` (float64, on the CPU)."""
+        per = self.collapse(counts.to("cpu", torch.float64))
+        return per, float((per * self.map).sum())
 
 
 def fanout_maps(snn: fx.GraphModule, input_shape: Iterable[int],

@@ -262,10 +262,14 @@ class SopPenalty:
         maps, macs = self.structure(tuple(int(s) for s in x.shape[1:]))
         surrogate, measured = 0.0, 0.0
         for name, flow in flows.items():
-            f = maps[name].map.to(flow.device, flow.dtype)
-            q = self.snn.get_submodule(name).quantum
-            surrogate = surrogate + (flow.sum(dim=(0, 1)) / q * f).sum()
-            measured += float((spikes[name].sum(dim=(0, 1)) * f).sum())
+            fo = maps[name]
+            f = fo.map.to(flow.device, flow.dtype)
+            m = self.snn.get_submodule(name)
+            q = m.quantum
+            # a Σ-Δ neuron's flow is signed (it takes spikes back): its spikes are the size of what it sent
+            spent = flow.abs() if hasattr(m, "flow_vjp") else flow
+            surrogate = surrogate + (fo.collapse(spent) / q * f).sum()
+            measured += fo.weigh(spikes[name])[1]
         scale = measured / max(float(surrogate.detach()), 1e-12)
         return surrogate * scale * E_AC / (x.shape[0] * macs * E_MAC)
 

@@ -4,6 +4,7 @@ of operations and energy that is not accumulate — derived by hand for a small 
 import math
 import warnings
 
+import pytest
 import torch
 from helpers import TokenBlock
 
@@ -13,7 +14,8 @@ from sjunet.evaluation.energy import E_AC, E_MAC, count_energy
 from sjunet.evaluation.fanout import fanout_maps
 
 
-def _block():
+@pytest.fixture(scope="module")
+def block():
     torch.manual_seed(2)
     net = TokenBlock().eval()
     g = torch.Generator().manual_seed(0)
@@ -23,13 +25,13 @@ def _block():
         return net, convert(net, calibrate(net, data, progress=False)), data[0]
 
 
-def test_token_fanouts_neuron_operations_and_shares():
+def test_token_fanouts_neuron_operations_and_shares(block):
     """Per element: a LayerNorm neuron reaches qkv's 24 outputs, the second one fc1's 16, GELU fc2's 8,
     attention·V (through a transpose and a reshape) proj's 8, softmax and Q·Kᵀ feed a product neuron
     directly (one accumulate each). Σ-Δ evaluations per step: 2 × 16 × 8 (norms) + 16 × 16 (GELU) +
     2 × 16 × 16 (softmax) + the products' MACs 2 × 16 × 16 × 4 × 2; the up-convolution reads the
     graded residual stream: its 8 × 16 × 4 × 16 MACs every step."""
-    net, snn, x = _block()
+    net, snn, x = block
     maps = fanout_maps(snn, (1, 16, 16))
     means = {k: round(float(fo.map.mean()), 6) for k, fo in maps.items()}
     assert means["n1_1"] == 24 and means["n2_1"] == 16 and means["gelu"] == 8 and means["matmul"] == 8
@@ -45,6 +47,20 @@ def test_token_fanouts_neuron_operations_and_shares():
     sop = r.mac_share["sop"]
     assert math.isclose(sop["ops"], macs / (macs + acs)) and math.isclose(sop["energy"], macs * E_MAC / r.energy_sop_J)
     assert r.mac_share["neurobench"]["energy"] >= sop["energy"]  # graded events are MACs there too
+
+
+def test_spike_budget_through_sigma_delta_neurons(block):
+    """The spike-budget penalty (flow fine-tuning) counts a Σ-Δ neuron's spikes by the size of its
+    signed flow, through per-element fan-outs, and its gradient reaches the weights."""
+    from sjunet.training.flow import SopPenalty, flow_forward
+
+    _, snn, x = block
+    out, flows, spikes = flow_forward(snn, x, 4, keep_outputs=True, count_spikes=True)
+    penalty = SopPenalty(snn)(x, flows, spikes)
+    penalty.backward()
+    r = count_energy(snn, None, [x], T=4)
+    assert math.isclose(float(penalty.detach()), r.sops * E_AC / (r.ann_macs * E_MAC), rel_tol=1e-6)
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in snn.parameters())
 
 
 def test_a_cnn_keeps_its_exact_counts():

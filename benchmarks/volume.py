@@ -224,7 +224,8 @@ def _table(rows: list[dict], p: dict) -> str:
              f"T = {p['ft_T']}; connection-wise MT)", "",
              "| architecture | ANN | ANN the SNN implements (approximation gap) | "
              + " | ".join(f"T={t}" for t in p["T"]) + f" | fine-tuned T={p['ft_T']} | energy SNN/ANN "
-             f"T={p['energy_T']} (paper) |", "|---|---|---|" + "---|" * (len(p["T"]) + 2)]
+             f"T={p['energy_T']} (paper) | not accumulate: share of energy, paper / SOP |",
+             "|---|---|---|" + "---|" * (len(p["T"]) + 3)]
     for r in rows:
         a = r["ann"][key]
         gap = f"{r['approx_ann'][key]:.4f} ({ratio(r['approx_ann'][key], a):.3f})" if r.get("approx_ann") else "exact"
@@ -232,8 +233,10 @@ def _table(rows: list[dict], p: dict) -> str:
                  f"{100 * r['connection'][str(t)].get('agreement', float('nan')):.1f} %)" for t in p["T"]]
         ft = r["finetuned"][key]
         e = r["energy"][str(p["energy_T"])]["ratios"].get("paper", float("nan"))
+        sh = r["energy"][str(p["energy_T"])].get("mac_share") or {}
+        share = (f"{100 * sh['paper']['energy']:.1f} % / {100 * sh['sop']['energy']:.1f} %" if sh else "–")
         lines.append(f"| {r['arch']} | {a:.4f} | {gap} | " + " | ".join(cells) +
-                     f" | {ft:.4f} ({ratio(ft, a):.3f}) | {e:.3f} |")
+                     f" | {ft:.4f} ({ratio(ft, a):.3f}) | {e:.3f} | {share} |")
     mem = rows[0]["memory"]
     lines += ["", f"Peak memory of one training step ({mem['memory']}; batch of "
                   f"{'x'.join(map(str, mem['rows'][0]['batch']))}), × one ANN training step:", "",

@@ -29,7 +29,7 @@ BENCHMARKS = {
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     ap.add_argument("name", choices=sorted(BENCHMARKS))
-    ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu", "paper"])
+    ap.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "gpu", "paper", "sigma"])
     ap.add_argument("--model", default=None, help="ANN checkpoint (default: a random-weight U-Net)")
     ap.add_argument("--data", default=None, help="data directory (default: random inputs)")
     ap.add_argument("--device", default="auto", help="auto: CUDA when available, else CPU")

@@ -46,6 +46,13 @@ ARCHITECTURES = {
         spatial_dims=3, in_channels=1, out_channels=2, features=(w, w, 2 * w, 4 * w, 8 * w, w))),
     "nnunet-PlainConvUNet-3d-anisotropic": ("sjunet.models.nnunet:anisotropic_plain_conv_unet", lambda w: dict(
         input_channels=1, num_classes=2, n_stages=4, base_features=w)),
+    # issue 26 (Σ-Δ neurons): attention gates, and a transformer encoder of one input size (evaluated by
+    # non-overlapping tiles of that size covering the whole test volume)
+    "monai-AttentionUnet-3d": ("monai.networks.nets:AttentionUnet", lambda w: dict(
+        spatial_dims=3, in_channels=1, out_channels=2, channels=(w, 2 * w, 4 * w, 8 * w, 16 * w), strides=(2, 2, 2, 2))),
+    "monai-UNETR-3d": ("sjunet.models.zoo_nets:unetr", lambda w: dict(
+        in_channels=1, out_channels=2, img_size=(16, 64, 64), spatial_dims=3, feature_size=w, hidden_size=12 * w,
+        mlp_dim=24 * w, num_heads=4), {"protocol": {"name": "tiled", "tile": 16, "overlap": 0}}),
 }
 
 PROFILES = {
@@ -58,6 +65,11 @@ PROFILES = {
                 width=8, epochs=200, train_minutes=4.0, T=[2, 4, 8], energy_T=4, ft_T=2, ft_epochs=50,
                 ft_minutes=2.0, ft_iters=None, limit=None, batch=4, lr=2e-3, trial_iters=10, memory_T=[2, 8],
                 memory_batch=2),
+    # issue 26's 3-D rows: the cpu profile's budget, without the memory columns
+    "sigma": dict(dataset="em3d", data_options={}, train_options={"crop": [16, 64, 64], "samples_per_epoch": 64},
+                  width=8, epochs=200, train_minutes=4.0, T=[2, 4, 8], energy_T=8, ft_T=2, ft_epochs=50,
+                  ft_minutes=2.0, ft_iters=None, limit=None, batch=4, lr=2e-3, trial_iters=10, memory_T=[],
+                  memory_batch=2, archs=["monai-AttentionUnet-3d", "monai-UNETR-3d"]),
 }
 
 
@@ -67,13 +79,19 @@ def _ann(name: str, p: dict, out: Path, data, device: str):
 
     from .common import cached_ann
 
-    factory, kwargs = ARCHITECTURES[name]
+    factory, kwargs = ARCHITECTURES[name][:2]
     path = out / "ann.pt"
     opts = TrainOptions(dataset=p["dataset"], data=data, output=str(path), epochs=p["epochs"], batch_size=p["batch"],
                         optimizer="adam", lr=p["lr"], max_minutes=p["train_minutes"], device=device, seed=0,
                         dataset_options={**p["data_options"], **p["train_options"]}, arch=factory,
-                        arch_kwargs=kwargs(p["width"]))
+                        arch_kwargs=kwargs(p["width"]), protocol=_protocol(name))
     return cached_ann(opts, factory)  # the benchmark chose the factory, not the file
+
+
+def _protocol(name: str) -> dict | None:
+    """How the architecture is evaluated: None (whole volumes, tiled where memory needs it), or its own
+    (a network of one input size: non-overlapping tiles of that size)."""
+    return (ARCHITECTURES[name][2:] or [{}])[0].get("protocol")
 
 
 def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
@@ -105,7 +123,7 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     steps = sorted(set(p["T"]) | {p["energy_T"]})
     t1 = time.perf_counter()
     # one simulation: metrics at every T (whole volume, padded per axis to the SNN's size multiples) and energy
-    frontier = energy_frontier(snn, test, steps, ann=ann, limit=p["limit"], device=device)
+    frontier = energy_frontier(snn, test, steps, ann=ann, limit=p["limit"], device=device, protocol=_protocol(name))
     minutes["evaluate"] = (time.perf_counter() - t1) / 60
     row["ann"] = frontier["ann"]
     row["connection"] = {t: v["metrics"] for t, v in frontier["T"].items()}
@@ -115,17 +133,18 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
     row["approximations"] = approx
     if approx:  # the ANN the SNN implements (fixed deviations), on the same test volume
         row["approx_ann"] = evaluate_model(_implemented_ann(load_snn(snn_path)[0]), test, task, device=device,
-                                           limit=p["limit"], progress=False)
+                                           limit=p["limit"], progress=False, protocol=_protocol(name))
     t1 = time.perf_counter()
     ft_path = out / f"snn_ft_T{p['ft_T']}.safetensors"
     _, s = finetune(load_snn(snn_path)[0], FinetuneOptions(dataset=p["dataset"], data=data, output=str(ft_path), T=p["ft_T"],
                                  epochs=p["ft_epochs"], batch_size=p["batch"], max_minutes=p["ft_minutes"],
                                  max_iters=p.get("ft_iters"), device=device, dataset_options=train_options,
-                                 lr_trial_iters=p.get("trial_iters", 20), val_limit=p["limit"]),
+                                 lr_trial_iters=p.get("trial_iters", 20), val_limit=p["limit"],
+                                 protocol=_protocol(name)),
                  progress=False, force=True)
     minutes["finetune"] = (time.perf_counter() - t1) / 60
     ft = evaluate_snn(load_snn(ft_path)[0], test, [p["ft_T"]], task, limit=p["limit"], progress=False,
-                      device=device)  # × ANN only: no second ANN pass over the volume
+                      device=device, protocol=_protocol(name))  # × ANN only: no second ANN pass over the volume
     row["finetuned"] = ft["T"][str(p["ft_T"])]
     row["finetune"] = {"improved": s["improved"], "best_at": s["best"]["at"], "steps": s.get("step")}
     t1 = time.perf_counter()
@@ -205,7 +224,8 @@ def _table(rows: list[dict], p: dict) -> str:
              f"T = {p['ft_T']}; connection-wise MT)", "",
              "| architecture | ANN | ANN the SNN implements (approximation gap) | "
              + " | ".join(f"T={t}" for t in p["T"]) + f" | fine-tuned T={p['ft_T']} | energy SNN/ANN "
-             f"T={p['energy_T']} (paper) |", "|---|---|---|" + "---|" * (len(p["T"]) + 2)]
+             f"T={p['energy_T']} (paper) | not accumulate: share of energy, paper / SOP |",
+             "|---|---|---|" + "---|" * (len(p["T"]) + 3)]
     for r in rows:
         a = r["ann"][key]
         gap = f"{r['approx_ann'][key]:.4f} ({ratio(r['approx_ann'][key], a):.3f})" if r.get("approx_ann") else "exact"
@@ -213,8 +233,10 @@ def _table(rows: list[dict], p: dict) -> str:
                  f"{100 * r['connection'][str(t)].get('agreement', float('nan')):.1f} %)" for t in p["T"]]
         ft = r["finetuned"][key]
         e = r["energy"][str(p["energy_T"])]["ratios"].get("paper", float("nan"))
+        sh = r["energy"][str(p["energy_T"])].get("mac_share") or {}
+        share = (f"{100 * sh['paper']['energy']:.1f} % / {100 * sh['sop']['energy']:.1f} %" if sh else "–")
         lines.append(f"| {r['arch']} | {a:.4f} | {gap} | " + " | ".join(cells) +
-                     f" | {ft:.4f} ({ratio(ft, a):.3f}) | {e:.3f} |")
+                     f" | {ft:.4f} ({ratio(ft, a):.3f}) | {e:.3f} | {share} |")
     mem = rows[0]["memory"]
     lines += ["", f"Peak memory of one training step ({mem['memory']}; batch of "
                   f"{'x'.join(map(str, mem['rows'][0]['batch']))}), × one ANN training step:", "",

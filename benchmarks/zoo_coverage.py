@@ -1,4 +1,4 @@
-"""Coverage of the U-Net zoo (spec §11, issue 19): which widely used U-Nets, built with their
+"""Coverage of the U-Net zoo (spec §11, §15; issues 19, 26): which widely used U-Nets, built with their
 frameworks' defaults, sjunet's converter accepts — and, for the others, every blocker at once.
 
 For each named configuration (defaults first, then the variants people also train) the model is
@@ -8,6 +8,15 @@ kept small, and put through :func:`sjunet.graph.canonical.canonical_graph` on a 
 *coverage*, not accuracy.
 
     python -m benchmarks.zoo_coverage          # prints a Markdown table and a coverage line
+    python -m benchmarks.zoo_coverage --converge --data ../shared/data   # and the error against the ANN at T
+
+With ``--converge`` every converted configuration is also measured (:func:`converge`): random weights,
+BatchNorm statistics from a few forward passes over EM crops (``em``, ``em3d`` for volumes; random
+images without ``--data``), calibrated on three batches, converted with the defaults, and simulated on
+a held-out batch at T = 16 and 256: the relative L2 error of the decoded output against the ANN's.
+A model with instance/group/layer norms is converted a second time with ``norms="exact"`` (Σ-Δ
+group-norm neurons): the default's fixed deviations leave an approximation gap no T removes, the exact
+route does not. The criterion of issue 26: error at T = 256 at most half the error at T = 16.
 
 :func:`coverage` returns one row per configuration: ``{name, family, defaults, converted,
 blockers, summary, seconds}``; ``blockers`` holds one line per blocker (node, source line, cause,
@@ -34,6 +43,10 @@ class Config:
     in_channels: int = 1
     size: int = SIZE
     note: str = ""
+    spatial_dims: int = 2
+
+    def shape(self, batch: int = 1) -> tuple[int, ...]:
+        return (batch, self.in_channels, *([self.size] * self.spatial_dims))
 
 
 def _monai(name: str):
@@ -122,7 +135,17 @@ CONFIGS: list[Config] = [
     Config("smp-DeepLabV3Plus-resnet18", "smp", True, _smp("DeepLabV3Plus", "resnet18", decoder_channels=32)),
     Config("smp-MAnet-resnet18", "smp", True, _smp("MAnet", "resnet18", **SMALL_DEC)),
     Config("smp-Linknet-resnet18", "smp", True, _smp("Linknet", "resnet18")),
-    Config("smp-PAN-resnet18", "smp", True, _smp("PAN", "resnet18", decoder_channels=16)),
+    Config("smp-PAN-resnet18", "smp", True, _smp("PAN", "resnet18", decoder_channels=16), size=128,
+           note="needs inputs of 128 or more"),
+    Config("smp-Unet-timm-regnety_002", "smp", True, _smp("Unet", "timm-regnety_002", **SMALL_DEC),
+           note="squeeze-excitation"),
+    Config("monai-VNet", "MONAI", True, lambda: _monai("VNet")(spatial_dims=2, in_channels=1, out_channels=2),
+           note="ELU, channel repeat"),
+    Config("monai-AttentionUnet-3d", "MONAI", True, lambda: _monai("AttentionUnet")(
+        spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2)), size=16, spatial_dims=3),
+    Config("monai-UNETR-3d", "MONAI", True, lambda: _monai("UNETR")(
+        in_channels=1, out_channels=2, img_size=(32, 32, 32), spatial_dims=3, feature_size=4, hidden_size=48,
+        mlp_dim=96, num_heads=4), size=32, spatial_dims=3),
     Config("sjunet-UNet", "sjunet", True, _sjunet()),
     Config("milesial-UNet-transposed", "PyTorch-UNet", True, _padcat(False), in_channels=3),
     Config("milesial-UNet-bilinear", "PyTorch-UNet", True, _padcat(True), in_channels=3),
@@ -169,9 +192,11 @@ def probe(cfg: Config) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tr = canonical_graph(model, (1, cfg.in_channels, cfg.size, cfg.size))
-        row.update(converted=True, summary="converts" + (f" (specialised on {cfg.size}x{cfg.size}: "
+            tr = canonical_graph(model, cfg.shape())
+        side = "x".join([str(cfg.size)] * cfg.spatial_dims)
+        row.update(converted=True, summary="converts" + (f" (specialised on {side}: "
                                                           f"{_rule(tr.size_rule)})" if tr.specialised else ""))
+        row["model"] = model
     except UnsupportedGraphError as e:
         row["summary"], row["blockers"] = _blocker_lines(str(e))
     except Exception as e:  # noqa: BLE001 - an internal error is reported as such, not hidden
@@ -181,18 +206,82 @@ def probe(cfg: Config) -> dict:
     return row
 
 
+def _images(cfg: Config, data, n: int, seed: int) -> list:
+    """``n`` batches of two: EM crops (``em``; volumes ``em3d``) when ``data`` is given, else random."""
+    import torch
+
+    if data is None:
+        g = torch.Generator().manual_seed(seed)
+        return [torch.rand(cfg.shape(2), generator=g) for _ in range(n)]
+    from sjunet.data import get_dataset
+
+    crop = cfg.size if cfg.spatial_dims == 2 else [cfg.size] * 3
+    ds = get_dataset("em" if cfg.spatial_dims == 2 else "em3d", data, "train", crop=crop, seed=seed,
+                     samples_per_epoch=2 * n)
+    xs = [ds[i][0] for i in range(2 * n)]
+    return [torch.stack(xs[2 * i:2 * i + 2]).repeat_interleave(cfg.in_channels, 1)[:, :cfg.in_channels]
+            for i in range(n)]
+
+
+def converge(cfg: Config, model, data=None, T=(16, 256)) -> dict:
+    """The error of the converted SNN against the ANN at each T (module docstring): ``{"fixed":
+    {T: relative L2 error}, "exact": … (models with norms), "gap": …}``."""
+    import torch
+
+    from sjunet.calibration import calibrate
+    from sjunet.conversion.recipe import convert
+    from sjunet.snn.simulation import simulate
+
+    torch.manual_seed(0)
+    batches = _images(cfg, data, 4, seed=1)
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics of real images (random weights)
+        for x in batches[:3]:
+            model(x)
+    model.eval()
+    out: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = calibrate(model, batches[:3], progress=False)
+        x = batches[3]
+        with torch.no_grad():
+            ref = model(x)
+        routes = ["fixed"] + (["exact"] if stats.approximation else [])
+        for route in routes:
+            snn = convert(model, stats, accept_gap=True, norms=route)
+            y = simulate(snn, x, list(T), chunk=8)
+            out[route] = {str(t): float((y[t] - ref).norm() / ref.norm()) for t in T}
+    if stats.approximation:
+        out["gap"] = stats.approximation.get("relative_error")
+    return out
+
+
 def _rule(rule: dict | None) -> str:
     if not rule:
         return "no rule"
     return f"H, W multiples of {rule['multiple']}" if rule.get("multiple") else f"only {rule['shape']}"
 
 
-def coverage(configs: list[Config] | list[str] | None = None) -> list[dict]:
-    """Rows for ``configs`` (Config objects or names from :data:`CONFIGS`; all by default), defaults first."""
+def coverage(configs: list[Config] | list[str] | None = None, converge_data=None, measure: bool = False) -> list[dict]:
+    """Rows for ``configs`` (Config objects or names from :data:`CONFIGS`; all by default), defaults
+    first; with ``measure``, each converted model's error against the ANN at T (:func:`converge`, on
+    EM crops from ``converge_data`` or random images)."""
     by_name = {c.name: c for c in CONFIGS}
     chosen = [by_name[c] if isinstance(c, str) else c for c in (configs or CONFIGS)]
     chosen = sorted(chosen, key=lambda c: not c.defaults)  # stable: defaults first
-    return [probe(c) for c in chosen]
+    rows = []
+    for c in chosen:
+        row = probe(c)
+        model = row.pop("model", None)
+        if measure and model is not None:
+            t0 = time.perf_counter()
+            try:
+                row["errors"] = converge(c, model, converge_data)
+            except Exception as e:  # noqa: BLE001 - a failure to simulate is a row, not a crash
+                row["errors"] = {"failed": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
+            row["seconds_converge"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+    return rows
 
 
 def _reasons(summary: str) -> str:
@@ -202,9 +291,25 @@ def _reasons(summary: str) -> str:
     return summary.split("blockers: ", 1)[-1].split("blocker: ", 1)[-1] if "blocker" in summary else summary
 
 
+def _error_cells(r: dict) -> str:
+    e = r.get("errors")
+    if not e:
+        return " — | — | — |"
+    if "failed" in e:
+        return f" failed: {e['failed']} | | |"
+    route = "exact" if "exact" in e else "fixed"
+    a, b = e[route]["16"], e[route]["256"]
+    floor = f"; fixed σ̂: {e['fixed']['16']:.3f} → {e['fixed']['256']:.3f}" if route == "exact" else ""
+    ok = "yes" if b <= a / 2 else "no"
+    return f" {a:.4f} → {b:.4f} ({route}{floor}) | {b / a if a else float('nan'):.3f} | {ok} |"
+
+
 def table(rows: list[dict]) -> str:
-    """A Markdown table of the rows and the coverage line."""
-    out = ["| model | family | defaults | converts | blockers / note |", "|---|---|---|---|---|"]
+    """A Markdown table of the rows and the coverage line (with the error columns where measured)."""
+    measured = any("errors" in r for r in rows)
+    head = "| model | family | defaults | converts | blockers / note |"
+    out = [head + (" rel. error T=16 → 256 | ratio | ≤ ½ |" if measured else ""),
+           "|---|---|---|---|---|" + ("---|---|---|" if measured else "")]
     for r in rows:
         conv = "skipped" if r.get("skipped") else ("yes" if r["converted"] else "no")
         text = r["summary"] if r["converted"] or r.get("skipped") or "torch.fx" in r["summary"] else \
@@ -212,9 +317,13 @@ def table(rows: list[dict]) -> str:
         if r.get("note"):
             text = f"{text} [{r['note']}]"
         out.append(f"| {r['name']} | {r['family']} | {'yes' if r['defaults'] else 'no'} | {conv} | "
-                   f"{text.replace('|', '/')} |")
+                   f"{text.replace('|', '/')} |" + (_error_cells(r) if measured else ""))
     out.append("")
     out.append(coverage_line(rows))
+    if measured:
+        m = [r for r in rows if r.get("errors") and "failed" not in r["errors"]]
+        ok = [r for r in m if _error_cells(r).strip().endswith("yes |")]
+        out.append(f"error at T = 256 at most half the error at T = 16: {len(ok)} / {len(m)} converted models")
     return "\n".join(out)
 
 
@@ -237,8 +346,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="configurations to probe (all by default)")
+    ap.add_argument("--converge", action="store_true", help="also measure the error against the ANN at T = 16, 256")
+    ap.add_argument("--data", default=None, help="the data directory (EM crops for BatchNorm and calibration)")
     args = ap.parse_args(argv)
-    rows = coverage(args.names or None)
+    rows = coverage(args.names or None, args.data, measure=args.converge)
     print(table(rows))
     return rows
 

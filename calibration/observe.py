@@ -39,7 +39,9 @@ class RecordedNode:
 def recorded_nodes(gm: fx.GraphModule) -> list[RecordedNode]:
     """The tensors calibration records: the input, every ReLU output, every cat and each of its
     parts, every residual add, every synaptic output not feeding exactly one ReLU (linear stages,
-    joins, the output layer), and every tensor a synaptic layer reads (layer-wise scales)."""
+    joins, the output layer), every tensor a synaptic layer reads (layer-wise scales), and for the
+    Σ-Δ neurons (spec §15) every activation's output (``sigma``: λ_out, of |f|), its input
+    (``sigma-input``: the unit its synaptic layer is folded to) and every product's output (``product``)."""
     roles: dict[str, str] = {}
     for node in gm.graph.nodes:
         k = kind_of(gm, node)
@@ -55,6 +57,11 @@ def recorded_nodes(gm: fx.GraphModule) -> list[RecordedNode]:
             roles[node.name] = "add"
         elif k == "normalize":  # a norm's division: its fixed deviation σ̂ is stored with it
             roles[node.name] = "norm"
+        elif k == "sigma":
+            roles[node.name] = "sigma"
+            roles.setdefault(node.args[0].name, "sigma-input")
+        elif k == "product":
+            roles[node.name] = "product"
         elif k == "synaptic":
             users = list(node.users)
             if not (len(users) == 1 and kind_of(gm, users[0]) == "relu"):

@@ -31,11 +31,14 @@ from sjunet.conversion.ladders import TOLERANCE
 @click.option("--accept-gap", is_flag=True,
               help="convert even when the instance/group/layer norms' fixed deviations cost the ANN more than the "
                    "thresholds (pixel agreement < 0.98, or relative error > 0.1); `sjunet finetune` recovers most of it")
+@click.option("--norms", type=click.Choice(["fixed", "exact"]), default="fixed", show_default=True,
+              help="instance/group/layer norms: fixed (a deviation fixed from calibration: local, an approximation "
+                   "gap) or exact (Σ-Δ group-norm neurons: no gap, non-local)")
 @click.option("-o", "--output", default="runs/snn.safetensors", show_default=True, type=click.Path())
 @force_option
 @fail_cleanly
 def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, ladder_tolerance, v_init, task, accept_gap,
-            output, force):
+            norms, output, force):
     """Convert the ANN into a Spiking-UNet with SpikingJelly's converter and the sjunet recipe."""
     from sjunet.conversion.recipe import ConversionOptions, convert as convert_fn
 
@@ -47,7 +50,7 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     except ValueError:
         raise InputError(f"--thresholds takes comma-separated numbers or a name ({AUTO}, {', '.join(LADDERS)}), "
                          f"got {thresholds!r}") from None
-    ConversionOptions(norm, neuron, ladder, v_init, ladder_tolerance).check()
+    ConversionOptions(norm, neuron, ladder, v_init, ladder_tolerance, norms).check()
     claim_output(output, force)
     from sjunet.calibration import read_stats
     from sjunet.conversion.recipe import save_snn
@@ -56,7 +59,8 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     calibration = read_stats(stats)
     with writing(output, force):
         snn = convert_fn(ann, calibration, norm=norm, neuron=neuron, thresholds=ladder, v_init=v_init,
-                         model_info=info.to_record(), accept_gap=accept_gap, ladder_tolerance=ladder_tolerance)
+                         model_info=info.to_record(), accept_gap=accept_gap, ladder_tolerance=ladder_tolerance,
+                         norms=norms)
         from sjunet.evaluation.degenerate import KEY, recorded
 
         broken = recorded(snn.record.conversion.extra, info.checkpoint)  # from the statistics, or the checkpoint
@@ -65,7 +69,10 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
         snn.record.task = info.task or ({"kind": task} if task else None)
         save_snn(snn, output, {"model": info.to_record(), "stats": str(stats)})
     conv = snn.record.conversion
-    click.echo(f"converted ({norm}-wise, {neuron}): {len(conv.neurons)} neuron layers, {len(conv.gains)} gains, "
+    sd = len(conv.sigma_delta or {})
+    click.echo(f"converted ({norm}-wise, {neuron}): {len(conv.neurons)} neuron layers"
+               + (f" + {sd} Σ-Δ neuron layers (smooth activations, products, norms)" if sd else "")
+               + f", {len(conv.gains)} gains, "
                f"{len(conv.dead_layers)} dead-layer fallbacks -> {output}")
     if conv.ladders:
         levels = [len(c["thresholds"]) for c in conv.ladders.values()]

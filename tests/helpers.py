@@ -98,3 +98,29 @@ def init_random(net, seed: int = 0, bn_bias: float = 0.0):
             m.bias.data = torch.randn(m.num_features, generator=g) * 0.1 + bn_bias
     return net.eval()
 
+
+class TokenBlock(nn.Module):
+    """A transformer block on patch tokens (UNETR's ViT in small): patch embedding, position
+    embedding, LayerNorm, multi-head self-attention with einsum and softmax, a GELU MLP, residual
+    adds, and the tokens folded back to an image."""
+
+    def __init__(self, dim=8, heads=2):
+        super().__init__()
+        self.embed = nn.Conv2d(1, dim, 4, stride=4)
+        self.pos = nn.Parameter(torch.randn(1, 16, dim) * 0.1)
+        self.n1, self.n2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.up, self.head = nn.ConvTranspose2d(dim, 4, 4, stride=4), nn.Conv2d(4, 2, 1)
+        self.heads = heads
+
+    def forward(self, x):
+        b = x.shape[0]
+        t = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        q, k, v = self.qkv(self.n1(t)).reshape(b, -1, 3, self.heads, 4).permute(2, 0, 3, 1, 4)
+        att = torch.einsum("bhqd,bhkd->bhqk", q, k) * 0.5
+        y = (att.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, -1, 8)
+        t = t + self.proj(y)
+        t = t + self.fc2(F.gelu(self.fc1(self.n2(t))))
+        img = t.transpose(1, 2).reshape(b, 8, 4, 4)
+        return self.head(torch.relu(self.up(img)))

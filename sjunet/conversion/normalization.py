@@ -37,6 +37,19 @@ edge, true unit / demanded unit per channel (a diagonal synapse: one accumulate 
 
 An ``add`` not followed by a ReLU is a linear join: its unit is chosen so that no gain is needed
 where possible (the unit of its first summand that cannot fold), else its own percentile.
+
+**Σ-Δ neurons and plumbing** (spec §15). An activation neuron's output unit is λ_out, the calibrated
+scale of its output (|f| where f is signed); its input is summed, never quantised, so it takes the
+unit its input has (``in_scale``, per channel where that differs) and only *prefers* its input's own
+percentile, which a synaptic layer feeding it alone folds (role ``sigma``). A product neuron's output
+unit is its own percentile, its inputs' units are read (``a_scale``, ``b_scale``; a gain makes one
+uniform first). Plumbing (reshape, permute, index, repeat, roll) and constant additions keep their
+input's unit, uniform (a gain to its largest channel unit first where it is not: their dimensions are
+not channels), and pass demands through; a constant is divided by that unit (a bias current); a
+multiplication by a constant number scales the unit instead (no stage in the SNN for a positive one).
+``nn.Linear`` is a synaptic layer over the last dimension, whose input unit is uniform (a gain first
+where it is not). A concatenation along another dimension than 1 joins parts of one uniform unit (gains
+to the largest).
 """
 from __future__ import annotations
 
@@ -47,10 +60,15 @@ import torch
 from torch import fx, nn
 
 from sjunet.calibration.store import CalibrationStats
-from sjunet.graph import PASS_KINDS, cat_parts, data_users, kind_of, module_of, relu_cap, tensor_inputs, tensor_shapes
+from sjunet.graph import (PASS_KINDS, cat_dim, cat_parts, data_users, kind_of, module_of, relu_cap, tensor_inputs,
+                          tensor_shapes)
 
 NORMS = ("layer", "connection")
 FOLDABLE = ("synaptic", "affine")
+#: stages whose input unit must be uniform (their dimensions are not channels): a gain first where not
+UNIFORM_KINDS = ("plumbing", "constant", "product")
+#: stages a demand passes through (with a uniform unit)
+THROUGH_KINDS = (*PASS_KINDS, "plumbing", "constant")
 
 
 @dataclass
@@ -95,6 +113,12 @@ class NormalizationPlan:
     affines: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)  # in/out units
     neurons: dict[str, float] = field(default_factory=dict)  # ReLU node -> λ (capped)
     caps: dict[str, float] = field(default_factory=dict)  # ReLU node -> its cap a (ReLU6, Hardtanh(0, a))
+    #: Σ-Δ activation node -> (its input's unit per channel, λ_out, the function's name)
+    sigma: dict[str, tuple[torch.Tensor, float, str]] = field(default_factory=dict, repr=False)
+    #: Σ-Δ product node -> (λ_a, λ_b, λ_out, the product's op)
+    products: dict[str, tuple[float, float, float, str]] = field(default_factory=dict)
+    #: constant-addition node -> the unit its constant is divided by
+    constants: dict[str, float] = field(default_factory=dict)
 
 
 def _uniform(t: torch.Tensor) -> bool:
@@ -148,7 +172,7 @@ class _Planner:
         k = self.kinds[n]
         if k in FOLDABLE or k == "add":
             return True
-        return k in PASS_KINDS and self.pushable(n.args[0])
+        return k in THROUGH_KINDS and self.pushable(n.args[0])
 
     def consumer_demand(self, c: fx.Node) -> tuple[float, str, str | None] | None:
         """(unit, role, relu) that consumer ``c`` demands of its input, or None."""
@@ -159,7 +183,10 @@ class _Planner:
             return 1.0, "output", None
         if k == "add":
             return self.add_unit(c), "join", None
-        if k in PASS_KINDS:
+        if k == "sigma":  # its input's own percentile, where calibration recorded it
+            src = c.args[0].name
+            return (self.stats.scale(src), "sigma", None) if src in self.stats.nodes else None
+        if k in THROUGH_KINDS:
             u = self.single_user(c)
             return self.consumer_demand(u) if u is not None else None
         return None
@@ -181,7 +208,21 @@ class _Planner:
 
     def assumed(self, n: fx.Node) -> torch.Tensor:
         src = n.args[0]
+        m = module_of(self.gm, n)
+        if isinstance(m, nn.Linear):  # over the last dimension: one unit (a gain first where not uniform)
+            return torch.full((m.in_features,), float(self.unit(src).max()), dtype=torch.float64)
         return ASSUMED_UNITS[self.method](self.unit(src), lambda: self.stats.scale(src.name))
+
+    def rank(self, n: fx.Node) -> int:
+        return len(self.shapes[n.name]) + 1
+
+    def channel_cat(self, n: fx.Node) -> bool:
+        """A concatenation along dim 1 (per-channel units concatenated), not along another dimension."""
+        return cat_dim(n) % self.rank(n) == 1 if n.op == "call_function" else True
+
+    def uniform_input(self, n: fx.Node) -> float:
+        """The uniform unit a stage of :data:`UNIFORM_KINDS` takes: its input's largest."""
+        return float(self.unit(n.args[0]).max())
 
     def unit(self, n: fx.Node) -> torch.Tensor:
         if n in self.units:
@@ -201,14 +242,23 @@ class _Planner:
                 u = torch.full((self.channels(n),), out, dtype=torch.float64)
         elif k == "relu":
             u = torch.full((self.channels(n),), self.lam(n), dtype=torch.float64)
+        elif k in ("sigma", "product"):
+            u = torch.full((self.channels(n),), self.stats.scale(n.name), dtype=torch.float64)
+        elif k in ("plumbing", "constant"):
+            u = torch.full((self.channels(n),), self.uniform_input(n), dtype=torch.float64)
+        elif k == "scale":
+            u = self.unit(n.args[0]) * abs(module_of(self.gm, n).factor)
         elif k == "add":
             u = torch.full((self.channels(n),), self.add_unit(n), dtype=torch.float64)
         elif k in PASS_KINDS:
             u = self.unit(n.args[0])
         elif k == "center":
             u = self.center_unit(n)
-        elif k == "cat":
+        elif k == "cat" and self.channel_cat(n):
             u = torch.cat([self.unit(p) for p in cat_parts(n)])
+        elif k == "cat":  # along another dimension: one unit, the parts' largest
+            top = max(float(self.unit(p).max()) for p in cat_parts(n))
+            u = torch.full((self.channels(n),), top, dtype=torch.float64)
         else:
             raise ValueError(f"node {n.name!r} ({k}) carries no unit")
         self.units[n] = u
@@ -216,6 +266,8 @@ class _Planner:
 
     def parts(self, n: fx.Node, assumed: torch.Tensor) -> list[PartScale]:
         src = n.args[0]
+        if isinstance(module_of(self.gm, n), nn.Linear):
+            return [PartScale(src.name, 0, assumed.numel(), float(assumed[0]), float(assumed[0]))]
         pieces = [(p, self.unit(p)) for p in cat_parts(src)] if self.kinds[src] == "cat" else [(src, self.unit(src))]
         out, start = [], 0
         for p, u in pieces:
@@ -240,6 +292,7 @@ class _Planner:
 
     def plan(self) -> NormalizationPlan:
         layers, gains, affines, neurons, caps = {}, [], {}, {}, {}
+        sigma, products, constants = {}, {}, {}
         for n in self.gm.graph.nodes:
             k = self.kinds[n]
             if k in ("shape", "output"):
@@ -249,7 +302,7 @@ class _Planner:
             if k == "synaptic":
                 m = module_of(self.gm, n)
                 a = self.assumed(n)
-                if a.numel() != m.in_channels:
+                if a.numel() != getattr(m, "in_channels", getattr(m, "in_features", None)):
                     raise ValueError(f"channel bookkeeping failed at {n.name}: {a.numel()} units for "
                                      f"{m.in_channels} input channels")
                 d = self.demand(n)
@@ -262,6 +315,21 @@ class _Planner:
                 cap = relu_cap(module_of(self.gm, n))
                 if cap is not None:
                     caps[n.name] = cap
+            elif k == "sigma":
+                sigma[n.name] = (self.unit(n.args[0]), float(self.units[n][0]), module_of(self.gm, n).function)
+            elif k == "product":
+                a, b = tensor_inputs(n)
+                products[n.name] = (float(self.unit(a).max()), float(self.unit(b).max()), float(self.units[n][0]),
+                                    module_of(self.gm, n).op)
+            elif k == "constant":
+                constants[n.name] = float(self.units[n][0])
+            if k in UNIFORM_KINDS or (k == "synaptic" and isinstance(module_of(self.gm, n), nn.Linear)) or (
+                    k == "cat" and not self.channel_cat(n)):  # uniform inputs: a gain to the largest where not
+                for p in tensor_inputs(n):
+                    actual = self.unit(p)
+                    top = float(actual.max()) if k != "cat" else float(self.units[n][0])
+                    if not torch.allclose(actual, torch.full_like(actual, top), rtol=1e-12, atol=0):
+                        gains.append(Gain(p.name, n.name, actual / top))
             if k == "center":  # a unit not uniform within a group: a gain before the centring
                 actual = self.unit(n.args[0])
                 if not torch.equal(actual, self.units[n]):
@@ -273,7 +341,7 @@ class _Planner:
                     if not torch.allclose(actual, torch.full_like(actual, required), rtol=1e-12, atol=0):
                         gains.append(Gain(p.name, n.name, actual / required))
         return NormalizationPlan(self.method, layers, {n.name: u for n, u in self.units.items()}, gains,
-                                 affines, neurons, caps)
+                                 affines, neurons, caps, sigma, products, constants)
 
 
 def plan_normalization(gm: fx.GraphModule, stats: CalibrationStats, method: str = "connection",
@@ -310,13 +378,19 @@ def apply_plan(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
         m.scale.data *= (u_in / u_out).to(m.scale.dtype)
         if m.shift is not None:
             m.shift.data /= u_out.to(m.shift.dtype)
+    for name, unit in plan.constants.items():  # a bias current, in the unit of the tensor it is added to
+        m = module_of(gm, nodes[name])
+        m.constant.data /= unit
 
 
 def scale_weight_inputs(m: nn.Module, factor: torch.Tensor) -> None:
-    """Multiply the weights of ``m`` per *input* channel (dim 1 for Conv2d/3d — per group —, dim 0
-    for ConvTranspose2d/3d)."""
+    """Multiply the weights of ``m`` per *input* channel (dim 1 for Conv2d/3d — per group — and
+    Linear, dim 0 for ConvTranspose2d/3d)."""
     f = factor.to(m.weight.dtype)
     w = m.weight.data
+    if isinstance(m, nn.Linear):
+        w *= f.view(1, -1)
+        return
     ones = [1] * (w.dim() - 2)  # the kernel's spatial axes
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         w *= f.view(-1, 1, *ones)

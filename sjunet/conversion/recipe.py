@@ -45,14 +45,21 @@ from sjunet.io import DEGENERATE_KEY, ArtifactError, file_fingerprint, model_fin
 from sjunet.conversion.ladders import TOLERANCE as LADDER_TOLERANCE
 from sjunet.conversion.ladders import LadderChoice, layer_ladders
 from sjunet.layers.dims import set_spatial_dims
+from sjunet.layers.plumbing import Scale
 from sjunet.layers.stages import ChannelAffine, Normalize, SpikingMaxPool2d
 from sjunet.neurons import (AUTO, FACTORIES, NeuronFactory, StaticInputSynapse, named_ladder, per_layer_factory,
                             validate_ladder)
+from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct
+from sjunet.neurons.sigma_delta_functions import Smooth
 from sjunet.snn import Conversion, SNNRecord, SpikingUNet
 from sjunet.snn import file as snnfile
 from sjunet.snn.record import MAX_NEURON_VALUE
 
 NEURONS = tuple(FACTORIES)
+
+
+#: how instance / group / layer norms convert (:attr:`ConversionOptions.norms`)
+NORM_ROUTES = ("fixed", "exact")
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,11 @@ class ConversionOptions:
     thresholds: tuple[float, ...] | str | None = None
     v_init: str | float = "half"
     ladder_tolerance: float = LADDER_TOLERANCE
+    #: instance / group / layer norms over (C, H, W): ``fixed`` — the division by a deviation σ̂ fixed
+    #: from calibration, folded into the affine (local, cheap; an approximation gap); ``exact`` — a Σ-Δ
+    #: group-norm neuron that divides by each sample's own deviation (no gap; non-local, one evaluation
+    #: per element and step)
+    norms: str = "fixed"
 
     @property
     def per_layer(self) -> bool:
@@ -110,6 +122,8 @@ class ConversionOptions:
             raise ValueError(f"unknown --norm {self.norm!r}: choose one of {', '.join(NORMS)}")
         if self.neuron not in FACTORIES:
             raise ValueError(f"unknown --neuron {self.neuron!r}: choose one of {', '.join(FACTORIES)}")
+        if self.norms not in NORM_ROUTES:
+            raise ValueError(f"unknown --norms {self.norms!r}: choose one of {', '.join(NORM_ROUTES)}")
         if not (isinstance(self.ladder_tolerance, (int, float)) and 0 < self.ladder_tolerance < 1):
             raise ValueError(f"--ladder-tolerance must be a number in (0, 1), got {self.ladder_tolerance!r}")
         if self.per_layer:
@@ -155,7 +169,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
     def before_trace(self, converter, ann: nn.Module) -> nn.Module:
         self.ann_fingerprint = model_fingerprint(ann)
         self.stats.check_model(self.ann_fingerprint)
-        why = gap_refusal(self.stats.approximation, self.accept_gap)
+        why = gap_refusal(self.stats.approximation, self.accept_gap) if self.options.norms == "fixed" else None
         if why:
             raise ApproximationGapError(f"cannot convert {type(ann).__name__}: {why}")
         shape = self.stats.data.get("input_shape")
@@ -168,7 +182,10 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         if signature(fx_model) != signature(self.canonical.gm):
             raise RuntimeError("internal error: SpikingJelly's trace of the canonical graph names nodes differently")
         check_supported(fx_model)
-        self.approximations = fix_deviations(fx_model, self.stats)
+        if self.options.norms == "exact":
+            exact_norms(fx_model)
+        else:
+            self.approximations = fix_deviations(fx_model, self.stats)
         set_spatial_dims(fx_model)
         return fx_model
 
@@ -199,11 +216,24 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         assert self.plan is not None
         apply_plan(fx_model, self.plan)
         _insert_gains(fx_model, self.plan)
+        _fold_scales(fx_model)
         set_spatial_dims(fx_model)  # the gains broadcast over the network's spatial axes
         factory = self.factory
+        # Σ-Δ neurons (signed, spec §15) take one ladder: the conversion's, or with per-layer ReLU ladders the
+        # uncapped halving ladder (1, ..., 0.0625): its residue is carried to the next step, so a cap would only
+        # delay it; their λ_out is their node's calibrated scale
+        ladder = self.options.ladder() or named_ladder("uncapped")
+        v0 = self.options.initial_potential(ladder)
         for node in list(fx_model.graph.nodes):
             k = kind_of(fx_model, node)
-            if k == "relu":
+            if k == "sigma":
+                replace_submodule(fx_model, node.target, sigma_delta_neuron(module_of(fx_model, node),
+                                                                             self.plan.sigma[node.name], ladder, v0))
+            elif k == "product":
+                m = module_of(fx_model, node)
+                a, b, out, _ = self.plan.products[node.name]
+                replace_submodule(fx_model, node.target, SigmaDeltaProduct(m.op, m.equation, ladder, v0, a, b, out))
+            elif k == "relu":
                 replace_submodule(fx_model, node.target, build_neuron(factory, node.name,
                                                                       relu_slope(module_of(fx_model, node))))
             elif k == "maxpool":
@@ -251,6 +281,11 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
                         for r, lam in plan.neurons.items()},
             # per-layer ladders: each layer's choice and its expected one-step error (sjunet.conversion.ladders)
             "ladders": None if self.ladders is None else {r: c.to_dict() for r, c in self.ladders.items()},
+            "sigma_delta": {targets[n]: {"node": n, "function": f, "in_unit_min": float(u.min()),
+                                         "in_unit_max": float(u.max()), "lambda": lam}
+                            for n, (u, lam, f) in plan.sigma.items()}
+                           | {targets[n]: {"node": n, "product": op, "a_unit": a, "b_unit": b, "lambda": lam}
+                              for n, (a, b, lam, op) in plan.products.items()},
             "gains": [{"source": g.source, "consumer": g.consumer, "min": float(g.gain.min()),
                        "max": float(g.gain.max())} for g in plan.gains],
             "dead_layers": sorted(self.stats.dead),
@@ -309,6 +344,18 @@ def fix_deviations(gm: fx.GraphModule, stats: CalibrationStats) -> list[dict]:
     return out
 
 
+def exact_norms(gm: fx.GraphModule) -> None:
+    """The ``exact`` route of the norms: every :class:`~sjunet.layers.stages.Normalize` (a norm's
+    per-sample division, after its exact centring) becomes a Σ-Δ group-norm activation of the same
+    groups and eps (no affine: the affine stage after it stays), so the SNN divides by each sample's
+    own deviation and there is no approximation gap."""
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if isinstance(m, Normalize):
+            replace_submodule(gm, node.target, Smooth("group_norm", {"groups": m.groups, "eps": m.eps}))
+    gm.recompile()
+
+
 def _gap_record(approximation: dict | None, accepted: bool) -> dict:
     """The conversion record's ``approximation_gap``: calibration's measurement, the thresholds,
     and whether it exceeded them (then it was accepted: otherwise there is no SNN)."""
@@ -344,8 +391,38 @@ def _slope_record(gm: fx.GraphModule, relu: str):
     return a.tolist() if isinstance(a, torch.Tensor) else a
 
 
+def sigma_delta_neuron(m: nn.Module, units: tuple, ladder, v_init: float) -> SigmaDeltaNode:
+    """The Σ-Δ neuron of a :class:`~sjunet.neurons.sigma_delta_functions.Smooth` node: its function,
+    the ladder and V_0 of the conversion, λ_in = the input's unit (a number, or per channel), λ_out =
+    the node's calibrated scale; a norm's affine copied."""
+    u_in, lam = units[:2]
+    in_scale = float(u_in[0]) if bool(torch.all(u_in == u_in[0])) else u_in.float()
+    neuron = SigmaDeltaNode(m.function, m.params, ladder, v_init, in_scale=in_scale, out_scale=lam)
+    if m.weight is not None:
+        neuron.weight.copy_(m.weight.detach())
+        neuron.bias.copy_(m.bias.detach())
+    return neuron
+
+
+def _fold_scales(gm: fx.GraphModule) -> None:
+    """A multiplication by a constant number is a unit (the plan scaled it): a positive one leaves no
+    stage, a negative one a sign flip."""
+    for node in list(gm.graph.nodes):
+        m = module_of(gm, node)
+        if isinstance(m, Scale) and kind_of(gm, node) == "scale" and not node.target.startswith("gain_"):
+            if m.factor > 0:
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+            else:
+                replace_submodule(gm, node.target, Scale(-1.0))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
 def _insert_gains(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
-    """A :class:`~sjunet.layers.stages.ChannelAffine` gain on every edge the plan could not fold."""
+    """A gain on every edge the plan could not fold: a number (:class:`~sjunet.layers.plumbing.Scale`,
+    any tensor) where it is uniform, else per channel (:class:`~sjunet.layers.stages.ChannelAffine`)."""
     nodes = {n.name: n for n in gm.graph.nodes}
     done = set()
     for g in plan.gains:
@@ -354,7 +431,8 @@ def _insert_gains(gm: fx.GraphModule, plan: NormalizationPlan) -> None:
         done.add((g.source, g.consumer))
         src, consumer = nodes[g.source], nodes[g.consumer]
         path = f"gain_{g.source}_to_{g.consumer}"
-        gm.add_submodule(path, ChannelAffine.of(g.gain.float()))
+        uniform = bool(torch.all(g.gain == g.gain[0]))
+        gm.add_submodule(path, Scale(float(g.gain[0])) if uniform else ChannelAffine.of(g.gain.float()))
         with gm.graph.inserting_before(consumer):
             gain = gm.graph.call_module(path, (src,))
         consumer.replace_input_with(src, gain)
@@ -374,9 +452,15 @@ def convert(
     model_info: dict | None = None,
     accept_gap: bool = False,
     ladder_tolerance: float = LADDER_TOLERANCE,
+    norms: str = "fixed",
 ) -> SpikingUNet:
     """Convert ``model`` (any ``nn.Module`` the converter understands) into a Spiking-UNet with
     SpikingJelly's converter and our recipe.
+
+    ``norms``: how instance / group / layer norms over (C, H, W) convert — ``"fixed"`` (a deviation
+    fixed from calibration, with its approximation gap) or ``"exact"`` (Σ-Δ group-norm neurons, no
+    gap; :class:`ConversionOptions`). Smooth activations, products and transformer plumbing always
+    convert (Σ-Δ neurons and linear stages, spec §15).
 
     ``stats`` is a :class:`CalibrationStats` (``sjunet.calibrate(model, batches)``) or the path of
     an HDF5 file from ``sjunet calibrate``; statistics of another model are refused.
@@ -405,7 +489,7 @@ def convert(
         thresholds = named_ladder(thresholds)
     elif thresholds is not None and not isinstance(thresholds, str):
         thresholds = tuple(float(t) for t in thresholds)
-    options = ConversionOptions(norm, neuron, thresholds, v_init, ladder_tolerance)
+    options = ConversionOptions(norm, neuron, thresholds, v_init, ladder_tolerance, norms)
     with stages_are_leaves():
         snn = ann2snn.Converter(SpikingUNetRecipe(stats, options, neuron_factory, accept_gap),
                                 device="cpu").convert(model)

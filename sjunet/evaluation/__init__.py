@@ -9,7 +9,9 @@ The parts, lowest first:
   multiple, the memory budget, tiles (:func:`plan`, :func:`run_layout`, :func:`predict`);
 * :mod:`.loops` — :func:`evaluate_model`, :func:`evaluate_snn`, :func:`evaluate` (metrics at every T,
   agreement with the ANN, timings), also used for validation by ``train`` and ``finetune``;
-* :mod:`.fanout` — the structural fan-out of every spike source (exact SOPs);
+* :mod:`.fanout` — the structural fan-out of every spike source (exact SOPs); :mod:`.fanout_generic`
+  — per element where a path leaves the spatial layout (tokens, Linear), and the layers fed by
+  graded currents;
 * :mod:`.energy` — spikes, events, SOPs and MACs, energy in the paper's, the SOP and NeuroBench
   conventions, the metric–energy frontier (:func:`count_energy`, :func:`energy_frontier`);
 * :mod:`.report` — energy reports as Markdown;

@@ -44,8 +44,16 @@ Energy is a curve, not a number: :func:`count_energy` takes several T and counts
 simulation (snapshots of the counters), and :func:`energy_frontier` adds the task metric at each
 T from the same simulation (the evaluation's own, patches included) — metric against energy.
 
+**Σ-Δ neurons and graded currents** (spec §15), counted at MAC cost in every convention: each Σ-Δ
+neuron layer evaluates its function once per element and step, a product neuron its product's MACs
+per step (:func:`sigma_delta_ops`); a synaptic layer fed by another's output through no neuron in a
+token path (a transformer's residual stream into the next block or the decoder) works on graded
+currents every step, its dense MACs each step (:func:`graded_macs`,
+:func:`sjunet.evaluation.fanout_generic.graded_layers`). ``mac_share`` says, per convention, which
+share of the operations and of the energy is not accumulate: how "spiking" the converted network is.
+
 Not counted in either convention: the bias current b̃ added to every neuron at every step
-(T·neurons ACs), the neuron updates themselves, and memory traffic (the paper counts none).
+(T·neurons ACs), the updates of MT neurons themselves, and memory traffic (the paper counts none).
 
 SpikingJelly's ``SynOpCounter`` is not used for the SNN: it counts a synaptic operation only
 where a convolution's input is *binary*, and MT neurons emit graded values (0, 0.25, …, 3.75),
@@ -63,8 +71,8 @@ import torch
 from spikingjelly.activation_based import functional
 from torch import fx, nn
 
-from sjunet.evaluation.fanout import (EnergyError, FanOut, analog_layers, center_acs, fanout_maps, is_source,
-                                      node_shapes, synaptic_module)
+from sjunet.evaluation.fanout import (EnergyError, FanOut, analog_layers, center_acs, fanout_maps, generic_kind,
+                                      is_source, node_shapes, synaptic_module)
 from sjunet.graph import kind_of
 from sjunet.snn.simulation import run_steps
 
@@ -92,6 +100,8 @@ def conv_macs(m: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...
     ``(…, H, W)`` (``(…, D, H, W)``: the last as many sizes as the kernel has axes). (Bias
     additions are not MACs.)
     """
+    if isinstance(m, nn.Linear):  # every output element: in_features MACs
+        return m.in_features * prod(int(v) for v in out_shape)
     if not isinstance(m, nn.modules.conv._ConvNd):
         raise TypeError(f"not a synaptic layer: {type(m).__name__}")
     nd = len(m.kernel_size)
@@ -146,9 +156,42 @@ def analog_macs(snn: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> dict
 
 
 def graph_macs(snn: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> int:
-    """Dense MACs of every synaptic layer of the SNN's graph: the ANN's convolutions (BN folded)."""
-    return sum(conv_macs(synaptic_module(snn, n), shapes[n.args[0].name], shapes[n.name])
-               for n in snn.graph.nodes if kind_of(snn, n) in ("synaptic", "analog"))
+    """Dense MACs of every synaptic layer of the SNN's graph — the ANN's convolutions (BN folded) and
+    linear layers — and of its products (attention's matrix products)."""
+    from sjunet.neurons.sigma_delta import SigmaDeltaProduct
+
+    total = sum(conv_macs(synaptic_module(snn, n), shapes[n.args[0].name], shapes[n.name])
+                for n in snn.graph.nodes if kind_of(snn, n) in ("synaptic", "analog"))
+    for n in snn.graph.nodes:
+        m = snn.get_submodule(n.target) if n.op == "call_module" else None
+        if isinstance(m, SigmaDeltaProduct):
+            a, b = n.args
+            total += m.evaluations((1, *shapes[a.name]), (1, *shapes[b.name]))
+    return total
+
+
+def sigma_delta_ops(snn: fx.GraphModule, full: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Operations per image and step of every Σ-Δ neuron layer (module path -> count): one
+    evaluation of f per element, or the product's MACs (``full``: shapes for a batch of one)."""
+    from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct
+
+    out = {}
+    for n in snn.graph.nodes:
+        m = snn.get_submodule(n.target) if n.op == "call_module" else None
+        if isinstance(m, SigmaDeltaNode):
+            out[n.target] = m.evaluations(full[n.name])
+        elif isinstance(m, SigmaDeltaProduct):
+            out[n.target] = m.evaluations(full[n.args[0].name], full[n.args[1].name])
+    return out
+
+
+def graded_macs(snn: fx.GraphModule, shapes: dict[str, tuple[int, ...]], maps: dict[str, FanOut]) -> dict[str, int]:
+    """Dense MACs per image and step of the synaptic layers fed by graded currents (module docstring)."""
+    from sjunet.evaluation.fanout_generic import graded_layers
+
+    starts = {t for fo in maps.values() if fo.per_element for t in fo.targets}
+    layers = graded_layers(snn, starts, lambda u, v: generic_kind(snn, u, v))
+    return {u.target: conv_macs(synaptic_module(snn, u), shapes[u.args[0].name], shapes[u.name]) for u in layers}
 
 
 # ------------------------------------------------------------------------------ counting
@@ -264,6 +307,12 @@ class EnergyReport:
     #: accumulates of the norms' centring stages (2·C·H·W per step each, :func:`sjunet.evaluation.fanout.center_acs`),
     #: added at e_ac to every convention; 0 without instance/group/layer norms
     stage_acs: float = 0.0
+    #: Σ-Δ neuron evaluations (functions and products' MACs) over the T steps, at e_mac in every convention
+    neuron_ops: float = 0.0
+    #: dense MACs of synaptic layers fed by graded currents over the T steps, at e_mac in every convention
+    graded_macs: float = 0.0
+    #: per convention, the share of operations (``ops``) and of energy (``energy``) that is not accumulate
+    mac_share: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -278,6 +327,8 @@ class _Structure:
     first_macs: int
     ann_macs: int
     center_acs: int = 0  # per step: norms' centring (fanout.center_acs)
+    neuron_ops: int = 0  # per step: Σ-Δ neuron evaluations (sigma_delta_ops)
+    graded_macs: int = 0  # per step: layers fed by graded currents (graded_macs)
 
 
 class EnergyTally:
@@ -289,14 +340,20 @@ class EnergyTally:
         self.cache = cache if cache is not None else {}
         self.acc: dict[str, dict[str, Any]] = {}
         self.images = 0
-        self.first = self.ann_total = self.center = 0.0
+        self.first = self.ann_total = self.center = self.neuron = self.graded = 0.0
 
     def structure(self, shape: tuple[int, ...]) -> _Structure:
         if shape not in self.cache:
+            from sjunet.evaluation.fanout_generic import full_shapes
+
             shapes = node_shapes(self.snn, shape)
-            self.cache[shape] = _Structure(fanout_maps(self.snn, shape, shapes), sum(analog_macs(self.snn, shapes).values()),
+            maps = fanout_maps(self.snn, shape, shapes)
+            sd = sigma_delta_ops(self.snn, full_shapes(self.snn, shape)) if any(
+                hasattr(m, "flow_vjp") for m in self.snn.modules()) else {}
+            self.cache[shape] = _Structure(maps, sum(analog_macs(self.snn, shapes).values()),
                                            ann_macs(self.ann, shape) if self.ann is not None else graph_macs(self.snn, shapes),
-                                           center_acs(self.snn, shapes))
+                                           center_acs(self.snn, shapes), sum(sd.values()),
+                                           sum(graded_macs(self.snn, shapes, maps).values()))
         return self.cache[shape]
 
     def add(self, x_shape: Sequence[int], counts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -304,16 +361,16 @@ class EnergyTally:
         st = self.structure(shape)
         for name, (spikes, events) in counts.items():
             fo = st.fanout[name]
-            s_pos = spikes.to("cpu", torch.float64).sum(dim=(0, 1))  # [H, W]: batch and channels summed
-            e_pos = events.to("cpu", torch.float64).sum(dim=(0, 1))
+            s_pos, sops = fo.weigh(spikes)  # [H, W]: batch and channels summed (per element: the batch)
+            e_pos, syn_events = fo.weigh(events)
             a = self.acc.setdefault(name, {"neurons": 0, "spikes": 0.0, "sops": 0.0, "events": 0.0, "syn_events": 0.0,
                                            "fanout": 0.0, "targets": {}})
             n_layer = fo.channels * fo.map.numel()
             a["neurons"] += b * n_layer
             a["spikes"] += float(s_pos.sum())
-            a["sops"] += float((s_pos * fo.map).sum())
+            a["sops"] += sops
             a["events"] += float(e_pos.sum())
-            a["syn_events"] += float((e_pos * fo.map).sum())
+            a["syn_events"] += syn_events
             a["fanout"] += b * fo.channels * float(fo.map.sum())
             for t, v in fo.targets.items():
                 a["targets"][t] = a["targets"].get(t, 0.0) + b * n_layer * v
@@ -321,6 +378,8 @@ class EnergyTally:
         self.first += b * st.first_macs
         self.ann_total += b * st.ann_macs
         self.center += b * st.center_acs
+        self.neuron += b * st.neuron_ops
+        self.graded += b * st.graded_macs
 
     def report(self, T: int, e_mac: float = E_MAC, e_ac: float = E_AC) -> EnergyReport:
         n = self.images
@@ -335,14 +394,20 @@ class EnergyTally:
         events, syn_events = sum(x.events for x in layers), sum(x.synaptic_events for x in layers)
         first_macs, ann_m = self.first / n, self.ann_total / n
         stage_acs = T * self.center / n  # norms' centring, dense, every step: in every convention
-        e_paper = first_macs * e_mac + spikes * e_ac + stage_acs * e_ac
-        e_sop = first_macs * e_mac + sops * e_ac + stage_acs * e_ac
-        e_nb = first_macs * e_mac + syn_events * e_mac + stage_acs * e_ac
+        neuron_ops, graded = T * self.neuron / n, T * self.graded / n  # Σ-Δ evaluations, graded layers: MACs
+        macs = {"paper": first_macs + neuron_ops + graded, "sop": first_macs + neuron_ops + graded,
+                "neurobench": first_macs + syn_events + neuron_ops + graded}
+        acs = {"paper": spikes + stage_acs, "sop": sops + stage_acs, "neurobench": stage_acs}
+        energy = {k: macs[k] * e_mac + acs[k] * e_ac for k in macs}
+        e_paper, e_sop, e_nb = energy["paper"], energy["sop"], energy["neurobench"]
         e_ann = ann_m * e_mac
         ratios = {"paper": e_paper / e_ann, "sop": e_sop / e_ann, "neurobench": e_nb / e_ann} if e_ann else {}
+        share = {k: {"ops": macs[k] / (macs[k] + acs[k]) if macs[k] + acs[k] else 0.0,
+                     "energy": macs[k] * e_mac / energy[k] if energy[k] else 0.0} for k in macs}
         return EnergyReport(T, n, layers, first_macs, ann_m, spikes, sops, e_paper, e_sop, e_ann, ratios, e_mac, e_ac,
                             first_layer_macs_every_step=T * first_macs, events=events, synaptic_events=syn_events,
-                            energy_neurobench_J=e_nb, stage_acs=stage_acs)
+                            energy_neurobench_J=e_nb, stage_acs=stage_acs, neuron_ops=neuron_ops, graded_macs=graded,
+                            mac_share=share)
 
 
 def count_energy(
@@ -380,7 +445,7 @@ def count_energy(
 def energy_frontier(snn: fx.GraphModule, dataset, T: Sequence[int], ann: nn.Module | None = None,
                     limit: int | None = None, mode: str = "step", chunk: int | str = "auto",
                     multiple: int | None = None,
-                    progress: bool = False, device: str = "cpu") -> dict:
+                    progress: bool = False, device: str = "cpu", protocol=None) -> dict:
     """Metric and energy at every T from one simulation of each evaluated input: the evaluation's
     own (:func:`sjunet.evaluation.loops.evaluate_snn`: whole images by default, padded to the size rule,
     tiled only where memory needs it; under ``--protocol patch`` the energy is that of producing
@@ -398,7 +463,7 @@ def energy_frontier(snn: fx.GraphModule, dataset, T: Sequence[int], ann: nn.Modu
             tallies[t].add(x.shape, c.snapshot())
 
         r = evaluate_snn(snn, dataset, steps, reference=ann, mode=mode, chunk=chunk, limit=limit, multiple=multiple,
-                         progress=progress, device=device, on_checkpoint=hook)
+                         progress=progress, device=device, on_checkpoint=hook, protocol=protocol)
     out = {"T": {str(t): {"metrics": r["T"][str(t)], "energy": tallies[t].report(t).to_dict()} for t in steps},
            "metric": task_for(dataset).metric, "protocol": r["protocol"], "timing": r["timing"]}
     if "ann" in r:

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -73,11 +74,17 @@ from torch import fx, nn
 
 from sjunet.graph import is_reference_use, kind_of, tensor_shapes
 from sjunet.layers import dims
+from sjunet.layers.plumbing import AddConstant, Scale
 from sjunet.layers.stages import AdaptiveAvgPool, Center, ChannelAffine, Pad, Resample, SpikingMaxPool2d
 
 
 class EnergyError(ValueError):
     """The SNN graph holds something the counter does not know how to count."""
+
+
+class _Unseparable(EnergyError):
+    """A path leaves the spatial layout (tokens, Linear, reshaping): counted per element instead
+    (:mod:`sjunet.evaluation.fanout_generic`)."""
 
 
 def _pair(v) -> tuple[int, int]:
@@ -182,7 +189,7 @@ def stage_reach(m: nn.Module, in_hw: tuple[int, ...], out_hw: tuple[int, ...],
     ``by_reference``: an interpolation to another tensor's size."""
     nd = len(in_hw)
     axes = range(nd)
-    if isinstance(m, (ChannelAffine, Center)):  # Center: its x term (the mean is counted by center_acs)
+    if isinstance(m, (ChannelAffine, Center, Scale)):  # Center: its x term (the mean is counted by center_acs)
         return tuple(torch.eye(int(in_hw[i]), dtype=torch.bool) for i in axes)
     if isinstance(m, (Resample, Pad, AdaptiveAvgPool)):
         if isinstance(m, Resample):
@@ -262,31 +269,104 @@ def node_shapes(snn: fx.GraphModule, input_shape: Iterable[int]) -> dict[str, tu
 class FanOut:
     """Fan-out of one source layer: ``map[h, w]`` synapses per event at (h, w), any channel, and
     the layers its events reach (terminal synaptic layer, or the sink of an identity edge) with
-    that path's mean fan-out."""
+    that path's mean fan-out. ``per_element``: the map holds one count per element of the source's
+    whole output for a batch of one (``channels`` 1): a source whose paths leave the spatial layout
+    (:mod:`sjunet.evaluation.fanout_generic`)."""
 
     map: torch.Tensor
     channels: int
     targets: dict[str, float] = field(default_factory=dict)
+    per_element: bool = False
 
     @property
     def mean(self) -> float:
         return float(self.map.mean())
 
+    def collapse(self, counts: torch.Tensor) -> torch.Tensor:
+        """``counts`` (a source's per-element counts or flows for a batch) summed onto the map's shape:
+        over the batch and channels, or (per element) over the batch — wherever it sits, or merged into
+        a dimension (windows of a Swin block: outermost, as their reshape puts it). Differentiable."""
+        if not self.per_element:
+            return counts.sum(dim=(0, 1))
+        m = self.map
+        if counts.dim() == m.dim() and all(a == b or b == 1 for a, b in zip(counts.shape, m.shape)):
+            dims = tuple(i for i, (a, b) in enumerate(zip(counts.shape, m.shape)) if a != b)
+            per = counts.sum(dim=dims, keepdim=True) if dims else counts
+        else:
+            per = counts.reshape(-1, *m.shape).sum(0)
+        return per.reshape(m.shape)
+
+    def weigh(self, counts: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(counts collapsed onto the map's shape, Σ counts × map)`` (float64, on the CPU)."""
+        per = self.collapse(counts.to("cpu", torch.float64))
+        return per, float((per * self.map).sum())
+
 
 def fanout_maps(snn: fx.GraphModule, input_shape: Iterable[int],
                 shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, FanOut]:
     """Fan-out map of every source (neuron layer, spiking max-pool) for an input of shape
-    ``(C, H, W)``, keyed by module path (module docstring)."""
+    ``(C, H, W)``, keyed by module path (module docstring); a source whose paths leave the spatial
+    layout is counted per element (:func:`sjunet.evaluation.fanout_generic.element_fanout`)."""
     shapes = shapes or node_shapes(snn, input_shape)
+    nd = dims.spatial_dims(snn)
     out: dict[str, FanOut] = {}
+    full = None
     for node in snn.graph.nodes:
         if not is_source(snn, node):
             continue
         c, *sizes = shapes[node.name]
-        fo = FanOut(torch.zeros(*sizes, dtype=torch.float64), c)
-        _walk(snn, node, [torch.eye(n, dtype=torch.bool) for n in sizes], None, None, shapes, fo, node.target)
+        try:
+            if len(sizes) != nd:
+                raise _Unseparable(node.name)
+            fo = FanOut(torch.zeros(*sizes, dtype=torch.float64), c)
+            _walk(snn, node, [torch.eye(n, dtype=torch.bool) for n in sizes], None, None, shapes, fo, node.target)
+        except _Unseparable:
+            from sjunet.evaluation.fanout_generic import element_fanout, full_shapes
+
+            full = full if full is not None else full_shapes(snn, input_shape)
+            counts, terminals = element_fanout(snn, node, full, lambda u, v: generic_kind(snn, u, v), apply_stage)
+            fo = FanOut(counts, 1, {t: float(counts.mean()) for t in terminals}, per_element=True)
         out[node.target] = fo
     return out
+
+
+def generic_kind(gm: fx.GraphModule, u: fx.Node, v: fx.Node) -> str:
+    """What node ``u`` is to a spike arriving from ``v`` when counting per element (module
+    docstring of :mod:`sjunet.evaluation.fanout_generic`)."""
+    if is_reference_use(gm, u, v):
+        return "skip"
+    k = kind_of(gm, u)
+    if is_source(gm, u) and k == "maxpool":
+        return "compare"
+    if k in ("neuron", "output") or is_source(gm, u):
+        return "sink"
+    if k in ("synaptic", "analog"):
+        return "synaptic"
+    if k == "shape":
+        return "skip"
+    return "stage"
+
+
+def apply_stage(u: fx.Node, inputs: list[torch.Tensor], gm: fx.GraphModule | None = None) -> torch.Tensor:
+    """Stage ``u`` on float64 stand-ins of its inputs, for routing counts backwards: gains, constant
+    additions and a centring's x term pass counts through unchanged (a weight scales no count)."""
+    if u.op == "call_function":
+        if u.target is operator.add:
+            return inputs[0] + inputs[1]
+        return u.target(*inputs)
+    m = u.graph.owning_module.get_submodule(u.target)
+    if isinstance(m, (ChannelAffine, Center, Scale, AddConstant)):
+        return inputs[0]
+    if hasattr(m, "flow"):  # sjunet's stages: the stage itself, one step
+        return m.flow(*inputs, T=1)
+    mode = getattr(m, "step_mode", None)
+    if mode is not None:
+        m.step_mode = "s"
+    try:
+        return m(*inputs)
+    finally:
+        if mode is not None:
+            m.step_mode = mode
 
 
 def _walk(gm, node, reach: list, channels: int | None, layer: str | None, shapes, fo: FanOut, origin: str) -> None:
@@ -308,7 +388,9 @@ def _walk(gm, node, reach: list, channels: int | None, layer: str | None, shapes
         elif k in ("cat", "add", "shape"):
             if k != "shape":
                 _walk(gm, u, reach, channels, layer, shapes, fo, origin)
-        elif k in ("affine", "center", "pool", "resample", "pad", "maxpool", "synaptic"):
+        elif k in ("plumbing", "constant") or (k == "synaptic" and isinstance(gm.get_submodule(u.target), nn.Linear)):
+            raise _Unseparable(u.name)
+        elif k in ("affine", "center", "pool", "resample", "pad", "maxpool", "synaptic", "scale"):
             m = gm.get_submodule(u.target)
             stage = stage_reach(m, shapes[node.name][1:], shapes[u.name][1:], by_reference=len(u.args) > 1)
             composed = [_compose(r, s) for r, s in zip(reach, stage)]
@@ -321,9 +403,19 @@ def _walk(gm, node, reach: list, channels: int | None, layer: str | None, shapes
                               f"fed by {origin!r}")
 
 
+def time_varying(snn: fx.GraphModule) -> set[fx.Node]:
+    """The nodes downstream of a source: their values change from step to step."""
+    out: set[fx.Node] = set()
+    for n in snn.graph.nodes:
+        if is_source(snn, n) or any(a in out for a in n.all_input_nodes):
+            out.add(n)
+    return out
+
+
 def analog_layers(snn: fx.GraphModule) -> list[fx.Node]:
-    """Synaptic layers reached from the input without passing a source (the analog part under
-    static coding: computed once per image)."""
+    """Synaptic layers reached from the input without passing a source and fed by nothing that
+    passed one (the analog part under static coding: computed once per image)."""
+    varying = time_varying(snn)
     out, seen = [], set()
     stack = [n for n in snn.graph.nodes if n.op == "placeholder"]
     while stack:
@@ -335,7 +427,7 @@ def analog_layers(snn: fx.GraphModule) -> list[fx.Node]:
             k = kind_of(snn, u)
             if k in ("neuron", "output") or is_source(snn, u):
                 continue
-            if k in ("analog", "synaptic"):
+            if k in ("analog", "synaptic") and u not in varying:
                 out.append(u)
             stack.append(u)
     return out

@@ -33,6 +33,8 @@ def energy_table(report: EnergyReport) -> str:
               f"| first-layer MACs (once per image) | {_fmt(r.first_layer_macs)} |",
               f"| first-layer MACs if recomputed every step | {_fmt(r.first_layer_macs_every_step)} |",
               f"| ANN MACs | {_fmt(r.ann_macs)} |",
+              f"| Σ-Δ neuron evaluations (functions, products: MAC cost) | {_fmt(r.neuron_ops)} |",
+              f"| MACs of layers fed by graded currents | {_fmt(r.graded_macs)} |",
               f"| spikes | {_fmt(r.spikes)} |",
               f"| SOPs (ACs) | {_fmt(r.sops)} |",
               f"| graded events / synaptic events | {_fmt(r.events)} / {_fmt(r.synaptic_events)} |",
@@ -43,6 +45,9 @@ def energy_table(report: EnergyReport) -> str:
               f"| energy, ANN (MACs·E_MAC) | {'–' if r.energy_ann_J is None else f'{r.energy_ann_J:.4e} J'} |"]
     for k, v in r.ratios.items():
         lines.append(f"| SNN/ANN energy, {k} convention | {v:.4f} |")
+    for k, v in r.mac_share.items():
+        lines.append(f"| not accumulate (MAC-cost), {k} convention: share of operations / of energy | "
+                     f"{100 * v['ops']:.1f} % / {100 * v['energy']:.1f} % |")
     return "\n".join(lines)
 
 
@@ -66,14 +71,16 @@ def frontier_table(frontier: dict, label: str = "SNN", key: str | None = None, l
     key = key or metric_key(frontier.get("ann") or first["metrics"], frontier)
     ann = (frontier.get("ann") or {}).get(key)
     lines = [f"| model | T | {metric_label(key)} | × ANN | spikes/img | SOPs/img | paper E × ANN | SOP E × ANN | "
-             "NeuroBench E × ANN |", "|---|---|---|---|---|---|---|---|---|"]
+             "NeuroBench E × ANN | not accumulate: ops / energy (SOP) |", "|---|---|---|---|---|---|---|---|---|---|"]
     if ann is not None:
-        lines.append(f"| ANN | — | {ann:.4f} | 1.000 | — | — | 1 | 1 | 1 |")
+        lines.append(f"| ANN | — | {ann:.4f} | 1.000 | — | — | 1 | 1 | 1 | 100 % / 100 % |")
     for t, v in per_t.items():
         m, e = v["metrics"][key], v["energy"]
         r = e["ratios"]
+        share = (e.get("mac_share") or {}).get("sop")
         lines.append(f"| {label} | {t} | {m:.4f} | {_ratio(m, ann)} | {_fmt(e['spikes'])} | "
-                     f"{_fmt(e['sops'])} | {_num(r.get('paper'))} | {_num(r.get('sop'))} | {_num(r.get('neurobench'))} |")
+                     f"{_fmt(e['sops'])} | {_num(r.get('paper'))} | {_num(r.get('sop'))} | {_num(r.get('neurobench'))} | "
+                     + (f"{100 * share['ops']:.1f} % / {100 * share['energy']:.1f} % |" if share else "— |"))
     return "\n".join(lines) + ("\n\n" + FRONTIER_LEGEND if legend else "")
 
 
@@ -84,7 +91,9 @@ FRONTIER_LEGEND = (
     "(each spike × the synapses it reaches); E × ANN — the SNN's energy per image over the ANN's "
     "(E_MAC 4.6 pJ, E_AC 0.9 pJ): paper = first-layer MACs + one AC per spike (the paper's Table 5), "
     "SOP = first-layer MACs + one AC per synaptic operation, NeuroBench = first-layer MACs + one MAC per "
-    "graded event × fan-out (README, \"Energy, three conventions\").")
+    "graded event × fan-out; not accumulate — the share of operations and of SOP-convention energy that are "
+    "multiply-accumulates (the first layer, Σ-Δ evaluations and products, graded layers) rather than accumulates "
+    "(README, \"Energy, three conventions\").")
 
 
 def _ratio(m: float, ann: float | None) -> str:

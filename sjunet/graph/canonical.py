@@ -11,7 +11,10 @@ pytorch, hand-written) into it:
    twice unshared, identities and dropout removed, every ReLU spelling made a module, adds and cats,
    functional layers made modules, pooling, interpolation and padding made stages, output-side ops
    stripped; :mod:`sjunet.graph.canonical_norms`: instance / group / layer norms made Center →
-   Normalize → ChannelAffine, BatchNorm folded). Each keeps the network's function exactly;
+   Normalize → ChannelAffine, BatchNorm folded; :mod:`sjunet.graph.canonical_sigma`: constants
+   folded, smooth activations, products, a layer norm over trailing dimensions and transformer
+   plumbing made the modules Σ-Δ neurons and linear stages replace, spec §15). Each keeps the
+   network's function exactly;
 3. a plain retrace (:func:`sjunet.graph.tracing.retrace`), so node names are exactly those
    SpikingJelly's converter sees when it traces the canonical graph (statistics are keyed by node
    name);
@@ -32,15 +35,19 @@ from torch import fx, nn
 from sjunet.graph.canonical_norms import fold_batchnorms, norm_stages
 from sjunet.graph.canonical_ops import (adaptive_pools, adds_and_cats, functional_layers, relus, remove_identities,
                                         resample_and_pad, stack_sums, strip_post, unshare)
+from sjunet.graph.canonical_rewrite import rewrite as sigma_rewrites
 from sjunet.graph.refusals import check_supported
 from sjunet.graph.sizes import size_rule_of_trace
 from sjunet.graph.tracing import Trace, retrace, trace
 from sjunet.layers import dims
 
 
-def canonicalize(gm: fx.GraphModule, blockers: list | None = None) -> list[dict]:
+def canonicalize(gm: fx.GraphModule, blockers: list | None = None, example_shape=None,
+                 specialised: list | None = None) -> list[dict]:
     """Rewrite ``gm`` in place (module docstring); returns the stripped output-side ops. Nodes it
-    cannot rewrite are added to ``blockers`` (without a list: raise at the first)."""
+    cannot rewrite are added to ``blockers`` (without a list: raise at the first). ``example_shape``:
+    the input the graph was traced for (the Σ-Δ and plumbing rewrites measure shapes on it; sizes
+    they take from it are appended to ``specialised``)."""
     nd = dims.spatial_dims(gm)  # the network's (its convolutions'): 2 for images, 3 for volumes
     unshare(gm)
     remove_identities(gm)
@@ -52,6 +59,7 @@ def canonicalize(gm: fx.GraphModule, blockers: list | None = None) -> list[dict]
     resample_and_pad(gm, blockers, nd)
     post = strip_post(gm)
     norm_stages(gm, blockers, nd)
+    sigma_rewrites(gm, example_shape, blockers, specialised)
     fold_batchnorms(gm, blockers)
     dims.set_spatial_dims(gm, nd)  # per-channel stages broadcast over nd spatial axes
     gm.graph.eliminate_dead_code()
@@ -65,7 +73,7 @@ def canonical_graph(model: nn.Module, example_shape: Iterable[int] | None = None
     """The canonical graph of ``model`` (module docstring, steps 1–4)."""
     tr = trace(model, example_shape)
     found = list(tr.blockers)
-    tr.post = canonicalize(tr.gm, found)
+    tr.post = canonicalize(tr.gm, found, tr.example_shape, tr.specialised)
     tr.gm = retrace(tr.gm)
     check_supported(tr.gm, type(model).__name__, found)
     if tr.specialised:

@@ -159,17 +159,11 @@ def norm_stages(gm: fx.GraphModule, blockers: list | None = None, nd: int = 2) -
                     weight, bias = constant_of(gm, node_arg(n, 2, "weight")), constant_of(gm, node_arg(n, 3, "bias"))
                     shape = (shape,) if isinstance(shape, int) else tuple(shape)
                 if len(shape) != nd + 1 or not all(isinstance(v, int) for v in shape) or isinstance(eps, fx.Node):
-                    add_blocker(blockers, n, label, f"{label} over the last {len(shape)} dimension(s) {list(shape)}: sjunet "
-                           "converts a layer norm over (C, H, W) of an image or (C, D, H, W) of a volume "
-                           "(GroupNorm(1, C)); normalizing over "
-                           "positions or channels alone (channels-last use) has no per-channel form — use GroupNorm "
-                           "and retrain")
-                    continue
+                    continue  # over trailing dimensions (tokens, channels-last): a Σ-Δ layer norm (canonical_sigma)
                 w, why = _per_channel(weight, "weight")
                 b, why_b = _per_channel(bias, "bias")
                 if why or why_b:
-                    add_blocker(blockers, n, label, f"{label}: {why or why_b}")
-                    continue
+                    continue  # an affine over positions: the exact Σ-Δ layer norm (canonical_sigma)
                 _norm_chain(gm, n, "layer_norm", 1, float(eps), w, b)
         except KeyError:
             add_blocker(blockers, n, f"{label} with computed arguments",

@@ -5,7 +5,11 @@ adaptive / global average pooling), ``maxpool``, ``resample``, ``pad``, ``affine
 concatenation), ``add``, ``center`` / ``normalize`` (instance / group / layer norm: the exact mean
 subtraction, and the division by the deviation — per sample in the ANN, fixed from calibration in the
 SNN, :mod:`sjunet.calibration.approximation`), ``shape``, ``neuron`` / ``analog`` (in a converted SNN),
-``other``. Plus the small questions every later stage asks of a node: its module, a call target's
+``other``; for Σ-Δ neurons and transformer plumbing (spec §15): ``sigma`` (an activation of the Σ-Δ
+table, :class:`~sjunet.neurons.sigma_delta_functions.Smooth`), ``product`` (a product of two
+activations, :class:`~sjunet.neurons.sigma_delta_functions.Product`), ``plumbing`` (reshape, permute,
+index, repeat, roll: :mod:`sjunet.layers.plumbing`), ``constant`` (adding a constant tensor: a bias
+current), ``scale`` (multiplying by a constant number); ``nn.Linear`` is ``synaptic``. Plus the small questions every later stage asks of a node: its module, a call target's
 name, a cat's parts and dimension, the tensor inputs, the users that read its values.
 
 The layer types of each spatial dimensionality come from one table (:mod:`sjunet.layers.dims`): a
@@ -20,11 +24,14 @@ from torch import fx, nn
 
 from sjunet.layers import dims
 from sjunet.layers.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample, SpikingMaxPool2d
+from sjunet.layers.plumbing import PLUMBING_TYPES, AddConstant, Scale
 from sjunet.layers.static_synapse import StaticInputSynapse
 from sjunet.neurons import is_neuron
+from sjunet.neurons.sigma_delta_functions import Product, Smooth
 
-#: the synaptic layers of the spatial dimensionalities converted (:data:`sjunet.layers.dims.SUPPORTED`)
-SYNAPTIC_TYPES = tuple(dims.layer(op, nd) for nd in dims.SUPPORTED for op in ("conv", "conv_t"))
+#: the synaptic layers: convolutions of the spatial dimensionalities converted
+#: (:data:`sjunet.layers.dims.SUPPORTED`) and ``nn.Linear`` (over the last dimension: tokens)
+SYNAPTIC_TYPES = tuple(dims.layer(op, nd) for nd in dims.SUPPORTED for op in ("conv", "conv_t")) + (nn.Linear,)
 AVG_POOL_TYPES = tuple(dims.layer("avg_pool", nd) for nd in dims.SUPPORTED)
 MAX_POOL_TYPES = tuple(dims.layer("max_pool", nd) for nd in dims.SUPPORTED)
 CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
@@ -103,6 +110,16 @@ def kind_of(gm: fx.GraphModule, node: fx.Node) -> str:
             return "center"
         if isinstance(m, Normalize):  # the ANN's per-sample division (calibration only; folded at conversion)
             return "normalize"
+        if isinstance(m, Smooth):
+            return "sigma"
+        if isinstance(m, Product):
+            return "product"
+        if isinstance(m, PLUMBING_TYPES):
+            return "plumbing"
+        if isinstance(m, AddConstant):
+            return "constant"
+        if isinstance(m, Scale):
+            return "scale"
         op = getattr(m, "op_name", None)  # SpikingJelly's step-mode tensor op
         if op == "cat":
             return "cat"

@@ -103,26 +103,20 @@ def source_line(node: fx.Node) -> str:
 
 
 _REMEDY = {
-    "ELU": "negative outputs have no spike-rate counterpart; retrain with nn.ReLU",
-    "SELU": "negative outputs have no spike-rate counterpart; retrain with nn.ReLU",
-    "CELU": "negative outputs have no spike-rate counterpart; retrain with nn.ReLU",
-    "GELU": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
-    "SiLU": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
-    "Mish": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
-    "Tanh": "it is not piecewise linear, so rates cannot represent it; retrain with nn.ReLU",
-    "Sigmoid": "only at the output can a sigmoid be applied to the decoded result; inside the network retrain with nn.ReLU",
-    "Softmax": "only at the output can a softmax be applied to the decoded result",
     "InstanceNorm2d": "sjunet converts instance/group/layer norm written as nn.InstanceNorm2d/3d, nn.GroupNorm, "
-                      "nn.LayerNorm over (C, H, W) or (C, D, H, W), or F.instance_norm / F.group_norm / F.layer_norm "
-                      "with the model's own weights (a centring plus a deviation fixed from calibration); write it so",
+                      "nn.LayerNorm, or F.instance_norm / F.group_norm / F.layer_norm with the model's own weights; "
+                      "write it so",
     "GroupNorm": "it is converted as nn.GroupNorm / F.group_norm with the model's own weights; write it so",
-    "LayerNorm": "it is converted over (C, H, W) with a per-channel affine (nn.LayerNorm, F.layer_norm); "
-                 "write it so, or use GroupNorm(1, C)",
     "LocalResponseNorm": "it divides by input-dependent values; remove it and retrain",
-    "MultiheadAttention": "attention multiplies activations with each other, which rates cannot do; use a convolutional U-Net",
-    "Linear": "fully connected layers are not supported in this U-Net converter; use a 1x1 Conv2d / Conv3d",
+    "MultiheadAttention": "nn.MultiheadAttention is one fused module whose products sjunet does not open; write the "
+                          "attention with nn.Linear, matmul / einsum and softmax (as MONAI's SABlock does): those "
+                          "convert (Σ-Δ product and softmax neurons)",
 }
 _REMEDY["InstanceNorm3d"] = _REMEDY["InstanceNorm2d"]
+#: where a missing activation goes: one line of the Σ-Δ table
+_TABLE = ("it is not in the Σ-Δ table (sjunet.neurons.sigma_delta_functions.FUNCTIONS: SiLU, GELU, ELU, CELU, SELU, "
+          "sigmoid, tanh, hardswish, hardsigmoid, Mish, softplus, softmax, layer norm); a new function is one line "
+          "there plus its test")
 
 
 _SIGMOID_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid}
@@ -134,14 +128,6 @@ _PLUMBING_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.perm
 _PLUMBING_METHODS = {"view", "reshape", "flatten", "transpose", "permute", "squeeze", "unsqueeze", "expand",
                      "expand_as", "view_as", "reshape_as", "chunk", "split", "unbind", "contiguous", "to", "type",
                      "type_as", "float", "size", "dim", "repeat", "unflatten", "t"}
-_ATTENTION = ("attention multiplies activations — no construction can convert it (a product of two spike rates "
-              "is not a rate of their sum); use a U-Net without attention gates or self-attention and retrain")
-
-
-def _is_sigmoid(gm: fx.GraphModule, n: fx.Node) -> bool:
-    m = module_of(gm, n)
-    return (isinstance(m, (nn.Sigmoid, nn.Hardsigmoid)) or (n.op == "call_function" and n.target in _SIGMOID_FUNCTIONS)
-            or (n.op == "call_method" and n.target in ("sigmoid", "sigmoid_")))
 
 
 def _is_product(n: fx.Node) -> bool:
@@ -185,39 +171,32 @@ def _refusal(gm: fx.GraphModule, node: fx.Node) -> Blocker:
         return _blocker(node, "constant tensor", f"the constant tensor {node.target!r} is used as an activation; "
                         "only convolution weights and BatchNorm statistics are understood as constants")
     if _is_product(node):
-        ins = [a for a in node.args if isinstance(a, fx.Node)]
-        acts = [a for a in ins if not _is_constant(gm, a)]
-        if len(acts) == 2 and t in ("mul", "mul_", "imul"):
-            a, b = acts
-            for x, s in ((a, b), (b, a)):
-                if _is_sigmoid(gm, s) and s.args and s.args[0] is x:
-                    return _blocker(node, "SiLU/Swish", "x·sigmoid(x) is SiLU/Swish — it is not piecewise linear, "
-                                    "so rates cannot represent it; retrain with nn.ReLU.")
-            return _blocker(node, "attention (product of activations)",
-                            f"multiplying two activations: {_ATTENTION}.")
-        if len(acts) >= 2:
-            return _blocker(node, "attention (product of activations)", f"{t} of two activations: {_ATTENTION}.")
-    for key, label in (("leaky_relu", "LeakyReLU"), ("prelu", "PReLU"), ("gelu", "GELU"), ("silu", "SiLU"),
-                       ("elu", "ELU"), ("mish", "Mish"), ("tanh", "Tanh"), ("sigmoid", "Sigmoid"),
-                       ("softmax", "Softmax"), ("layer_norm", "LayerNorm"), ("group_norm", "GroupNorm"),
-                       ("instance_norm", "InstanceNorm2d")):
+        return _blocker(node, f"product ({t})", f"{t} of activations that sjunet could not read as a product of two "
+                        "activations (or of an activation and a constant number): a Σ-Δ product neuron takes two "
+                        "inputs; write it as a * b, matmul or a two-operand einsum.")
+    for key, label in (("gelu", "GELU"), ("silu", "SiLU"), ("elu", "ELU"), ("mish", "Mish"), ("tanh", "Tanh"),
+                       ("sigmoid", "Sigmoid"), ("softmax", "Softmax"), ("layer_norm", "LayerNorm"),
+                       ("group_norm", "GroupNorm"), ("instance_norm", "InstanceNorm2d"), ("log_softmax", "LogSoftmax")):
         if key in t.lower():
             if label in _REMEDY:
-                return _blocker(node, label, f"{t} ({label}) is not a ReLU: {_REMEDY[label]}.")
-            return _blocker(node, label, f"{t} is not a ReLU (only ReLU/ReLU6/Hardtanh(0,a) map onto spike rates; "
-                            "sigmoid/softmax only at the output); retrain with ReLU.")
+                return _blocker(node, label, f"{t} ({label}): {_REMEDY[label]}.")
+            return _blocker(node, label, f"{t} with arguments sjunet could not read as constants (a dimension, a "
+                            "weight computed from values); give them as constants.")
     if node.target is operator.getitem:
-        return _blocker(node, "cropping", "indexing or slicing activations (cropping) is not supported; pad the "
-                        "other tensor instead, or crop the input image")
-    if node.target in (operator.mul, torch.mul, operator.truediv, torch.div, operator.sub, torch.sub) or t in (
-            "mul", "div", "sub", "truediv"):
-        return _blocker(node, t, "multiplying, dividing or subtracting activations is not a spiking operation; fold "
-                        "constant factors into the weights.")
+        return _blocker(node, "indexing", "indexing activations with indices computed from values, or indexing the "
+                        "batch, has no fixed spiking graph; index with constant ints and slices that keep the batch")
+    if node.target in (operator.truediv, torch.div) or t in ("div", "truediv"):
+        return _blocker(node, "division by an activation", f"dividing by an activation: {_TABLE}.")
+    if node.target in (operator.sub, torch.sub) or t in ("sub", "rsub"):
+        return _blocker(node, "subtracting from a constant", "a constant minus an activation; write it as "
+                        "-(x - c) or fold the sign into the next layer's weights.")
     if _is_plumbing(node):
-        return _blocker(node, f"reshaping ({t})", f"{t} reshapes or re-indexes activations, which a U-Net converter "
-                        "does not follow (flatten/view/permute belong to classifiers and attention)")
-    return _blocker(node, t, "only convolutions, BatchNorm, ReLU, pooling, interpolation, padding, channel "
-                    "concatenation and residual addition are supported.")
+        return _blocker(node, f"reshaping ({t})", f"{t} of activations with sizes or indices sjunet could not read "
+                        "as constants on the example input, or moving the batch into another dimension; keep the "
+                        "batch in one dimension")
+    return _blocker(node, t, f"{t} is not one of the operations sjunet converts (convolutions, Linear, norms, ReLU and "
+                    f"the Σ-Δ table's activations, products of two activations, pooling, interpolation, padding, "
+                    f"reshaping and indexing, cat, add); {_TABLE}.")
 
 
 def _check_node(gm: fx.GraphModule, node: fx.Node, shapey: set) -> tuple[Blocker | None, bool]:
@@ -226,22 +205,22 @@ def _check_node(gm: fx.GraphModule, node: fx.Node, shapey: set) -> tuple[Blocker
     if k == "other" and node in shapey:
         k = "shape"
     if k == "other":
-        if node.op == "get_attr" or (_is_sigmoid(gm, node) and len(node.users) == 1
-                                     and _is_product(next(iter(node.users)))):
-            return _refusal(gm, node), True  # a gate's sigmoid: explained by its product
+        if node.op == "get_attr":
+            return _refusal(gm, node), True
         return _refusal(gm, node), _is_plumbing(node)
     if k == "shape":
         return _blocker(node, "shape arithmetic", "it computes with tensor shapes in a way sjunet cannot follow "
                         "(only padding, interpolation and pooling sizes are specialised on the example shape, "
                         "and interpolation to another tensor's size, `size=t.shape[-2:]`)"), True
-    if k == "cat" and node.op == "call_function" and cat_dim(node) not in (1, -3):
-        return _blocker(node, f"cat along dim {cat_dim(node)}", f"concatenation along dim {cat_dim(node)}; only the "
-                        "channel dimension (dim=1) joins spike paths"), False
+    if k == "cat" and node.op == "call_function" and cat_dim(node) == 0:
+        return _blocker(node, "cat along dim 0", "concatenation along dim 0 (the batch) mixes samples; concatenate "
+                        "along a feature dimension"), False
     if k == "add":
         ins = tensor_inputs(node)
         if len(ins) != 2 or len(node.args) != 2 or node.kwargs or any(_is_constant(gm, a) for a in ins):
-            return _blocker(node, "adding a constant", "only the sum of two activation tensors is a join; adding a "
-                            "constant shifts every neuron's input — fold it into the preceding bias"), False
+            return _blocker(node, "adding computed values", "only the sum of two activation tensors is a join, and "
+                            "only a constant tensor or number can be added as a bias; this adds values computed from "
+                            "shapes"), False
     if k == "output":
         outs = node.args[0]
         if not isinstance(outs, fx.Node):
@@ -255,7 +234,8 @@ def _check_node(gm: fx.GraphModule, node: fx.Node, shapey: set) -> tuple[Blocker
                             "supported"), False
         if isinstance(m, MAX_POOL_TYPES) and m.return_indices:
             return _blocker(node, f"{name}(return_indices)", f"{name}(return_indices=True) is not supported"), False
-    if k in ("relu", "synaptic", "pool", "maxpool", "resample", "pad", "affine", "cat"):
+    if k in ("relu", "synaptic", "pool", "maxpool", "resample", "pad", "affine", "cat", "sigma", "product", "plumbing",
+             "constant", "scale"):
         for a in tensor_inputs(node):
             if isinstance(a, fx.Node) and (a.op == "get_attr" or kind_of(gm, a) == "shape"):
                 return _blocker(node, "input from shapes", f"its input {a.name!r} is computed from shapes (or is a "

@@ -54,17 +54,38 @@ class Trace:
 
 
 class _ShapeProxy(fx.Proxy):
-    """A proxy whose ``len()`` is evaluated on the example input (``len(x.shape)`` in MONAI)."""
+    """A proxy whose ``len()`` is evaluated on the example input (``len(x.shape)`` in MONAI), and
+    whose value, where Python or numpy needs a number (``int(x.shape[1])``, ``np.array(x.shape)``,
+    ``np.ceil(h / w)``: SwinUNETR), is the example's — allowed only for values computed from shapes
+    (never from the input's values), and recorded as a decision, so the size rule knows the graph
+    holds for that shape. A tensor's ``device`` and ``dtype`` are the example's too (a mask built
+    with ``device=x.device`` is a constant)."""
 
     def __len__(self) -> int:
         return len(self.tracer._evaluate(self.node))
 
     def __getattr__(self, k: str) -> "fx.proxy.Attribute":
-        if k == "ndim" and self.tracer.example is not None:  # a tensor's rank does not depend on H, W (einops asks)
+        if k.startswith("__array"):  # numpy asks for its protocols: it falls back to __array__ / the sequence
+            raise AttributeError(k)
+        if k in ("ndim", "device", "dtype") and self.tracer.example is not None:  # not shape-dependent (einops asks)
             value = self.tracer._evaluate(self.node)
             if isinstance(value, torch.Tensor):
-                return value.ndim
+                return getattr(value, k)
         return _ShapeAttribute(self, k)
+
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        return np.asarray(self.tracer._concrete(self.node), dtype=dtype)
+
+    def __int__(self) -> int:
+        return int(self.tracer._concrete(self.node))
+
+    def __index__(self) -> int:
+        return int(self.tracer._concrete(self.node))
+
+    def __float__(self) -> float:
+        return float(self.tracer._concrete(self.node))
 
 
 class _ShapeAttribute(fx.proxy.Attribute):
@@ -87,6 +108,10 @@ _SHAPE_ARGS: dict[Any, tuple[tuple[int, str], ...]] = {
     F.max_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
     torch.max_pool3d: ((1, "kernel_size"), (2, "stride"), (3, "padding")),
 }
+
+
+#: tensor factories: called with sizes computed from shapes, they build a constant on the example's shape
+_FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.eye, torch.linspace, torch.tensor}
 
 
 def _has_proxy(v) -> bool:
@@ -149,6 +174,11 @@ class _Tracer(fx.Tracer):
         return _plain_value(value)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        if kind == "call_function" and target in _FACTORIES and not self._evaluating and self.example is not None \
+                and _has_proxy((args, kwargs)):  # a tensor built from shapes (a window mask): a constant
+            args, kwargs = fx.node.map_aggregate((args, kwargs), lambda a: self._concrete(a.node) if isinstance(
+                a, fx.Proxy) else a)
+            return target(*args, **kwargs)
         if kind == "call_function" and target is torch._assert and not self._evaluating and args \
                 and isinstance(args[0], fx.Proxy) and self.example is not None:
             p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
@@ -187,6 +217,36 @@ class _Tracer(fx.Tracer):
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ShapeProxy(node, self)
+
+    def _shape_only(self, node: fx.Node) -> bool:
+        """Whether ``node``'s value depends on the input's shape only (every path from the input
+        passes a ``.shape`` / ``.size()`` / ``.dim()`` read)."""
+        stack, seen = [node], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "placeholder":
+                return False
+            if (n.op == "call_function" and n.target is getattr and len(n.args) == 2
+                    and n.args[1] in ("shape", "ndim", "device", "dtype")) or (
+                    n.op == "call_method" and n.target in ("size", "dim", "numel")):
+                continue
+            stack.extend(n.all_input_nodes)
+        return True
+
+    def _concrete(self, node: fx.Node) -> Any:
+        """The value of shape-computed ``node`` on the example, recorded as a decision; a value of
+        the input's data is refused (it has no fixed graph)."""
+        if not self._shape_only(node):
+            raise UnsupportedGraphError(
+                f"cannot convert: node {node.name!r}{source_line(node)} turns the input's values into a Python "
+                "number; a spiking graph is fixed before it sees data — compute with tensors instead")
+        value = self._evaluate(node)
+        plain = _plain_value(list(value) if isinstance(value, torch.Size) else value)
+        self.decisions.append({"node": node.name, "value": plain, "where": source_line(node).strip(" ()")})
+        return value
 
     def call_module(self, m, forward, args, kwargs):
         if self._evaluating:
@@ -244,12 +304,24 @@ def _jit_isinstance(original: Callable) -> Callable:
 
 @contextlib.contextmanager
 def _patched_jit_isinstance():
+    """``torch.jit.isinstance(proxy, torch.Tensor)`` is true, and einops takes sjunet's proxies for
+    torch tensors (its functions — SwinUNETR's ``rearrange`` — check the tensor's type)."""
     original = torch.jit.isinstance
     torch.jit.isinstance = _jit_isinstance(original)
+    registry = None
+    try:
+        from einops import _backends
+
+        registry = _backends._type2backend
+        registry[_ShapeProxy] = _backends.TorchBackend()
+    except Exception:  # noqa: BLE001 - einops absent, or another version: its own checks stand
+        registry = None
     try:
         yield
     finally:
         torch.jit.isinstance = original
+        if registry is not None:
+            registry.pop(_ShapeProxy, None)
 
 
 def trace(model: nn.Module, example_shape: Iterable[int] | None = None) -> Trace:
@@ -280,8 +352,11 @@ def trace(model: nn.Module, example_shape: Iterable[int] | None = None) -> Trace
 
 
 def _is_sjunet_leaf(m: nn.Module) -> bool:
+    from sjunet.layers.plumbing import STAGE_TYPES
+    from sjunet.neurons.sigma_delta_functions import Product, Smooth
+
     return isinstance(m, (Resample, Pad, ChannelAffine, SpikingMaxPool2d, AdaptiveAvgPool, StaticInputSynapse, Center,
-                          Normalize)) \
+                          Normalize, Smooth, Product, *STAGE_TYPES)) \
         or is_neuron(m)
 
 

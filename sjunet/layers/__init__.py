@@ -9,6 +9,9 @@ else of it).
   :data:`~sjunet.layers.stages.STAGE_TYPES`), with its rewrite in :mod:`sjunet.graph.canonical_ops`,
   its kind in :mod:`sjunet.graph.kinds`, its file vocabulary in :mod:`sjunet.snn.record` and its
   fan-out in :mod:`sjunet.evaluation.fanout`;
+* :mod:`.plumbing` — transformer plumbing as linear stages (spec §15): reshape with the batch
+  anywhere, permute, static indexing, repeat, roll, a constant added (a bias current), a constant
+  factor; exact per step in both step modes;
 * :mod:`.static_synapse` — :class:`~sjunet.layers.static_synapse.StaticInputSynapse`, the first
   (analog) synaptic layer under static coding;
 * :mod:`.buffers` — buffers reused across simulation steps (:class:`~sjunet.layers.buffers.Buffered`,

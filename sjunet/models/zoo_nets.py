@@ -170,3 +170,14 @@ class FunctionalConvNet(nn.Module):
 
 
 __all__ = ["DoubleConv", "Down", "FunctionalConvNet", "OutConv", "PadCatUNet", "PyramidPoolNet", "Up"]
+
+
+def unetr(**kwargs):
+    """MONAI's ``UNETR`` that says its input size (``size_multiple``: its ``img_size``; a ViT's position
+    embeddings fix it), so sjunet's size rule needs no probe. The zoo builds its 2-D UNETR rows with it."""
+    from monai.networks.nets import UNETR
+
+    model = UNETR(**kwargs)
+    size = tuple(int(v) for v in kwargs["img_size"])
+    model.size_multiple = size[0] if len(size) == 2 and size[0] == size[1] else size
+    return model

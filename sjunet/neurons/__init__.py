@@ -12,6 +12,12 @@ The parts, lowest first (none imports this package's ``__init__``, so nothing im
 * :mod:`.signed` — leaky ReLU and PReLU (spec §11): :func:`signed_mt_step` /
   :class:`SignedMultiThresholdNode`;
 * :mod:`.peers` — the paper's peers, multi-level (ML) and real spike (RS);
+* :mod:`.sigma_delta_functions` — the Σ-Δ table (spec §15): every function a Σ-Δ neuron can stand for,
+  one line each, the products, and their ANN forms (:class:`~.sigma_delta_functions.Smooth`,
+  :class:`~.sigma_delta_functions.Product`); :mod:`.sigma_delta` — the Σ-Δ neurons
+  (:class:`SigmaDeltaNode`, :class:`SigmaDeltaProduct`): ladder spikes whose rate tends to f(mean
+  input), or to the product of two mean inputs, with the MT neuron, the signed neuron and the spiking
+  max-pool as the family's other members;
 * :mod:`.registry` — :data:`NEURON_TYPES` and :data:`FACTORIES` (the CLI reads its ``--neuron``
   choices from it), :func:`mt_factory`.
 
@@ -29,6 +35,7 @@ from sjunet.neurons.base import (AUTO, LADDERS, AdvancedByStep, NeuronFactory, S
 from sjunet.neurons.mt import IFNode, MultiThresholdNode, mt_step, mt_step_surrogate
 from sjunet.neurons.peers import MultiLevelNode, RealSpikeNode, ml_factory, rs_factory
 from sjunet.neurons.registry import FACTORIES, NEURON_TYPES, mt_factory, per_layer_factory
+from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct, is_sigma_delta, sigma_delta_step
 from sjunet.neurons.signed import SignedMultiThresholdNode, leaky, signed_mt_step, signed_mt_step_surrogate
 
 __all__ = ["AUTO", "AdvancedByStep", "FACTORIES", "LADDERS", "named_ladder", "IFNode", "MultiLevelNode", "MultiThresholdNode", "NEURON_TYPES",
@@ -36,4 +43,5 @@ __all__ = ["AUTO", "AdvancedByStep", "FACTORIES", "LADDERS", "named_ladder", "IF
            "compile_pays", "compile_status", "set_compiled", "is_halving", "is_neuron", "leaky", "ml_factory",
            "mt_factory", "per_layer_factory", "mt_step", "mt_step_surrogate",
            "refuse_signed", "rs_factory", "set_recording", "signed_mt_step", "signed_mt_step_surrogate",
+           "SigmaDeltaNode", "SigmaDeltaProduct", "is_sigma_delta", "sigma_delta_step",
            "threshold_ladder", "validate_ladder"]

@@ -14,6 +14,11 @@ simulation, spiking-flow fine-tuning, energy counting and plots use of a neuron 
   a saturated neuron; capped ReLUs use it) and :meth:`spec`
   (constructor arguments as plain data, so an SNN file rebuilds it without code).
 
+A neuron whose spiking-flow gradient needs more than the ReLU gate — the Σ-Δ neurons, which take f'
+at the mean input, and a product's partial derivatives — also provides ``flow_inputs()`` (what the
+flow record keeps: its accumulated inputs) and ``flow_vjp(grad, inputs, T)`` (the gradient with
+respect to each accumulated input); flow uses them where they exist.
+
 A new neuron type subclasses :class:`SpikingNeuron` in its own module of :mod:`sjunet.neurons`,
 registers itself in :data:`sjunet.neurons.registry.NEURON_TYPES` and gets a factory in
 :data:`sjunet.neurons.registry.FACTORIES` (the registry, which imports every neuron module); the

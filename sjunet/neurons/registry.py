@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from sjunet.neurons.base import AUTO, NeuronFactory, SpikingNeuron, validate_ladder
 from sjunet.neurons.mt import MultiThresholdNode
 from sjunet.neurons.peers import MultiLevelNode, RealSpikeNode, ml_factory, rs_factory
+from sjunet.neurons.sigma_delta import SigmaDeltaNode, SigmaDeltaProduct
 from sjunet.neurons.signed import SignedMultiThresholdNode
 
 
@@ -50,7 +51,9 @@ def per_layer_factory(ladders: dict[str, tuple[tuple[float, ...], float]]) -> Ne
 NEURON_TYPES: dict[str, type[SpikingNeuron]] = {"MultiThresholdNode": MultiThresholdNode,
                                                 "SignedMultiThresholdNode": SignedMultiThresholdNode,
                                                 "MultiLevelNode": MultiLevelNode,
-                                                "RealSpikeNode": RealSpikeNode}
+                                                "RealSpikeNode": RealSpikeNode,
+                                                "SigmaDeltaNode": SigmaDeltaNode,
+                                                "SigmaDeltaProduct": SigmaDeltaProduct}
 
 #: neuron name (``--neuron``) -> (default ladder, factory builder); MT's default is a ladder per layer
 #: (:data:`~sjunet.neurons.base.AUTO`, :mod:`sjunet.conversion.ladders`; measured best:

@@ -46,7 +46,7 @@ from sjunet.neurons import NEURON_TYPES, StaticInputSynapse, is_neuron
 from sjunet.snn.record import (BAD_ARG_NAMES, BUILD_ERRORS, IDENT, MAX_CAT_PARTS, MAX_DEPTH, MAX_NAME, MAX_NODES,
                                MAX_PARAMS, MAX_RECORD_CHARS, NODE_KEYS, NODE_OPS, SEGMENT, STAGES, SUB_RESERVED,
                                TOP_RESERVED, check_ladder_record, check_module, construct, first_line, short_repr)
-from sjunet.snn.shapes import check_record, spatial_dims
+from sjunet.snn.shapes import TOKEN_TYPES, check_record, spatial_dims
 
 FORMAT = "sjunet-snn/2"
 
@@ -81,6 +81,9 @@ def module_spec(m: nn.Module) -> dict:
             in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=_plain(m.kernel_size),
             stride=_plain(m.stride), padding=_plain(m.padding), dilation=_plain(m.dilation), groups=m.groups,
             bias=m.bias is not None, padding_mode=m.padding_mode)}
+    if isinstance(m, nn.Linear):
+        return {"type": "Linear", "args": dict(in_features=m.in_features, out_features=m.out_features,
+                                               bias=m.bias is not None)}
     if isinstance(m, (nn.AvgPool2d, nn.AvgPool3d)):
         return {"type": "AvgPool2d" if isinstance(m, nn.AvgPool2d) else "AvgPool3d", "args": dict(
             kernel_size=_plain(m.kernel_size), stride=_plain(m.stride), padding=_plain(m.padding),
@@ -175,6 +178,7 @@ def check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
         _check_path(p, mspecs)
         modules[p] = check_module(ms, f"module {p!r}")
     nd = spatial_dims(modules)
+    tokens = any(t in TOKEN_TYPES for t, _ in modules.values())  # a token graph (spec §15) joins other axes too
     env: dict[str, str] = {}  # node name -> op
     called = set()
     for i, e in enumerate(nodes):
@@ -207,7 +211,9 @@ def check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
         elif op == "call_module":
             if not isinstance(target, str) or target not in modules:
                 raise ArtifactError(f"{what} calls an undeclared module {short_repr(target)}")
-            most = 2 if modules[target][0] == "Resample" else 1
+            most = 2 if modules[target][0] in ("Resample", "SigmaDeltaProduct") else 1
+            if modules[target][0] == "SigmaDeltaProduct" and len(args) != 2:
+                raise ArtifactError(f"{what}: a product neuron takes two node arguments")
             if kwargs or not 1 <= len(args) <= most:
                 raise ArtifactError(f"{what}: module {target!r} ({modules[target][0]}) takes "
                                     f"{'one or two node arguments' if most == 2 else 'one node argument'}")
@@ -215,7 +221,7 @@ def check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
                 _ref(a, env, what)
             called.add(target)
         elif target == "torch.cat":
-            _check_cat(args, kwargs, env, what, nd)
+            _check_cat(args, kwargs, env, what, nd, tokens)
         elif target == "operator.add":
             if kwargs or len(args) != 2:
                 raise ArtifactError(f"{what}: operator.add takes exactly two node arguments")
@@ -230,7 +236,7 @@ def check_graph(spec: Any) -> tuple[list[dict], dict[str, tuple[str, dict]]]:
     return nodes, modules
 
 
-def _check_cat(args: list, kwargs: dict, env: dict, what: str, nd: int = 2) -> None:
+def _check_cat(args: list, kwargs: dict, env: dict, what: str, nd: int = 2, tokens: bool = False) -> None:
     """``torch.cat(parts[, dim])``: parts a list (or tuple) of 1..MAX_CAT_PARTS node references,
     dim the channel dimension (1, or -3 for 4-D image batches, -4 for 5-D volume batches: a
     converted U-Net joins along channels only)."""
@@ -246,8 +252,12 @@ def _check_cat(args: list, kwargs: dict, env: dict, what: str, nd: int = 2) -> N
     for a in parts:
         _ref(a, env, what)
     dim = args[1] if len(args) == 2 else kwargs.get("dim", 0)
-    if type(dim) is not int or dim not in (1, -(nd + 1)):
-        kind = "5-D volume batches [B, C, D, H, W]" if nd == 3 else "4-D image batches [B, C, H, W]"
+    kind = "5-D volume batches [B, C, D, H, W]" if nd == 3 else "4-D image batches [B, C, H, W]"
+    if tokens:  # token tensors (spec §15) may join along another axis (channels-last: -1)
+        if type(dim) is not int or not -(nd + 2) <= dim < nd + 2:
+            raise ArtifactError(f"{what}: torch.cat dim must be an axis of the network's tensors, {-(nd + 2)}..{nd + 1} "
+                                f"({kind}), got {short_repr(dim)}")
+    elif type(dim) is not int or dim not in (1, -(nd + 1)):
         raise ArtifactError(f"{what}: torch.cat dim must be the channel dimension, 1 or {-(nd + 1)} ({kind}: a "
                             f"converted U-Net joins along channels), got {short_repr(dim)}")
 
@@ -451,9 +461,9 @@ def load(path: str | os.PathLike) -> tuple[fx.GraphModule, dict]:
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {first_line(e, 300)}; the file is corrupt") from None
     for name, t in tensors.items():
-        if not t.dtype.is_floating_point or t.dim() > 5:  # a Conv3d's weight: 5-D
+        if not t.dtype.is_floating_point or t.dim() > 8:  # a Conv3d's weight: 5-D; a constant: up to 8-D
             raise ArtifactError(f"{path}: tensor {short_repr(name)} is {t.dim()}-D {t.dtype}; an SNN holds "
-                                "floating-point tensors of at most 5 dimensions")
+                                "floating-point tensors of at most 8 dimensions")
     bad = nonfinite(tensors)
     if bad:
         raise ArtifactError(f"{path}: tensor {short_repr(bad)} holds NaN or infinite values — the file is corrupt or "

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from sjunet.snn.record import short_repr
-from sjunet.snn.shapes import RecordError, axis_names, cat_args, per_axis, refs, show_shape, slack
+from sjunet.snn.shapes import TOKEN_TYPES, RecordError, axis_names, cat_args, per_axis, refs, show_shape, slack
 
 #: bytes per element of a simulated tensor (float32)
 ELEMENT_BYTES = 4
@@ -37,6 +37,15 @@ BUDGET_ENV = "SJUNET_MEMORY_BUDGET"
 _CONV = ("Conv2d", "Conv3d")
 _CONV_T = ("ConvTranspose2d", "ConvTranspose3d")
 _POOLS = ("AvgPool2d", "AvgPool3d", "SpikingMaxPool2d")
+#: module types whose output shape this planner does not follow (the token plumbing and Σ-Δ products of
+#: spec §15): a graph with one of them, or with a function other than ``torch.cat`` / ``operator.add``,
+#: raises :class:`Unmodelled` — its fields are bounded at load (:mod:`sjunet.snn.record`), its run is
+#: not planned
+UNMODELLED = TOKEN_TYPES
+
+
+class Unmodelled(Exception):
+    """The graph has a node :func:`plan` does not model (:data:`UNMODELLED`)."""
 
 
 class BudgetError(ValueError):
@@ -223,6 +232,9 @@ def plan(nodes: list[dict], modules: dict[str, tuple[str, dict]], input_shape: S
             shapes["__output__"] = ins[0]
             continue
         w = 0
+        if op == "call_module" and modules[e["target"]][0] in UNMODELLED or op == "call_function" and e["target"] not in (
+                "torch.cat", "operator.add"):
+            raise Unmodelled(f"graph node {name!r}")
         if op == "call_module":
             t, a = modules[e["target"]]
             where = f"graph node {name!r} (module {e['target']!r}, {t})"
@@ -352,5 +364,5 @@ def check_budget(p: Plan, batch: int = 1, mode: str = "step", chunk: int | str =
     return need
 
 
-__all__ = ["BUDGET_ENV", "BUDGET_FRACTION", "BudgetError", "ELEMENT_BYTES", "Plan", "budget_of", "check_budget",
+__all__ = ["BUDGET_ENV", "BUDGET_FRACTION", "BudgetError", "ELEMENT_BYTES", "Plan", "UNMODELLED", "Unmodelled", "budget_of", "check_budget",
            "machine_memory", "memory_budget", "parse_bytes", "plan"]

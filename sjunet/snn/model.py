@@ -48,6 +48,8 @@ class Conversion:
     stats_fingerprint: str | None = None
     layers: dict | None = None
     neurons: dict | None = None  #: neuron module path -> {relu, lambda, fallback, cap, negative_slope}
+    #: Σ-Δ neuron module path -> {node, function or product, its input units, lambda} (spec §15)
+    sigma_delta: dict | None = None
     gains: list | None = None  #: identity-edge gains: {source, consumer, min, max}
     dead_layers: list | None = None
     trace_decisions: list | None = None

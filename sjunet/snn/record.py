@@ -15,11 +15,15 @@ from typing import Any
 from torch import fx, nn
 
 from sjunet.io import ArtifactError
+from sjunet.layers import plumbing
+from sjunet.layers.plumbing import AddConstant, Index, Permute, Repeat, Reshape, Roll, Scale
 from sjunet.layers.stages import MAX_GROUPS, AdaptiveAvgPool, Center, ChannelAffine, Pad, Resample, SpikingMaxPool2d
 from sjunet.neurons import NEURON_TYPES, StaticInputSynapse
+from sjunet.neurons.sigma_delta_functions import PRODUCTS, check_equation, check_params
 
 #: the stage modules an SNN file may hold (by class name)
-STAGES = {c.__name__: c for c in (Resample, Pad, SpikingMaxPool2d, AdaptiveAvgPool, Center)}
+STAGES = {c.__name__: c for c in (Resample, Pad, SpikingMaxPool2d, AdaptiveAvgPool, Center, Reshape, Permute, Index,
+                                  Repeat, Roll, AddConstant, Scale)}
 
 
 # ------------------------------------------------------------------ what a record may ask for
@@ -46,6 +50,7 @@ MAX_THRESHOLDS = 32  #: entries of a neuron's list argument (threshold ladder, v
 MAX_NEURON_VALUE = 1e6
 MAX_CAT_PARTS = 1024
 MAX_PARAMS = 2**28  #: parameter elements of a graph built without the file's tensors to compare with
+MAX_FEATURES = 1 << 20  #: in / out features of a Linear layer
 
 SEGMENT = re.compile(r"[A-Za-z0-9_]+\Z")
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -267,6 +272,90 @@ def _neuron_args(cls: type, args: Any, what: str) -> dict:
     return dict(args)
 
 
+def _sigma_args(t: str, args: Any, what: str) -> dict:
+    """A Σ-Δ neuron's arguments: the function a name of the table with its parameters checked against
+    it (:func:`~sjunet.neurons.sigma_delta_functions.check_params`), or a product and its equation;
+    the ladder, V_0 and the units as numbers."""
+    if t == "SigmaDeltaNode":
+        a = _keys(args, {"function", "params", "thresholds", "v_init", "in_scale", "out_scale", "channels"}, what)
+        try:
+            params = check_params(a["function"], a["params"])
+        except ValueError as e:
+            raise ArtifactError(f"{what}: {first_line(e)}") from None
+        out = {"function": a["function"], "params": params, "channels": _int(a["channels"], 0, MAX_CHANNELS,
+                                                                                    f"{what}: channels")}
+        scales = ("in_scale", "out_scale")
+    else:
+        a = _keys(args, {"op", "equation", "thresholds", "v_init", "a_scale", "b_scale", "out_scale"}, what)
+        out = {"op": _choice(a["op"], PRODUCTS, f"{what}: op"), "equation": None}
+        if a["equation"] is not None:
+            try:
+                out["equation"] = check_equation(a["equation"])
+            except ValueError as e:
+                raise ArtifactError(f"{what}: {first_line(e)}") from None
+        scales = ("a_scale", "b_scale", "out_scale")
+    for k in scales:
+        v = _number(a[k], f"{what}: {k}")
+        if not v > 0:
+            raise ArtifactError(f"{what}: {k} must be positive, got {short_repr(v)}")
+        out[k] = v
+    th = a["thresholds"]
+    if not isinstance(th, list) or not 1 <= len(th) <= MAX_THRESHOLDS:
+        raise ArtifactError(f"{what}: thresholds must be a list of 1..{MAX_THRESHOLDS} numbers")
+    out["thresholds"] = [_number(v, f"{what}: thresholds") for v in th]
+    out["v_init"] = _number(a["v_init"], f"{what}: v_init")
+    return out
+
+
+def _ints_list(v: Any, lo: int, hi: int, what: str, most: int = plumbing.MAX_RANK) -> list[int]:
+    if not isinstance(v, list) or not 1 <= len(v) <= most:
+        raise ArtifactError(f"{what} must be a list of 1..{most} integers, got {short_repr(v)}")
+    return [_int(u, lo, hi, what) for u in v]
+
+
+def _plumbing_args(t: str, args: Any, what: str) -> dict:
+    """A plumbing stage's arguments (:mod:`sjunet.layers.plumbing`) as plain data of sane size."""
+    big, rank = plumbing.MAX_SIZE, plumbing.MAX_RANK
+    if t == "Reshape":
+        a = _keys(args, {"shape", "batch_dim"}, what)
+        shape = _ints_list(a["shape"], 1, big, f"{what}: shape")
+        return {"shape": shape, "batch_dim": _int(a["batch_dim"], 0, len(shape) - 1, f"{what}: batch_dim")}
+    if t == "Permute":
+        return {"dims": _ints_list(_keys(args, {"dims"}, what)["dims"], 0, rank - 1, f"{what}: dims")}
+    if t == "Index":
+        items = _keys(args, {"items"}, what)["items"]
+        if not isinstance(items, list) or not 1 <= len(items) <= rank + 2:
+            raise ArtifactError(f"{what}: items must be a list of 1..{rank + 2} index items")
+        for v in items:
+            ok = isinstance(v, list) and v and v[0] in plumbing.ITEM_KINDS and all(
+                u is None or (type(u) is int and abs(u) <= big) for u in v[1:])
+            if not ok:
+                raise ArtifactError(f"{what}: index item {short_repr(v)} is not one of {plumbing.ITEM_KINDS}")
+        return {"items": items}
+    if t == "Repeat":
+        return {"repeats": _ints_list(_keys(args, {"repeats"}, what)["repeats"], 1, 4096, f"{what}: repeats")}
+    if t == "Roll":
+        a = _keys(args, {"shifts", "dims"}, what)
+        return {"shifts": _ints_list(a["shifts"], -big, big, f"{what}: shifts"),
+                "dims": _ints_list(a["dims"], -rank, rank, f"{what}: dims")}
+    if t == "AddConstant":
+        shape = _keys(args, {"shape"}, what)["shape"]
+        if not isinstance(shape, list) or len(shape) > rank:
+            raise ArtifactError(f"{what}: shape must be a list of at most {rank} sizes")
+        shape = [_int(v, 1, big, f"{what}: shape") for v in shape]
+        if math.prod(shape) > big:
+            raise ArtifactError(f"{what}: a constant of {math.prod(shape)} values (at most {big})")
+        return {"shape": shape}
+    v = _number(_keys(args, {"factor"}, what)["factor"], f"{what}: factor")
+    if v == 0:
+        raise ArtifactError(f"{what}: factor must be non-zero")
+    return {"factor": v}
+
+
+_PLUMBING_TYPES = ("Reshape", "Permute", "Index", "Repeat", "Roll", "AddConstant", "Scale")
+_SIGMA_TYPES = ("SigmaDeltaNode", "SigmaDeltaProduct")
+
+
 def check_module(spec: Any, what: str, nested: bool = False) -> tuple[str, dict]:
     """``(type, constructor kwargs)`` of a module spec, every argument checked (see the limits above)."""
     if not isinstance(spec, dict) or set(spec) != {"type", "args"}:
@@ -280,8 +369,17 @@ def check_module(spec: Any, what: str, nested: bool = False) -> tuple[str, dict]
         if lt not in _CONV_KEYS:
             raise ArtifactError(f"{what}: a static input synapse wraps a Conv2d/3d or ConvTranspose2d/3d, not {lt!r}")
         return t, {"layer": (lt, largs)}
+    if t in _SIGMA_TYPES and t in NEURON_TYPES and not nested:
+        return t, _sigma_args(t, args, what)
     if t in NEURON_TYPES and not nested:
         return t, _neuron_args(NEURON_TYPES[t], args, what)
+    if t in _PLUMBING_TYPES and not nested:
+        return t, _plumbing_args(t, args, what)
+    if t == "Linear" and not nested:
+        a = _keys(args, {"in_features", "out_features", "bias"}, what)
+        return t, {"in_features": _int(a["in_features"], 1, MAX_FEATURES, f"{what}: in_features"),
+                   "out_features": _int(a["out_features"], 1, MAX_FEATURES, f"{what}: out_features"),
+                   "bias": _bool(a["bias"], f"{what}: bias")}
     if t == "ChannelAffine" and not nested:
         a = _keys(args, {"channels", "shift"} | ({"spatial_dims"} & set(args) if isinstance(args, dict) else set()),
                   what)

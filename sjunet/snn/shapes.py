@@ -152,6 +152,11 @@ def _module_bounds(path: str, t: str, a: dict, nd: int) -> None:
                           f"have {nd} spatial axes (a pad of the channels is not a U-Net's)")
 
 
+#: module types of token graphs (the plumbing and Σ-Δ products of spec §15) whose output shapes follow
+#: their arguments, not strides: their sizes are specialised to the calibration size
+TOKEN_TYPES = ("Reshape", "Permute", "Index", "Repeat", "Linear", "SigmaDeltaProduct")
+
+
 def reductions(nodes: list[dict], modules: dict[str, tuple[str, dict]], nd: int) -> tuple[tuple[float, ...], bool]:
     """``(reduction per axis, fixed)``: the largest product of strides (over resampling factors)
     along each axis on any path of the graph, and whether some node has a fixed size (a global
@@ -178,8 +183,10 @@ def reductions(nodes: list[dict], modules: dict[str, tuple[str, dict]], nd: int)
                 f = tuple(v / s[i] for i, v in enumerate(f))
             elif t == "Resample" and len(e["args"]["tuple"]) == 2:
                 f = factor.get(refs(e["args"]["tuple"][1])[0], f)
-            elif t == "Resample" or t == "AdaptiveAvgPool":
-                fixed = True
+            elif t == "Resample" or t == "AdaptiveAvgPool" or t in TOKEN_TYPES:
+                fixed = True  # token plumbing (spec §15): windows and token counts fixed by the calibration size
+        elif op == "call_function" and e["target"] not in ("torch.cat", "operator.add"):
+            fixed = True
         factor[name] = f
         best = [max(b, v) for b, v in zip(best, f)]
     return tuple(best), fixed
@@ -274,5 +281,5 @@ def _check_size_rule(rule: Any, nd: int, bound: list[int], why: str) -> None:
         raise RecordError("conversion.size_rule.nodes must be a list of node names")
 
 
-__all__ = ["MAX_INPUT_AXIS", "RecordError", "axis_names", "cat_args", "check_record", "graph_input_channels", "per_axis",
+__all__ = ["MAX_INPUT_AXIS", "RecordError", "TOKEN_TYPES", "axis_names", "cat_args", "check_record", "graph_input_channels", "per_axis",
            "reductions", "refs", "show_shape", "slack", "spatial_dims"]

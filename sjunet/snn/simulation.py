@@ -37,7 +37,7 @@ from sjunet.layers.buffers import cache_bytes, streaming
 from sjunet.neurons import is_neuron, set_recording
 from sjunet.snn.file import check_graph
 from sjunet.snn.model import record_of, shape_rule
-from sjunet.snn.footprint import BudgetError, Plan, check_budget, plan
+from sjunet.snn.footprint import BudgetError, Plan, Unmodelled, check_budget, plan
 from sjunet.snn.shapes import RecordError
 
 MODES = ("multi", "step")
@@ -210,8 +210,13 @@ def check_run(net: nn.Module, x_shape: Sequence[int], mode: str = "step", chunk:
             if ("graph", id(graph)) not in cache:
                 cache[("graph", id(graph))] = check_graph(graph)
             nodes, modules = cache[("graph", id(graph))]
-            cache[key] = plan(nodes, modules, key[1])
+            try:
+                cache[key] = plan(nodes, modules, key[1])
+            except Unmodelled:  # token plumbing / Σ-Δ products: fields bounded at load, the run not planned
+                cache[key] = None
         p = cache[key]
+        if p is None:
+            return None
         check_budget(p, int(x_shape[0]), mode, chunk, device)
     except RecordError as e:
         raise RecordError(f"{prefix}{e}") from None
@@ -245,8 +250,9 @@ def run_steps(snn: nn.Module, x: torch.Tensor, T: int, chunk: int | str = 1) -> 
 @dataclass
 class FlowRecord:
     """What a recorded simulation leaves, per neuron layer (by module path): the accumulated
-    output flow I_out = Σ_t o(t) (paper Eq. 10), the gate [I_in > 0] and, on request, the
-    accumulated input current I_in = Σ_t I(t) (paper Eq. 9)."""
+    output flow I_out = Σ_t o(t) (paper Eq. 10), the gate [I_in > 0] (for a Σ-Δ neuron, the tuple of
+    its accumulated inputs: the flow takes f' there) and, on request, the accumulated input current
+    I_in = Σ_t I(t) (paper Eq. 9)."""
 
     T: int
     outputs: dict[str, torch.Tensor]
@@ -276,7 +282,8 @@ def record_flow(snn: nn.Module, x: torch.Tensor, T: int, chunk: int = 1, keep_in
         for n, m in neurons.items():  # read each layer, then free its state at once (a lower peak)
             outs[n] = m.output_flow()
             i_in = m.input_current()
-            gates[n] = i_in > 0
+            # a Σ-Δ neuron's flow needs its accumulated inputs themselves (f' at the mean input)
+            gates[n] = tuple(m.flow_inputs()) if hasattr(m, "flow_vjp") else i_in > 0
             if keep_inputs:
                 ins[n] = i_in
             if count_spikes:

@@ -66,6 +66,10 @@ class TrainOptions:
     #: segmentation loss weights: "auto" (inverse class frequency when a binary task's foreground is under
     #: 20 % of the training pixels), "none", or "w1,w2,…" (:func:`sjunet.tasks.resolve_class_weights`)
     class_weights: str = "auto"
+    #: how validation feeds images to the network (:func:`sjunet.evaluation.protocol.make_protocol`: a name
+    #: or a dict): None, whole images; ``{"name": "patch", "patch": 128, "stride": 128}`` for a network of
+    #: one input size (a ViT's position embeddings)
+    protocol: dict | str | None = None
 
 
 def say(progress: bool, message: str) -> None:
@@ -176,7 +180,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
             from sjunet.evaluation import evaluate_model
 
             val = evaluate_model(model, val_ds, task, device=opts.device, limit=opts.val_limit, progress=False,
-                                 multiple=multiple)
+                                 multiple=multiple, protocol=opts.protocol)
             return task.score(val), val
 
         kept: dict = {}  # the best so far in memory: what is returned

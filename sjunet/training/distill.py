@@ -43,7 +43,7 @@ class AnnPass(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
         if is_neuron(m):
-            a = m.activation(args[0])  # ReLU, or the leaky ReLU / PReLU of a signed neuron
+            a = m.activation(*args)  # ReLU, the leaky ReLU / PReLU of a signed neuron, a Σ-Δ neuron's f or product
             if target in self.caps:
                 a = a.clamp(max=self.caps[target])
             self.acts[target] = a

@@ -74,6 +74,8 @@ class FinetuneOptions:
     energy_penalty: float = 0.0
     #: weights of the segmentation loss: "auto", "none" or "w1,w2" (:func:`sjunet.tasks.resolve_class_weights`)
     class_weights: str = "auto"
+    #: how validation feeds images to the SNN (as :attr:`sjunet.training.ann.TrainOptions.protocol`)
+    protocol: dict | str | None = None
 
 
 def finetune_record(record: dict) -> dict | None:
@@ -184,7 +186,7 @@ def finetune(snn: SpikingUNet, opts: FinetuneOptions | None = None, resume: bool
         def validate(limit: int | None = None):
             lim = opts.val_limit if limit is None else (limit if opts.val_limit is None else min(limit, opts.val_limit))
             r = evaluate_snn(snn, val_ds, [opts.T], task, limit=lim, multiple=multiple,
-                             progress=False, device=opts.device)
+                             progress=False, device=opts.device, protocol=opts.protocol)
             val = r["T"][str(opts.T)]
             return task.score(val), val
 

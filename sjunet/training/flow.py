@@ -53,8 +53,10 @@ METHODS = ("flow", "bptt")
 
 
 def _affine_sum(m: nn.Module, inp: torch.Tensor, T: float) -> torch.Tensor:
-    """W̃·inp + T·b̃ for a Conv / ConvTranspose of 2-D images or 3-D volumes (the layer summed over
-    T steps); the functional of the layer's own dimensionality (:func:`sjunet.layers.dims.functional`)."""
+    """W̃·inp + T·b̃ for a Conv / ConvTranspose of 2-D images or 3-D volumes, or a Linear (the layer
+    summed over T steps); the functional of the layer's own dimensionality (:func:`sjunet.layers.dims.functional`)."""
+    if isinstance(m, nn.Linear):
+        return torch.nn.functional.linear(inp, m.weight, None if m.bias is None else T * m.bias)
     if not isinstance(m, nn.modules.conv._ConvNd):
         raise TypeError(f"not a synaptic layer: {type(m).__name__}")
     nd = len(m.kernel_size)
@@ -85,6 +87,22 @@ class _StraightThroughFlow(torch.autograd.Function):
         return grad * (gate if ctx.slope is None else ctx.slope(gate)), None, None, None
 
 
+class _SigmaDeltaFlow(torch.autograd.Function):
+    """A Σ-Δ neuron in the flow pass. Forward: the measured I_out. Backward: the vector-Jacobian
+    product of T·f(λ_in Î/T)/λ_out (or of the product g) at the measured accumulated inputs
+    (:meth:`~sjunet.neurons.sigma_delta.SigmaDeltaNode.flow_vjp`): f' at the mean input for the
+    ReLU's gate, each factor's mean for a product's."""
+
+    @staticmethod
+    def forward(ctx, neuron, T, i_out, sums, *i_hats):
+        ctx.neuron, ctx.T, ctx.sums = neuron, T, sums
+        return i_out.view_as(i_out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, None, None, None, *ctx.neuron.flow_vjp(grad, ctx.sums, ctx.T))
+
+
 class FlowPass(fx.Interpreter):
     """Step 2: the differentiable pass over the SNN's graph on accumulated quantities.
 
@@ -105,6 +123,13 @@ class FlowPass(fx.Interpreter):
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
         T = self.record.T
+        if is_neuron(m) and hasattr(m, "flow_vjp"):
+            if self.keep_currents:
+                self.currents[target] = args[0]
+            out = _SigmaDeltaFlow.apply(m, T, self.record.outputs[target], self.record.gates[target], *args)
+            if self.keep_outputs:
+                self.outputs[target] = out
+            return out
         if is_neuron(m):
             i_hat = args[0]
             if self.keep_currents:
@@ -237,10 +262,14 @@ class SopPenalty:
         maps, macs = self.structure(tuple(int(s) for s in x.shape[1:]))
         surrogate, measured = 0.0, 0.0
         for name, flow in flows.items():
-            f = maps[name].map.to(flow.device, flow.dtype)
-            q = self.snn.get_submodule(name).quantum
-            surrogate = surrogate + (flow.sum(dim=(0, 1)) / q * f).sum()
-            measured += float((spikes[name].sum(dim=(0, 1)) * f).sum())
+            fo = maps[name]
+            f = fo.map.to(flow.device, flow.dtype)
+            m = self.snn.get_submodule(name)
+            q = m.quantum
+            # a Σ-Δ neuron's flow is signed (it takes spikes back): its spikes are the size of what it sent
+            spent = flow.abs() if hasattr(m, "flow_vjp") else flow
+            surrogate = surrogate + (fo.collapse(spent) / q * f).sum()
+            measured += fo.weigh(spikes[name])[1]
         scale = measured / max(float(surrogate.detach()), 1e-12)
         return surrogate * scale * E_AC / (x.shape[0] * macs * E_MAC)
 

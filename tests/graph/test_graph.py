@@ -132,33 +132,6 @@ def test_snn_file_roundtrip_and_no_pickle(tmp_path):
     assert rec["graph"]["modules"] and rec["conversion"]["gains"] == snn.record.conversion.gains
 
 
-class _Leaky(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.act = nn.Conv2d(1, 2, 3), nn.ELU()  # LeakyReLU converts now (tests/neurons/test_leaky.py)
-
-    def forward(self, x):
-        return self.act(self.conv(x))
-
-
-class _Gelu(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.head = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 1, 1)
-
-    def forward(self, x):
-        return self.head(F.gelu(self.conv(x)))
-
-
-class _Norm(nn.Module):
-    def __init__(self, norm):
-        super().__init__()
-        self.conv, self.norm, self.head = nn.Conv2d(1, 2, 3), norm, nn.Conv2d(2, 1, 1)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.norm(self.conv(x))))
-
-
 class _Branchy(nn.Module):
     def __init__(self):
         super().__init__()
@@ -171,24 +144,6 @@ class _Branchy(nn.Module):
         return -y
 
 
-class _ConstAdd(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 2, 3)
-
-    def forward(self, x):
-        return torch.relu(self.conv(x) + 1.0)
-
-
-class _Product(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
-
-    def forward(self, x):
-        return torch.relu(self.a(x)) * torch.relu(self.b(x))
-
-
 class _BatchCat(nn.Module):
     def __init__(self):
         super().__init__()
@@ -199,24 +154,30 @@ class _BatchCat(nn.Module):
         return torch.cat([y, y], dim=0)
 
 
-class _Crop(nn.Module):
+class _Divide(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a = nn.Conv2d(1, 2, 3)
+        self.a, self.b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
 
     def forward(self, x):
-        return torch.relu(self.a(x))[:, :, 1:-1, 1:-1]
+        return torch.relu(self.a(x)) / (1 + torch.relu(self.b(x)))
 
 
-@pytest.mark.parametrize("net,node,hint", [
-    (_Leaky(), "act", "ELU"),
-    (_Gelu(), "gelu", "ReLU"),
-    (_Norm(nn.LayerNorm(14)), "norm", "LayerNorm"),  # over W only (instance/group norms convert: test_norms)
-    (_Branchy(), "gt", "data-dependent control flow"),
-    (_ConstAdd(), "add", "constant"),
-    (_Product(), "mul", "multiplying"),
+class _Mha(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.att = nn.Conv2d(1, 4, 3), nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        t = torch.relu(self.a(x)).flatten(2).transpose(1, 2)
+        return self.att(t, t, t)[0]
+
+
+@pytest.mark.parametrize("net,node,hint", [  # what no construction converts (ELU, GELU, products, crops,
+    (_Branchy(), "gt", "data-dependent control flow"),   # constants and channels-last norms do: test_sigma_delta)
     (_BatchCat(), "cat", "dim 0"),
-    (_Crop(), "getitem", "cropping"),
+    (_Divide(), "truediv", "dividing by an activation"),
+    (_Mha(), "att", "MultiheadAttention"),
 ])
 def test_refusals_name_the_node_and_the_remedy(net, node, hint):
     with pytest.raises(UnsupportedGraphError, match=rf"'{node}'.*{hint}"):

@@ -310,17 +310,20 @@ def test_files_without_norms_are_unchanged(tmp_path):
     assert snn.record.conversion.approximations == [] and snn.record.conversion.approximation_gap is None
 
 
-@pytest.mark.parametrize("why,norm", [
-    ("varies over positions", "position_affine"),
-    ("last 1 dimension", "last_dim"),
-])
-def test_layer_norm_refusals_name_why(why, norm):
+@pytest.mark.parametrize("norm", ["position_affine", "last_dim"])
+def test_layer_norms_without_a_per_channel_form_are_sigma_delta_neurons(norm):
+    """A layer norm whose affine varies over positions, or over the last dimension only (channels-last
+    use), has no per-channel fixed-σ̂ form: it converts exactly, as a Σ-Δ layer-norm neuron (issue 26)."""
+    from sjunet.graph import kind_of
+
     net = _net(nn.LayerNorm([4, 16, 16]) if norm == "position_affine" else nn.LayerNorm(16))
     if norm == "position_affine":
         with torch.no_grad():
             net.norm.weight.copy_(torch.rand(4, 16, 16) + 0.5)
-    with pytest.raises(UnsupportedGraphError, match=rf"'norm'.*LayerNorm.*{why}"):
-        canonical_graph(net, (1, 1, 16, 16))
+    tr = canonical_graph(net, (1, 1, 16, 16))
+    sigma = [n for n in tr.gm.graph.nodes if kind_of(tr.gm, n) == "sigma"]
+    assert len(sigma) == 1 and tr.gm.get_submodule(sigma[0].target).function == "layer_norm"
+    assert not any(kind_of(tr.gm, n) == "normalize" for n in tr.gm.graph.nodes)
 
 
 # -------------------------------------------------------------------------- third-party U-Nets
@@ -393,6 +396,10 @@ def test_cli_prints_the_gap_and_refuses_unless_accepted(tmp_path):
     r = CliRunner().invoke(main, ["convert", *arch, "--stats", str(stats), "--accept-gap", "-o",
                                   str(tmp_path / "b.safetensors")], catch_exceptions=False)
     assert r.exit_code == 0 and "approximation gap" in r.output, r.output
+    # the exact route (issue 26): Σ-Δ group-norm neurons, no gap to accept or print
+    r = CliRunner().invoke(main, ["convert", *arch, "--stats", str(stats), "--norms", "exact", "-o",
+                                  str(tmp_path / "c.safetensors")], catch_exceptions=False)
+    assert r.exit_code == 0 and "approximation gap" not in r.output and "18 Σ-Δ neuron layers" in r.output, r.output
 
 
 @pytest.mark.parametrize("args", [{"groups": 0}, {"groups": 65537}, {"groups": 2.0}, {"groups": True}, {},

@@ -623,3 +623,92 @@ def test_fuzz_amplifying_record_fields(valid, valid3, data, family, volume):
 def test_a_converted_network_passes_its_own_shape_checks(valid, valid3, volume):
     """The bounds never refuse what conversion writes: the record's own fields and shapes pass."""
     load_and_run((valid3 if volume else valid).path)
+
+
+# --------------------------------------------------- 5. Σ-Δ neurons and plumbing stages (issue 26)
+
+@pytest.fixture(scope="module")
+def valid_sigma(tmp_path_factory) -> Valid:
+    """A small SNN with every new record field: Σ-Δ activation and product neurons (a table function
+    and its parameters, an einsum equation), Linear, Reshape, Permute, Index, AddConstant."""
+    from torch import nn
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.pos = nn.Conv2d(1, 4, 4, stride=4), nn.Parameter(torch.randn(1, 4, 4) * 0.1)
+            self.norm, self.qk = nn.LayerNorm(4), nn.Linear(4, 8)
+            self.up = nn.ConvTranspose2d(4, 2, 4, stride=4)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+            q, k = self.qk(self.norm(t)).reshape(x.shape[0], 4, 2, 4).permute(2, 0, 1, 3)
+            a = torch.einsum("bqd,bkd->bqk", q, k).softmax(-1)
+            y = F.gelu(a @ t)
+            return self.up(y.transpose(1, 2).reshape(x.shape[0], 4, 2, 2))
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = Tokens().eval()
+    g = torch.Generator().manual_seed(0)
+    stats = sjunet.calibrate(net, [torch.rand(2, 1, 8, 8, generator=g) for _ in range(2)], progress=False)
+    snn = sjunet.convert(net, stats)
+    d = tmp_path_factory.mktemp("snn_sigma")
+    path = sjunet.save_snn(snn, d / "snn.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        record = json.loads(f.metadata()["sjunet"])
+    return Valid(path, load_file(str(path)), record, tmp_path_factory.mktemp("cases_sigma"))
+
+
+def _of_type(valid: Valid, t: str) -> str:
+    return next(p for p, m in valid.record["graph"]["modules"].items() if m["type"] == t)
+
+
+def test_sigma_file_loads_and_runs(valid_sigma):
+    snn, rec = snnfile.load(valid_sigma.path)
+    types = {m["type"] for m in rec["graph"]["modules"].values()}
+    assert {"SigmaDeltaNode", "SigmaDeltaProduct", "Linear", "Reshape", "Permute", "Index", "AddConstant"} <= types
+    path = write(valid_sigma, valid_sigma.rec())
+    assert torch.equal(snn(torch.ones(1, 1, 8, 8)), snnfile.load(path)[0](torch.ones(1, 1, 8, 8)))
+    done(path)
+
+
+@pytest.mark.parametrize("t,change", [
+    ("SigmaDeltaNode", {"function": "os.system"}), ("SigmaDeltaNode", {"function": ["gelu"]}),
+    ("SigmaDeltaNode", {"params": {"approximate": "erf"}}), ("SigmaDeltaNode", {"params": {"__class__": 1}}),
+    ("SigmaDeltaNode", {"params": "none"}), ("SigmaDeltaNode", {"thresholds": []}),
+    ("SigmaDeltaNode", {"channels": 10**9}), ("SigmaDeltaNode", {"out_scale": 0}), ("SigmaDeltaNode", {"in_scale": -1.0}),
+    ("SigmaDeltaNode", {"extra": 1}), ("SigmaDeltaProduct", {"op": "exec"}),
+    ("SigmaDeltaProduct", {"equation": "ab,bc"}), ("SigmaDeltaProduct", {"equation": "a" * 1000 + ",b->a"}),
+    ("SigmaDeltaProduct", {"a_scale": "1"}), ("Linear", {"in_features": 2**30}), ("Linear", {"bias": 1}),
+    ("Reshape", {"shape": [2**40]}), ("Reshape", {"batch_dim": 9}), ("Reshape", {"shape": [1] * 100}),
+    ("Permute", {"dims": [0, 0, 1]}), ("Permute", {"dims": "012"}), ("Index", {"items": [["call", "os.system"]]}),
+    ("Index", {"items": [["slice", 0, 2**40, 1]]}), ("Index", {"items": []}),
+    ("AddConstant", {"shape": [100_000, 100_000]}), ("AddConstant", {"shape": [3, 3]}),
+])
+def test_bad_sigma_and_plumbing_arguments_are_refused(valid_sigma, t, change):
+    rec = valid_sigma.rec()
+    rec["graph"]["modules"][_of_type(valid_sigma, t)]["args"].update(change)
+    refused(write(valid_sigma, rec))
+
+
+def test_a_product_neuron_with_one_input_is_refused(valid_sigma):
+    rec = valid_sigma.rec()
+    target = _of_type(valid_sigma, "SigmaDeltaProduct")
+    n = next(n for n in rec["graph"]["nodes"] if n.get("target") == target)
+    n["args"]["tuple"] = n["args"]["tuple"][:1]
+    assert "two" in str(refused(write(valid_sigma, rec)))
+
+
+@FUZZ
+@given(t=st.sampled_from(["SigmaDeltaNode", "SigmaDeltaProduct", "Reshape", "Permute", "Index", "AddConstant",
+                          "Linear"]), key=st.text(max_size=10), value=HOSTILE, replace=st.booleans())
+def test_fuzz_sigma_and_plumbing_arguments(valid_sigma, t, key, value, replace):
+    """Hostile values for the new modules' arguments (an existing key or a new one): refused in one
+    line, or loaded where the value happens to be a valid one."""
+    rec = valid_sigma.rec()
+    args = rec["graph"]["modules"][_of_type(valid_sigma, t)]["args"]
+    keys = sorted(args)
+    args[keys[sum(map(ord, key)) % len(keys)] if replace else key] = value
+    refused_or_loaded(write(valid_sigma, rec))

@@ -182,9 +182,9 @@ def probe(cfg: Config) -> dict:
 
 
 def _rule(rule: dict | None) -> str:
-    if not rule:
-        return "no rule"
-    return f"H, W multiples of {rule['multiple']}" if rule.get("multiple") else f"only {rule['shape']}"
+    from sjunet.graph.sizes import rule_text
+
+    return rule_text(rule, 2) if rule else "no rule"
 
 
 def coverage(configs: list[Config] | list[str] | None = None) -> list[dict]:

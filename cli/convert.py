@@ -23,7 +23,8 @@ from sjunet.cli.options import InputError, ann_from_options, claim_output, fail_
               help="what the --arch model does (recorded in the SNN; sjunet checkpoints know it)")
 @click.option("--accept-gap", is_flag=True,
               help="convert even when the instance/group/layer norms' fixed deviations cost the ANN more than the "
-                   "thresholds (pixel agreement < 0.98, or relative error > 0.1); `sjunet finetune` recovers most of it")
+                   "gate allows (segmentation: pixel agreement < 0.98 or relative logit error > 0.2; otherwise "
+                   "relative error > 0.1; a degenerate ANN); `sjunet finetune` recovers most of it")
 @click.option("-o", "--output", default="runs/snn.safetensors", show_default=True, type=click.Path())
 @force_option
 @fail_cleanly
@@ -52,8 +53,9 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
     click.echo(f"converted ({norm}-wise, {neuron}): {len(conv.neurons)} neuron layers, {len(conv.gains)} gains, "
                f"{len(conv.dead_layers)} dead-layer fallbacks -> {output}")
     if conv.approximations:
-        from sjunet.calibration.approximation import gap_line
+        from sjunet.calibration.gap import gap_line
 
         gap = conv.approximation_gap
         click.echo(gap_line({**gap, "nodes": conv.approximations})
-                   + (" — above the thresholds, accepted (--accept-gap)" if gap.get("accepted") else ""))
+                   + (f" — fails the gate ({'; '.join(gap.get('reasons') or [])}), accepted (--accept-gap)"
+                      if gap.get("accepted") else ""))

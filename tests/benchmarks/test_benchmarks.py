@@ -24,7 +24,8 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
     stem = {"tables12": "tables12", "ladders": "ladders", "energy": "energy", "step_cost": "step_cost",
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
             "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers",
-            "calibration": "calibration", "protocol": "protocol", "ftladder": "ftladder", "volume": "volume"}[name]
+            "calibration": "calibration", "protocol": "protocol", "ftladder": "ftladder", "volume": "volume",
+            "gap": "gap"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table

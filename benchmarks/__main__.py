@@ -23,6 +23,7 @@ BENCHMARKS = {
     "calibration": ".calibration_cost",
     "protocol": ".protocol_cost",
     "volume": ".volume",
+    "gap": ".gap",
 }
 
 

@@ -219,7 +219,10 @@ def cached_ann(opts, factory: str | None):
     same = {k: v for k, v in json.loads(json.dumps(asdict(opts))).items() if k not in ("output", "device", "data")}
     if path.exists():
         ann, ckpt = load_ann(path, trust_arch=factory)
-        if {k: ckpt["options"].get(k) for k in same} == same:
+        stored = {k: ckpt["options"].get(k) for k in same}
+        if isinstance(stored.get("class_weights"), dict):  # recorded resolved: {"spec": "auto", "weights": …}
+            stored["class_weights"] = stored["class_weights"].get("spec")
+        if stored == same:
             return ann, ckpt
     train(opts, progress=False, force=True)
     return load_ann(path, trust_arch=factory)

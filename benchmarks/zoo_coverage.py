@@ -257,9 +257,9 @@ def converge(cfg: Config, model, data=None, T=(16, 256)) -> dict:
 
 
 def _rule(rule: dict | None) -> str:
-    if not rule:
-        return "no rule"
-    return f"H, W multiples of {rule['multiple']}" if rule.get("multiple") else f"only {rule['shape']}"
+    from sjunet.graph.sizes import rule_text
+
+    return rule_text(rule, 2) if rule else "no rule"
 
 
 def coverage(configs: list[Config] | list[str] | None = None, converge_data=None, measure: bool = False) -> list[dict]:

@@ -7,7 +7,8 @@ nearest rank from a buffer of each tensor's largest values, see :mod:`.percentil
 mean, count and a coarse histogram, and writes them atomically to HDF5.
 
 The parts: :mod:`.observe` (what is recorded, :func:`calibrate`), :mod:`.percentile` (the streaming
-percentile), :mod:`.approximation` (instance/group/layer norms: the fixed deviation and its gap),
+percentile), :mod:`.approximation` (instance/group/layer norms: the fixed deviation and its gap, estimated on data
+not used to fit it), :mod:`.gap` (the gate a conversion passes on that gap),
 :mod:`.store` (the HDF5 schema, :class:`CalibrationStats`, :func:`write_stats`), :mod:`.reader`
 (:func:`read_stats`: a file is data, checked before it is used) and :mod:`.hdf5_bounds` (what libhdf5
 would allocate or walk, read from the raw file before h5py touches it). A new recorded statistic is a field

@@ -11,11 +11,13 @@ from torch import fx, nn
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from sjunet.calibration.approximation import FOLDS, DeviationStats, cross_validated_outputs, measure_gap, norm_nodes
+from sjunet.calibration.approximation import DeviationFit, estimate_gap
+from sjunet.calibration.gap import gap_blocker
 from sjunet.calibration.percentile import (COARSE_BINS, DEFAULT_BUDGET, Budget, Scratch, StreamingPercentile,
                                            top_capacity)
 from sjunet.calibration.store import CalibrationStats, TensorStats, write_stats
-from sjunet.graph import Recorder, canonical_graph, cat_parts, kind_of, module_of, relu_slope
+from sjunet.graph import (Blocker, Recorder, UnsupportedGraphError, all_blockers, canonical_graph, cat_parts, kind_of,
+                          check_input_size, module_of, refusal_message, relu_slope, size_multiples, tensor_shapes)
 from sjunet.io import model_fingerprint, provenance
 
 
@@ -182,6 +184,8 @@ def calibrate(
     device: str = "cpu",
     progress: bool = True,
     max_buffer: int = DEFAULT_BUDGET,
+    gap_data: Iterable | None = None,
+    gap_description: str | None = None,
 ) -> CalibrationStats:
     """Record whole-set activation statistics of ``model`` over ``data`` (spec §4).
 
@@ -201,8 +205,14 @@ def calibrate(
     negative. A leaky ReLU / PReLU (role ``relu`` like every neuron layer) is measured on |its
     input| (:func:`signed_relus`). Instance / group / layer norms: the pass also fits each norm's
     fixed deviation σ̂ (stored per node as ``sigma``), and one more forward measures the gap that
-    costs the ANN, cross-validated (``approximation``; :mod:`.approximation`). Writes HDF5 to
-    ``output`` when given.
+    costs the ANN (``approximation``; :func:`~sjunet.calibration.approximation.estimate_gap`) on data
+    not used to fit σ̂: ``gap_data`` (batches held apart from ``data``, e.g. the validation split;
+    ``gap_description`` names them, "validation") when given, else ``data`` cross-validated — with
+    its 95 % interval and a flag for a degenerate ANN. Writes HDF5 to ``output`` when given.
+
+    A model with blockers is refused (:class:`~sjunet.errors.UnsupportedGraphError`) with all of them
+    at once — its approximation gap included: with norms, the gap is measured first (the graph runs
+    as the ANN) and listed with the others when it fails the gate (:mod:`.gap`).
     """
     from sjunet.distributed import resolve_device
 
@@ -217,8 +227,11 @@ def calibrate(
     if not isinstance(first, torch.Tensor) or first.dim() not in (4, 5):
         raise ValueError("calibration batches must be image tensors [B, C, H, W] or volume tensors [B, C, D, H, W], "
                          f"got {getattr(first, 'shape', type(first))}")
-    tr = canonical_graph(model, tuple(first.shape))  # = trace_for_conversion, with the output ops
+    tr = canonical_graph(model, tuple(first.shape), check=False)  # = trace_for_conversion, with the output ops
     gm = tr.gm.to(device)
+    fit = DeviationFit(gm)  # instance/group/layer norms: σ̂ fit in the same pass (calibration.approximation)
+    if tr.blockers:
+        _refuse(model, tr, gm, fit, data, n_batches, device, gap_data, gap_description, progress)
     nodes = recorded_nodes(gm)
     signed = signed_relus(gm)
     budget = Budget(max_buffer)
@@ -230,18 +243,12 @@ def calibrate(
     targets: dict[str, list[str]] = {}
     for r in nodes:
         targets.setdefault(signed.get(r.name, r.name), []).append(r.name)
-    norms = norm_nodes(gm)  # instance/group/layer norms: σ̂ fit in the same pass (calibration.approximation)
-    norm_of = {n.args[0].name: n.name for n in gm.graph.nodes if n.name in norms}
-    folds = {k: [DeviationStats(m) for _ in range(FOLDS)] for k, m in norms.items()}  # sample i: fold i % FOLDS
     out_name = _output_name(gm)
     seen = {"offset": 0, "input_shape": None, "output_shape": None}
     scratch = Scratch()  # the estimators' temporaries, shared: a batch allocates nothing large
 
     def observe(name, out):
-        if name in norm_of:
-            fold = torch.arange(seen["offset"], seen["offset"] + out.shape[0], device=out.device) % FOLDS
-            for f, d in enumerate(folds[norm_of[name]]):
-                d.add(out[fold == f])
+        fit.observe(name, out, seen["offset"])
         for t in targets.get(name, ()):
             with record_function(STATISTICS):
                 if not merges.took(t, out, est, scratch, first_batch=seen["offset"] == 0):
@@ -286,7 +293,12 @@ def calibrate(
     if dead:
         warnings.warn(f"{len(dead)} tensor(s) never or almost never fire on the calibration data (dead layers: "
                       f"zero in the ANN and the SNN alike); fallback scales used: {'; '.join(dead)}", stacklevel=2)
-    approximation = _approximation(gm, tr.post, norms, folds, data, n_batches, device, stats) if norms else None
+    approximation = None
+    if fit.norms:
+        approximation, sigmas = _approximation(gm, tr.post, fit, data, n_batches, device, gap_data, gap_description,
+                                               tr.size_rule)
+        for k, sigma in sigmas.items():
+            stats[k].sigma = sigma.numpy()
     gm.cpu()
     exact = all(t.error_bound == 0 for t in stats.values())
     prov = provenance()
@@ -320,23 +332,60 @@ def _run(gm: fx.GraphModule, callback, data, n_batches: int, device, seen: dict,
             seen["offset"] += x.shape[0]
 
 
-def _approximation(gm: fx.GraphModule, post: list, norms: dict, folds: dict, data, n_batches: int, device,
-                   stats: dict) -> dict:
-    """Store σ̂ (fit on every calibration sample) with each norm node, then measure the gap by
-    cross-validation: one more forward of the exact and the approximated ANN, each sample with σ̂
-    fit on the other folds (:func:`sjunet.calibration.approximation.cross_validated_outputs`)."""
-    whole = {k: sum(folds[k][1:], folds[k][0]) for k in norms}
-    for k, d in whole.items():
-        stats[k].sigma = d.sigma().numpy()
-    held_out = sum(d.samples > 0 for d in next(iter(folds.values()))) > 1
+def _approximation(gm: fx.GraphModule, post: list, fit: DeviationFit, data, n_batches: int, device, gap_data,
+                   gap_description: str | None, size_rule: dict | None = None) -> tuple[dict, dict]:
+    """The approximation record and σ̂ of every norm (:func:`sjunet.calibration.approximation.estimate_gap`):
+    on ``gap_data`` when given (padded to the graph's size multiples; sizes the trace's ``size_rule``
+    does not hold for are not used), else on the calibration batches cross-validated."""
     batches = (x.to(device) for _, x in zip(range(n_batches), _batches_of(data)))
-    gap = measure_gap(cross_validated_outputs(gm, folds, batches), post)
-    return {"nodes": [{"node": k, "kind": m.kind, "groups": m.groups, "channels": int(whole[k].sigma().numel()),
-                       "eps": m.eps, "spread": whole[k].spread()} for k, m in norms.items()],
-            **gap, "held_out": held_out,
-            "holdout": (f"{FOLDS}-fold cross-validation over the calibration samples (sample i in fold i % {FOLDS}): "
-                        "each output compared under sigma fit on the other folds" if held_out
-                        else "in-sample: a single calibration sample")}
+    if gap_data is None:
+        return estimate_gap(gm, post, fit, batches, None, gap_description)
+    shape = seen_shape(data)
+    multiples = size_multiples(tensor_shapes(gm, shape), tuple(shape[2:]))
+
+    def held_out():
+        for x in _batches_of(gap_data):
+            check_input_size(size_rule, [-(-n // m) * m for n, m in zip(x.shape[2:], multiples)])  # else: ValueError
+            yield x.to(device)
+
+    held = held_out()
+    try:
+        return estimate_gap(gm, post, fit, batches, held, gap_description, multiples)
+    except (RuntimeError, ValueError) as e:  # a graph specialised on the calibration size: cross-validated
+        batches = (x.to(device) for _, x in zip(range(n_batches), _batches_of(data)))
+        record, sigmas = estimate_gap(gm, post, fit, batches)
+        record["holdout"] = (record["holdout"] + f"; the held-out batches did not pass the graph ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:120]}), so they were not used")[:1000]
+        return record, sigmas
+
+
+def seen_shape(data) -> tuple[int, ...]:
+    """The shape of the first calibration batch."""
+    return tuple(next(iter(_batches_of(data))).shape)
+
+
+def _refuse(model: nn.Module, tr, gm: fx.GraphModule, fit: DeviationFit, data, n_batches: int, device, gap_data,
+            gap_description: str | None, progress: bool) -> None:
+    """Raise every blocker of ``model`` at once, its approximation gap included: with norms, σ̂ is fit
+    (one pass) and the gap measured (:func:`_approximation`) on the graph as it stands — it runs as the
+    ANN — so fixing the other blockers never reveals a gap refusal later."""
+    blockers = list(tr.blockers)
+    if fit.norms:
+        try:
+            seen = {"offset": 0}
+            _run(gm, lambda name, out: fit.observe(name, out, seen["offset"]), data, n_batches, device, seen,
+                 "calibrate (norms of a refused model)" if progress else None)
+            approximation, _ = _approximation(gm, tr.post, fit, data, n_batches, device, gap_data, gap_description)
+            b = gap_blocker(gm, approximation)
+        except Exception as e:  # noqa: BLE001 - a graph that does not run: its other blockers are the news
+            first = fit.norms and next(iter(fit.norms))
+            b = Blocker(first, "approximation gap", "", "approximation gap",
+                        f"not measured: the graph does not run as it stands ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:120]}); `sjunet calibrate` measures it once the other "
+                        "blockers are removed")
+        if b is not None:
+            blockers.append(b)
+    raise UnsupportedGraphError(refusal_message(type(model).__name__, all_blockers(gm, blockers)))
 
 
 def _output_name(gm: fx.GraphModule) -> str:

@@ -38,7 +38,9 @@ _FALLBACKS = ("", "max", "one")
 MAX_SIGMA = 65_536  # channels of a norm's fixed deviation
 _NORM_KINDS = ("instance_norm", "group_norm", "layer_norm")
 _APPROX_KEYS = {"nodes", "relative_error", "worst_sample_relative_error", "agreement", "samples", "held_out",
-                "holdout"}
+                "holdout", "estimated_on", "interval", "degenerate"}  # the last three: since issue 26 (optional)
+_INTERVAL_KEYS = {"relative_error", "agreement", "confidence", "method"}
+MAX_TEXT = 1024  #: characters of a free-text field of the approximation record
 _APPROX_NODE_KEYS = {"node", "kind", "groups", "channels", "eps", "spread"}
 
 
@@ -206,9 +208,38 @@ def _check_approximation(a: dict) -> dict:
     _count(a["samples"], "approximation.samples", 1, 1 << 62)
     if not isinstance(a["held_out"], bool):
         raise _Refused(f"approximation.held_out is {_show(a['held_out'])}, expected true or false")
-    if not isinstance(a.get("holdout", ""), str) or len(a.get("holdout", "")) > 1024:
-        raise _Refused("approximation.holdout is not a short string")
+    for key in ("holdout", "estimated_on"):
+        if not isinstance(a.get(key, ""), str) or len(a.get(key, "")) > MAX_TEXT:
+            raise _Refused(f"approximation.{key} is not a short string")
+    if a.get("degenerate") is not None and not (isinstance(a["degenerate"], str) and len(a["degenerate"]) <= MAX_TEXT):
+        raise _Refused(f"approximation.degenerate is {_show(a['degenerate'])}, expected a short string or null")
+    if "interval" in a:
+        _check_interval(a["interval"], a)
     return a
+
+
+def _check_interval(iv: Any, a: dict) -> None:
+    """``approximation.interval``: a known-keys object whose ``relative_error`` / ``agreement`` are null or
+    ``[low, high]`` (finite, low ≤ high, in the quantity's range, around its point value), ``confidence``
+    in (0, 1), ``method`` a short string."""
+    if not isinstance(iv, dict) or not set(iv) <= _INTERVAL_KEYS:
+        raise _Refused(f"approximation.interval is {_show(iv)}, expected an object with keys {sorted(_INTERVAL_KEYS)}")
+    for key, hi in (("relative_error", math.inf), ("agreement", 1.0)):
+        v = iv.get(key)
+        if v is None:
+            continue
+        if not (isinstance(v, list) and len(v) == 2):
+            raise _Refused(f"approximation.interval.{key} is {_show(v)}, expected [low, high] or null")
+        lo_, hi_ = (_number_or_none(x, f"approximation.interval.{key}", 0.0, hi) for x in v)
+        if lo_ is None or hi_ is None or lo_ > hi_:
+            raise _Refused(f"approximation.interval.{key} is {_show(v)}, expected finite low <= high")
+        if a.get(key) is None:
+            raise _Refused(f"approximation.interval.{key} is given but approximation.{key} is null")
+    conf = iv.get("confidence")
+    if conf is not None and (_number_or_none(conf, "approximation.interval.confidence", 0.0, 1.0) in (0.0, 1.0)):
+        raise _Refused(f"approximation.interval.confidence is {_show(conf)}, expected a number in (0, 1)")
+    if not isinstance(iv.get("method", ""), str) or len(iv.get("method", "")) > MAX_TEXT:
+        raise _Refused("approximation.interval.method is not a short string")
 
 
 def _check_sigmas(arrays: dict[str, tuple], approximation: dict | None) -> None:

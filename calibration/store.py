@@ -8,8 +8,10 @@ norm's division node (role ``norm``) only, ``sigma``: its fixed deviation σ̂ p
 attributes: ``model_fingerprint`` (hash of architecture and weights), ``data`` (JSON description
 of the calibration data), ``options``, ``versions``, ``graph`` (JSON), ``created``, ``node_order``
 (JSON list), with instance/group/layer norms only ``approximation`` (JSON: the norms, and the gap
-fixing their deviations costs the ANN — :mod:`.approximation`; files without norms are written as
-before, byte for byte) and ``content_sha256``: a hash over every attribute and dataset above, verified on
+fixing their deviations costs the ANN — :mod:`.approximation` — estimated on samples not used to fit
+them: since issue 26 with ``interval`` (its 95 % bootstrap interval), ``estimated_on`` (which samples)
+and ``degenerate`` (why the ANN's output cannot show a gap, or null); earlier files lack these three
+and read as before; files without norms are written as before, byte for byte) and ``content_sha256``: a hash over every attribute and dataset above, verified on
 read, so a flipped bit in a stored λ is refused rather than converted. Serialised in memory
 and written with :func:`sjunet.io.write_bytes_atomic` (temp file + rename), so a full disk is one
 :class:`~sjunet.io.NoSpaceError` line and never damages the previous file.

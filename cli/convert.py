@@ -30,7 +30,9 @@ from sjunet.conversion.ladders import TOLERANCE
               help="what the --arch model does, recorded in the SNN (default: the checkpoint's; none for --arch)")
 @click.option("--accept-gap", is_flag=True,
               help="convert even when the instance/group/layer norms' fixed deviations cost the ANN more than the "
-                   "thresholds (pixel agreement < 0.98, or relative error > 0.1); `sjunet finetune` recovers most of it")
+                   "gate allows (segmentation: pixel agreement < 0.98 or relative logit error > 0.2; otherwise "
+                   "relative error > 0.1; a degenerate ANN); `sjunet finetune` recovers most of it (--norms exact: "
+                   "no gap to accept)")
 @click.option("--norms", type=click.Choice(["fixed", "exact"]), default="fixed", show_default=True,
               help="instance/group/layer norms: fixed (a deviation fixed from calibration: local, an approximation "
                    "gap) or exact (Σ-Δ group-norm neurons: no gap, non-local)")
@@ -86,8 +88,9 @@ def convert(model, arch, arch_kwargs, weights, stats, norm, neuron, thresholds, 
         click.echo(f"threshold ladder: {', '.join(f'{t:g}' for t in conv.thresholds or [])} in every layer")
     warn_broken({KEY: broken})
     if conv.approximations:
-        from sjunet.calibration.approximation import gap_line
+        from sjunet.calibration.gap import gap_line
 
         gap = conv.approximation_gap
         click.echo(gap_line({**gap, "nodes": conv.approximations})
-                   + (" — above the thresholds, accepted (--accept-gap)" if gap.get("accepted") else ""))
+                   + (f" — fails the gate ({'; '.join(gap.get('reasons') or [])}), accepted (--accept-gap)"
+                      if gap.get("accepted") else ""))

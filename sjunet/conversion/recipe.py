@@ -35,12 +35,14 @@ from spikingjelly.activation_based import ann2snn, functional
 from spikingjelly.activation_based.ann2snn.recipes.base import replace_submodule
 from torch import fx, nn
 
-from sjunet.calibration.approximation import GAP_MAX_RELATIVE_ERROR, GAP_MIN_AGREEMENT, gap_refusal
+from sjunet.calibration.gap import (GAP_MAX_RELATIVE_ERROR, GAP_MAX_RELATIVE_ERROR_SEGMENTATION, GAP_MIN_AGREEMENT,
+                                    gap_blocker, gap_reasons, gap_refusal)
 from sjunet.calibration.reader import read_stats
 from sjunet.calibration.store import CalibrationStats
 from sjunet.conversion.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
-from sjunet.graph import (Trace, UnsupportedGraphError, canonical_graph, check_supported, kind_of, module_of,
-                          relu_slope, signature, size_multiple, size_multiples, stages_are_leaves, tensor_shapes)
+from sjunet.graph import (Trace, UnsupportedGraphError, all_blockers, canonical_graph, check_supported, kind_of,
+                          module_of, refusal_message, relu_slope, signature, size_multiple, size_multiples,
+                          stages_are_leaves, tensor_shapes)
 from sjunet.io import DEGENERATE_KEY, ArtifactError, file_fingerprint, model_fingerprint, provenance
 from sjunet.conversion.ladders import TOLERANCE as LADDER_TOLERANCE
 from sjunet.conversion.ladders import LadderChoice, layer_ladders
@@ -169,13 +171,18 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
     def before_trace(self, converter, ann: nn.Module) -> nn.Module:
         self.ann_fingerprint = model_fingerprint(ann)
         self.stats.check_model(self.ann_fingerprint)
-        why = gap_refusal(self.stats.approximation, self.accept_gap) if self.options.norms == "fixed" else None
-        if why:
-            raise ApproximationGapError(f"cannot convert {type(ann).__name__}: {why}")
         shape = self.stats.data.get("input_shape")
         if not shape:
             raise ArtifactError("the statistics do not record the calibration input shape; re-run `sjunet calibrate`")
-        self.canonical = canonical_graph(ann, shape)
+        self.canonical = canonical_graph(ann, shape, check=False)
+        # --norms exact: Σ-Δ group-norm neurons, no approximation gap to gate
+        gap = (gap_blocker(self.canonical.gm, self.stats.approximation, self.accept_gap)
+               if self.options.norms == "fixed" else None)
+        if self.canonical.blockers:  # every blocker at once, the approximation gap included
+            raise UnsupportedGraphError(refusal_message(type(ann).__name__, all_blockers(
+                self.canonical.gm, self.canonical.blockers + ([gap] if gap else []))))
+        if gap is not None:
+            raise ApproximationGapError(f"cannot convert {type(ann).__name__}: {gap.detail}")
         return self.canonical.gm
 
     def after_trace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
@@ -306,7 +313,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
 
 class ApproximationGapError(ValueError):
     """Fixing the deviations of the model's norms costs the ANN more than the refusal thresholds
-    (:func:`sjunet.calibration.approximation.gap_refusal`) and the gap was not accepted."""
+    (:func:`sjunet.calibration.gap.gap_refusal`) and the gap was not accepted."""
 
 
 def fix_deviations(gm: fx.GraphModule, stats: CalibrationStats) -> list[dict]:
@@ -362,9 +369,11 @@ def _gap_record(approximation: dict | None, accepted: bool) -> dict:
     a = approximation or {}
     exceeds = gap_refusal(approximation) is not None
     return {k: a.get(k) for k in ("relative_error", "worst_sample_relative_error", "agreement", "samples",
-                                  "held_out", "holdout")} | {
-        "thresholds": {"min_agreement": GAP_MIN_AGREEMENT, "max_relative_error": GAP_MAX_RELATIVE_ERROR},
-        "exceeds_thresholds": exceeds, "accepted": bool(accepted and exceeds)}
+                                  "held_out", "holdout", "estimated_on", "interval", "degenerate")} | {
+        "thresholds": {"min_agreement": GAP_MIN_AGREEMENT, "max_relative_error": GAP_MAX_RELATIVE_ERROR,
+                       "max_relative_error_segmentation": GAP_MAX_RELATIVE_ERROR_SEGMENTATION},
+        "exceeds_thresholds": exceeds, "reasons": gap_reasons(a) if exceeds else [],
+        "accepted": bool(accepted and exceeds)}
 
 
 def build_neuron(factory: NeuronFactory, relu_name: str, negative_slope=None) -> nn.Module:
@@ -474,10 +483,12 @@ def convert(
     for leaky ReLU / PReLU nodes ``factory(relu_name, negative_slope=α)``) replaces the ``neuron``
     name's factory. Instance / group / layer norms are converted with the fixed deviations σ̂ of
     the statistics (:mod:`sjunet.calibration.approximation`); when the gap that costs the ANN
-    (measured by calibration) is too large — pixel agreement below 0.98 for segmentation outputs,
-    relative L2 error above 0.1 otherwise — the conversion is refused with
-    :class:`ApproximationGapError` unless ``accept_gap``; the record keeps the approximations and
-    the gap (``approximations``, ``approximation_gap``). Returns a :class:`~sjunet.snn.model.SpikingUNet`
+    (measured by calibration on data not used to fit σ̂) fails the gate (:mod:`sjunet.calibration.gap`:
+    segmentation outputs: pixel agreement below 0.98 or relative logit error above 0.2; others:
+    relative L2 error above 0.1; a degenerate ANN) the conversion is refused with
+    :class:`ApproximationGapError` unless ``accept_gap`` — or, when the model has other blockers,
+    with them all in one :class:`~sjunet.errors.UnsupportedGraphError`; the record keeps the
+    approximations and the gap (``approximations``, ``approximation_gap``). Returns a :class:`~sjunet.snn.model.SpikingUNet`
     (a ``GraphModule`` in single-step mode with its typed record); with ``output``, also saves it
     (atomically) with its provenance, see :func:`save_snn`.
     """

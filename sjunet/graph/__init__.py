@@ -9,6 +9,8 @@ The parts, lowest first (each imports only those before it):
   (:func:`~sjunet.graph.refusals.source_line`), :func:`find_blockers`, :func:`refusal_message`,
   :func:`check_supported`;
 * :mod:`.record` — the one recorder (:class:`Recorder`, :func:`record_nodes`, :func:`tensor_shapes`);
+* :mod:`.proxies` — what lets torch.fx trace past what it cannot: concrete values of the example
+  input (``np.array(x.shape)``, ``int()``), modules created in ``forward``, factories sized by shapes, einops;
 * :mod:`.tracing` — tracing with shape decisions and specialised sizes, :func:`retrace`;
 * :mod:`.sizes` — the size rule the specialised sizes hold for, :func:`check_input_size`, a graph's
   size multiple(s);
@@ -31,12 +33,14 @@ from sjunet.graph.kinds import (AVG_POOL_TYPES, CAT_FUNCTIONS, MAX_POOL_TYPES, P
                                 cat_parts, data_users, is_reference_use, kind_of, module_of, relu_cap, relu_slope,
                                 target_name, tensor_inputs)
 from sjunet.graph.record import Recorder, record_nodes, tensor_shapes
-from sjunet.graph.refusals import MAX_LISTED, Blocker, check_supported, find_blockers, refusal_message, source_line
+from sjunet.graph.refusals import (MAX_LISTED, Blocker, all_blockers, check_supported, find_blockers, refusal_message,
+                                  source_line)
 from sjunet.graph.sizes import check_input_size, size_multiple, size_multiples, size_rule_of_trace
 from sjunet.graph.tracing import Trace, retrace, signature, size_reference, stages_are_leaves, trace
 
 __all__ = ["AVG_POOL_TYPES", "CAT_FUNCTIONS", "MAX_LISTED", "MAX_POOL_TYPES", "PASS_KINDS", "SYNAPTIC_TYPES",
-           "Blocker", "Recorder", "Trace", "UnsupportedGraphError", "apply_post", "canonical_graph", "canonicalize",
+           "Blocker", "Recorder", "Trace", "UnsupportedGraphError", "all_blockers", "apply_post", "canonical_graph",
+           "canonicalize",
            "cat_dim", "cat_parts", "check_input_size", "check_supported", "data_users", "find_blockers",
            "fold_bn_into", "is_reference_use", "kind_of", "module_of", "record_nodes", "refusal_message", "relu_cap",
            "relu_slope", "retrace", "signature", "size_multiple", "size_multiples", "size_reference",

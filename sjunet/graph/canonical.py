@@ -34,10 +34,10 @@ from torch import fx, nn
 
 from sjunet.graph.canonical_norms import fold_batchnorms, norm_stages
 from sjunet.graph.canonical_ops import (adaptive_pools, adds_and_cats, functional_layers, relus, remove_identities,
-                                        resample_and_pad, stack_sums, strip_post, unshare)
+                                        resample_and_pad, stack_sums, strip_post, unshare, zero_channel_cats)
 from sjunet.graph.canonical_rewrite import rewrite as sigma_rewrites
-from sjunet.graph.refusals import check_supported
-from sjunet.graph.sizes import size_rule_of_trace
+from sjunet.graph.refusals import all_blockers, check_supported
+from sjunet.graph.sizes import size_rule_of_trace, trace_key
 from sjunet.graph.tracing import Trace, retrace, trace
 from sjunet.layers import dims
 
@@ -46,13 +46,14 @@ def canonicalize(gm: fx.GraphModule, blockers: list | None = None, example_shape
                  specialised: list | None = None) -> list[dict]:
     """Rewrite ``gm`` in place (module docstring); returns the stripped output-side ops. Nodes it
     cannot rewrite are added to ``blockers`` (without a list: raise at the first). ``example_shape``:
-    the input the graph was traced for (the Σ-Δ and plumbing rewrites measure shapes on it; sizes
-    they take from it are appended to ``specialised``)."""
+    the input the graph was traced for (the rewrites that need channel counts, and the Σ-Δ and plumbing
+    rewrites, measure shapes on it; sizes they take from it are appended to ``specialised``)."""
     nd = dims.spatial_dims(gm)  # the network's (its convolutions'): 2 for images, 3 for volumes
     unshare(gm)
     remove_identities(gm)
     relus(gm)
     adds_and_cats(gm)
+    zero_channel_cats(gm, example_shape)
     stack_sums(gm)
     functional_layers(gm, blockers, nd)
     adaptive_pools(gm, blockers, nd)
@@ -69,13 +70,23 @@ def canonicalize(gm: fx.GraphModule, blockers: list | None = None, example_shape
     return post
 
 
-def canonical_graph(model: nn.Module, example_shape: Iterable[int] | None = None) -> Trace:
-    """The canonical graph of ``model`` (module docstring, steps 1–4)."""
+def canonical_graph(model: nn.Module, example_shape: Iterable[int] | None = None, check: bool = True) -> Trace:
+    """The canonical graph of ``model`` (module docstring, steps 1–4). ``check=False``: every blocker
+    is left in :attr:`Trace.blockers` instead of raised (calibration adds the approximation gap to
+    them, so a model hears all its blockers at once: :func:`sjunet.graph.refusals.check_supported`);
+    the graph of a blocked model still runs as the ANN, and has no size rule."""
     tr = trace(model, example_shape)
+    key = trace_key(tr) if tr.specialised else None  # the graph as traced, for the size rule
     found = list(tr.blockers)
+    traced = len(tr.specialised)  # what tracing specialised; the Σ-Δ rewrites may add stages of the example's size
     tr.post = canonicalize(tr.gm, found, tr.example_shape, tr.specialised)
     tr.gm = retrace(tr.gm)
-    check_supported(tr.gm, type(model).__name__, found)
+    if check:
+        check_supported(tr.gm, type(model).__name__, found)
+    else:
+        tr.blockers = all_blockers(tr.gm, found)
+        if tr.blockers:
+            return tr
     if tr.specialised:
-        tr.size_rule = size_rule_of_trace(model, tr)
+        tr.size_rule = size_rule_of_trace(model, tr, key, only_example=len(tr.specialised) > traced)
     return tr

@@ -414,3 +414,51 @@ def apply_post(post: list[dict], y: torch.Tensor) -> torch.Tensor:
         else:
             raise ValueError(f"unknown output op {op['op']!r}")
     return y
+
+
+_ZERO_FACTORIES = (torch.zeros,)
+
+
+def _is_zeros(n) -> bool:
+    return isinstance(n, fx.Node) and n.op == "call_function" and n.target in _ZERO_FACTORIES
+
+
+def zero_channel_cats(gm: fx.GraphModule, example_shape) -> None:
+    """``torch.cat([x, torch.zeros(n, c, *x.shape[2:])], dim=1)`` — MONAI ResNet's zero-padded
+    shortcut (``shortcut_type="A"``: resnet18/34, so FlexibleUNet(resnet18)) — is ``x`` with ``c`` zero
+    channels: a fixed 1×1 convolution [I; 0] without bias, exactly. A synaptic layer the normalisation
+    folds like any other (it costs one accumulate per spike and output channel, as counted). Needs
+    the channel counts, so the example input's shape; without it nothing is rewritten."""
+    from sjunet.graph.kinds import CAT_FUNCTIONS, cat_dim, cat_parts
+    from sjunet.graph.record import tensor_shapes
+
+    cats = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in CAT_FUNCTIONS
+            and cat_dim(n) == 1 and any(_is_zeros(p) for p in cat_parts(n))
+            and sum(not _is_zeros(p) for p in cat_parts(n)) == 1]
+    if not cats or example_shape is None:
+        return
+    shapes = tensor_shapes(gm, example_shape)
+    nd = len(tuple(example_shape)) - 2
+    for n in cats:
+        parts = cat_parts(n)
+        if any(p.name not in shapes for p in parts) or n.name not in shapes:
+            continue
+        x = next(p for p in parts if not _is_zeros(p))
+        offset = sum(shapes[p.name][0] for p in parts[:parts.index(x)])
+        c_in, c_out = shapes[x.name][0], shapes[n.name][0]
+        conv = dims.layer("conv", nd)(c_in, c_out, 1, bias=False)
+        ref = next((p for p in gm.parameters()), None)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[offset + torch.arange(c_in), torch.arange(c_in)] = 1.0
+        if ref is not None:
+            conv.to(dtype=ref.dtype, device=ref.device)
+        path = f"zero_channels_{n.name}"
+        gm.add_submodule(path, conv)
+        with gm.graph.inserting_before(n):
+            new = gm.graph.call_module(path, (x,))
+        new.meta, new.stack_trace = dict(n.meta), n.stack_trace
+        n.replace_all_uses_with(new)
+        gm.graph.erase_node(n)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()

@@ -21,6 +21,7 @@ import functools
 import importlib.util
 import operator
 import re
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -49,8 +50,10 @@ class Blocker:
         return f"node {self.node!r} ({self.op}){self.where}: {self.detail}"
 
 
-#: the packages whose frames are the library's, not the model's (sjunet's four installed folders)
-LIBRARY_PACKAGES = ("sjunet", "sjunet.cli", "sjunet.calibration", "sjunet.benchmarks", "torch", "spikingjelly")
+#: the packages whose frames are the library's, not the model's (sjunet's four installed folders; einops,
+#: whose ``rearrange`` a model calls as it calls torch)
+LIBRARY_PACKAGES = ("sjunet", "sjunet.cli", "sjunet.calibration", "sjunet.benchmarks", "torch", "spikingjelly",
+                    "einops")
 _FRAME = re.compile(r'File "(.+)", line \d+')
 
 
@@ -84,6 +87,23 @@ def is_library_file(filename: str) -> bool:
 def _is_library_frame(location: str) -> bool:
     m = _FRAME.match(location)
     return m is not None and is_library_file(m.group(1))
+
+
+def frame_line(frames: Iterable[traceback.FrameSummary]) -> str:
+    """The model's line among ``frames`` (a traceback's or the current stack's): the last one whose
+    file is not inside sjunet, torch or SpikingJelly, as `` (path, line N, in f: code)`` — the form of
+    :func:`source_line` — or ``""`` when every frame is the library's."""
+    user = [f for f in frames if f.filename and not is_library_file(f.filename)]
+    if not user:
+        return ""
+    f = user[-1]
+    loc = f.filename.split("site-packages/", 1)[1] if "site-packages/" in f.filename else f.filename
+    return f" ({loc}, line {f.lineno}, in {f.name}: {(f.line or '').strip()})"
+
+
+def caller_line() -> str:
+    """The model's line that is running now (:func:`frame_line` of the current stack)."""
+    return frame_line(traceback.extract_stack()[:-1])
 
 
 def source_line(node: fx.Node) -> str:
@@ -237,10 +257,19 @@ def _check_node(gm: fx.GraphModule, node: fx.Node, shapey: set) -> tuple[Blocker
     if k in ("relu", "synaptic", "pool", "maxpool", "resample", "pad", "affine", "cat", "sigma", "product", "plumbing",
              "constant", "scale"):
         for a in tensor_inputs(node):
-            if isinstance(a, fx.Node) and (a.op == "get_attr" or kind_of(gm, a) == "shape"):
+            if isinstance(a, fx.Node) and (a.op == "get_attr" or kind_of(gm, a) == "shape" or a in shapey):
+                if k == "cat":
+                    return _blocker(node, "constant in a cat", f"its input {a.name!r} is a constant tensor made from "
+                                    "shapes, not activations; of constants only zero channels (`torch.zeros`, a "
+                                    "zero-padded shortcut) are understood — write it so, or use a convolution"), False
                 return _blocker(node, "input from shapes", f"its input {a.name!r} is computed from shapes (or is a "
                                 "constant tensor), not activations"), False
     return None, False
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    """``t.device`` / ``t.dtype``: what a tensor factory sized from shapes is also given (MONAI)."""
+    return node.op == "call_function" and node.target is getattr and node.args[1:] in (("device",), ("dtype",))
 
 
 def find_blockers(gm: fx.GraphModule, known: Iterable[Blocker] = ()) -> list[Blocker]:
@@ -251,10 +280,10 @@ def find_blockers(gm: fx.GraphModule, known: Iterable[Blocker] = ()) -> list[Blo
     known_names = {b.node for b in known}
     refused: dict[fx.Node, Blocker | None] = {}
     plumbing: set[fx.Node] = set()
-    shapey: set[fx.Node] = set()  # shapes and arithmetic on them only
+    shapey: set[fx.Node] = set()  # shapes, tensor metadata, and what is computed from them alone (constants)
     for node in gm.graph.nodes:
-        if kind_of(gm, node) == "shape" or (node.op in ("call_function", "call_method") and node.all_input_nodes
-                                            and all(a in shapey for a in node.all_input_nodes)):
+        if kind_of(gm, node) == "shape" or _is_metadata(node) or (
+                node.op in ("call_function", "call_method") and all(a in shapey for a in node.all_input_nodes)):
             shapey.add(node)
         if node.name in known_names:
             refused[node] = None
@@ -308,12 +337,18 @@ def refusal_message(model: str, blockers: list[Blocker]) -> str:
     return "\n".join(lines)
 
 
-def check_supported(gm: fx.GraphModule, model: str | None = None, known: Iterable[Blocker] = ()) -> None:
-    """Raise one :class:`UnsupportedGraphError` listing every blocker of ``gm`` (and ``known``,
-    found by earlier steps: tracing, rewriting) — node, source line, cause and remedy."""
+def all_blockers(gm: fx.GraphModule, known: Iterable[Blocker] = ()) -> list[Blocker]:
+    """``known`` (found by earlier steps: tracing, rewriting, calibration's approximation gap) and
+    every other blocker of ``gm`` (:func:`find_blockers`), in graph order."""
     known = list(known)
     blockers = known + find_blockers(gm, known)
+    order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    return sorted(blockers, key=lambda b: order.get(b.node, -1))
+
+
+def check_supported(gm: fx.GraphModule, model: str | None = None, known: Iterable[Blocker] = ()) -> None:
+    """Raise one :class:`UnsupportedGraphError` listing every blocker of ``gm`` (and ``known``,
+    found by earlier steps: tracing, rewriting, the approximation gap) — node, source line, cause and remedy."""
+    blockers = all_blockers(gm, known)
     if blockers:
-        order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-        blockers.sort(key=lambda b: order.get(b.node, -1))
         raise UnsupportedGraphError(refusal_message(model or type(gm).__name__, blockers))

@@ -7,40 +7,84 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from torch import nn
+from torch import fx, nn
 
 from sjunet.graph.record import tensor_shapes
 from sjunet.graph.tracing import Trace, trace
 from sjunet.layers import dims
 
 
-def size_rule_of_trace(model: nn.Module, tr: Trace) -> dict:
-    """The input sizes the specialised constants (and shape decisions) of ``tr`` hold for: spatial
-    sizes that are multiples of the graph's size multiple on every axis (per axis for volumes:
-    ``multiples``, D, H, W) when tracing again at two other such sizes gives the same constants and
-    decisions, else only the example's size."""
+def trace_key(tr: Trace) -> tuple:
+    """What must not change from one input size to another for a trace's constants to hold: the
+    traced graph — every node's op, target and constant arguments (padding amounts, sizes, anything
+    computed from shapes and made concrete, numpy included) — and the shape decisions."""
+    nodes = [(n.op, str(n.target), repr(fx.node.map_arg((n.args, n.kwargs), lambda a: a.name)))
+             for n in tr.gm.graph.nodes]
+    return nodes, [(d["node"], d["value"]) for d in tr.decisions]
+
+
+def size_rule_of_trace(model: nn.Module, tr: Trace, key: tuple | None = None, only_example: bool = False) -> dict:
+    """The input sizes the specialised constants (and shape decisions) of ``tr`` hold for, derived
+    from the sizes they were checked on: with m the graph's size multiple on an axis (per axis for
+    volumes: ``multiples``, D, H, W), tracing again at the example's size + m and + 2m on every axis
+    (2-D: (H + m, W + 2m), (H + 2m, W + m)) must give the same graph and decisions; the rule is then
+    every size congruent to the example's modulo m — multiples of m when the example is one, else
+    sizes m·k + r (``remainders``: a U-Net with unpadded convolutions that crops its skips is
+    checked on 92, 100, 108 and holds for 8k + 4, not for multiples of 8). Otherwise (or when the
+    rule would not hold for a size it was checked on) only the example's size. ``key``: the
+    :func:`trace_key` of ``tr`` as traced (before its graph was rewritten; default: of ``tr.gm``).
+    ``only_example``: the rewrites specialised stages on the example's shape (a reshape to its token
+    count, a constant folded from its shape: :func:`sjunet.graph.canonical_rewrite.rewrite`), which a
+    new trace does not show — the rule is then the example's size only."""
     shape = tuple(tr.example_shape)
     nd = len(shape) - 2
     hw = list(shape[-nd:])
     exact = {"shape": hw, "example_shape": list(shape),
              "nodes": sorted({s["node"] for s in tr.specialised})}
+    if only_example:
+        return exact
     try:
         shapes = tensor_shapes(tr.gm, shape)
         ms = [size_multiple(shapes, tuple(hw))] * 2 if nd == 2 else list(size_multiples(shapes, tuple(hw)))
     except Exception:
         return exact
-    key = (lambda t: ([(s["node"], s["value"]) for s in t.specialised], [(d["node"], d["value"]) for d in t.decisions]))
+    key = key if key is not None else trace_key(tr)
     checked = [hw]
     for k in range(2):  # 2-D: (H + m, W + 2m), (H + 2m, W + m)
         other = (*shape[:-nd], *(v + (1 + (j + k) % 2) * m for j, (v, m) in enumerate(zip(hw, ms))))
         try:
-            if key(trace(model, other)) != key(tr):
+            if trace_key(trace(model, other)) != key:
                 return exact
         except Exception:
             return exact
         checked.append(list(other[-nd:]))
     rule = {**exact, "shape": None, "multiple": max(ms), "checked": checked}
-    return rule if nd == 2 else {**rule, "multiples": ms}
+    if nd != 2:
+        rule["multiples"] = ms
+    remainders = [v % m for v, m in zip(hw, ms)]
+    if any(remainders):
+        rule["remainders"] = remainders
+    try:
+        for sizes in checked:  # the rule holds for every size it was derived from, the calibration size first
+            check_input_size(rule, sizes)
+    except ValueError:
+        return exact
+    return rule
+
+
+def rule_text(rule: dict, nd: int) -> str:
+    """The sizes a rule of :func:`size_rule_of_trace` holds for, in words (``H, W multiples of 16``,
+    ``H, W of the form 8k + 4``, ``D, H, W multiples of 1x2x2 (per axis)``, ``only 92x92``)."""
+    if not rule.get("multiple"):
+        return f"only {dims.show(rule.get('shape') or [])}"
+    ms = [int(v) for v in rule.get("multiples") or [rule["multiple"]] * nd]
+    rs = [int(v) for v in rule.get("remainders") or [0] * nd]
+    axes = ", ".join(dims.axes(nd))
+    if not any(rs):
+        return (f"{axes} multiples of {ms[0]}" if len(set(ms)) == 1 and not rule.get("multiples")
+                else f"{axes} multiples of {dims.show(ms)} (per axis)")
+    forms = [f"{m}k + {r}" if r else f"{m}k" for m, r in zip(ms, rs)]
+    return f"{axes} of the form {forms[0]}" if len(set(forms)) == 1 else f"{axes} of the forms {', '.join(forms)}"
 
 
 def check_input_size(rule: dict | None, hw: Iterable[int]) -> None:
@@ -59,22 +103,24 @@ def check_input_size(rule: dict | None, hw: Iterable[int]) -> None:
                          f"inputs ({dims.show(example[2:])} when calibrated)")
     if rule.get("multiple"):
         ms = [int(v) for v in rule.get("multiples") or [rule["multiple"]] * nd]
-        if any(v % m for v, m in zip(sizes, ms)):
-            if nd == 2 and not rule.get("multiples"):
-                m = ms[0]
-                raise ValueError(
-                    f"input {shown} does not fit this conversion: the constants computed from shapes (nodes {nodes}) "
-                    f"were specialised on a {ex} input and hold for H, W multiples of {m}; pad the input to a "
-                    f"multiple of {m}")
+        rs = [int(v) for v in rule.get("remainders") or [0] * nd]
+        if len(ms) != nd or len(rs) != nd or any(m < 1 for m in ms):
+            raise ValueError(f"this conversion's size rule does not describe {nd}-D inputs ({rule_text(rule, len(ms))}); "
+                             "convert again")
+        if any((v - r) % m for v, m, r in zip(sizes, ms, rs)):
+            what = rule_text(rule, nd)
+            if not any(rs):
+                target = (f"a multiple of {ms[0]}" if nd == 2 and not rule.get("multiples")
+                          else f"multiples of {dims.show(ms)}")
+            else:
+                target = "such a size"
             raise ValueError(
                 f"input {shown} does not fit this conversion: the constants computed from shapes (nodes {nodes}) were "
-                f"specialised on a {ex} input and hold for {', '.join(dims.axes(nd))} multiples of {dims.show(ms)} "
-                f"(per axis); pad the input to multiples of {dims.show(ms)}")
+                f"specialised on a {ex} input and hold for {what}; pad the input to {target}")
     elif rule.get("shape") and sizes != [int(v) for v in rule["shape"]]:
         raise ValueError(
             f"input {shown} does not fit this conversion: the constants computed from shapes (nodes {nodes}) hold only "
             f"for the {ex} input they were specialised on; convert again with calibration data of this size")
-
 
 
 def _pow2(factor: int) -> int:

@@ -1,16 +1,21 @@
 """Tracing (spec §5, §11): ``torch.fx`` symbolic tracing of any U-Net with shape decisions and
 specialised sizes — step 1 of :func:`sjunet.graph.canonical.canonical_graph`.
 
-:func:`trace` adds two things third-party U-Nets need to ``torch.fx``: ``torch.jit.isinstance(proxy,
-torch.Tensor)`` is true (MONAI's ``UpCat`` asks it of its skip input), and control flow on *shapes*
-(MONAI pads a skip when sizes differ) is decided on an example input of the given shape and recorded
-(:attr:`Trace.decisions`). Sizes computed from shapes — ``F.pad`` amounts (``diffY = x2.size(2) -
-x1.size(2)``), interpolation sizes, pooling sizes — become constants evaluated on that input
-(:attr:`Trace.specialised`, each with the input shape it holds for); :attr:`Trace.size_rule` says for
-which input sizes they hold (:mod:`sjunet.graph.sizes`), and simulation refuses other sizes. An
-interpolation to another tensor's size (``size=t.shape[-2:]``, :func:`size_reference`) is kept as a
-reference, not specialised. Control flow on tensor *values* is a blocker, noted with the node and the
-source line; tracing goes on. A model torch.fx cannot trace at all is refused in one line.
+:func:`trace` adds to ``torch.fx`` what third-party U-Nets need (the proxies and patches are
+:mod:`.proxies`): ``torch.jit.isinstance(proxy, torch.Tensor)`` is true (MONAI's ``UpCat`` asks it of
+its skip input), and control flow on *shapes* (MONAI pads a skip when sizes differ) is decided on an
+example input of the given shape and recorded (:attr:`Trace.decisions`). Sizes computed from shapes
+— ``F.pad`` amounts (``diffY = x2.size(2) - x1.size(2)``), interpolation sizes, pooling sizes — and
+shape values the model reads as numbers (``np.array(x.shape)``, ``int(shape[1])``, einops) become
+constants evaluated on that input (:attr:`Trace.specialised`, each with the input shape it holds
+for and the model's line); :attr:`Trace.size_rule` says for which input sizes they hold
+(:mod:`sjunet.graph.sizes`: where the traced graph is the same), and simulation refuses other sizes.
+An interpolation to another tensor's size (``size=t.shape[-2:]``, :func:`size_reference`) is kept as
+a reference, not specialised. A module the forward creates while it runs (MONAI's ResNet builds an
+``AvgPool`` in ``forward``) is installed as a fresh submodule and recorded (:attr:`Trace.created`);
+one with parameters (new random weights on every call) is a blocker. Control flow on tensor
+*values* is a blocker, noted with the node and the source line; tracing goes on. A model torch.fx
+cannot trace at all is refused in one line naming the model's file and line where it failed.
 
 :func:`retrace` traces a rewritten graph again with a plain ``fx.Tracer`` (sjunet's stages and neurons
 as leaves, :func:`stages_are_leaves`), so node names are exactly those SpikingJelly's converter sees.
@@ -23,15 +28,18 @@ import copy
 import operator
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from sjunet.errors import UnsupportedGraphError
 from sjunet.graph.kinds import target_name
-from sjunet.graph.refusals import Blocker, source_line
+from sjunet.graph.proxies import (ShapeProxy, einops_sees_proxies, patched_factories, patched_jit_isinstance,
+                                 proxy_setitem, reachable_modules)
+from sjunet.graph.refusals import Blocker, caller_line, frame_line, source_line
 from sjunet.layers import dims
 from sjunet.layers.stages import AdaptiveAvgPool, Center, ChannelAffine, Normalize, Pad, Resample, SpikingMaxPool2d
 from sjunet.layers.static_synapse import StaticInputSynapse
@@ -51,46 +59,8 @@ class Trace:
     specialised: list[dict] = field(default_factory=list)
     size_rule: dict | None = None
     blockers: list[Blocker] = field(default_factory=list)
-
-
-class _ShapeProxy(fx.Proxy):
-    """A proxy whose ``len()`` is evaluated on the example input (``len(x.shape)`` in MONAI), and
-    whose value, where Python or numpy needs a number (``int(x.shape[1])``, ``np.array(x.shape)``,
-    ``np.ceil(h / w)``: SwinUNETR), is the example's — allowed only for values computed from shapes
-    (never from the input's values), and recorded as a decision, so the size rule knows the graph
-    holds for that shape. A tensor's ``device`` and ``dtype`` are the example's too (a mask built
-    with ``device=x.device`` is a constant)."""
-
-    def __len__(self) -> int:
-        return len(self.tracer._evaluate(self.node))
-
-    def __getattr__(self, k: str) -> "fx.proxy.Attribute":
-        if k.startswith("__array"):  # numpy asks for its protocols: it falls back to __array__ / the sequence
-            raise AttributeError(k)
-        if k in ("ndim", "device", "dtype") and self.tracer.example is not None:  # not shape-dependent (einops asks)
-            value = self.tracer._evaluate(self.node)
-            if isinstance(value, torch.Tensor):
-                return getattr(value, k)
-        return _ShapeAttribute(self, k)
-
-    def __array__(self, dtype=None, copy=None):
-        import numpy as np
-
-        return np.asarray(self.tracer._concrete(self.node), dtype=dtype)
-
-    def __int__(self) -> int:
-        return int(self.tracer._concrete(self.node))
-
-    def __index__(self) -> int:
-        return int(self.tracer._concrete(self.node))
-
-    def __float__(self) -> float:
-        return float(self.tracer._concrete(self.node))
-
-
-class _ShapeAttribute(fx.proxy.Attribute):
-    def __len__(self) -> int:
-        return len(self.tracer._evaluate(self.node))
+    #: modules the forward creates while it runs (installed as fresh submodules: :meth:`_Tracer.path_of_module`)
+    created: list[dict] = field(default_factory=list)
 
 
 #: functions whose size arguments (position, keyword), when computed from shapes, are specialised
@@ -110,8 +80,16 @@ _SHAPE_ARGS: dict[Any, tuple[tuple[int, str], ...]] = {
 }
 
 
-#: tensor factories: called with sizes computed from shapes, they build a constant on the example's shape
-_FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.eye, torch.linspace, torch.tensor}
+#: tensor factories that, called with sizes computed from shapes, build a constant on the example's shape
+#: (its values recorded as decisions); ``zeros``/``ones``/``full``/``empty``/``arange`` become graph nodes
+#: instead (:func:`sjunet.graph.proxies.patched_factories`: a batch size stays a batch size), folded into
+#: buffers later where they do not depend on the batch (:func:`sjunet.graph.canonical_sigma.fold_constants`)
+_CONSTANT_FACTORIES = {torch.eye, torch.linspace, torch.tensor}
+
+
+def _bare(where: str) -> str:
+    """A source line `` (path, line N, in f: code)`` without its parentheses."""
+    return where[2:-1] if where.startswith(" (") and where.endswith(")") else where.strip()
 
 
 def _has_proxy(v) -> bool:
@@ -144,6 +122,92 @@ class _Tracer(fx.Tracer):
         self.blockers: list[Blocker] = []
         self.record_stack_traces = True
         self._evaluating = False
+        self.created: list[dict] = []
+        self._created_paths: dict[nn.Module, str] = {}
+        self._known: set[int] = set()
+
+    def trace(self, root, concrete_args=None):
+        self._known = reachable_modules(root)
+        return super().trace(root, concrete_args)
+
+    def path_of_module(self, mod: nn.Module) -> str:
+        """torch.fx's path of ``mod``, and for a module the forward creates while it runs (MONAI's
+        ResNet builds an ``AvgPool`` in ``forward``) a fresh submodule of the root, installed now and
+        recorded (:attr:`Trace.created`): the module called is exactly the one the model built. One with
+        parameters would get new random weights on every call, which no conversion can keep: a blocker
+        naming the line. A module the model holds outside its module tree (a plain list) is torch.fx's
+        refusal."""
+        if mod in self._created_paths:
+            return self._created_paths[mod]
+        try:
+            return super().path_of_module(mod)
+        except NameError:
+            if id(mod) in self._known or self._evaluating:
+                raise
+        name = f"created_in_forward_{len(self.created)}"
+        self.root.add_module(name, mod)
+        for sub, m in mod.named_modules():
+            self._created_paths.setdefault(m, f"{name}.{sub}" if sub else name)
+        where = caller_line()
+        params = sum(p.numel() for p in mod.parameters())
+        self.created.append({"module": name, "type": type(mod).__name__, "parameters": params,
+                             "where": _bare(where)})
+        if params:
+            self.blockers.append(Blocker(
+                name, f"call_module {type(mod).__name__}", where, "module created in forward",
+                f"{type(mod).__name__} is created inside forward, so its {params} parameters are new random "
+                "weights on every call; create it in __init__ (a submodule) and retrain"))
+        return name
+
+    def concrete_int(self, node: fx.Node, how: str) -> int | float:
+        """``int(p)`` / ``operator.index(p)`` / ``float(p)`` of a proxy (SwinUNETR's ``int(x_shape[1])``): a
+        size on the example input, specialised and recorded like :meth:`concrete_array`; a number read
+        from the input's values (a tensor, or anything not computed from shapes only) is a blocker."""
+        cast = float if how == "float" else int
+        value = self._evaluate(node)
+        where = caller_line()
+        if isinstance(value, torch.Tensor) or not self._shape_only(node):
+            self.blockers.append(Blocker(
+                node.name, f"{node.op} {target_name(node.target)}", where, "tensor values read while tracing",
+                f"{how}() reads the value of an activation tensor, which changes with every input; a spiking graph is "
+                "fixed — compute it with torch operations"))
+            if isinstance(value, torch.Tensor):
+                return cast(value.reshape(-1)[0]) if value.numel() else cast(0)
+            return cast(value)
+        self.specialised.append({"node": node.name, "op": how, "arg": "value", "value": cast(value),
+                                 "input_shape": list(self.shape) if self.shape else None, "where": _bare(where)})
+        return cast(value)
+
+    def concrete_shape(self, node: fx.Node) -> tuple:
+        """The shape of tensor ``node`` (einops asks it): the batch size as a proxy (``t.size(0)``: the
+        graph takes any batch), the other sizes as ints of the example input, specialised and recorded
+        like :meth:`concrete_array`."""
+        value = self._evaluate(node)
+        shape = [int(v) for v in value.shape]
+        self.specialised.append({"node": node.name, "op": "shape", "arg": "value", "value": shape,
+                                 "input_shape": list(self.shape) if self.shape else None,
+                                 "where": _bare(caller_line())})
+        return (self.proxy(node).size(0), *shape[1:]) if shape else ()
+
+    def concrete_array(self, node: fx.Node, dtype=None) -> np.ndarray:
+        """``np.array(p)`` of a proxy: its value on the example input. A shape (ints) is specialised
+        like a padding size and recorded (:attr:`Trace.specialised`, ``op`` ``numpy``: the size rule then
+        holds only where the traced graph is the same, :func:`sjunet.graph.sizes.size_rule_of_trace`);
+        a tensor's values are a blocker (they change with the input)."""
+        value = self._evaluate(node)
+        where = caller_line()
+        if isinstance(value, torch.Tensor) or not self._shape_only(node):
+            self.blockers.append(Blocker(
+                node.name, f"{node.op} {target_name(node.target)}", where, "tensor values read while tracing",
+                "numpy reads the values of an activation tensor, which change with every input; a spiking "
+                "graph is fixed — compute it with torch operations"))
+            if isinstance(value, torch.Tensor):
+                return np.asarray(value.detach().cpu().numpy(), dtype=dtype)
+            return np.asarray(value, dtype=dtype)
+        plain = _plain_value(list(value) if isinstance(value, (tuple, list, torch.Size)) else value)
+        self.specialised.append({"node": node.name, "op": "numpy", "arg": "array", "value": plain,
+                                 "input_shape": list(self.shape) if self.shape else None, "where": _bare(where)})
+        return np.asarray(plain, dtype=dtype)
 
     def create_node(self, *args, **kwargs) -> fx.Node:
         """torch's node, with the stack trace taken by :mod:`traceback` (the frames from the first
@@ -174,7 +238,7 @@ class _Tracer(fx.Tracer):
         return _plain_value(value)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
-        if kind == "call_function" and target in _FACTORIES and not self._evaluating and self.example is not None \
+        if kind == "call_function" and target in _CONSTANT_FACTORIES and not self._evaluating and self.example is not None \
                 and _has_proxy((args, kwargs)):  # a tensor built from shapes (a window mask): a constant
             args, kwargs = fx.node.map_aggregate((args, kwargs), lambda a: self._concrete(a.node) if isinstance(
                 a, fx.Proxy) else a)
@@ -185,7 +249,7 @@ class _Tracer(fx.Tracer):
             value = self._evaluate(args[0].node)  # a shape check (timm): decided on the example, then dropped
             if isinstance(value, torch.Tensor):
                 value = bool(value.all()) if value.numel() else True
-            self.decisions.append({"node": p.node.name, "value": bool(value), "where": source_line(p.node).strip(" ()")})
+            self.decisions.append({"node": p.node.name, "value": bool(value), "where": _bare(source_line(p.node))})
             if not value:
                 self.blockers.append(Blocker(p.node.name, "call_function _assert", source_line(p.node), "failed assertion",
                                              "the model's own assertion fails on the example input shape; use "
@@ -212,11 +276,11 @@ class _Tracer(fx.Tracer):
         for key, value in fixed:
             self.specialised.append({"node": p.node.name, "op": target_name(target), "arg": key, "value": value,
                                      "input_shape": list(self.shape) if self.shape else None,
-                                     "where": source_line(p.node).strip(" ()")})
+                                     "where": _bare(source_line(p.node))})
         return p
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
-        return _ShapeProxy(node, self)
+        return ShapeProxy(node, self)
 
     def _shape_only(self, node: fx.Node) -> bool:
         """Whether ``node``'s value depends on the input's shape only (every path from the input
@@ -245,7 +309,7 @@ class _Tracer(fx.Tracer):
                 "number; a spiking graph is fixed before it sees data — compute with tensors instead")
         value = self._evaluate(node)
         plain = _plain_value(list(value) if isinstance(value, torch.Size) else value)
-        self.decisions.append({"node": node.name, "value": plain, "where": source_line(node).strip(" ()")})
+        self.decisions.append({"node": node.name, "value": plain, "where": _bare(source_line(node))})
         return value
 
     def call_module(self, m, forward, args, kwargs):
@@ -290,38 +354,8 @@ class _Tracer(fx.Tracer):
                 "data-dependent control flow (an `if` on tensor values) has no fixed spiking graph; rewrite the "
                 "model without it (torch.where)"))
             return True
-        self.decisions.append({"node": node.name, "value": bool(value), "where": source_line(node).strip(" ()")})
+        self.decisions.append({"node": node.name, "value": bool(value), "where": _bare(source_line(node))})
         return bool(value)
-
-
-def _jit_isinstance(original: Callable) -> Callable:
-    def isinstance_(obj, target_type):
-        if isinstance(obj, fx.Proxy) and target_type is torch.Tensor:
-            return True
-        return original(obj, target_type)
-    return isinstance_
-
-
-@contextlib.contextmanager
-def _patched_jit_isinstance():
-    """``torch.jit.isinstance(proxy, torch.Tensor)`` is true, and einops takes sjunet's proxies for
-    torch tensors (its functions — SwinUNETR's ``rearrange`` — check the tensor's type)."""
-    original = torch.jit.isinstance
-    torch.jit.isinstance = _jit_isinstance(original)
-    registry = None
-    try:
-        from einops import _backends
-
-        registry = _backends._type2backend
-        registry[_ShapeProxy] = _backends.TorchBackend()
-    except Exception:  # noqa: BLE001 - einops absent, or another version: its own checks stand
-        registry = None
-    try:
-        yield
-    finally:
-        torch.jit.isinstance = original
-        if registry is not None:
-            registry.pop(_ShapeProxy, None)
 
 
 def trace(model: nn.Module, example_shape: Iterable[int] | None = None) -> Trace:
@@ -338,17 +372,19 @@ def trace(model: nn.Module, example_shape: Iterable[int] | None = None) -> Trace
         example = torch.zeros((1, *shape[1:]), dtype=p.dtype if p is not None else torch.float32)
     tracer = _Tracer(example, shape)
     try:
-        with _patched_jit_isinstance():
+        with patched_jit_isinstance(), patched_factories(), einops_sees_proxies():
             graph = tracer.trace(m)
     except UnsupportedGraphError:
         raise
-    except Exception as e:  # any failure of torch.fx: one line, never a raw traceback
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+    except Exception as e:  # any failure of torch.fx: one line naming the model's failing line, never a traceback
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        where = _bare(frame_line(traceback.extract_tb(e.__traceback__)))
         raise UnsupportedGraphError(
-            f"cannot convert {type(model).__name__}: torch.fx cannot trace it ({type(e).__name__}: {first}); "
-            "sjunet converts models whose forward is a fixed graph of tensor operations") from None
+            f"cannot convert {type(model).__name__}: torch.fx cannot trace it ({type(e).__name__}: {first})"
+            + (f" at {where}" if where else "") + "; sjunet converts models whose forward is a fixed graph of tensor "
+            "operations") from None
     return Trace(fx.GraphModule(tracer.root, graph, type(model).__name__), tracer.decisions, [], shape,
-                 tracer.specialised, None, tracer.blockers)
+                 tracer.specialised, None, tracer.blockers, tracer.created)
 
 
 def _is_sjunet_leaf(m: nn.Module) -> bool:
@@ -370,14 +406,23 @@ def _is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
 @contextlib.contextmanager
 def stages_are_leaves():
     """While active, ``fx.Tracer`` treats sjunet's stage and neuron modules as leaves, as it does
-    torch.nn's. SpikingJelly's converter traces the canonical graph with a plain ``fx.Tracer``
-    and offers no hook for the leaf rule, so the conversion runs inside this context."""
+    torch.nn's, and a plain tracer re-traces what :func:`trace` traced (``t[idx] = v`` on a proxy, tensor
+    factories sized by shapes). SpikingJelly's converter traces the canonical graph with a plain
+    ``fx.Tracer`` and offers no hook for the leaf rule, so the conversion runs inside this context."""
     previous = fx.Tracer.is_leaf_module
+    had_setitem = "__setitem__" in vars(fx.Proxy)
+    previous_setitem = vars(fx.Proxy).get("__setitem__")
     fx.Tracer.is_leaf_module = _is_leaf_module
+    fx.Proxy.__setitem__ = proxy_setitem
     try:
-        yield
+        with patched_factories():
+            yield
     finally:
         fx.Tracer.is_leaf_module = previous
+        if had_setitem:
+            fx.Proxy.__setitem__ = previous_setitem
+        else:
+            del fx.Proxy.__setitem__
 
 
 def retrace(gm: fx.GraphModule) -> fx.GraphModule:

@@ -25,7 +25,7 @@ def test_smoke_profile(name, results, monkeypatch, capsys):
             "conversion": "conversion", "finetune": "finetune", "flow": "flow",
             "ablation": "ablation", "zoo": "zoo", "ftrecipe": "ftrecipe", "peers": "peers",
             "calibration": "calibration", "protocol": "protocol", "ftladder": "ftladder", "volume": "volume",
-            "ladderstudy": "ladderstudy", "demos": "demos"}[name]
+            "ladderstudy": "ladderstudy", "demos": "demos", "gap": "gap"}[name]
     md, js = tmp_path / f"{stem}-smoke.md", tmp_path / f"{stem}-smoke.json"
     assert md.exists() and js.exists()
     if name in ("conversion", "ladders"):  # a metric-vs-T figure beside the table

@@ -648,3 +648,102 @@ def test_regression_string_length_0xffffffff_refused_in_bounded_memory(base):
         with variant(base) as path:
             set_string_length(path, 0, 0xFFFFFFFF, address)
             assert "string" in str(refused(path))
+
+
+# ------------------------------------------------- the approximation record of a norm model (issue 26)
+
+#: JSON values an attacker can put anywhere in the approximation record (NaN and ±inf included: json
+#: writes them as tokens that json.loads reads back)
+_json_junk = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), _any_float, st.text(max_size=12),
+              st.just("x" * 5000)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6)
+_near_intervals = st.one_of(
+    st.lists(_any_float, min_size=0, max_size=3),
+    st.tuples(_finite, _finite).map(list),
+    st.sampled_from([[0.2, 0.1], [-1.0, 0.5], [0.9, 1.5], [math.nan, 0.1], [0.1, math.inf], [0.1], "0.1,0.2"]))
+#: (path in the record, values): the fields issue 26 added, which old files do not have
+APPROX_FIELDS = (("interval",), ("interval", "relative_error"), ("interval", "agreement"),
+                 ("interval", "confidence"), ("interval", "method"), ("degenerate",), ("estimated_on",))
+
+
+@pytest.fixture(scope="module")
+def norm_base(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.GroupNorm(2, 4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 2, 1)).eval()
+    g = torch.Generator().manual_seed(0)
+    data = [torch.rand(2, 1, 16, 16, generator=g) for _ in range(3)]
+    stats = calibrate(model, data, progress=False, nbins=1024, gap_data=data[:1], gap_description="validation")
+    assert {"interval", "degenerate", "estimated_on"} <= set(stats.approximation)
+    path = tmp_path_factory.mktemp("norm-stats") / "stats.h5"
+    write_stats(stats, path)
+    read_stats(path)
+    return path
+
+
+def rehash_all(path: Path) -> None:
+    """Recompute ``content_sha256`` over every attribute and array of a (small) file, the
+    approximation record and the ``sigma`` datasets included, as an attacker would."""
+    with h5py.File(path, "r+") as f:
+        fa = {k: _val(f.attrs[k]) for k in (*_HASHED_FILE, "approximation") if k in f.attrs}
+        order = json.loads(fa["node_order"])
+        na = {n: {k: _val(f["nodes"][n].attrs[k]) for k in _NODE_ATTRS} for n in order}
+        arrays = {n: tuple(f["nodes"][n][d][()] for d in ("histogram", "bin_edges", "sigma") if d in f["nodes"][n])
+                  for n in order}
+        f.attrs["content_sha256"] = _content_hash(fa, na, arrays)
+
+
+def assert_sane_approximation(a: dict | None) -> None:
+    """What convert and the CLI rely on in an accepted approximation record."""
+    assert isinstance(a, dict)
+    iv = a.get("interval")
+    if iv is not None:
+        assert isinstance(iv, dict)
+        for key, hi in (("relative_error", math.inf), ("agreement", 1.0)):
+            v = iv.get(key)
+            assert v is None or (isinstance(v, list) and len(v) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+                and 0 <= v[0] <= v[1] <= hi), v
+        assert iv.get("confidence") is None or 0 < iv["confidence"] < 1
+        assert isinstance(iv.get("method", ""), str)
+    assert a.get("degenerate") is None or (isinstance(a["degenerate"], str) and len(a["degenerate"]) <= 1024)
+    assert isinstance(a.get("estimated_on", ""), str) and len(a.get("estimated_on", "")) <= 1024
+    from sjunet.calibration.gap import gap_line, gap_refusal
+
+    gap_line(a), gap_refusal(a)  # the CLI's lines format whatever was accepted
+
+
+@FUZZ
+@given(field=st.sampled_from(APPROX_FIELDS), value=st.one_of(_json_junk, _near_intervals), drop=st.booleans())
+def test_fuzz_approximation_record(norm_base, field, value, drop):
+    """The fields issue 26 added (interval, degenerate, estimated_on): any value, or the field removed,
+    in a correctly re-hashed file — refused in one line, or read into what the gate relies on."""
+    with variant(norm_base) as path:
+        with h5py.File(path, "r+") as f:
+            a = json.loads(f.attrs["approximation"])
+            holder = a
+            for k in field[:-1]:
+                holder = holder[k]
+            if drop:
+                holder.pop(field[-1], None)
+            else:
+                holder[field[-1]] = value
+            del f.attrs["approximation"]
+            f.attrs["approximation"] = json.dumps(a)
+        rehash_all(path)
+        if refused(path, allow_success=True) is None:
+            assert_sane_approximation(read_stats(path).approximation)
+
+
+def test_approximation_record_of_an_earlier_version_still_reads(norm_base, tmp_path):
+    """Files written before issue 26 carry no interval, degenerate flag or estimated_on: they read, and
+    the gate judges them as before (the interval is simply not shown)."""
+    from sjunet.calibration.gap import gap_line
+
+    s = read_stats(norm_base)
+    s.approximation = {k: v for k, v in s.approximation.items() if k not in ("interval", "degenerate", "estimated_on")}
+    old = read_stats(write_stats(s, tmp_path / "old.h5"))
+    assert old.approximation == s.approximation and "interval" not in gap_line(old.approximation)
+    assert "interval" in gap_line(read_stats(norm_base).approximation)

@@ -34,15 +34,16 @@ def write_snn(path: Path, record: dict, tensors: dict) -> Path:
     return path
 
 
-def insert_module(rec: dict, name: str, spec: dict, after: str) -> dict:
-    """Put module ``spec`` as ``name`` on the edge leaving node ``after`` (its users read it instead)."""
+def insert_module(rec: dict, name: str, spec: dict, after: str = "x", extra_args: list | None = None) -> dict:
+    """Put module ``spec`` as ``name`` on the edge leaving node ``after`` (its users read it instead);
+    ``extra_args``: more inputs of the new node after ``after``."""
     g = rec["graph"]
     g["modules"][name] = spec
     for n in g["nodes"]:
         n["args"] = json.loads(json.dumps(n["args"]).replace(json.dumps({"node": after}), json.dumps({"node": name})))
     at = next(i for i, n in enumerate(g["nodes"]) if n["name"] == after) + 1
     g["nodes"].insert(at, {"name": name, "op": "call_module", "target": name, "kwargs": {"dict": {}},
-                           "args": {"tuple": [{"node": after}]}})
+                           "args": {"tuple": [{"node": after}, *(extra_args or [])]}})
     return rec
 
 

@@ -203,6 +203,17 @@ def architecture_rows(bench: str, profile: str, p: dict, architectures: dict, ro
     return rows
 
 
+def architecture_table(bench: str, profile: str, p: dict, architectures: dict, row, table,
+                       only: str | None = None) -> dict:
+    """A per-architecture benchmark whose result is its table alone (``volume``, ``gap``): the rows of
+    :func:`architecture_rows` (``row(name, out)``, ``table(rows)``), the table written once more with
+    them. Returns ``{table, rows, path}``."""
+    rows = architecture_rows(bench, profile, p, architectures, row, table, only)
+    text = table(rows)
+    path = write_results(bench, profile, text, {"profile": profile, "settings": p, "rows": rows})
+    return {"table": text, "rows": rows, "path": str(path)}
+
+
 def cached_ann(opts, factory: str | None):
     """The ANN ``opts`` (a :class:`sjunet.training.ann.TrainOptions`) trains, cached in ``opts.output``:
     reused when the file was trained with the same options (output, device and data directory

@@ -165,11 +165,8 @@ def _table(rows: list[dict], p: dict) -> str:
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", only: str | None = None) -> dict:
     """The gap table (``only``: comma-separated architectures)."""
-    from .common import architecture_rows, write_results
+    from .common import architecture_table
 
     p = dict(PROFILES[profile])
-    rows = architecture_rows("gap", profile, p, ARCHITECTURES, lambda name, out: _row(name, p, out, data, device),
-                             lambda rows: _table(rows, p), only)
-    table = _table(rows, p)
-    path = write_results("gap", profile, table, {"profile": profile, "settings": p, "rows": rows})
-    return {"table": table, "rows": rows, "path": str(path)}
+    return architecture_table("gap", profile, p, ARCHITECTURES, lambda name, out: _row(name, p, out, data, device),
+                              lambda rows: _table(rows, p), only)

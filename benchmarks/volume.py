@@ -205,14 +205,11 @@ def worker(cfg: dict) -> dict:
 
 def run(profile: str = "cpu", model=None, data=None, device: str = "cpu", only: str | None = None) -> dict:
     """The volume table on the profile's dataset; ``only``: comma-separated architecture names."""
-    from .common import architecture_rows, write_results
+    from .common import architecture_table
 
     p = dict(PROFILES[profile])
-    rows = architecture_rows("volume", profile, p, ARCHITECTURES, lambda name, out: _row(name, p, out, data, device),
-                             lambda rows: _table(rows, p), only)
-    table = _table(rows, p)
-    path = write_results("volume", profile, table, {"profile": profile, "settings": p, "rows": rows})
-    return {"table": table, "rows": rows, "path": str(path)}
+    return architecture_table("volume", profile, p, ARCHITECTURES, lambda name, out: _row(name, p, out, data, device),
+                              lambda rows: _table(rows, p), only)
 
 
 def _table(rows: list[dict], p: dict) -> str:

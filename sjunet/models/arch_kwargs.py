@@ -61,14 +61,7 @@ def choice(*values: Any, fold: bool = False) -> Check:
 
 
 def integers(lo: int, hi: int, min_len: int = 1, max_len: int = MAX_LEVELS) -> Check:
-    item = integer(lo, hi)
-
-    def check(v, what):
-        if not isinstance(v, (list, tuple)) or not min_len <= len(v) <= max_len:
-            _fail(what, f"a list of {min_len}..{max_len} integers", v)
-        for u in v:
-            item(u, what)
-    return check
+    return nested(integer(lo, hi), min_len, max_len, items="integers")
 
 
 def one_of(*checks: Check, expected: str) -> Check:
@@ -83,11 +76,11 @@ def one_of(*checks: Check, expected: str) -> Check:
     return check
 
 
-def nested(inner: Check, min_len: int = 1, max_len: int = MAX_LEVELS) -> Check:
+def nested(inner: Check, min_len: int = 1, max_len: int = MAX_LEVELS, items: str = "entries") -> Check:
     """A list of values each passing ``inner`` (per-level kernel sizes, per-level strides)."""
     def check(v, what):
         if not isinstance(v, (list, tuple)) or not min_len <= len(v) <= max_len:
-            _fail(what, f"a list of {min_len}..{max_len} entries", v)
+            _fail(what, f"a list of {min_len}..{max_len} {items}", v)
         for u in v:
             inner(u, what)
     return check

@@ -213,3 +213,31 @@ def no_sockets():
         yield attempts
     finally:
         socket.socket, socket.create_connection, socket.getaddrinfo = saved
+
+
+def _hold(path: Path, ready, release, result: str | None) -> None:
+    from sjunet.io import output_guard
+
+    with output_guard(path):
+        ready.set()
+        release.wait(30)
+        if result is not None:
+            path.write_text(result)
+
+
+@contextlib.contextmanager
+def lock_held_elsewhere(path: Path, result: str | None = None):
+    """Another process (forked) holds ``path``'s output lock (:func:`sjunet.io.output_guard`) while the
+    block runs, as a first run would; when released it writes ``result`` there (if given)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold, args=(path, ready, release, result))
+    p.start()
+    try:
+        assert ready.wait(30)
+        yield
+    finally:
+        release.set()
+        p.join(30)

@@ -1,6 +1,5 @@
 """Output locks that never follow a link and never race, and a full disk that costs one clean line
 and no result (issue 18)."""
-import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from fulldisk import fill, full_tmpfs
+from hostile import lock_held_elsewhere
 from sjunet.cli.main import main
 from sjunet.io import (ArtifactError, NoSpaceError, lock_path, output_guard, torch_save_atomic, write_bytes_atomic,
                        write_json)
@@ -44,12 +44,6 @@ def test_a_hard_linked_lock_file_is_refused(tmp_path):
     assert victim.read_text() == "keep me"
 
 
-def _hold(path, ready, release):
-    with output_guard(path):
-        ready.set()
-        release.wait(30)
-
-
 def test_the_lock_file_is_kept_so_every_run_locks_the_same_inode(tmp_path):
     """The race of issue 18: run A unlinks the lock at its end while B waits on the old inode and C
     creates a new one — both "hold" it. A kept lock file is one inode for everyone."""
@@ -57,19 +51,11 @@ def test_the_lock_file_is_kept_so_every_run_locks_the_same_inode(tmp_path):
     with output_guard(out):
         inode = lock_path(out).stat().st_ino
     assert lock_path(out).stat().st_ino == inode  # kept after the run
-    ctx = mp.get_context("fork")
-    ready, release = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=_hold, args=(out, ready, release))
-    p.start()
-    try:
-        assert ready.wait(30)
+    with lock_held_elsewhere(out):
         for _ in range(3):  # a second and a third run are refused while the first holds it
             with pytest.raises(ArtifactError, match="another sjunet run"):
                 with output_guard(out):
                     pass
-    finally:
-        release.set()
-        p.join(30)
     with output_guard(out):  # released with the process
         assert lock_path(out).stat().st_ino == inode
 

@@ -7,7 +7,6 @@ socket (sockets are disabled in this process while it runs, :func:`hostile.no_so
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import resource
 import stat
@@ -19,11 +18,10 @@ import torch
 from click.testing import CliRunner
 
 import sjunet
-from hostile import (NOT_FILES, adaptive, first, insert_module, make_not_a_file, module_args, no_sockets, node, pad,
-                     late, png_header_bomb, read_snn, resample, set_string_length, tiff_header_bomb, write_em,
-                     write_snn)
+from hostile import (NOT_FILES, adaptive, first, insert_module, late, lock_held_elsewhere, make_not_a_file, module_args,
+                     no_sockets, node, pad, png_header_bomb, read_snn, resample, set_string_length, tiff_header_bomb,
+                     write_em, write_snn)
 from sjunet.cli.main import main
-from sjunet.io import output_guard
 from sjunet.models import UNet
 
 MAX_SECONDS = 15.0
@@ -200,14 +198,6 @@ def test_a_string_length_edit_of_a_stats_file_is_refused_in_bounded_memory(nets,
 # ------------------------------------------------------------------ outputs
 
 
-def _hold(path, ready, release):
-    """A first run: holds the output's lock, writes its result when released."""
-    with output_guard(path):
-        ready.set()
-        release.wait(30)
-        path.write_text("the first run's result")
-
-
 def test_two_runs_on_one_output_never_both_succeed(nets, tmp_path):
     """Reported: two `convert -o same.safetensors` at once both exited 0, the last silently replacing
     the first; convert, calibrate and evaluate took no lock."""
@@ -221,17 +211,9 @@ def test_two_runs_on_one_output_never_both_succeed(nets, tmp_path):
             ("convert", ["-m", nets["ann"], "--stats", stats], tmp_path / "snn.safetensors"),
             ("calibrate", ["-m", nets["ann"], *SEG2D], tmp_path / "again.h5"),
             ("evaluate", ["-m", nets["ann"], *SEG2D], tmp_path / "eval.json")):
-        ctx = mp.get_context("fork")
-        ready, release = ctx.Event(), ctx.Event()
-        p = ctx.Process(target=_hold, args=(out, ready, release))
-        p.start()
-        try:
-            assert ready.wait(30)
+        with lock_held_elsewhere(out, result="the first run's result"):  # a first run, still working
             r = CliRunner().invoke(main, [verb, *map(str, args), "-o", str(out)])
             assert r.exit_code == 2 and "another sjunet run" in r.output, (verb, r.output)
-        finally:
-            release.set()
-            p.join(30)
         assert out.read_text() == "the first run's result"
         r = CliRunner().invoke(main, [verb, *map(str, args), "-o", str(out)])  # after it: exists, no --force
         assert r.exit_code == 2 and "exists" in r.output and out.read_text() == "the first run's result"

@@ -58,11 +58,16 @@ def valid(tmp_path_factory) -> Valid:
     data = [torch.rand(2, 1, 16, 16, generator=g) for _ in range(2)]
     stats = sjunet.calibrate(net, data, progress=False)
     snn = sjunet.convert(net, stats)
-    d = tmp_path_factory.mktemp("snn")
-    path = sjunet.save_snn(snn, d / "snn.safetensors")
+    return saved(snn, tmp_path_factory, "snn")
+
+
+def saved(snn, tmp_path_factory, name: str) -> Valid:
+    """``snn`` saved as the valid file of a family (its tensors and record read back), with a folder for
+    the family's cases."""
+    path = sjunet.save_snn(snn, tmp_path_factory.mktemp(name) / "snn.safetensors")
     with safe_open(str(path), framework="pt") as f:
         record = json.loads(f.metadata()["sjunet"])
-    return Valid(path, load_file(str(path)), record, tmp_path_factory.mktemp("cases"))
+    return Valid(path, load_file(str(path)), record, tmp_path_factory.mktemp(f"cases_{name}"))
 
 
 def write(valid: Valid, record=None, text: str | None = None, rehash: bool = True, tensors=None,

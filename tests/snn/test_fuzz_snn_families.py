@@ -3,7 +3,6 @@ record fields that amplify a run (issue 27) and the record vocabulary of Σ-Δ n
 stages (issue 26). Every variant is refused in one line, or loads where the mutation was harmless."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ from fuzzing import refused_cleanly
 from hostile import insert_module, node
 from hypothesis import given
 from hypothesis import strategies as st
-from safetensors.torch import load_file, safe_open
-from test_fuzz_snn import HOSTILE, FUZZ, Valid, done, module_args, refused, refused_or_loaded, valid, write
+from test_fuzz_snn import HOSTILE, FUZZ, Valid, done, module_args, refused, refused_or_loaded, saved, valid, write
 
 import sjunet
 from sjunet.io import ArtifactError
@@ -31,11 +29,7 @@ def valid3(tmp_path_factory) -> Valid:
     torch.manual_seed(0)
     net = UNet(in_channels=1, out_channels=2, base_width=4, depth=2, spatial_dims=3).eval()
     stats = sjunet.calibrate(net, [torch.rand(2, 1, 8, 16, 16)], progress=False)
-    d = tmp_path_factory.mktemp("snn3")
-    path = sjunet.save_snn(sjunet.convert(net, stats), d / "snn.safetensors")
-    with safe_open(str(path), framework="pt") as f:
-        record = json.loads(f.metadata()["sjunet"])
-    return Valid(path, load_file(str(path)), record, tmp_path_factory.mktemp("cases3"))
+    return saved(sjunet.convert(net, stats), tmp_path_factory, "snn3")
 
 
 def load_and_run(path: Path) -> None:
@@ -147,11 +141,7 @@ def valid_sigma(tmp_path_factory) -> Valid:
     g = torch.Generator().manual_seed(0)
     stats = sjunet.calibrate(net, [torch.rand(2, 1, 8, 8, generator=g) for _ in range(2)], progress=False)
     snn = sjunet.convert(net, stats)
-    d = tmp_path_factory.mktemp("snn_sigma")
-    path = sjunet.save_snn(snn, d / "snn.safetensors")
-    with safe_open(str(path), framework="pt") as f:
-        record = json.loads(f.metadata()["sjunet"])
-    return Valid(path, load_file(str(path)), record, tmp_path_factory.mktemp("cases_sigma"))
+    return saved(snn, tmp_path_factory, "snn_sigma")
 
 
 def _of_type(valid: Valid, t: str) -> str:

@@ -18,6 +18,7 @@ default, so its multi-process runs match a single-process run on the concatenate
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -59,9 +60,17 @@ def init(device: str = "cpu") -> World:
     if not dist.is_initialized():
         backend = "nccl" if resolve_device(device).startswith("cuda") else "gloo"
         dist.init_process_group(backend=backend)
+        atexit.register(_leave)  # an explicit, orderly shutdown, not the process group's destructor at exit
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return world()
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(device: str | torch.device | None) -> str:

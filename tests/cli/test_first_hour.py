@@ -268,6 +268,14 @@ def test_a_degenerate_model_is_named_and_recorded(tmp_path, monkeypatch):
     assert "same constant" in check_model(Const(torch.zeros(1, 1, 1, 1)), den, multiple=1)
     assert check_model(nn.Conv2d(1, 1, 3, padding=1), den, multiple=1) is None
 
+    class OneSize(Const):  # a model of one input size (a ViT's position embeddings) sees its windows only
+        def forward(self, x):
+            assert x.shape[-2:] == (16, 16), x.shape
+            return super().forward(x)
+
+    assert check_model(OneSize(one_class.out), get_dataset("demo-seg", None, "val", size=40, num_items=2),
+                       patch=16) == "it predicts one class ('background') on every pixel of 2 images"
+
     import sjunet.training.ann as training
 
     monkeypatch.setattr(training, "check_model", lambda *a, **k: "it predicts one class ('background')")

@@ -112,6 +112,9 @@ def fold_constants(gm: fx.GraphModule, example_shape=None, notes: list | None = 
     for n, value in values.items():
         if not isinstance(value, torch.Tensor):
             continue
+        for u in list(n.users):  # its in-place fills (``m[:, :h] = 1``) are in the folded value
+            if _is_fill(u) and u.args[0] is n and not u.users:
+                gm.graph.erase_node(u)
         with gm.graph.inserting_before(n):
             new = gm.graph.get_attr(_buffer(gm, value.detach()))
         new.stack_trace = n.stack_trace
@@ -120,6 +123,24 @@ def fold_constants(gm: fx.GraphModule, example_shape=None, notes: list | None = 
             notes.append({"node": new.name, "op": "constant", "arg": "value", "value": list(value.shape),
                           "input_shape": list(shape), "where": source_line(n).strip(" ()")})
     gm.graph.eliminate_dead_code()
+    if _drop_dead_fills(gm, dep):
+        gm.graph.eliminate_dead_code()
+
+
+def _is_fill(n: fx.Node) -> bool:
+    return n.op == "call_function" and n.target is operator.setitem and bool(n.args)
+
+
+def _drop_dead_fills(gm: fx.GraphModule, dep: set[fx.Node]) -> bool:
+    """In-place fills (``mask[:, h, w] = cnt``: ``operator.setitem``, which dead-code elimination keeps)
+    of a constant tensor that nothing reads any more — its value was folded into a buffer; whether any."""
+    dropped = False
+    for n in reversed(list(gm.graph.nodes)):
+        target = n.args[0] if _is_fill(n) else None
+        if isinstance(target, fx.Node) and target not in dep and not n.users and all(map(_is_fill, target.users)):
+            gm.graph.erase_node(n)
+            dropped = True
+    return dropped
 
 
 def is_constant(gm: fx.GraphModule, a) -> bool:

@@ -194,6 +194,19 @@ def test_einops_and_item_assignment_trace():
 
     tr = trace(Mask().eval(), (1, 1, 8, 8))
     assert torch.allclose(tr.gm(x), Mask()(x))
+    # converted: the filled mask is folded into a buffer and its fills, read by nothing, are dropped
+    # (they used to stay behind as "shape arithmetic", refusing SwinUNETR)
+    class AddMask(nn.Module):  # SwinUNETR adds its mask to the attention logits
+        def forward(self, x):
+            m = torch.zeros((1, 1, x.shape[2], x.shape[3]), device=x.device)
+            m[:, :, : x.shape[2] // 2] = 1.0
+            return x + m
+
+    masked = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), AddMask(), nn.Conv2d(2, 1, 1)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    snn = convert(masked, calibrate(masked, [x], progress=False))
+    with torch.no_grad():
+        assert torch.allclose(simulate(snn, x, [64])[64], masked(x), atol=0.05)
 
 
 class _NotInstalled(nn.Module):

@@ -24,6 +24,8 @@ from sjunet.io import ArtifactError
 #: largest channel count, width or feature count a file may give
 MAX_WIDTH = 65_536
 MAX_LEVELS = 16
+#: largest input side a file may declare (a ViT's fixed input size)
+MAX_SIDE = 4096
 
 Check = Callable[[Any, str], None]
 
@@ -130,6 +132,8 @@ def encoder_name(v, what):
 
 _CH = integer(1, MAX_WIDTH)
 _DIMS = integer(1, 3)
+_STRIDES = nested(one_of(integer(1, 8), integers(1, 8, 1, 3), expected="a stride or one per axis"))
+_KERNEL = one_of(integer(1, 15), integers(1, 15, 1, 3), expected="an odd size or one per axis")
 _ACTS = ("relu", "leakyrelu", "prelu", "relu6", "elu", "selu", "celu", "gelu", "sigmoid", "tanh", "swish", "mish",
          "softmax", "logsoftmax")
 _NORMS = ("batch", "instance", "group", "layer", "localresponse", "syncbatch")
@@ -189,13 +193,19 @@ SCHEMAS: dict[str, dict[str, Check]] = {
         "upsample": choice("deconv", "pixelshuffle", "nontrainable")},
     "monai.networks.nets:UNet": {
         "spatial_dims": _DIMS, "dimensions": _DIMS, "in_channels": _CH, "out_channels": _CH,
-        "channels": integers(1, MAX_WIDTH, 2), "strides": nested(one_of(integer(1, 8), integers(1, 8, 1, 3),
-                                                                        expected="a stride or one per axis")),
-        "kernel_size": one_of(integer(1, 15), integers(1, 15, 1, 3), expected="an odd size or one per axis"),
-        "up_kernel_size": one_of(integer(1, 15), integers(1, 15, 1, 3), expected="an odd size or one per axis"),
+        "channels": integers(1, MAX_WIDTH, 2), "strides": _STRIDES, "kernel_size": _KERNEL, "up_kernel_size": _KERNEL,
         "num_res_units": integer(0, MAX_LEVELS), "act": layer(*_ACTS), "norm": layer(*_NORMS),
         "dropout": number(0, 1), "bias": boolean, "adn_ordering": lambda v, w: None if (
             isinstance(v, str) and re.fullmatch(r"[NDA]{0,3}", v)) else _fail(w, "letters of N, D, A", v)},
+    "monai.networks.nets:AttentionUnet": {  # attention gates: Σ-Δ neurons (spec §15)
+        "spatial_dims": _DIMS, "in_channels": _CH, "out_channels": _CH, "channels": integers(1, MAX_WIDTH, 2),
+        "strides": _STRIDES, "kernel_size": _KERNEL, "up_kernel_size": _KERNEL, "dropout": number(0, 1)},
+    "sjunet.models.zoo_nets:unetr": {  # MONAI's UNETR (a ViT encoder), saying its one input size
+        "in_channels": _CH, "out_channels": _CH, "spatial_dims": integer(2, 3),
+        "img_size": one_of(integer(1, MAX_SIDE), integers(1, MAX_SIDE, 2, 3), expected="a side or one per axis"),
+        "feature_size": _CH, "hidden_size": _CH, "mlp_dim": _CH, "num_heads": integer(1, MAX_WIDTH),
+        "proj_type": choice("conv", "perceptron"), "norm_name": layer(*_NORMS), "conv_block": boolean,
+        "res_block": boolean, "dropout_rate": number(0, 1), "qkv_bias": boolean},
     "segmentation_models_pytorch:Unet": {
         "encoder_name": encoder_name, "encoder_depth": integer(1, 5), "encoder_weights": choice(None),
         "decoder_use_norm": _decoder_norm, "decoder_use_batchnorm": one_of(boolean, choice("inplace"),

@@ -35,6 +35,8 @@ ALLOWED_ARCHITECTURES: dict[str, tuple[str, str]] = {
     "sjunet.models.nnunet:residual_encoder_unet": ("sjunet.models.nnunet", "residual_encoder_unet"),
     "monai.networks.nets:BasicUNet": ("monai.networks.nets", "BasicUNet"),
     "monai.networks.nets:UNet": ("monai.networks.nets", "UNet"),
+    "monai.networks.nets:AttentionUnet": ("monai.networks.nets", "AttentionUnet"),
+    "sjunet.models.zoo_nets:unetr": ("sjunet.models.zoo_nets", "unetr"),
     "segmentation_models_pytorch:Unet": ("segmentation_models_pytorch", "Unet"),
 }
 

@@ -99,6 +99,24 @@ def test_allowed_architectures_still_load(tmp_path):
     assert model_fingerprint(model) == ck["fingerprint"]
 
 
+@pytest.mark.parametrize("factory,kwargs", [  # issue 26's trained rows load by their checkpoint alone
+    ("monai.networks.nets:AttentionUnet", dict(spatial_dims=2, in_channels=1, out_channels=2, channels=[2, 4],
+                                                strides=[2])),
+    ("sjunet.models.zoo_nets:unetr", dict(in_channels=1, out_channels=2, img_size=[16, 16], spatial_dims=2,
+                                          feature_size=2, hidden_size=8, mlp_dim=8, num_heads=2))])
+def test_attention_and_transformer_unets_load_from_the_allow_list(tmp_path, factory, kwargs):
+    from sjunet.models.external import build_arch
+
+    m = build_arch(factory, kwargs).eval()
+    ck = {"kind": ANN_KIND, "model_config": None, "state_dict": m.state_dict(), "fingerprint": model_fingerprint(m),
+          "arch": {"factory": factory, "kwargs": kwargs}}
+    model, _ = load_ann(_write(ck, tmp_path))
+    assert model_fingerprint(model) == ck["fingerprint"]
+    ck["arch"]["kwargs"] = {**kwargs, "save_attn": True}  # an argument outside the closed list: refused
+    with pytest.raises(ArtifactError, match="save_attn"):
+        load_ann(_write(ck, tmp_path))
+
+
 def test_a_user_named_arch_is_trusted_only_when_it_is_exactly_the_files(tmp_path):
     from sjunet.models.fcn import SpikingFCNNet
 

@@ -46,10 +46,9 @@ class OutputCheck:
         self.in_lo = self.in_hi = None
         self.items = 0
 
-    def update(self, output: torch.Tensor, x: torch.Tensor | None = None, images: int | None = None) -> None:
-        """``images``: how many images ``output`` covers (default: its batch size; windows of one image: 1)."""
+    def update(self, output: torch.Tensor, x: torch.Tensor | None = None) -> None:
         output = output.detach()
-        self.items += int(output.shape[0]) if images is None else int(images)
+        self.items += int(output.shape[0])
         if self.kind == "segmentation":
             self.classes.update(int(c) for c in torch.unique(output.argmax(1)))
             return
@@ -82,42 +81,38 @@ class OutputCheck:
 
 
 def check_outputs(run: Callable[[torch.Tensor], torch.Tensor], inputs: Iterable[torch.Tensor], kind: str,
-                  class_names: "list[str] | None" = None, windows: bool = False) -> str | None:
-    """:class:`OutputCheck` over ``run(x)`` for every batch ``x`` of ``inputs`` (``windows``: each ``x`` is
-    the windows of one image)."""
+                  class_names: "list[str] | None" = None) -> str | None:
+    """:class:`OutputCheck` over ``run(x)`` for every batch ``x`` of ``inputs``."""
     check = OutputCheck(kind, class_names)
     with torch.no_grad():
         for x in inputs:
-            check.update(run(x), x, 1 if windows else None)
+            check.update(run(x), x)
     return check.reason()
 
 
 def check_model(model: torch.nn.Module, dataset, items: int = CHECK_ITEMS, device: str = "cpu",
-                multiple: "int | tuple[int, ...] | None" = None, patch: int | None = None) -> str | None:
-    """Run the ANN ``model`` on the first ``items`` items of ``dataset`` (each padded to the size
-    rule, as evaluation does; or, for a model of one input size evaluated by ``patch`` x ``patch``
-    windows, cut into such windows) and return why its outputs are degenerate, or ``None``."""
-    from sjunet.evaluation.layout import pad_to_multiple
+                multiple: "int | tuple[int, ...] | None" = None, protocol=None) -> str | None:
+    """Run the ANN ``model`` on the first ``items`` items of ``dataset`` as evaluation does (under
+    ``protocol``, default whole images padded to the size rule; a model of one input size by its
+    windows or tiles: :func:`sjunet.evaluation.layout.predict`) and return why its outputs are
+    degenerate, or ``None``."""
+    from sjunet.evaluation.layout import pad_to_multiple, predict
     from sjunet.snn import size_rule
     from sjunet.tasks import task_for
 
     task = task_for(dataset)
+    multiple = multiple or size_rule(model)
     n = min(int(items), len(dataset))
-
-    def windows(x: torch.Tensor) -> torch.Tensor:  # (1, C, H, W) -> (n, C, patch, patch), zero-padded
-        x = torch.nn.functional.pad(x, (0, -x.shape[-1] % patch, 0, -x.shape[-2] % patch))
-        w = x.unfold(2, patch, patch).unfold(3, patch, patch)  # (1, C, h, w, patch, patch)
-        return w.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], patch, patch)
-
-    if patch is None:
-        multiple = multiple or size_rule(model)
     was_training = model.training
     model.eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return model(x) if protocol is None else predict(lambda t: {None: model(t)}, x, dataset, multiple,
+                                                         protocol)[None]
     try:
-        inputs = ((windows(dataset[i][0].unsqueeze(0)) if patch else
+        inputs = ((dataset[i][0].unsqueeze(0) if protocol is not None else
                    pad_to_multiple(dataset[i][0].unsqueeze(0), multiple)).to(device) for i in range(n))
-        return check_outputs(model, inputs, task.kind, list(getattr(task, "class_names", None) or []) or None,
-                             windows=patch is not None)
+        return check_outputs(run, inputs, task.kind, list(getattr(task, "class_names", None) or []) or None)
     finally:
         model.train(was_training)
 

@@ -23,7 +23,6 @@ import torch
 
 from sjunet.evaluation import degenerate
 from sjunet.evaluation.degenerate import check_model
-from sjunet.evaluation.protocol import make_protocol
 from sjunet.io import ANN_KIND, model_fingerprint, provenance, torch_save_atomic
 from sjunet.models import UNet, UNetConfig
 from sjunet.models.external import build_arch
@@ -161,8 +160,6 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         model, config, arch = build_network(train_ds, task, opts.width, opts.depth, opts.batch_norm, opts.up_relu,
                                             opts.pool, opts.arch, opts.arch_kwargs)
         multiple = check_volume_fits(model, train_ds)  # volumes: probed once, not at every validation
-        protocol = make_protocol(opts.protocol, val_ds)
-        patch = protocol.patch if protocol.name == "patch" else None  # a model of one input size: its windows
         model = model.to(opts.device)
         opt_name, default_lr = DEFAULT_OPTIMISER[task.kind]
         opt_name = opts.optimizer or opt_name
@@ -192,7 +189,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
             kept["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             # one class everywhere / a constant image on the validation images: recorded, so every later
             # command repeats the warning (sjunet.evaluation.degenerate)
-            kept["degenerate"] = check_model(model, val_ds, device=opts.device, multiple=multiple, patch=patch)
+            kept["degenerate"] = check_model(model, val_ds, device=opts.device, multiple=multiple, protocol=opts.protocol)
             torch_save_atomic({
                 "kind": ANN_KIND,
                 "model_config": config.to_dict() if config is not None else None,
@@ -234,7 +231,7 @@ def train(opts: TrainOptions | None = None, resume: bool = False, progress: bool
         model.load_state_dict(load_checkpoint(output, ANN_KIND)["state_dict"])
     model.eval()
     if "degenerate" not in kept and w.main:  # resumed, no new best: the check of the checkpoint kept
-        kept["degenerate"] = check_model(model, val_ds, device=opts.device, multiple=multiple, patch=patch)
+        kept["degenerate"] = check_model(model, val_ds, device=opts.device, multiple=multiple, protocol=opts.protocol)
     return model, {**summary, "output": str(output), "best_epoch": best["epoch"], "best_val": best["val"],
                    "task": task_to_dict(task), "class_weights": weights_record,
                    "degenerate": kept.get("degenerate")}

@@ -274,7 +274,8 @@ def test_a_degenerate_model_is_named_and_recorded(tmp_path, monkeypatch):
             return super().forward(x)
 
     assert check_model(OneSize(one_class.out), get_dataset("demo-seg", None, "val", size=40, num_items=2),
-                       patch=16) == "it predicts one class ('background') on every pixel of 2 images"
+                       multiple=16, protocol={"name": "patch", "patch": 16, "stride": 16}) == (
+        "it predicts one class ('background') on every pixel of 2 images")
 
     import sjunet.training.ann as training
 

@@ -13,7 +13,9 @@ is allocated (the per-input half of :mod:`sjunet.snn.shapes`).
   :func:`memory_budget`: half of the machine's RAM by default; ``--memory-budget`` (:func:`budget_of`)
   or ``SJUNET_MEMORY_BUDGET`` set another.
 
-:func:`sjunet.snn.simulation.check_run` runs both before a network rebuilt from a record runs.
+:func:`sjunet.snn.simulation.check_run` runs both before a network rebuilt from a record runs; a
+token graph (spec §15), which :func:`plan` does not model, is planned by one step on the ``meta``
+device (:mod:`sjunet.snn.footprint_run`) and checked against the same budget.
 """
 from __future__ import annotations
 
@@ -39,8 +41,8 @@ _CONV_T = ("ConvTranspose2d", "ConvTranspose3d")
 _POOLS = ("AvgPool2d", "AvgPool3d", "SpikingMaxPool2d")
 #: module types whose output shape this planner does not follow (the token plumbing and Σ-Δ products of
 #: spec §15): a graph with one of them, or with a function other than ``torch.cat`` / ``operator.add``,
-#: raises :class:`Unmodelled` — its fields are bounded at load (:mod:`sjunet.snn.record`), its run is
-#: not planned
+#: raises :class:`Unmodelled` — its run is planned by one step on the ``meta`` device instead
+#: (:func:`sjunet.snn.footprint_run.run_plan`)
 UNMODELLED = TOKEN_TYPES
 
 

@@ -98,3 +98,46 @@ def test_a_network_made_in_memory_without_a_graph_record_is_not_planned():
     from torch import nn
 
     assert check_run(nn.Conv2d(1, 1, 3), (1, 1, 8, 8)) is None
+
+
+# ------------------------------------------- token graphs (spec §15): planned by one step on meta
+
+
+@pytest.fixture(scope="module")
+def unetr():
+    """A tiny UNETR converted: token plumbing, Linear layers, Σ-Δ softmax / GELU / products."""
+    from sjunet.models.zoo_nets import unetr as build
+
+    torch.manual_seed(0)
+    net = build(in_channels=1, out_channels=2, img_size=(16, 16), spatial_dims=2, feature_size=2, hidden_size=8,
+                mlp_dim=8, num_heads=2)
+    return sjunet.convert(net.eval(), sjunet.calibrate(net.eval(), [torch.rand(2, 1, 16, 16)], progress=False),
+                          norms="exact")
+
+
+def test_a_token_graph_run_is_planned_as_it_runs(unetr):
+    """The graph planner does not model token plumbing; one step on the meta device does, and its
+    peak is what the real step holds (every tensor an operation creates, counted while it lives)."""
+    from sjunet.snn.footprint_run import _Peak
+
+    p = check_run(unetr, (1, 1, 16, 16))
+    assert p is not None and p.largest[1] > 0
+    check_run(unetr, (1, 1, 16, 16))  # cached: the counter below sees the run alone
+    real = _Peak()
+    with torch.no_grad(), real:
+        simulate(unetr, torch.rand(1, 1, 16, 16), 1)
+    assert 0.7 <= p.bytes() / real.peak <= 1.5, (p.bytes(), real.peak)
+
+
+def test_a_crafted_repeat_in_a_token_graph_is_refused_by_the_budget(unetr, tmp_path):
+    from hostile import insert_module, late, read_snn, write_snn
+
+    from sjunet.conversion.recipe import load_snn, save_snn
+
+    rec, tensors = read_snn(save_snn(unetr, tmp_path / "ok.safetensors"))
+    rec = insert_module(rec, "rep", {"type": "Repeat", "args": {"repeats": [1, 1, 4096, 4096]}}, late(rec))
+    evil = load_snn(write_snn(tmp_path / "evil.safetensors", rec, tensors))
+    evil = evil[0] if isinstance(evil, tuple) else evil
+    with pytest.raises(BudgetError) as e:  # 2 x 65536 x 65536 floats asked for: refused before any allocation
+        simulate(evil, torch.rand(1, 1, 16, 16), 1)
+    assert "\n" not in str(e.value) and "memory budget" in str(e.value)

@@ -36,7 +36,7 @@ from sjunet.cli.options import (InputError, budget_options, check_T, class_weigh
               help="spike budget: add β × (SOP-convention energy / ANN energy) to the loss (0: off)")
 @click.option("--method", type=click.Choice(["flow", "bptt"]), default="flow", show_default=True,
               help="spiking flow (Algorithm 1) or, for comparison, BPTT with a surrogate gradient")
-@click.option("--chunk", default=1, show_default=True, help="steps per multi-step chunk of the no-grad simulation (1: single-step mode, memory independent of T)")
+@click.option("--chunk", default=1, show_default=True, help="steps per multi-step chunk of the no-grad simulation (1: single-step mode, memory independent of T; more: at most that many, by memory)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto: CUDA when available, else CPU")
 @class_weights_opt

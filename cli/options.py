@@ -163,8 +163,9 @@ def _chunk(ctx, param, value):
 def chunk_option(fn):
     """``--chunk``: steps per multi-step chunk, or ``auto`` (by memory: :func:`sjunet.snn.simulation.memory_chunk`)."""
     return click.option("--chunk", default="auto", show_default=True, callback=_chunk,
-                        help="steps per multi-step chunk (--mode multi): a number, or auto — as many as keep a "
-                             "chunk's largest tensor in the last-level cache")(fn)
+                        help="steps per multi-step chunk (--mode multi): auto — as many as keep a chunk's largest "
+                             "tensor in the last-level cache — or a number: at most that many (a chunk outgrowing the "
+                             "cache is slower than single steps; the numbers are the same)")(fn)
 
 
 def force_option(fn):

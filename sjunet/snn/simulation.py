@@ -79,11 +79,15 @@ class _Stepper:
     """Advances a network on a static input, step by step or in multi-step chunks; chunks of one
     step run in single-step mode (the same numbers, no multi-step overhead). ``chunk="auto"``
     measures the largest tensor of the first step (run in single-step mode) and takes
-    :func:`memory_chunk` for the rest."""
+    :func:`memory_chunk` for the rest; an integer chunk is at most that (``cap``): a chunk whose
+    tensors outgrow the cache is slower per step than single steps (the measured crossover), and the
+    numbers are the same either way. ``cap=False`` runs exactly ``chunk`` steps at once."""
 
-    def __init__(self, snn: nn.Module, x: torch.Tensor, mode: str, chunk: int | str, T: int) -> None:
+    def __init__(self, snn: nn.Module, x: torch.Tensor, mode: str, chunk: int | str, T: int,
+                 cap: bool = True) -> None:
         self.snn, self.x, self.T = snn, x, T
         self.chunk = 1 if mode == "step" else chunk
+        self.probe = self.chunk == AUTO or (cap and self.chunk != 1)
         self.mode = None
 
     def _set(self, mode: str) -> None:
@@ -115,9 +119,11 @@ class _Stepper:
         """Yield the outputs of the next ``n`` steps, one per step."""
         done = 0
         while done < n:
-            if self.chunk == AUTO:
+            if self.probe:
                 y, step_bytes = self._probe()
-                self.chunk = memory_chunk(step_bytes, self.T, self.x.device)
+                fit = memory_chunk(step_bytes, self.T, self.x.device)
+                self.chunk = fit if self.chunk == AUTO else min(self.chunk, fit)
+                self.probe = False
                 done += 1
                 yield y
                 continue
@@ -152,6 +158,7 @@ def simulate(
     chunk: int | str = AUTO,
     post: bool = True,
     on_checkpoint=None,
+    cap_chunk: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Run ``snn`` on image batch ``x`` ([B, C, H, W]) for max(T) steps.
 
@@ -159,7 +166,9 @@ def simulate(
     ANN's output-side ops (sigmoid, softmax; stripped at conversion) applied when ``post``.
     ``on_checkpoint(t, x)`` is called when step ``t`` of the requested ones is reached (before the
     state is reset): energy counting reads the neurons' counters there. ``mode="multi"`` runs
-    chunks of ``chunk`` steps (``"auto"``: by memory, :func:`memory_chunk`). The network streams
+    chunks of ``chunk`` steps (``"auto"``: by memory, :func:`memory_chunk`; an integer: at most that
+    many, fewer where memory says a chunk would be slower than single steps — the same numbers;
+    ``cap_chunk=False``: exactly ``chunk``, for measuring the crossover). The network streams
     (:func:`sjunet.layers.buffers.streaming`): a step allocates nothing, and its buffers stay for the next
     input (:func:`sjunet.layers.buffers.release_buffers` frees them).
     """
@@ -176,7 +185,7 @@ def simulate(
     acc: torch.Tensor | None = None
     t = 0
     with streaming(snn):
-        stepper = _Stepper(snn, x, mode, chunk, steps[-1])
+        stepper = _Stepper(snn, x, mode, chunk, steps[-1], cap_chunk)
         for target in steps:
             for y in stepper.run(target - t):  # step by step, so both modes sum in the same order
                 acc = y + 0.0 if acc is None else acc.add_(y)  # its own tensor: y may be a reused buffer

@@ -85,7 +85,8 @@ def test_streamed_simulation_equals_step_by_step_by_hand_and_both_modes(snn):
 
 
 def test_chunk_by_memory(snn, monkeypatch):
-    """chunk="auto": as many steps as keep a chunk's largest tensor within the cache budget."""
+    """chunk="auto": as many steps as keep a chunk's largest tensor within the cache budget; a given
+    chunk: at most that many."""
     import sjunet.snn.simulation as simulation
 
     snn, x = snn
@@ -108,6 +109,21 @@ def test_chunk_by_memory(snn, monkeypatch):
     for budget, chunk in [(int(3.5 * largest), 3), (largest - 1, 1), (100 * largest, 20)]:  # a quarter of the cache
         monkeypatch.setattr(simulation, "cache_bytes", lambda device="cpu", b=budget: 4 * b)
         assert auto_chunk(snn, x, 20) == chunk
+    # a chunk given is at most what memory allows: where one step fills the cache, chunk=8 runs single
+    # steps (the crossover: a chunk there is slower per step), with the same numbers
+    monkeypatch.setattr(simulation, "cache_bytes", lambda device="cpu": 4 * (largest - 1))
+    calls = []
+    conv = [m for m in snn.modules() if isinstance(m, nn.Conv2d)][-1]  # (the first sees the static input once)
+    handle = conv.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))  # batch, x steps
+    try:
+        capped = simulate(snn, x, 8, mode="multi", chunk=8)[8]
+        assert calls == [len(x)] * 8, calls  # eight single steps
+        calls.clear()
+        exact = simulate(snn, x, 8, mode="multi", chunk=8, cap_chunk=False)[8]
+        assert len(calls) < 8 and max(calls) > len(x), calls  # chunks of steps in one call
+    finally:
+        handle.remove()
+    assert torch.equal(capped, exact)
 
 
 def test_stages_write_into_buffers_with_the_same_numbers():

@@ -151,7 +151,8 @@ def _row(name: str, p: dict, out: Path, data, device: str) -> dict:
         from sjunet.evaluation import evaluate_model
 
         row["approx_ann"] = evaluate_model(_implemented_ann(load_snn(paths["connection"])[0]), test, task,
-                                           device=device, limit=p["limit"], progress=False)
+                                           device=device, limit=p["limit"], progress=False, multiple=ev["multiple"],
+                                           protocol=ev.get("protocol"))  # a ViT's windows, as the others
     t1 = time.perf_counter()
     ft_path = out / f"snn_ft_T{p['ft_T']}.safetensors"
     _, s = finetune(load_snn(paths["connection"])[0], FinetuneOptions(dataset=p["dataset"], data=data, output=str(ft_path),

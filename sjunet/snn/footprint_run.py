@@ -39,7 +39,11 @@ def _meta_copy(net: nn.Module) -> nn.Module:
     for t in list(net.parameters()) + list(net.buffers()):
         m = torch.empty_like(t, device="meta")
         memo[id(t)] = nn.Parameter(m, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else m
-    return copy.deepcopy(net, memo).to("meta")
+    probe = copy.deepcopy(net, memo).to("meta")
+    for m in probe.modules():
+        if getattr(m, "compiled", False):
+            m.compiled = False  # eager kernels: nothing to compile for shapes
+    return probe
 
 
 def _state_elements(net: nn.Module) -> int:

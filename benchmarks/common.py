@@ -230,7 +230,7 @@ def cached_ann(opts, factory: str | None):
     same = {k: v for k, v in json.loads(json.dumps(asdict(opts))).items() if k not in ("output", "device", "data")}
     if path.exists():
         ann, ckpt = load_ann(path, trust_arch=factory)
-        stored = {k: ckpt["options"].get(k) for k in same}
+        stored = json.loads(json.dumps({k: ckpt["options"].get(k) for k in same}))  # tuples as the lists above
         if isinstance(stored.get("class_weights"), dict):  # recorded resolved: {"spec": "auto", "weights": …}
             stored["class_weights"] = stored["class_weights"].get("spec")
         if stored == same:

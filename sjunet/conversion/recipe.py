@@ -40,8 +40,8 @@ from sjunet.calibration.gap import (GAP_MAX_RELATIVE_ERROR, GAP_MAX_RELATIVE_ERR
 from sjunet.calibration.reader import read_stats
 from sjunet.calibration.store import CalibrationStats
 from sjunet.conversion.normalization import NORMS, NormalizationPlan, apply_plan, plan_normalization
-from sjunet.graph import (Trace, UnsupportedGraphError, all_blockers, canonical_graph, check_supported, kind_of,
-                          module_of, refusal_message, relu_slope, signature, size_multiple, size_multiples,
+from sjunet.graph import (Trace, UnsupportedGraphError, all_blockers, canonical_graph, check_supported,
+                          feature_maps, kind_of, module_of, refusal_message, relu_slope, signature, size_multiple, size_multiples,
                           stages_are_leaves, tensor_shapes)
 from sjunet.io import DEGENERATE_KEY, ArtifactError, file_fingerprint, model_fingerprint, provenance
 from sjunet.conversion.ladders import TOLERANCE as LADDER_TOLERANCE
@@ -271,7 +271,8 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
         opts = self.options
         nd = len(shape) - 2
         # volumes: the multiple of each axis (an anisotropic U-Net pools some axes less)
-        per_axis = {} if nd == 2 else {"size_multiples": list(size_multiples(self.shapes, tuple(shape[2:])))}
+        maps = feature_maps(gm, self.shapes)  # global-pooling branches aside: one pixel at any size
+        per_axis = {} if nd == 2 else {"size_multiples": list(size_multiples(maps, tuple(shape[2:])))}
         return per_axis | {
             "options": {**asdict(opts), "thresholds": AUTO if opts.per_layer else list(opts.ladder()),
                         "v_init_value": None if opts.per_layer else opts.initial_potential(),
@@ -303,7 +304,7 @@ class SpikingUNetRecipe(ann2snn.FXConversionRecipe):
             "input_channels": int(shape[1]),
             "output_channels": int(self.shapes[out.name][0]),
             "example_shape": list(shape),
-            "size_multiple": size_multiple(self.shapes, tuple(shape[2:])),
+            "size_multiple": size_multiple(maps, tuple(shape[2:])),
             "approximations": self.approximations,
             "approximation_gap": _gap_record(self.stats.approximation, self.accept_gap) if self.approximations else None,
             # a broken ANN (one class everywhere, a constant image), as calibration recorded it: repeated downstream

@@ -35,13 +35,13 @@ from sjunet.graph.kinds import (AVG_POOL_TYPES, CAT_FUNCTIONS, MAX_POOL_TYPES, P
 from sjunet.graph.record import Recorder, record_nodes, tensor_shapes
 from sjunet.graph.refusals import (MAX_LISTED, Blocker, all_blockers, check_supported, find_blockers, refusal_message,
                                   source_line)
-from sjunet.graph.sizes import check_input_size, size_multiple, size_multiples, size_rule_of_trace
+from sjunet.graph.sizes import check_input_size, feature_maps, size_multiple, size_multiples, size_rule_of_trace
 from sjunet.graph.tracing import Trace, retrace, signature, size_reference, stages_are_leaves, trace
 
 __all__ = ["AVG_POOL_TYPES", "CAT_FUNCTIONS", "MAX_LISTED", "MAX_POOL_TYPES", "PASS_KINDS", "SYNAPTIC_TYPES",
            "Blocker", "Recorder", "Trace", "UnsupportedGraphError", "all_blockers", "apply_post", "canonical_graph",
            "canonicalize",
-           "cat_dim", "cat_parts", "check_input_size", "check_supported", "data_users", "find_blockers",
+           "cat_dim", "cat_parts", "check_input_size", "check_supported", "data_users", "feature_maps", "find_blockers",
            "fold_bn_into", "is_reference_use", "kind_of", "module_of", "record_nodes", "refusal_message", "relu_cap",
            "relu_slope", "retrace", "signature", "size_multiple", "size_multiples", "size_reference",
            "size_rule_of_trace", "source_line", "stages_are_leaves", "target_name", "tensor_inputs", "tensor_shapes",

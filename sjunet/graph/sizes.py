@@ -44,7 +44,7 @@ def size_rule_of_trace(model: nn.Module, tr: Trace, key: tuple | None = None, on
     if only_example:
         return exact
     try:
-        shapes = tensor_shapes(tr.gm, shape)
+        shapes = feature_maps(tr.gm, tensor_shapes(tr.gm, shape))
         ms = [size_multiple(shapes, tuple(hw))] * 2 if nd == 2 else list(size_multiples(shapes, tuple(hw)))
     except Exception:
         return exact
@@ -121,6 +121,34 @@ def check_input_size(rule: dict | None, hw: Iterable[int]) -> None:
         raise ValueError(
             f"input {shown} does not fit this conversion: the constants computed from shapes (nodes {nodes}) hold only "
             f"for the {ex} input they were specialised on; convert again with calibration data of this size")
+
+
+_GLOBAL_POOLS = ("adaptive_avg_pool", "adaptive_max_pool", "AdaptiveAvgPool", "AdaptiveMaxPool")
+
+
+def _is_global_pool(gm: fx.GraphModule, n: fx.Node, shape: tuple[int, ...] | None) -> bool:
+    """An adaptive pool, or a mean / max over the spatial axes, whose output is one pixel."""
+    if shape is None or len(shape) < 2 or any(v != 1 for v in shape[1:]):
+        return False
+    if n.op == "call_module":
+        name = type(gm.get_submodule(n.target)).__name__
+    elif n.op in ("call_function", "call_method"):
+        name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    else:
+        return False
+    return any(g in name for g in _GLOBAL_POOLS) or name in ("mean", "amax", "max", "sum")
+
+
+def feature_maps(gm: fx.GraphModule, shapes: dict[str, tuple[int, ...] | None]) -> dict[str, tuple[int, ...]]:
+    """``shapes`` without the maps of global branches: a global pooling's one pixel (squeeze-excitation,
+    a pooled context) and what is computed from it alone until it meets a full map again. Their size is
+    1 for every input size, so they say nothing of the strides the input must be a multiple of."""
+    pooled: set[str] = set()
+    for n in gm.graph.nodes:
+        ins = [a.name for a in n.all_input_nodes if shapes.get(a.name) is not None]
+        if _is_global_pool(gm, n, shapes.get(n.name)) or (ins and all(a in pooled for a in ins)):
+            pooled.add(n.name)
+    return {k: v for k, v in shapes.items() if v is not None and k not in pooled}
 
 
 def _pow2(factor: int) -> int:

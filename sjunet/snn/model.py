@@ -299,7 +299,7 @@ def size_rule(net: nn.Module, in_channels: int | None = None) -> int | tuple[int
     if getattr(cfg, "depth", None) is not None:
         nd = int(getattr(cfg, "spatial_dims", 2))
         return 2 ** int(cfg.depth) if nd == 2 else (2 ** int(cfg.depth),) * nd
-    from sjunet.graph import canonical_graph, size_multiples, tensor_shapes
+    from sjunet.graph import canonical_graph, feature_maps, size_multiples, tensor_shapes
     from sjunet.graph import size_multiple as graph_multiple
     from sjunet.layers.dims import CONV_TYPES, spatial_dims
 
@@ -308,10 +308,10 @@ def size_rule(net: nn.Module, in_channels: int | None = None) -> int | tuple[int
         c = in_channels or next((m.in_channels for m in net.modules() if isinstance(m, CONV_TYPES)), 1)
         probe = (64,) * nd
         gm = canonical_graph(net, (1, c, *probe)).gm
-        return size_multiples(tensor_shapes(gm, (c, *probe)), probe)
+        return size_multiples(feature_maps(gm, tensor_shapes(gm, (c, *probe))), probe)
     c = in_channels or next((m.in_channels for m in net.modules() if isinstance(m, nn.Conv2d)), 1)
     gm = canonical_graph(net, (1, c, 256, 256)).gm
-    return graph_multiple(tensor_shapes(gm, (c, 256, 256)), (256, 256))
+    return graph_multiple(feature_maps(gm, tensor_shapes(gm, (c, 256, 256))), (256, 256))
 
 
 def shape_rule(net: nn.Module) -> dict | None:

@@ -274,3 +274,26 @@ def test_crop_unet_size_rule_holds_for_the_sizes_it_was_checked_on():
     snn = _snn(net, _data(1, b=1, size=92))
     x = _data(1, b=1, size=92, seed=3)[0]
     assert simulate(snn, x, [4])[4].shape == net(x).shape  # its own calibration size is taken
+
+
+def test_a_global_pooling_branch_does_not_set_the_size_multiple():
+    """Squeeze-excitation pools to one pixel at any input size: the size multiple comes from the
+    strides (here one pooling: 2), not from that pixel (it was 32 for a 32x32 example, so an
+    EfficientNet encoder calibrated on whole 512² images refused 128² fine-tuning crops)."""
+    from sjunet.graph import feature_maps, size_multiple, tensor_shapes
+
+    class SE(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c, 1)
+
+        def forward(self, x):
+            return x * torch.sigmoid(self.fc(self.pool(x)))
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), SE(4), nn.Conv2d(4, 2, 1)).eval()
+    gm = canonical_graph(net, (1, 1, 32, 32)).gm
+    shapes = tensor_shapes(gm, (1, 32, 32))
+    assert size_multiple(shapes, (32, 32)) == 32  # the pooled pixel taken for a stride product
+    assert size_multiple(feature_maps(gm, shapes), (32, 32)) == 2
+    snn = convert(net, calibrate(net, [torch.rand(2, 1, 32, 32)], progress=False))
+    assert snn.record.conversion.size_multiple == 2

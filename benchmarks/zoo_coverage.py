@@ -207,17 +207,22 @@ def probe(cfg: Config) -> dict:
 
 
 def _images(cfg: Config, data, n: int, seed: int) -> list:
-    """``n`` batches of two: EM crops (``em``; volumes ``em3d``) when ``data`` is given, else random."""
+    """``n`` batches of two: EM crops (``em``; volumes ``em3d``) when ``data`` is given and the model's
+    input fits in them, else random (a 32³ UNETR: em3d's training block is 30 sections deep)."""
     import torch
 
-    if data is None:
-        g = torch.Generator().manual_seed(seed)
-        return [torch.rand(cfg.shape(2), generator=g) for _ in range(n)]
     from sjunet.data import get_dataset
+    from sjunet.data.errors import DatasetError
 
     crop = cfg.size if cfg.spatial_dims == 2 else [cfg.size] * 3
-    ds = get_dataset("em" if cfg.spatial_dims == 2 else "em3d", data, "train", crop=crop, seed=seed,
-                     samples_per_epoch=2 * n)
+    try:
+        ds = None if data is None else get_dataset("em" if cfg.spatial_dims == 2 else "em3d", data, "train",
+                                                   crop=crop, seed=seed, samples_per_epoch=2 * n)
+    except DatasetError:
+        ds = None
+    if ds is None:
+        g = torch.Generator().manual_seed(seed)
+        return [torch.rand(cfg.shape(2), generator=g) for _ in range(n)]
     xs = [ds[i][0] for i in range(2 * n)]
     return [torch.stack(xs[2 * i:2 * i + 2]).repeat_interleave(cfg.in_channels, 1)[:, :cfg.in_channels]
             for i in range(n)]

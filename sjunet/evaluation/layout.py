@@ -22,7 +22,7 @@ from torch import nn
 
 from sjunet.data.patches import patch_grid, predict_by_patches
 from sjunet.evaluation.protocol import PAD_MODES, PATCH_BATCH, Protocol, check_protocol, make_protocol
-from sjunet.layers.dims import spatial_dims
+from sjunet.layers.dims import show, spatial_dims
 from sjunet.snn.model import shape_rule
 from sjunet.snn.simulation import simulate
 
@@ -110,7 +110,7 @@ def budget(device="cpu") -> int:
 
 
 def plan(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int], cost: float | None = None,
-         tileable: bool = True, elements: int = MAX_ELEMENTS) -> Layout:
+         tileable: "bool | Sequence[int]" = True, elements: int = MAX_ELEMENTS) -> Layout:
     """The :class:`Layout` of an input of spatial ``sizes`` (``H x W``, or ``D x H x W``) under
     ``protocol`` for a network of size ``multiple`` (one for all axes, or one per axis) and ``cost``
     live activation elements per input pixel (:func:`activation_cost`): padded per axis to that
@@ -119,7 +119,8 @@ def plan(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int]
     their axis's size multiple, with a margin of ``overlap`` rounded up likewise. Tiles are
     ``(window start, end per axis…, core start, end per axis…)``. Images under a budget get square
     tiles (the budget's side); volumes keep an axis shorter than that side whole
-    (:func:`_budget_cores`)."""
+    (:func:`_budget_cores`). ``tileable``: False, or the one size a network holds for (a conversion
+    specialised on its example: tiled only by windows of exactly that size, ``--tile-overlap 0``)."""
     nd = len(sizes)
     if protocol.name == "patch":
         if nd != 2:
@@ -132,7 +133,8 @@ def plan(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int]
     limit = protocol.max_pixels or (max(1, int(elements / cost)) if cost else None)
     whole = Layout("whole", padded, max_pixels=limit)
     forced = protocol.name == "tiled"
-    if not tileable:
+    fixed = None if isinstance(tileable, bool) else tuple(int(v) for v in tileable)
+    if not tileable or (fixed is not None and not forced):
         if forced:
             raise ValueError("this SNN's conversion holds only for inputs of the size it was converted at: it cannot "
                              "be tiled; use --protocol whole")
@@ -152,6 +154,10 @@ def plan(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int]
     per_axis = [_axis(n, c, g, m) for n, c, g, m in zip(padded, cores, margins, ms)]
     tiles = [tuple(v for a in combo for v in a[:2]) + tuple(v for a in combo for v in a[2:])
              for combo in itertools.product(*per_axis)]
+    if fixed is not None and any(tuple(t[2 * i + 1] - t[2 * i] for i in range(nd)) != fixed for t in tiles):
+        raise ValueError(f"this SNN's conversion holds only for {show(fixed)} inputs, the size it was converted "
+                         f"at: tile by windows of exactly that size (--tile-overlap 0 and tiles of that size), or "
+                         "use --protocol whole")
     if len(tiles) == 1:
         return whole
     side = max(max(t[2 * nd + 2 * i + 1] - t[2 * nd + 2 * i] for i in range(nd)) for t in tiles)
@@ -302,9 +308,10 @@ def call_shapes(layout: Layout, lead: tuple[int, int], protocol: Protocol) -> se
     return {(*lead, *layout.padded)}
 
 
-def tileable(net: nn.Module) -> bool:
+def tileable(net: nn.Module) -> "bool | tuple[int, ...]":
+    """True, or the one input size a conversion holds for (only windows of that size may tile it)."""
     rule = shape_rule(net) or {}
-    return not rule.get("shape")
+    return tuple(int(v) for v in rule["shape"]) if rule.get("shape") else True
 
 
 def needs_cost(p: Protocol) -> bool:

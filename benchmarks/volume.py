@@ -235,16 +235,15 @@ def _table(rows: list[dict], p: dict) -> str:
         lines.append(f"| {r['arch']} | {a:.4f} | {gap} | " + " | ".join(cells) +
                      f" | {ft:.4f} ({ratio(ft, a):.3f}) | {e:.3f} | {share} |")
     mem = rows[0]["memory"]
+    Ts = p["memory_T"]
     lines += ["", f"Peak memory of one training step ({mem['memory']}; batch of "
-                  f"{'x'.join(map(str, mem['rows'][0]['batch']))}), × one ANN training step:", "",
-              "| architecture | ANN step MB | " + " | ".join(f"flow T={t}" for t in p["memory_T"]) + " | "
-              + " | ".join(f"BPTT T={t}" for t in p["memory_T"]) + " |",
-              "|---|---|" + "---|" * (2 * len(p["memory_T"]))]
+                  f"{'x'.join(map(str, mem['rows'][0]['batch']))})" + (", × one ANN training step:" if Ts else ":"),
+              "", "| architecture | ANN step MB |" + "".join(f" flow T={t} |" for t in Ts)
+              + "".join(f" BPTT T={t} |" for t in Ts), "|---|---|" + "---|" * (2 * len(Ts))]
     for r in rows:
         m = r["memory"]
-        lines.append(f"| {r['arch']} | {m['ann_mb']:.0f} | "
-                     + " | ".join(f"{m['ratio']['flow'][str(t)]:.2f}" for t in p["memory_T"]) + " | "
-                     + " | ".join(f"{m['ratio']['bptt'][str(t)]:.2f}" for t in p["memory_T"]) + " |")
+        lines.append(f"| {r['arch']} | {m['ann_mb']:.0f} |" + "".join(f" {m['ratio']['flow'][str(t)]:.2f} |" for t in Ts)
+                     + "".join(f" {m['ratio']['bptt'][str(t)]:.2f} |" for t in Ts))
     lines += ["", "| architecture | parameters | size multiples (D, H, W) | test protocol | minutes (training to its best "
                   "checkpoint / evaluate / fine-tune / memory / whole row) |", "|---|---|---|---|---|"]
     for r in rows:

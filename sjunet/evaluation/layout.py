@@ -128,22 +128,25 @@ def plan(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int]
                              "evaluated --protocol whole or tiled")
         hp, wp, corners = patch_grid(int(sizes[0]), int(sizes[1]), protocol.patch, protocol.stride)
         return Layout("patch", (hp, wp), windows=len(corners), calls=-(-len(corners) // protocol.batch))
-    ms = _per_axis(multiple, nd)
+    forced = protocol.name == "tiled"
+    fixed = None if isinstance(tileable, bool) or not forced else tuple(int(v) for v in tileable)
+    ms = list(fixed) if fixed is not None and len(fixed) == nd else _per_axis(multiple, nd)  # one size: its windows
     padded = tuple(_ceil_to(max(int(n), 1), m) for n, m in zip(sizes, ms))
     limit = protocol.max_pixels or (max(1, int(elements / cost)) if cost else None)
     whole = Layout("whole", padded, max_pixels=limit)
-    forced = protocol.name == "tiled"
-    fixed = None if isinstance(tileable, bool) else tuple(int(v) for v in tileable)
-    if not tileable or (fixed is not None and not forced):
+    if not tileable or (not isinstance(tileable, bool) and not forced):
         if forced:
             raise ValueError("this SNN's conversion holds only for inputs of the size it was converted at: it cannot "
                              "be tiled; use --protocol whole")
         return whole
     if not forced and (limit is None or math.prod(padded) <= limit):
         return whole
-    overlap = TILE_OVERLAP if protocol.overlap is None else protocol.overlap
+    default = 0 if fixed is not None else TILE_OVERLAP  # one size: no margin fits around its windows
+    overlap = default if protocol.overlap is None else protocol.overlap
     margins = [_ceil_to(overlap, m) for m in ms]
-    if protocol.tile:
+    if fixed is not None:
+        cores = ms  # non-overlapping windows of exactly that size (a margin makes them larger: refused below)
+    elif protocol.tile:
         cores = [_ceil_to(protocol.tile, m) for m in ms]
     elif limit and nd == 2 and not isinstance(multiple, (tuple, list)):
         cores = [max(ms[0], math.isqrt(limit) // ms[0] * ms[0] - 2 * margins[0])] * 2
@@ -156,7 +159,7 @@ def plan(protocol: Protocol, sizes: Sequence[int], multiple: int | Sequence[int]
              for combo in itertools.product(*per_axis)]
     if fixed is not None and any(tuple(t[2 * i + 1] - t[2 * i] for i in range(nd)) != fixed for t in tiles):
         raise ValueError(f"this SNN's conversion holds only for {show(fixed)} inputs, the size it was converted "
-                         f"at: tile by windows of exactly that size (--tile-overlap 0 and tiles of that size), or "
+                         f"at: tile it without margins (--tile-overlap 0), by windows of exactly that size, or "
                          "use --protocol whole")
     if len(tiles) == 1:
         return whole

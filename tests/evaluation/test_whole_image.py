@@ -144,7 +144,7 @@ def test_a_network_of_one_input_size_tiles_only_by_windows_of_that_size():
     """A conversion specialised on its example (a ViT's position embeddings) holds for that size only:
     a volume is tiled by non-overlapping windows of exactly it, and any other tiling is refused."""
     one = Protocol("tiled", tile=16, overlap=0)
-    lay = plan(one, (30, 128, 64), (16, 64, 64), tileable=(16, 64, 64))
+    lay = plan(one, (30, 128, 64), 16, tileable=(16, 64, 64))  # whatever the multiple: windows of the one size
     assert lay.kind == "tiled" and lay.windows == 2 * 2 * 1
     assert all((t[1] - t[0], t[3] - t[2], t[5] - t[4]) == (16, 64, 64) for t in lay.tiles)
     with pytest.raises(ValueError, match="16x64x64 inputs"):
@@ -152,6 +152,7 @@ def test_a_network_of_one_input_size_tiles_only_by_windows_of_that_size():
     with pytest.raises(ValueError, match="cannot be tiled"):
         plan(one, (30, 128, 64), (16, 64, 64), tileable=False)
     assert plan(make_protocol("whole"), (16, 64, 64), (16, 64, 64), tileable=(16, 64, 64)).kind == "whole"
+    assert plan(Protocol("tiled"), (30, 128, 64), 16, tileable=(16, 64, 64)).windows == 4  # no margin by default
 
 
 # ------------------------------------------------------------------------------ record, options

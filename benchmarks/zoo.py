@@ -180,14 +180,17 @@ def _implemented_ann(snn):
     from torch import nn
 
     from sjunet.snn import size_rule
+    from sjunet.snn.model import shape_rule
     from sjunet.training.distill import Teacher
+
+    fixed = (shape_rule(snn) or {}).get("shape")  # a network of one input size: windows of exactly it
 
     class ImplementedAnn(nn.Module):
         def __init__(self):
             super().__init__()
             self.teacher = Teacher(snn)
             self.net = self.teacher.net  # registered, so .to(device) moves it
-            self.size_multiple = size_rule(snn)
+            self.size_multiple = tuple(int(v) for v in fixed) if fixed else size_rule(snn)
 
         def forward(self, x):
             with torch.no_grad():

@@ -312,8 +312,10 @@ def test_mt_spikes_equal_threshold_decomposition(skewed):
     for h in hooks:
         h.remove()
     for layer in r.layers:
-        # [T, B, C, H, W]; batch 2 leaves out count_energy's one-step shape probe (batch 1)
-        o = torch.cat([v for v in outs[layer.name] if v.shape[1] == data[0].shape[0]])
+        # [T, B, C, H, W] (a single step, the chunk's memory probe: [B, C, H, W]); batch 2 leaves out
+        # count_energy's one-step shape probe (batch 1)
+        steps = [v if v.dim() == 5 else v.unsqueeze(0) for v in outs[layer.name]]
+        o = torch.cat([v for v in steps if v.shape[1] == data[0].shape[0]])
         assert o.shape[0] == T
         k = torch.round(o / 0.25).to(torch.int64)
         assert torch.equal(k.double() * 0.25, o.double())

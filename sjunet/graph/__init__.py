@@ -14,9 +14,10 @@ The parts, lowest first (each imports only those before it):
 * :mod:`.tracing` — tracing with shape decisions and specialised sizes, :func:`retrace`;
 * :mod:`.sizes` — the size rule the specialised sizes hold for, :func:`check_input_size`, a graph's
   size multiple(s);
-* :mod:`.canonical_ops`, :mod:`.canonical_norms`, :mod:`.canonical_sigma` (constants folded, smooth
-  activations, products and transformer plumbing made the modules Σ-Δ neurons and linear stages
-  replace, spec §15) — the rewrites; :mod:`.canonical` —
+* :mod:`.canonical_ops`, :mod:`.canonical_norms`, :mod:`.constants` (what does not depend on the
+  input folded into buffers), :mod:`.canonical_sigma` (smooth activations, products and transformer
+  plumbing made the modules Σ-Δ neurons and linear stages replace, spec §15) and
+  :mod:`.canonical_rewrite` (those in order) — the rewrites; :mod:`.canonical` —
   :func:`canonicalize` (the rewrites in order) and :func:`canonical_graph` (trace → rewrite → retrace
   → check).
 

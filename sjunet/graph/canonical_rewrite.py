@@ -8,8 +8,8 @@ import operator
 import torch
 from torch import fx, nn
 
-from sjunet.graph.canonical_sigma import (_kind, fold_constants, full_shapes, functional_linear, plumbing, products,
-                                          smooth_activations)
+from sjunet.graph.canonical_sigma import _kind, full_shapes, functional_linear, plumbing, products, smooth_activations
+from sjunet.graph.constants import fold_constants
 from sjunet.graph.kinds import module_of
 from sjunet.graph.refusals import source_line
 from sjunet.layers.dims import set_spatial_dims

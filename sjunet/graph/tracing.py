@@ -83,7 +83,7 @@ _SHAPE_ARGS: dict[Any, tuple[tuple[int, str], ...]] = {
 #: tensor factories that, called with sizes computed from shapes, build a constant on the example's shape
 #: (its values recorded as decisions); ``zeros``/``ones``/``full``/``empty``/``arange`` become graph nodes
 #: instead (:func:`sjunet.graph.proxies.patched_factories`: a batch size stays a batch size), folded into
-#: buffers later where they do not depend on the batch (:func:`sjunet.graph.canonical_sigma.fold_constants`)
+#: buffers later where they do not depend on the batch (:func:`sjunet.graph.constants.fold_constants`)
 _CONSTANT_FACTORIES = {torch.eye, torch.linspace, torch.tensor}
 
 

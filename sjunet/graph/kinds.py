@@ -80,6 +80,23 @@ def _is_shape_node(node: fx.Node) -> bool:
     return False
 
 
+#: module types and their kinds, checked in this order (after neurons, synapses and ReLUs)
+_MODULE_KINDS = (
+    ((*AVG_POOL_TYPES, AdaptiveAvgPool), "pool"),
+    ((*MAX_POOL_TYPES, SpikingMaxPool2d), "maxpool"),
+    (Resample, "resample"),
+    (Pad, "pad"),
+    (ChannelAffine, "affine"),
+    (Center, "center"),
+    (Normalize, "normalize"),  # the ANN's per-sample division (calibration only; folded at conversion)
+    (Smooth, "sigma"),
+    (Product, "product"),
+    (PLUMBING_TYPES, "plumbing"),
+    (AddConstant, "constant"),
+    (Scale, "scale"),
+)
+
+
 def kind_of(gm: fx.GraphModule, node: fx.Node) -> str:
     """The node's kind (module docstring)."""
     if node.op == "placeholder":
@@ -96,30 +113,9 @@ def kind_of(gm: fx.GraphModule, node: fx.Node) -> str:
             return "synaptic"
         if _is_relu_module(m):
             return "relu"
-        if isinstance(m, (*AVG_POOL_TYPES, AdaptiveAvgPool)):
-            return "pool"
-        if isinstance(m, (*MAX_POOL_TYPES, SpikingMaxPool2d)):
-            return "maxpool"
-        if isinstance(m, Resample):
-            return "resample"
-        if isinstance(m, Pad):
-            return "pad"
-        if isinstance(m, ChannelAffine):
-            return "affine"
-        if isinstance(m, Center):
-            return "center"
-        if isinstance(m, Normalize):  # the ANN's per-sample division (calibration only; folded at conversion)
-            return "normalize"
-        if isinstance(m, Smooth):
-            return "sigma"
-        if isinstance(m, Product):
-            return "product"
-        if isinstance(m, PLUMBING_TYPES):
-            return "plumbing"
-        if isinstance(m, AddConstant):
-            return "constant"
-        if isinstance(m, Scale):
-            return "scale"
+        kind = next((k for types, k in _MODULE_KINDS if isinstance(m, types)), None)
+        if kind is not None:
+            return kind
         op = getattr(m, "op_name", None)  # SpikingJelly's step-mode tensor op
         if op == "cat":
             return "cat"

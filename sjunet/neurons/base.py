@@ -163,6 +163,21 @@ def set_compiled(module: nn.Module, on: bool = True) -> str | None:
     return why
 
 
+class ThresholdLadder:
+    """``quantum`` and ``max_output`` of a neuron firing on the threshold ladder ``self.thresholds``
+    (largest first): the smallest threshold, and all of them at once."""
+
+    thresholds: tuple[float, ...]
+
+    @property
+    def quantum(self) -> float:
+        return self.thresholds[-1]
+
+    @property
+    def max_output(self) -> float:
+        return float(sum(self.thresholds))
+
+
 class SpikingNeuron(Buffered, neuron.BaseNode):
     """The neuron interface (module docstring). Subclasses implement the SpikingJelly step
     functions and keep ``acc_output`` / ``spike_count`` when ``record`` / ``record_spikes``.

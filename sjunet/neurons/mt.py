@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from sjunet.neurons.base import SpikingNeuron, is_halving, validate_ladder
+from sjunet.neurons.base import SpikingNeuron, ThresholdLadder, is_halving, validate_ladder
 
 
 def mt_step_surrogate(
@@ -113,7 +113,7 @@ def mt_step_into(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, thresholds
     return n
 
 
-class MultiThresholdNode(SpikingNeuron):
+class MultiThresholdNode(ThresholdLadder, SpikingNeuron):
     """SpikingJelly neuron running :func:`mt_step`; ``thresholds=(1.0,)`` is the IF neuron.
 
     Thresholds are in the normalised domain (the converter scales weights so θ = 1 is the
@@ -148,14 +148,6 @@ class MultiThresholdNode(SpikingNeuron):
 
     def extra_repr(self) -> str:
         return f"thresholds={self.thresholds}, v_init={self.v_init}, step_mode={self.step_mode}, record={self.record}"
-
-    @property
-    def quantum(self) -> float:
-        return self.thresholds[-1]
-
-    @property
-    def max_output(self) -> float:
-        return float(sum(self.thresholds))
 
     def spec(self) -> dict:
         return {"thresholds": list(self.thresholds), "v_init": self.v_init}

@@ -80,7 +80,7 @@ from typing import Sequence
 
 import torch
 
-from sjunet.neurons.base import SpikingNeuron, validate_ladder
+from sjunet.neurons.base import SpikingNeuron, ThresholdLadder, validate_ladder
 from sjunet.neurons.sigma_delta_functions import (FUNCTIONS, PRODUCTS, check_equation, check_params, lookup, product,
                                           product_macs)
 from sjunet.neurons.signed import _signed_charge
@@ -128,7 +128,7 @@ def _scale(value, name: str) -> float:
     return v
 
 
-class _SigmaDelta(SpikingNeuron):
+class _SigmaDelta(ThresholdLadder, SpikingNeuron):
     """What both Σ-Δ neurons share: ladder, V_0, λ_out, the memories and the step loop."""
 
     n_inputs = 1
@@ -146,14 +146,6 @@ class _SigmaDelta(SpikingNeuron):
         self._init_interface()
         self.register_memory("sent", 0.0)  # S_t
         self.register_memory("steps", 0)  # t, this layer's clock
-
-    @property
-    def quantum(self) -> float:
-        return self.thresholds[-1]
-
-    @property
-    def max_output(self) -> float:
-        return float(sum(self.thresholds))
 
     # -- the per-member part: inputs' sums -> target
     def target(self, accs: Sequence[torch.Tensor], t) -> torch.Tensor:  # pragma: no cover - interface

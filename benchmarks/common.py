@@ -306,13 +306,20 @@ PARTS = ("conv", "neuron", "plumbing")
 def _part_of(m) -> str | None:
     """The part a module's own work belongs to: synaptic layers (convolutions, transposed ones,
     linear layers) ``conv``; neurons — and in an ANN its activations — ``neuron``; None for the rest
-    (plumbing: pooling, concatenation, padding, norms, gains, joins and everything between modules)."""
+    (plumbing: pooling, concatenation, padding, norms, gains, joins and everything between modules);
+    ``fused`` for a convolution fused with its neuron (:mod:`sjunet.snn.fusion`), whose convolution
+    :func:`step_breakdown` counts as ``conv`` and the rest (the neuron's firing, a centre's means) as
+    ``neuron``."""
     from spikingjelly.activation_based import neuron as sj_neuron
     from torch import nn
 
     from sjunet.layers.dims import CONV_T_TYPES, CONV_TYPES
     from sjunet.neurons import is_neuron
 
+    from sjunet.snn.fusion import IntegratingConv
+
+    if isinstance(m, IntegratingConv):
+        return "fused"
     if isinstance(m, CONV_TYPES + CONV_T_TYPES + (nn.Linear,)):
         return "conv"
     if is_neuron(m) or isinstance(m, (sj_neuron.BaseNode, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.ELU,
@@ -362,6 +369,8 @@ def step_breakdown(run) -> dict[str, float]:
                 part = p.name.split("::", 1)[1]
                 break
             p = p.cpu_parent
+        if part == "fused":
+            part = "conv" if "convolution" in e.name else "neuron"
         totals[part] = totals.get(part, 0.0) + e.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
     return {**{k: v / whole for k, v in totals.items()}, "seconds": whole / 1e6}

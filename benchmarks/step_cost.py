@@ -4,8 +4,10 @@
 
 For sjunet's U-Net (``--model``, else random weights) and MONAI's ``BasicUNet`` (its defaults:
 LeakyReLU + instance norm; random weights), on one whole image (an EM test image with ``--data``):
-the ANN forward; the SNN (connection-wise MT) in single-step mode — the default evaluation mode —
-eager and with the compiled step kernels (``torch.compile``; skipped with the reason where no
+the ANN forward, as given and channels-last (the layout the fused SNN runs in: the like-for-like
+comparison); the SNN (connection-wise MT) in single-step mode — the default evaluation mode, its
+synapses fused with their neurons where they can be (:mod:`sjunet.snn.fusion`) — the same unfused
+(the default before), how far the two differ (float rounding), eager and with the compiled step kernels (``torch.compile``; skipped with the reason where no
 compiler is present, and its compile time reported); multi-step mode with the chunk chosen by
 memory (``auto``) and at chunks of at most 1, 2, 4 and T (what ``--chunk`` gives: fewer steps where
 memory says a chunk is slower); SpikingJelly's stock ``RateCodingRecipe`` SNN (multi-step, chunk 4).
@@ -62,16 +64,26 @@ def _rows(name: str, ann, x, p: dict, device: str, sync) -> dict:
     import copy
     import time
 
-    from sjunet.neurons import set_compiled
+    import torch
+
     from sjunet.conversion.recipe import convert_stock
+    from sjunet.neurons import is_neuron, set_compiled
+    from sjunet.snn.fusion import chains as fusion_chains
+    from sjunet.snn.fusion import fused
     from sjunet.snn.simulation import auto_chunk, simulate
 
     from .common import interleaved_medians, step_breakdown
 
     T = p["T"]
     snn = _snn(ann, x, device)
+    ann_cl = copy.deepcopy(ann).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    runner = fused(snn, x)
+    chains = len(fusion_chains(snn)) if runner is not None else 0
     runs = {"ANN forward": lambda: ann(x),
-            "SNN single-step (default), eager": lambda: simulate(snn, x, T, mode="step")}
+            "ANN forward, channels-last": lambda: ann_cl(x_cl),
+            "SNN single-step (default), eager": lambda: simulate(snn, x, T, mode="step"),
+            "SNN single-step, unfused (the default before)": lambda: simulate(snn, x, T, mode="step", fuse=False)}
     compiled, why, compile_s = None, None, None
     if not p["compile"]:
         why = "not measured in this profile"
@@ -96,16 +108,20 @@ def _rows(name: str, ann, x, p: dict, device: str, sync) -> dict:
                 peer, x, T, mode="multi", chunk=4, cap_chunk=False)
         except Exception as e:  # noqa: BLE001 - the peer does not convert every model
             stock_note = f"stock converter: {type(e).__name__}: {str(e)[:100]}"
-    import torch
-
     with torch.no_grad():
         med, times = interleaved_medians(runs, p["reps"], sync)
         parts = {"ANN forward": step_breakdown(lambda: ann(x)),
                  "SNN single-step, eager": step_breakdown(lambda: simulate(snn, x, T, mode="step"))}
         if compiled is not None:
             parts["SNN single-step, compiled"] = step_breakdown(lambda: simulate(compiled, x, T, mode="step"))
+        ref = simulate(snn, x, [1, 2, T], fuse=False)
+        got = simulate(snn, x, [1, 2, T])
+    rounding = {t: {"max_abs": float((got[t] - ref[t]).abs().max()), "scale": float(ref[t].abs().max()),
+                    "differ": float(((got[t] - ref[t]).abs() > 1e-6).float().mean())} for t in ref}
     return {"model": name, "medians": med, "times": times, "compile_s": compile_s, "compile_note": why,
-            "auto_chunk": auto_chunk(snn, x, T), "breakdown": parts, "stock_note": stock_note}
+            "auto_chunk": auto_chunk(snn, x, T), "breakdown": parts, "stock_note": stock_note,
+            "fused_layers": chains, "neuron_layers": sum(1 for m in snn.modules() if is_neuron(m)),
+            "rounding": rounding}
 
 
 def _crossover(ann, p: dict, device: str, sync) -> list[dict]:
@@ -161,7 +177,7 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
         ann_s = med["ANN forward"]
         lines += [f"### {r['model']}", "", "| run | s/image | s per step | step / ANN forward |", "|---|---|---|---|"]
         for k, v in med.items():
-            steps = 1 if k == "ANN forward" else T
+            steps = 1 if k.startswith("ANN forward") else T
             label = f"{k} (chunk {r['auto_chunk']})" if k.endswith("chunk auto") and r["auto_chunk"] else k
             lines.append(f"| {label} | {v:.4f} | {v / steps:.4f} | {v / steps / ann_s:.3f} |")
         lines.append("")
@@ -171,6 +187,17 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
             lines.append(f"Compiled kernels: skipped — {r['compile_note']}.")
         if r["stock_note"]:
             lines.append(r["stock_note"])
+        lines.append("")
+        if r["fused_layers"]:
+            lines.append(f"Fused synapses (the default single step, `sjunet.snn.fusion`): {r['fused_layers']} of "
+                         f"{r['neuron_layers']} neuron layers, channels-last. Against the unfused run (the same "
+                         "network, the same image): " + "; ".join(
+                             f"T={t}: max |Δ| {d['max_abs']:.2g} (outputs up to {d['scale']:.2g}), "
+                             f"{100 * d['differ']:.2f} % of outputs differ" for t, d in r["rounding"].items())
+                         + " — float rounding: a membrane at a threshold fires one step apart.")
+        else:
+            lines.append(f"Fused synapses: not used (fewer than half of {r['neuron_layers']} neuron layers fed by a "
+                         "fusable convolution); the default single step is the unfused one.")
         lines += ["", "Profile breakdown (torch.profiler, share of the run's CPU time; ANN: activations as 'neuron'):",
                   "", "| run | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
         for k, b in r["breakdown"].items():

@@ -27,6 +27,9 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
 @click.option("--compile", "compiled", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="run the neurons' step kernels compiled by torch.compile (the same numbers): auto where the "
                    "evaluation is long enough to pay for the compile and a compiler is present")
+@click.option("--fuse/--no-fuse", default=True, show_default=True,
+              help="single steps on a CPU: convolutions add into the membranes of the neurons they feed, channels-last "
+                   "(the same numbers within float rounding; --no-fuse: the modules as they are)")
 @click.option("--limit", type=int, default=None, help="evaluate only the first N images (default: all)")
 @click.option("--protocol", type=click.Choice(["whole", "tiled", "patch"]), default="whole", show_default=True,
               help="whole: each image padded to the size rule and run once (tiled only when over the memory budget); "
@@ -50,7 +53,7 @@ from sjunet.cli.options import (InputError, ann_channels, ann_from_options, chec
 @opt_opt
 @memory_budget_option
 @fail_cleanly
-def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, compiled, limit,
+def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, more_t, mode, chunk, compiled, fuse, limit,
              protocol, patch, stride, tile, tile_overlap, max_pixels, pad, output, device, force, opt):
     """Metrics of an ANN and/or SNN (metric vs T, agreement with the ANN) on whole images (or tiles, or
     the paper's patches: --protocol); under torchrun the images are split across the processes and the
@@ -99,10 +102,10 @@ def evaluate(model, arch, arch_kwargs, weights, snn, dataset, data, split, T, mo
             raise InputError(f"{snn} was converted from model {conv.get('ann_fingerprint')}, not from this ANN "
                              f"({info.fingerprint}); pixel agreement would be meaningless")
         result["snn"] = {"path": str(snn), "file": file_fingerprint(snn), "conversion": conv.get("options"),
-                         "mode": mode, "chunk": chunk, "compile": compiled, "device": device}
+                         "mode": mode, "chunk": chunk, "compile": compiled, "fuse": fuse, "device": device}
     with writing(output, force):
         result.update(evaluate_fn(ds, ann, net, T, mode, chunk, limit, device=device, protocol=proto,
-                                  compiled={"on": True, "off": False}.get(compiled, "auto")))
+                                  compiled={"on": True, "off": False}.get(compiled, "auto"), fuse=fuse))
         result["provenance"] = provenance()
         if distributed.world().main and output is not None:
             write_json(result, output)

@@ -37,9 +37,9 @@ def ann_fn(model: nn.Module) -> Callable[[torch.Tensor], Outputs]:
 
 
 def snn_fn(snn: nn.Module, T: Sequence[int], mode: str = "step", chunk: int | str = "auto",
-           on_checkpoint=None) -> Callable[[torch.Tensor], Outputs]:
+           on_checkpoint=None, fuse: bool = True) -> Callable[[torch.Tensor], Outputs]:
     def fn(x):
-        return simulate(snn, x, T, mode=mode, chunk=chunk, on_checkpoint=on_checkpoint)
+        return simulate(snn, x, T, mode=mode, chunk=chunk, on_checkpoint=on_checkpoint, fuse=fuse)
     return fn
 
 
@@ -163,14 +163,16 @@ def evaluate_model(model: nn.Module, dataset, task: Task | None = None, device: 
 def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = None, reference: nn.Module | None = None,
                  mode: str = "step", chunk: int | str = "auto", limit: int | None = None, multiple: int | None = None,
                  progress: bool = True, device: str = "cpu", on_checkpoint=None,
-                 protocol: "Protocol | str | None" = None, compiled: bool | str = "auto") -> dict:
+                 protocol: "Protocol | str | None" = None, compiled: bool | str = "auto", fuse: bool = True) -> dict:
     """Metrics of an SNN at every T in ``T`` (one simulation up to max T per image), with pixel
     agreement against ``reference`` (the ANN, run on the same tiles / windows) when given, the
     protocol and timings. ``on_checkpoint(t, x)`` is called at every requested step of every
     simulated input (:func:`sjunet.snn.simulation.simulate`). ``chunk``: steps per multi-step chunk
     (``"auto"``: by memory). ``compiled``: run the neurons' step kernels compiled by ``torch.compile``
     (``"auto"``: where the run is long enough to pay for the compile and a compiler is present,
-    :func:`sjunet.neurons.compile_pays`; the same numbers either way); ``timing.compiled`` says which ran."""
+    :func:`sjunet.neurons.compile_pays`; the same numbers either way); ``timing.compiled`` says which ran.
+    ``fuse``: convolutions fused with the neurons they feed in single steps on a CPU
+    (:mod:`sjunet.snn.fusion`; the same numbers within float rounding); False: the modules as they are."""
     task = task or task_for(dataset)
     check_options(T, chunk, limit)
     if compiled not in (True, False, "auto"):
@@ -222,7 +224,7 @@ def evaluate_snn(snn: nn.Module, dataset, T: Sequence[int], task: Task | None = 
                 ref = ref.cpu()
                 ann_meter.update(ref, task.meter_target(x.cpu(), y))
             t0 = time.perf_counter()
-            outs = run_layout(snn_fn(snn, T, mode, chunk, on_checkpoint), x, lay, p)
+            outs = run_layout(snn_fn(snn, T, mode, chunk, on_checkpoint, fuse), x, lay, p)
             _sync(device)
             t_snn += time.perf_counter() - t0
             for t in T:
@@ -259,6 +261,7 @@ def evaluate(
     device: str = "cpu",
     protocol: "Protocol | str | None" = None,
     compiled: bool | str = "auto",
+    fuse: bool = True,
 ) -> dict:
     """``sjunet evaluate`` on objects: metrics of an ANN and/or an SNN on a dataset object under
     ``protocol`` (default: whole images), the SNN at every T with pixel agreement against the ANN
@@ -273,7 +276,7 @@ def evaluate(
                                                                             if hasattr(dataset, "describe") else {})}}
     if snn is not None:
         result.update(evaluate_snn(snn, dataset, T, task, reference=model, mode=mode, chunk=chunk, limit=limit,
-                                   progress=progress, device=device, protocol=p, compiled=compiled))
+                                   progress=progress, device=device, protocol=p, compiled=compiled, fuse=fuse))
     else:
         metrics, record, seconds = _evaluate_ann(model.to(device), dataset, task, device, limit, progress, p, None)
         result.update({"ann": metrics, "protocol": record,

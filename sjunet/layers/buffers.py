@@ -34,22 +34,45 @@ class Buffered:
     #: reuse buffers across calls (switched by :func:`streaming`; off: a fresh tensor every call)
     streaming: bool = False
 
-    def step_buffer(self, name: str, shape, like: torch.Tensor) -> torch.Tensor:
-        """A tensor of ``shape`` with ``like``'s dtype and device, contents undefined: the same
+    def step_buffer(self, name: str, shape, like: torch.Tensor, last: bool | None = None) -> torch.Tensor:
+        """A tensor of ``shape`` with ``like``'s dtype, device and layout (channels-last when ``like``
+        is a channels-last image batch, or ``last``), contents undefined: the same
         storage at every call while :attr:`streaming` (grown when a larger one is asked for),
         else a new one."""
+        last = (channels_last(like) if last is None else last) and len(shape) == 4
         if not self.streaming:
-            return torch.empty(shape, dtype=like.dtype, device=like.device)
+            t = torch.empty(shape, dtype=like.dtype, device=like.device)
+            return t.contiguous(memory_format=torch.channels_last) if last else t
         n = math.prod(shape)
         ws = self.__dict__.setdefault("_workspace", {})
         t = ws.get(name)
         if t is None or t.dtype != like.dtype or t.device != like.device or t.numel() < n:
             t = ws[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+        if last:  # the layout of ``like`` (channels-last: the fused simulation, :mod:`sjunet.snn.fusion`)
+            return t[:n].view(shape[0], shape[2], shape[3], shape[1]).permute(0, 3, 1, 2)
         return t[:n].view(shape)
 
     def release_buffers(self) -> None:
         """Free the reused buffers (the next streaming call allocates them again)."""
         self.__dict__.pop("_workspace", None)
+
+
+def channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is an image batch [B, C, H, W] laid out channels-last (and not also plainly
+    contiguous, as a one-channel or one-pixel batch is)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def flat(tensors) -> list[torch.Tensor] | None:
+    """1-D views of ``tensors`` in memory order when all are dense in one layout (contiguous, or all
+    channels-last with one shape), so an elementwise kernel can run on them as flat arrays; else None."""
+    n = tensors[0].numel()
+    if all(t.is_contiguous() and t.numel() == n for t in tensors):
+        return [t.view(-1) for t in tensors]
+    shape = tensors[0].shape
+    if all(channels_last(t) and t.shape == shape for t in tensors):
+        return [t.permute(0, 2, 3, 1).reshape(-1) for t in tensors]  # a view: the memory order
+    return None
 
 
 @functools.lru_cache(maxsize=None)

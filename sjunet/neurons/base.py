@@ -40,7 +40,7 @@ import torch
 from spikingjelly.activation_based import neuron
 from torch import nn
 
-from sjunet.layers.buffers import Buffered, tiles
+from sjunet.layers.buffers import Buffered, channels_last, flat, tiles
 
 
 def threshold_ladder(n: int = 4, top: float = 2.0, ratio: float = 0.5) -> tuple[float, ...]:
@@ -242,6 +242,19 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
         Not implemented: the neuron runs its functional step only."""
         raise NotImplementedError
 
+    def fire_into(self, out: torch.Tensor, states: list) -> list:
+        """:meth:`step_into` after its integration: the input current is already in the membrane
+        (``states[0]``, V ← V + I(t) done by the synapse: :mod:`sjunet.snn.fusion` fuses it into the
+        convolution); fire, write o(t) into ``out``, update the states and return them as
+        :meth:`step_into` does (the same arithmetic after its first pass). Not implemented: the
+        neuron's synapse is not fused."""
+        raise NotImplementedError
+
+    @property
+    def fires_integrated(self) -> bool:
+        """Whether this neuron implements :meth:`fire_into` (a synapse may integrate into its membrane)."""
+        return type(self).fire_into is not SpikingNeuron.fire_into
+
     def kernel(self, fn: Callable) -> Callable:
         """The step kernel ``fn`` as this neuron runs it: compiled when :attr:`compiled`
         (:func:`compiled_kernel`), else ``fn`` itself. :meth:`step_into` calls its kernels through it."""
@@ -251,18 +264,16 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
         """Run the elementwise kernel ``fn(*tensors, *args)`` (:meth:`kernel`). Eager on a CPU and
         with ``tile``, over cache-sized tiles of the flattened tensors (:func:`sjunet.layers.buffers.tiles`:
         its six to ten passes then read the cache, not memory; elementwise, so the same numbers)
-        when every tensor is contiguous and of one size; returns what ``fn`` returns (None when
-        tiled: a kernel asked for more than its outputs is not tiled)."""
-        n = tensors[0].numel()
-        if (self.compiled or not tile or tensors[0].device.type != "cpu"
-                or not all(t.is_contiguous() and t.numel() == n for t in tensors)):
+        when the tensors are dense in one layout (:func:`sjunet.layers.buffers.flat`); returns what
+        ``fn`` returns (None when tiled: a kernel asked for more than its outputs is not tiled)."""
+        views = None if self.compiled or not tile or tensors[0].device.type != "cpu" else flat(tensors)
+        if views is None:
             return self.kernel(fn)(*tensors, *args)
-        parts = tiles(n, tensors[0].element_size(), 2 * len(tensors))
+        parts = tiles(tensors[0].numel(), tensors[0].element_size(), 2 * len(tensors))
         if len(parts) == 1:
             return fn(*tensors, *args)
-        flat = [t.view(-1) for t in tensors]
         for sl in parts:
-            fn(*(f[sl] for f in flat), *args)
+            fn(*(f[sl] for f in views), *args)
         return None
 
     def state_shape(self, name: str, x: torch.Tensor) -> tuple[int, ...]:
@@ -297,6 +308,9 @@ class SpikingNeuron(Buffered, neuron.BaseNode):
                         and value.device == x.device):
                     init = value if not isinstance(value, torch.Tensor) else self._memories_rv[name]
                     value = self.init_state(name, self.step_buffer(name, shape, x), init, x)
+                elif len(shape) == 4 and channels_last(value) != channels_last(x):  # a run changing layout
+                    value = value.contiguous(memory_format=torch.channels_last if channels_last(x)
+                                             else torch.contiguous_format)  # (fused probe step, then chunks)
             states.append(value)
         return states
 

@@ -96,6 +96,13 @@ def mt_step_into(x: torch.Tensor, v: torch.Tensor, out: torch.Tensor, thresholds
     ``count_spikes``, else None. With a halving ladder, six elementwise passes and no allocation:
     V += I, k = floor(V·(1/θ_N)) clamped to [0, 2^N − 1], o = kθ_N, V −= o."""
     v.add_(x)
+    return mt_fire_into(v, out, thresholds, count_spikes)
+
+
+def mt_fire_into(v: torch.Tensor, out: torch.Tensor, thresholds: Sequence[float],
+                 count_spikes: bool = False) -> torch.Tensor | None:
+    """:func:`mt_step_into` after V ← V + I(t) (done by a fused synapse, :mod:`sjunet.snn.fusion`):
+    fire from the membrane ``v``, write o(t) into ``out``, subtract it from ``v``."""
     if is_halving(thresholds):
         lo = thresholds[-1]
         k = torch.mul(v, 1.0 / lo, out=out).floor_().clamp_(0, (1 << len(thresholds)) - 1)
@@ -188,9 +195,19 @@ class MultiThresholdNode(ThresholdLadder, SpikingNeuron):
 
     def step_into(self, xs, out, states):
         """:func:`mt_step_into`, recorded as the functional step records (the same numbers)."""
-        v, acc_out, count, events = states
-        n = self.run_kernel(mt_step_into, (xs[0], v, out), self.thresholds, self.record_spikes,
+        n = self.run_kernel(mt_step_into, (xs[0], states[0], out), self.thresholds, self.record_spikes,
                             tile=not self.record_spikes)
+        return self._fired(out, states, n)
+
+    def fire_into(self, out, states):
+        """:func:`mt_fire_into`: :meth:`step_into` with the input current already in the membrane."""
+        n = self.run_kernel(mt_fire_into, (states[0], out), self.thresholds, self.record_spikes,
+                            tile=not self.record_spikes)
+        return self._fired(out, states, n)
+
+    def _fired(self, out, states, n):
+        """The states after a step that wrote ``out`` and emitted ``n`` spikes (None: not counted)."""
+        v, acc_out, count, events = states
         if self.record:
             acc_out = self._accumulate_flow(acc_out, out if is_halving(self.thresholds) else out.clone())
         if n is not None:

@@ -126,6 +126,12 @@ def signed_mt_step_into(x: torch.Tensor, v: torch.Tensor, charge: torch.Tensor, 
     tensor of ``out``'s shape for the step's charge. Returns the spike count when ``count_spikes``.
     With a halving ladder and a scalar α, ten elementwise passes and no allocation."""
     v.add_(x)
+    return signed_mt_fire_into(v, charge, out, scratch, thresholds, negative_slope, count_spikes)
+
+
+def signed_mt_fire_into(v: torch.Tensor, charge: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor,
+                        thresholds: Sequence[float], negative_slope, count_spikes: bool = False) -> torch.Tensor | None:
+    """:func:`signed_mt_step_into` after V ← V + I(t) (done by a fused synapse, :mod:`sjunet.snn.fusion`)."""
     if is_halving(thresholds):
         lo = thresholds[-1]
         levels = (1 << len(thresholds)) - 1
@@ -259,10 +265,17 @@ class SignedMultiThresholdNode(AdvancedByStep, MultiThresholdNode):
 
     def step_into(self, xs, out, states):
         """:func:`signed_mt_step_into`, counted as the functional step counts (the same numbers)."""
+        return self._signed_kernel(signed_mt_step_into, xs[:1], out, states)
+
+    def fire_into(self, out, states):
+        """:func:`signed_mt_fire_into`: :meth:`step_into` with the input current already in the membrane."""
+        return self._signed_kernel(signed_mt_fire_into, (), out, states)
+
+    def _signed_kernel(self, fn, xs, out, states):
         v, acc_out, count, events, charge = states
         scratch = self.step_buffer("charge_step", out.shape, out)
-        n = self.run_kernel(signed_mt_step_into, (xs[0], v, charge, out, scratch), self.thresholds,
-                            self.negative_slope, self.record_spikes,
+        n = self.run_kernel(fn, (*xs, v, charge, out, scratch), self.thresholds, self.negative_slope,
+                            self.record_spikes,
                             tile=not (self.record_spikes or isinstance(self.negative_slope, torch.Tensor)))
         if n is not None:
             count = self._accumulate(count, n)

@@ -12,6 +12,8 @@ The parts, lowest first:
   arguments bounded by the graph (checked at load);
 * :mod:`.footprint` — the shapes and the memory of one run on one input (and the memory budget),
   known before anything is allocated;
+* :mod:`.fusion` — single steps on a CPU with each convolution (and a norm's centring and gain)
+  adding into the membrane of the neuron it feeds, channels-last: what :func:`simulate` runs by default;
 * :mod:`.simulation` — T-step simulation and decoding (:func:`simulate`), the flow record
   fine-tuning uses; :func:`~.simulation.check_run` runs :mod:`.footprint` before a network from a
   record runs.

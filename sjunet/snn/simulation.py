@@ -7,9 +7,11 @@ Segmentation takes its argmax over classes, denoising uses it as the noise map.
 
 Two modes give the same numbers:
 
-* ``step`` — single-step mode, one step at a time (memory independent of T). The default: on a
-  CPU and whole 512² images a step costs about one ANN forward (``python -m sjunet.benchmarks
-  step_cost``);
+* ``step`` — single-step mode, one step at a time (memory independent of T). The default. On a
+  CPU its convolutions add into the membranes of the neurons they feed, channels-last
+  (:mod:`sjunet.snn.fusion`: the same numbers within float rounding; ``fuse=False`` runs the
+  modules as they are), and on whole 512² images a step costs less than an ANN forward
+  (``python -m sjunet.benchmarks step_cost``);
 * ``multi`` — SpikingJelly multi-step mode, layer by layer over ``[t, B, …]`` for chunks of
   ``chunk`` steps (memory grows with the chunk, not with T). ``chunk="auto"`` (the default) takes
   as many steps as keep a chunk's largest tensor within the last-level cache
@@ -39,6 +41,7 @@ from sjunet.snn.file import check_graph
 from sjunet.snn.model import record_of, shape_rule
 from sjunet.snn.footprint import BudgetError, Plan, Unmodelled, check_budget, plan
 from sjunet.snn.footprint_run import run_plan
+from sjunet.snn.fusion import fused
 from sjunet.snn.shapes import RecordError
 
 MODES = ("multi", "step")
@@ -84,11 +87,14 @@ class _Stepper:
     numbers are the same either way. ``cap=False`` runs exactly ``chunk`` steps at once."""
 
     def __init__(self, snn: nn.Module, x: torch.Tensor, mode: str, chunk: int | str, T: int,
-                 cap: bool = True) -> None:
+                 cap: bool = True, fuse: bool = True) -> None:
         self.snn, self.x, self.T = snn, x, T
         self.chunk = 1 if mode == "step" else chunk
         self.probe = self.chunk == AUTO or (cap and self.chunk != 1)
         self.mode = None
+        # single steps (and the probe step, one too): the synapses integrate into the membranes where they
+        # can (sjunet.snn.fusion); multi-step chunks run the modules as they are
+        self.net = (fused(snn, x) if fuse and (self.chunk == 1 or self.probe) else None) or snn
 
     def _set(self, mode: str) -> None:
         if mode != self.mode:
@@ -99,7 +105,7 @@ class _Stepper:
         from torch.nn.modules.module import register_module_forward_hook
 
         largest = [0]
-        mine = set(map(id, self.snn.modules())) - {id(self.snn)}
+        mine = set(map(id, [*self.snn.modules(), *self.net.modules()])) - {id(self.snn), id(self.net)}
 
         def hook(m, _inputs, out):  # global, so the modules keep their fast paths (hooked ones do not)
             if id(m) in mine:
@@ -110,7 +116,7 @@ class _Stepper:
         handle = register_module_forward_hook(hook)
         try:
             self._set("s")
-            y = self.snn(self.x)
+            y = self.net(self.x)
         finally:
             handle.remove()
         return y, largest[0]
@@ -130,7 +136,7 @@ class _Stepper:
             c = min(self.chunk, n - done)
             if self.chunk == 1:
                 self._set("s")
-                yield self.snn(self.x)
+                yield self.net(self.x)
             else:
                 self._set("m")
                 yield from self.snn(self.x.unsqueeze(0).expand(c, *self.x.shape))
@@ -159,6 +165,7 @@ def simulate(
     post: bool = True,
     on_checkpoint=None,
     cap_chunk: bool = True,
+    fuse: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Run ``snn`` on image batch ``x`` ([B, C, H, W]) for max(T) steps.
 
@@ -168,7 +175,9 @@ def simulate(
     state is reset): energy counting reads the neurons' counters there. ``mode="multi"`` runs
     chunks of ``chunk`` steps (``"auto"``: by memory, :func:`memory_chunk`; an integer: at most that
     many, fewer where memory says a chunk would be slower than single steps — the same numbers;
-    ``cap_chunk=False``: exactly ``chunk``, for measuring the crossover). The network streams
+    ``cap_chunk=False``: exactly ``chunk``, for measuring the crossover). Single steps on a CPU run
+    the convolutions fused with the neurons they feed (:mod:`sjunet.snn.fusion`; the same numbers
+    within float rounding); ``fuse=False`` runs the modules as they are. The network streams
     (:func:`sjunet.layers.buffers.streaming`): a step allocates nothing, and its buffers stay for the next
     input (:func:`sjunet.layers.buffers.release_buffers` frees them).
     """
@@ -185,7 +194,7 @@ def simulate(
     acc: torch.Tensor | None = None
     t = 0
     with streaming(snn):
-        stepper = _Stepper(snn, x, mode, chunk, steps[-1], cap_chunk)
+        stepper = _Stepper(snn, x, mode, chunk, steps[-1], cap_chunk, fuse)
         for target in steps:
             for y in stepper.run(target - t):  # step by step, so both modes sum in the same order
                 acc = y + 0.0 if acc is None else acc.add_(y)  # its own tensor: y may be a reused buffer

@@ -196,8 +196,9 @@ def run(profile: str = "cpu", model: str | None = None, data: str | None = None,
                              f"{100 * d['differ']:.2f} % of outputs differ" for t, d in r["rounding"].items())
                          + " — float rounding: a membrane at a threshold fires one step apart.")
         else:
-            lines.append(f"Fused synapses: not used (fewer than half of {r['neuron_layers']} neuron layers fed by a "
-                         "fusable convolution); the default single step is the unfused one.")
+            why = (f"fewer than half of {r['neuron_layers']} neuron layers fed by a fusable convolution"
+                   if str(device) == "cpu" else "a CPU with oneDNN only")
+            lines.append(f"Fused synapses: not used ({why}); the default single step is the unfused one.")
         lines += ["", "Profile breakdown (torch.profiler, share of the run's CPU time; ANN: activations as 'neuron'):",
                   "", "| run | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
         for k, b in r["breakdown"].items():

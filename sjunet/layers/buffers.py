@@ -41,8 +41,8 @@ class Buffered:
         else a new one."""
         last = (channels_last(like) if last is None else last) and len(shape) == 4
         if not self.streaming:
-            t = torch.empty(shape, dtype=like.dtype, device=like.device)
-            return t.contiguous(memory_format=torch.channels_last) if last else t
+            return torch.empty(shape, dtype=like.dtype, device=like.device,
+                               memory_format=torch.channels_last if last else torch.contiguous_format)
         n = math.prod(shape)
         ws = self.__dict__.setdefault("_workspace", {})
         t = ws.get(name)

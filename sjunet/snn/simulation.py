@@ -5,7 +5,7 @@ first layer runs once per image (:class:`~sjunet.layers.static_synapse.StaticInp
 is not spiking: the decoded output is I_in^L / T = (1/T) Σ_t C_t^L, in the ANN's units.
 Segmentation takes its argmax over classes, denoising uses it as the noise map.
 
-Two modes give the same numbers:
+Two modes give the same numbers (with ``fuse=False``; fused, within float rounding):
 
 * ``step`` — single-step mode, one step at a time (memory independent of T). The default. On a
   CPU its convolutions add into the membranes of the neurons they feed, channels-last

@@ -12,11 +12,13 @@ buffers that neurons and stages reuse across steps follow their input's layout
 default layout.
 
 :func:`fused` builds, once per network, a ``GraphModule`` that shares the network's modules (their
-states, recording and counters are the network's) with every convolution → neuron pair whose
-convolution feeds nothing else replaced by an :class:`IntegratingConv`. It is used for single-step
-runs of :func:`~sjunet.snn.simulation.simulate` on a CPU when at least half the neuron layers are fed
-that way (a network whose convolutions feed norms first, as MONAI's BasicUNet, gains nothing from
-the layout and runs as before). The numbers are the unfused run's within float rounding: the fused
+states, recording and counters are the network's) with every convolution → neuron chain whose
+convolution feeds nothing else replaced by an :class:`IntegratingConv`; a norm's mean subtraction
+and gain between them (MONAI's instance norm) fuse too, as the convolution's scaled weights and
+per-image bias. It is used for single-step runs of :func:`~sjunet.snn.simulation.simulate` on a CPU
+when at least half the neuron layers are fed that way (otherwise the layout alone does not pay: it
+slowed MONAI's BasicUNet before its centred layers fused), and a layer runs fused from
+:data:`MIN_FUSED` output elements on. The numbers are the unfused run's within float rounding: the fused
 convolution rounds its sum once, the unfused one twice, and a different kernel sums in a different
 order, so a membrane at a threshold can fire one step apart (measured in ``python -m
 sjunet.benchmarks step_cost``). Anything the fused path does not cover — autograd, hooks (a monitor),
@@ -75,8 +77,9 @@ _CONV_FORWARD = _conv_forwards()
 
 
 #: the smallest layer output (elements) that runs fused: a fused call pays oneDNN's set-up (its weights
-#: reordered, ~0.25 ms a call on the development CPU) and saves a pass over memory, which pays from
-#: about a width-16 layer at 128² (``python -m sjunet.benchmarks step_cost``, crossover table)
+#: reordered, ~0.25 ms a call on the development CPU) and saves passes over memory. Measured per step,
+#: fused ÷ unfused, width-16 U-Net, one thread: 1.53 / 1.27 / 0.95 / 0.83 at 32² / 64² / 128² / 256² with
+#: every layer fused, 0.96 / 0.98 / 0.88 / 0.82 with this threshold (0.82 at 512², ``step_cost``)
 MIN_FUSED = 1 << 18
 
 

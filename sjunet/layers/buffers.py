@@ -107,7 +107,8 @@ def tiles(n: int, element_size: int = 4, tensors: int = 8):
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _call_counts(net: nn.Module) -> dict[str, int] | None:
+def call_counts(net: nn.Module) -> dict[str, int] | None:
+    """How many places of ``net``'s graph call each module (by target); None when ``net`` is no graph."""
     if not isinstance(net, fx.GraphModule):
         return None
     counts: dict[str, int] = {}
@@ -124,7 +125,7 @@ def streaming(net: nn.Module, on: bool = True) -> Iterator[list[nn.Module]]:
     ``net`` itself when it is a :class:`Buffered` module) and without forward hooks, and back to
     what it was on exit.
     Yields the modules switched."""
-    counts = _call_counts(net)
+    counts = call_counts(net)
     mods = [m for name, m in net.named_modules() if isinstance(m, Buffered) and not m._forward_hooks
             and (m is net or (counts is not None and counts.get(name, 0) == 1))]
     before = [m.streaming for m in mods]

@@ -33,7 +33,7 @@ import weakref
 import torch
 from torch import fx, nn
 
-from sjunet.layers.buffers import channels_last
+from sjunet.layers.buffers import call_counts, channels_last
 from sjunet.layers.static_synapse import StaticInputSynapse
 from sjunet.neurons import is_neuron
 
@@ -211,10 +211,7 @@ def chains(net: fx.GraphModule) -> list[list[fx.Node]]:
     from sjunet.layers.stages import Center, ChannelAffine
 
     mods = dict(net.named_modules())
-    calls: dict[str, int] = {}
-    for n in net.graph.nodes:
-        if n.op == "call_module":
-            calls[n.target] = calls.get(n.target, 0) + 1
+    calls = call_counts(net)
 
     def next_of(n: fx.Node) -> fx.Node | None:
         if len(n.users) != 1:
